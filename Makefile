@@ -1,0 +1,33 @@
+# Every README command is a target here. `make setup` is idempotent and safe to re-run.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench-moe clean
+
+$(STAMP): pyproject.toml
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null || echo "warning: bubblewrap missing and cannot be installed (not root)"; }
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	@# Install the CPU torch build that lies on disk before anything can ask for a CUDA one.
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: the most complete real thing smallcode does today (see README).
+run: setup
+	$(BIN)/python -m smallcode.cli.main demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench-moe: setup
+	$(BIN)/python benchmarks/moe_vs_hf.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Command-line wiring: one module per verb, no logic of its own (see ``main.VERBS``)."""

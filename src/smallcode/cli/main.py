@@ -1,0 +1,71 @@
+"""The ``smallcode`` command: a table from verb to the click command that implements it.
+
+Verbs are imported only when invoked, so ``smallcode params`` never pays for importing
+transformers or the evaluation harness. Errors that the user can fix (``ConfigError``,
+``ValueError`` subclasses raised with a message, missing files) print one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+# verb -> "module:attribute" of a click.Command
+VERBS: dict[str, str] = {
+    "params": "smallcode.cli.params:params",
+    "checkpoint": "smallcode.cli.checkpoint:checkpoint",
+    "demo": "smallcode.cli.demo:demo",
+    "tokenizer": "smallcode.cli.tokenizer:tokenizer",
+    "data": "smallcode.cli.data:data",
+    "eval": "smallcode.cli.eval:eval_",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # Verbs whose module is not part of this build are left out of --help.
+        return sorted(v for v, t in VERBS.items() if importlib.util.find_spec(t.split(":")[0]) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = VERBS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("smallcode"):
+                raise click.ClickException(f"'{name}' is not available in this build ({e.name} missing)") from e
+            raise click.ClickException(
+                f"'{name}' needs the optional package {e.name!r}; install it with pip install 'smallcode[dev]'"
+            ) from e
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="smallcode")
+def cli() -> None:
+    """smallcode: small sparse code models, built and run locally."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from smallcode.config import ConfigError
+
+    try:
+        cli.main(args=argv, prog_name="smallcode", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (ConfigError, FileNotFoundError, PermissionError) as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
