@@ -1,0 +1,1 @@
+"""Exports of a smallcode model to other runtimes (Hugging Face, ONNX)."""

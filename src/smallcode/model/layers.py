@@ -1,0 +1,57 @@
+"""Small building blocks: RMSNorm and rotary position embeddings (RoPE).
+
+RoPE uses the "rotate half" layout (the first and second halves of a head are the two rotation
+coordinates), the layout Hugging Face's Llama/Mistral/Mixtral use, so weights copy across without
+permutation. The SwiGLU feed-forward lives in ``moe.py``: a dense model is the one-expert case.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The fused kernel upcasts internally, matching the float32 reduction of reference models.
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables, grown on demand for positions past ``max_seq_len``."""
+
+    def __init__(self, head_dim: int, base: float, max_seq_len: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._build(max_seq_len)
+
+    def _build(self, length: int) -> None:
+        pos = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
+        freqs = torch.outer(pos, self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (length, head_dim)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for integer ``positions`` of any shape: each (*positions.shape, head_dim)."""
+        needed = int(positions.max()) + 1 if positions.numel() else 0
+        if needed > self.cos.shape[0]:
+            self._build(max(needed, 2 * self.cos.shape[0]))
+        return self.cos[positions], self.sin[positions]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (..., T, H, D) by per-position angles; cos/sin are (T, D) or broadcastable."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin

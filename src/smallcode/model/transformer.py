@@ -1,0 +1,109 @@
+"""SmallCodeLM: embedding, pre-norm blocks (attention, then MoE or dense feed-forward), norm, head.
+
+Read top to bottom: ``Block`` is attention + feed-forward with residuals; ``SmallCodeLM`` stacks
+them and returns logits with the router's auxiliary losses and per-layer expert loads. Dense and
+MoE models share every line but ``MoE``'s one-expert shortcut. Losses against targets are the
+training objective's business, not the model's.
+
+Shape legend: B batch, T sequence, D model width, V vocabulary, L layers, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from smallcode.model.attention import Attention
+from smallcode.model.config import ModelConfig
+from smallcode.model.layers import RMSNorm, RotaryEmbedding
+from smallcode.model.moe import MoE, MoEStats
+
+
+@dataclass
+class LMOutput:
+    logits: torch.Tensor
+    """(B, T, V) next-token logits."""
+    balance_loss: torch.Tensor
+    """Load-balance loss averaged over layers (0 for a dense model)."""
+    z_loss: torch.Tensor
+    """Router z-loss averaged over layers (0 for a dense model)."""
+    expert_load: torch.Tensor | None
+    """(L, E) share of routed assignments per layer and expert; None for a dense model."""
+
+    def aux_loss(self, config: ModelConfig) -> torch.Tensor:
+        """The router's weighted contribution to the training loss."""
+        return config.balance_loss_coef * self.balance_loss + config.z_loss_coef * self.z_loss
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn = MoE(config)
+
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, MoEStats | None]:
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos, sin)
+        h, stats = self.ffn(self.ffn_norm(x_BTD))
+        return x_BTD + h, stats
+
+
+class SmallCodeLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope = RotaryEmbedding(config.hd, config.rope_base, config.max_seq_len)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) everywhere; residual-output projections scaled by 1/sqrt(2L) (GPT-2)."""
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(("wo.weight", "w_down")):
+                p.normal_(0.0, out_std)
+            else:
+                p.normal_(0.0, std)
+
+    def forward(self, input_ids: torch.Tensor, cache: None = None) -> LMOutput:
+        """Logits for ``input_ids`` (B, T), positions 0..T-1.
+
+        Cached decoding goes through the inference engine's KV cache (``kv_cache.py``), which is
+        not part of this training/prefill path.
+        """
+        if cache is not None:
+            raise NotImplementedError("cached decoding is provided by smallcode.model.kv_cache")
+        B, T = input_ids.shape
+        cos, sin = self.rope(torch.arange(T, device=input_ids.device))
+        x = self.embed(input_ids)
+        stats: list[MoEStats] = []
+        for block in self.blocks:
+            x, s = block(x, cos, sin)
+            if s is not None:
+                stats.append(s)
+        logits = self.lm_head(self.norm(x))
+        if stats:
+            bal = torch.stack([s.balance_loss for s in stats]).mean()
+            zl = torch.stack([s.z_loss for s in stats]).mean()
+            load = torch.stack([s.load_E for s in stats])
+        else:
+            bal = zl = logits.new_zeros(())
+            load = None
+        return LMOutput(logits=logits, balance_loss=bal, z_loss=zl, expert_load=load)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
