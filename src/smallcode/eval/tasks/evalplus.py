@@ -1,0 +1,216 @@
+"""HumanEval+ and MBPP+ (EvalPlus): the base tasks plus EvalPlus's extra test inputs.
+
+Reads the releases kept under a data directory (``humanevalplus/HumanEvalPlus-v0.1.0.jsonl``,
+``mbppplus/MbppPlus-prerelease-767efcc.jsonl``), each checked against its pinned sha256. Task ids are
+normalised to the current upstream form (``HumanEval/0``; MBPP+ already uses ``Mbpp/2``) and the
+original id is kept in ``meta``. ``inputs`` are the base inputs followed by the plus inputs
+(``meta["n_base"]`` says where the plus ones start). JSON has no tuples, sets or complex numbers, so
+MBPP+ inputs are rebuilt into the types the reference solution expects (see :func:`mbpp_plus_args`).
+
+Expected outputs are not stored in the releases and not computed here: :mod:`smallcode.eval.tasks.expected`
+runs the reference solution on the inputs in a subprocess and caches the result. ``compat`` checking uses
+the original dataset checks (HumanEval's ``check``, MBPP's asserts); only ``strict`` sees the plus inputs.
+This module does not implement the v0.1.10 / v0.2.0 fixes (see the PROVENANCE.md files); expect small
+differences from numbers published on those versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smallcode.eval.tasks.base import Task
+from smallcode.eval.tasks.pinned import HUMANEVAL_PLUS, MBPP_PLUS, DataFileError, parse_jsonl, verified_bytes
+
+_HE_FIELDS = (
+    "task_id",
+    "prompt",
+    "entry_point",
+    "canonical_solution",
+    "test",
+    "contract",
+    "base_input",
+    "atol",
+    "plus_input",
+)
+_MBPP_FIELDS = (
+    "task_id",
+    "prompt",
+    "entry_point",
+    "canonical_solution",
+    "base_input",
+    "atol",
+    "plus_input",
+    "contract",
+    "assertion",
+)
+
+
+def read_humanevalplus(data_dir: Path) -> list[dict]:
+    """Raw HumanEval+ v0.1.0 records with ids normalised to ``HumanEval/N`` (original in ``orig_task_id``)."""
+    path = Path(data_dir) / HUMANEVAL_PLUS.relpath
+    records = parse_jsonl(path, verified_bytes(path, HUMANEVAL_PLUS), _HE_FIELDS, HUMANEVAL_PLUS.records)
+    for lineno, rec in enumerate(records, start=1):
+        tid = rec["task_id"]
+        if not (isinstance(tid, str) and tid.startswith("HumanEval_") and tid[10:].isdigit()):
+            raise DataFileError(f"{path}:{lineno}: unexpected task_id {tid!r} (v0.1.0 uses HumanEval_N)")
+        rec["orig_task_id"] = tid
+        rec["task_id"] = "HumanEval/" + tid[10:]
+    return records
+
+
+def read_mbppplus(data_dir: Path) -> list[dict]:
+    """Raw MBPP+ records (399 tasks of the pre-release snapshot)."""
+    path = Path(data_dir) / MBPP_PLUS.relpath
+    return parse_jsonl(path, verified_bytes(path, MBPP_PLUS), _MBPP_FIELDS, MBPP_PLUS.records)
+
+
+def _args(path_hint: str, inputs: Any) -> list[list[Any]]:
+    if inputs == {}:  # Mbpp/793 stores its (absent) plus inputs as an empty object
+        return []
+    if not isinstance(inputs, list) or not all(isinstance(a, list) for a in inputs):
+        raise DataFileError(f"{path_hint}: inputs must be a list of argument lists")
+    return inputs
+
+
+def load_humanevalplus(data_dir: Path) -> list[Task]:
+    tasks = []
+    for rec in read_humanevalplus(data_dir):
+        base = _args(f"{rec['orig_task_id']} base_input", rec["base_input"])
+        plus = _args(f"{rec['orig_task_id']} plus_input", rec["plus_input"])
+        tasks.append(
+            Task(
+                task_id=rec["task_id"],
+                suite="humaneval+",
+                prompt=rec["prompt"],
+                entry_point=rec["entry_point"],
+                reference=rec["canonical_solution"],
+                test=rec["test"],
+                inputs=tuple(tuple(a) for a in base + plus),
+                atol=float(rec["atol"]),
+                meta={
+                    "source": "humanevalplus v0.1.0",
+                    "orig_task_id": rec["orig_task_id"],
+                    "n_base": len(base),
+                    "contract": rec["contract"],
+                },
+            )
+        )
+    return tasks
+
+
+# --- MBPP+ argument types -------------------------------------------------------------------------
+# The release stores arguments as JSON, so tuples arrive as lists, complex numbers as strings, etc.
+# Which tasks need which rebuild is a property of the data (the reference solutions and their
+# contracts say what they accept); EvalPlus's loader applies the same rebuilds. Each rule maps one
+# argument list to the argument tuple the function is called with.
+
+
+def _tup(x: Any) -> tuple:
+    return tuple(x)
+
+
+def _deep_tup(x: Any) -> Any:
+    return tuple(_deep_tup(v) for v in x) if isinstance(x, list) else x
+
+
+def _each_arg(f: Callable[[Any], Any]) -> Callable[[list], tuple]:
+    return lambda args: tuple(f(a) for a in args)
+
+
+def _arg(i: int, f: Callable[[Any], Any]) -> Callable[[list], tuple]:
+    return lambda args: tuple(f(a) if j == i else a for j, a in enumerate(args))
+
+
+def _list_of_tuples(x: list) -> list:
+    return [tuple(v) for v in x]
+
+
+def _sets_or_empty_dicts(x: list) -> list:
+    # Mbpp/115 ("are all dictionaries empty"): JSON wrote sets and empty dicts as lists.
+    return [(set(v) if v else {}) if isinstance(v, list) else v for v in x]
+
+
+_RULES: list[tuple[set[int], Callable[[list], tuple]]] = [
+    (
+        {
+            2,
+            116,
+            132,
+            143,
+            222,
+            261,
+            273,
+            394,
+            399,
+            421,
+            424,
+            429,
+            470,
+            560,
+            579,
+            596,
+            616,
+            630,
+            726,
+            740,
+            744,
+            809,
+        },
+        _each_arg(_tup),
+    ),
+    ({63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780}, _each_arg(_list_of_tuples)),
+    ({75, 413, 444, 753}, _arg(0, _list_of_tuples)),
+    ({106, 750}, _arg(1, _tup)),
+    ({250, 307, 405, 446, 617, 720, 763, 808}, _arg(0, _tup)),
+    ({259, 401, 445}, _each_arg(lambda x: tuple(tuple(v) for v in x))),
+    ({278}, _arg(0, lambda x: tuple(tuple(v) if isinstance(v, list) else v for v in x))),
+    ({722}, _arg(0, lambda d: {k: tuple(v) for k, v in d.items()})),
+    ({580, 615, 791}, _each_arg(_deep_tup)),
+    ({115}, _arg(0, _sets_or_empty_dicts)),
+    ({124}, lambda args: (float(args[0]), complex(args[1]))),
+    ({252}, lambda args: (complex(args[0]),)),
+]
+_RULE_OF: dict[int, Callable[[list], tuple]] = {n: rule for ids, rule in _RULES for n in ids}
+
+
+def mbpp_plus_args(task_number: int, args: list) -> tuple:
+    """Rebuild one MBPP+ argument list into the argument tuple for task ``Mbpp/<task_number>``."""
+    rule = _RULE_OF.get(task_number)
+    return rule(args) if rule else tuple(args)
+
+
+def load_mbppplus(data_dir: Path) -> list[Task]:
+    tasks = []
+    for rec in read_mbppplus(data_dir):
+        tid = rec["task_id"]
+        try:
+            number = int(tid.split("/")[1])
+        except (IndexError, ValueError) as e:
+            raise DataFileError(f"{MBPP_PLUS.relpath}: unexpected task_id {tid!r}") from e
+        base = _args(f"{tid} base_input", rec["base_input"])
+        plus = _args(f"{tid} plus_input", rec["plus_input"])
+        try:
+            inputs = tuple(mbpp_plus_args(number, a) for a in base + plus)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DataFileError(f"{MBPP_PLUS.relpath}: {tid}: cannot rebuild inputs ({e})") from e
+        prompt = rec["prompt"] if rec["prompt"].endswith("\n") else rec["prompt"] + "\n"
+        tasks.append(
+            Task(
+                task_id=tid,
+                suite="mbpp+",
+                prompt=prompt,
+                entry_point=rec["entry_point"],
+                reference=rec["canonical_solution"],
+                test=rec["assertion"],
+                inputs=inputs,
+                atol=float(rec["atol"]),
+                meta={
+                    "source": "mbppplus prerelease 767efcc",
+                    "n_base": len(base),
+                    "contract": rec["contract"],
+                },
+            )
+        )
+    return tasks
