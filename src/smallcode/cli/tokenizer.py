@@ -1,0 +1,100 @@
+"""``smallcode tokenizer``: train a code tokenizer, and measure one. Wiring only.
+
+Options taking several paths (``--corpus``, ``--files``) may be repeated, and any extra
+positional paths are added to them, so ``--files a.py b.py dir/`` works as written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Show our input errors (bad file, hash mismatch, ...) as one line, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from smallcode.data.discover import DataError
+        from smallcode.tokenizer.code_tokenizer import TokenizerError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, TokenizerError) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+@click.group()
+def tokenizer() -> None:
+    """Train and measure the code tokenizer."""
+
+
+@tokenizer.command("train")
+@click.option(
+    "--corpus",
+    "corpus",
+    multiple=True,
+    help="directory, glob, file or .jsonl (repeatable); default: the standard library",
+)
+@click.argument("more_corpus", nargs=-1)
+@click.option("--vocab-size", type=int, default=32768, show_default=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="directory to write tokenizer.json into"
+)
+@click.option("--scheme", default=None, help="pre-tokenisation scheme (default: the measured best)")
+@user_errors
+def train_cmd(
+    corpus: tuple[str, ...], more_corpus: tuple[str, ...], vocab_size: int, out: Path, scheme: str | None
+) -> None:
+    """Train a byte-level BPE tokenizer for code."""
+    from smallcode.tokenizer import load_tokenizer, train_tokenizer
+    from smallcode.tokenizer.pretokenize import DEFAULT_SCHEME
+
+    path = train_tokenizer(
+        list(corpus + more_corpus) or None, vocab_size, out, scheme=scheme or DEFAULT_SCHEME
+    )
+    tok = load_tokenizer(path)
+    report = json.loads((out / "train_report.json").read_text())
+    click.echo(
+        f"wrote {path}: vocab {tok.vocab_size}, {report['documents']} documents ({report['bytes']} bytes), "
+        f"skipped {report['binary']} binary and {report['non_utf8']} non-UTF-8; hash {tok.hash[:16]}"
+    )
+
+
+@tokenizer.command("stats")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(path_type=Path), required=True)
+@click.option("--files", "files", multiple=True, help="file, directory or glob (repeatable)")
+@click.argument("more_files", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
+@user_errors
+def stats_cmd(
+    tokenizer_path: Path, files: tuple[str, ...], more_files: tuple[str, ...], as_json: bool
+) -> None:
+    """Bytes per token and tokens per line of a tokenizer over some files."""
+    from smallcode.tokenizer import compression_stats, load_tokenizer
+    from smallcode.tokenizer.train import iter_corpus_texts
+
+    specs = list(files + more_files)
+    if not specs:
+        raise click.UsageError("give at least one file or directory with --files")
+    tok = load_tokenizer(tokenizer_path)
+    counts: dict[str, int] = {}
+    texts = list(iter_corpus_texts(specs, counts))
+    result = {
+        **compression_stats(texts, tok.encode_batch).to_dict(),
+        "skipped_binary": counts["binary"],
+        "skipped_non_utf8": counts["non_utf8"],
+        "tokenizer_hash": tok.hash,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for key, value in result.items():
+        click.echo(f"{key:>18}: {value}")

@@ -1,0 +1,1 @@
+"""smallcode's data pipeline: corpus discovery, filtering, dedup, split, packing, resumable loading."""

@@ -1,0 +1,137 @@
+"""Corpus discovery: from command-line corpus specs to a sorted list of documents.
+
+A corpus spec is a directory (walked recursively for files with the wanted extensions), a glob
+pattern, a single source file, or a ``.jsonl`` file whose lines are JSON objects holding one
+document each. With no spec, the embedded corpus is used: the running interpreter's own
+standard-library sources (``site-packages`` excluded), which every machine has.
+
+Reading is strict: a file that cannot be read or vanished since discovery raises
+:class:`DataError` naming it; it is never skipped silently. Deciding whether a readable file is
+*wanted* (binary, non-UTF-8, generated, oversized) is the job of :mod:`smallcode.data.filters`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Directories never entered when walking a corpus directory: caches, VCS data, installed
+# third-party packages (which are somebody else's corpus, and our held-out set).
+SKIP_DIRS = frozenset(
+    {"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "node_modules", "site-packages", "dist-packages"}
+)
+DEFAULT_EXTENSIONS: tuple[str, ...] = (".py",)
+JSONL_TEXT_FIELDS: tuple[str, ...] = ("text", "content", "code")
+
+
+class DataError(ValueError):
+    """Bad corpus or shard input; the message names the file (and line or field)."""
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a document comes from: a file, or one line of a JSONL file (1-based)."""
+
+    path: Path
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class RawDocument:
+    """A document's bytes as read, before any filtering or decoding."""
+
+    source: SourceRef
+    data: bytes
+
+
+def default_corpus() -> list[Path]:
+    """The embedded corpus: the standard-library source directory of the running interpreter."""
+    return [Path(sysconfig.get_paths()["stdlib"])]
+
+
+def _walk(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.is_symlink():
+            if p.name not in SKIP_DIRS:
+                yield from _walk(p, extensions)
+        elif p.is_file() and (p.suffix in extensions):
+            yield p
+
+
+def discover_files(
+    specs: Sequence[str | Path] | None, extensions: Sequence[str] = DEFAULT_EXTENSIONS
+) -> list[Path]:
+    """Expand corpus specs into a sorted, de-duplicated list of files (JSONL files kept as such).
+
+    An explicitly named file is kept whatever its extension; a spec matching nothing is an error,
+    because a typo must not silently shrink the corpus.
+    """
+    specs = list(specs) if specs else default_corpus()
+    found: set[Path] = set()
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found.update(_walk(path, extensions))
+        elif path.is_file():
+            found.add(path)
+        elif any(ch in str(spec) for ch in "*?["):
+            matches = [Path(m) for m in glob.glob(str(spec), recursive=True)]
+            files = [m for m in matches if m.is_file()]
+            for d in (m for m in matches if m.is_dir()):
+                files.extend(_walk(d, extensions))
+            if not files:
+                raise DataError(f"corpus glob {spec!r} matches no file")
+            found.update(files)
+        else:
+            raise DataError(f"corpus path {spec}: no such file or directory")
+    return sorted(found)
+
+
+def read_bytes(path: Path) -> bytes:
+    """Read a file; a missing or unreadable file is a :class:`DataError` naming it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: file vanished since discovery (or never existed)") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def _jsonl_documents(path: Path, text_fields: Sequence[str]) -> Iterator[RawDocument]:
+    raw = read_bytes(path)
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        field = next((f for f in text_fields if f in obj), None)
+        if field is None or not isinstance(obj[field], str):
+            raise DataError(f"{path}:{lineno}: no string field among {list(text_fields)}")
+        yield RawDocument(SourceRef(path, lineno), obj[field].encode("utf-8", "surrogatepass"))
+
+
+def iter_raw_documents(
+    files: Sequence[Path], text_fields: Sequence[str] = JSONL_TEXT_FIELDS
+) -> Iterator[RawDocument]:
+    """Yield every document of the discovered files, in order: one per file, one per JSONL line."""
+    for path in files:
+        if path.suffix == ".jsonl":
+            yield from _jsonl_documents(path, text_fields)
+        else:
+            yield RawDocument(SourceRef(path), read_bytes(path))
+
+
+def read_raw_document(path: Path) -> list[RawDocument]:
+    """All documents of one file (a list, so it can be shipped back from a worker process)."""
+    return list(iter_raw_documents([path]))

@@ -1,0 +1,197 @@
+"""``CodeTokenizer``: the loaded smallcode tokenizer, with FIM and chat formatting.
+
+Interface (other subpackages rely on it):
+
+* ``load_tokenizer(path) -> CodeTokenizer``: ``path`` is a directory holding ``tokenizer.json``
+  (e.g. a model checkpoint directory) or the file itself.
+* ``encode(str) -> list[int]``, ``encode_batch(list[str])``, ``decode(list[int]) -> str``;
+  ``decode(encode(x)) == x`` for every string. ``encode`` treats its input as *plain text*: a
+  literal ``<|endoftext|>`` inside a source file becomes ordinary tokens, never the special id.
+  Special ids enter a sequence only through the formatting helpers below.
+* ``vocab_size``, ``eot_id``, ``pad_id``, ``fim_prefix_id``, ``fim_middle_id``, ``fim_suffix_id``.
+* ``hash``: sha256 of the canonical JSON (sorted keys, compact) of ``tokenizer.json``; token
+  shards record it so data tokenised with another tokenizer is refused.
+* ``save(dir)``: writes ``tokenizer.json`` (loadable by ``tokenizers.Tokenizer.from_file`` and
+  ``transformers.PreTrainedTokenizerFast``) and a ``tokenizer_config.json`` naming the special
+  tokens and the chat template, each atomically.
+* ``fim_ids`` / ``fim_prompt``: prefix-suffix-middle ("psm") and suffix-prefix-middle ("spm")
+  layouts; ``chat_ids``: role-tagged turns.
+
+It does not train (see :mod:`smallcode.tokenizer.train`) and does not know about shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenizers import Tokenizer
+
+from smallcode.tokenizer import specials
+
+FimMode = Literal["psm", "spm"]
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+
+# Jinja template equivalent to ``chat_ids`` so transformers' apply_chat_template agrees with us.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used; the message names the file."""
+
+
+def canonical_hash(tokenizer_json: str) -> str:
+    """sha256 of a tokenizer.json's content, independent of key order and whitespace."""
+    obj = json.loads(tokenizer_json)
+    canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary name in the same directory, then rename over the target."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CodeTokenizer:
+    """A byte-level BPE tokenizer with smallcode's special tokens (see module docstring)."""
+
+    def __init__(self, tokenizer: Tokenizer, source: str = "<memory>") -> None:
+        self._tok = tokenizer
+        self.source = source
+        ids: dict[str, int] = {}
+        for name in specials.SPECIAL_TOKENS:
+            tid = tokenizer.token_to_id(name)
+            if tid is None:
+                raise TokenizerError(f"{source}: not a smallcode tokenizer (special token {name} missing)")
+            ids[name] = tid
+        self.special_ids: dict[str, int] = ids
+        self.eot_id = ids[specials.EOT]
+        self.pad_id = ids[specials.PAD]
+        self.fim_prefix_id = ids[specials.FIM_PREFIX]
+        self.fim_middle_id = ids[specials.FIM_MIDDLE]
+        self.fim_suffix_id = ids[specials.FIM_SUFFIX]
+        self.end_of_turn_id = ids[specials.END_OF_TURN]
+        self.role_ids: dict[str, int] = {role: ids[tok] for role, tok in specials.ROLE_TOKENS.items()}
+        self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
+        # Computed before the runtime flag below, which is not part of the file anyway.
+        self.hash: str = canonical_hash(tokenizer.to_str())
+        # Plain text never yields special ids: the added-token matcher is switched off for
+        # encode(); formatting helpers insert special ids explicitly.
+        self._tok.encode_special_tokens = True
+
+    # -- plain text ---------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encode many texts at once; the Rust side spreads them over all cores."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        return self._tok.decode_batch([list(x) for x in batch], skip_special_tokens=False)
+
+    def token_count(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # -- formatting ---------------------------------------------------------------------------
+    def fim_ids(self, prefix: str, middle: str, suffix: str, mode: FimMode = "psm") -> list[int]:
+        """A training example in fill-in-the-middle form (no trailing end-of-text).
+
+        psm: ``<pre> prefix <suf> suffix <mid> middle``;
+        spm: ``<pre> <suf> suffix <mid> prefix middle`` (the prefix continues straight into the
+        middle, so generation after the prompt is ordinary left-to-right text).
+        """
+        p, m, s = self.encode_batch([prefix, middle, suffix])
+        if mode == "psm":
+            return [self.fim_prefix_id, *p, self.fim_suffix_id, *s, self.fim_middle_id, *m]
+        if mode == "spm":
+            return [self.fim_prefix_id, self.fim_suffix_id, *s, self.fim_middle_id, *p, *m]
+        raise ValueError(f"unknown FIM mode {mode!r}; choose 'psm' or 'spm'")
+
+    def fim_prompt(self, prefix: str, suffix: str, mode: FimMode = "psm") -> list[int]:
+        """The prompt asking a model for the middle between ``prefix`` and ``suffix``."""
+        return self.fim_ids(prefix, "", suffix, mode)
+
+    def chat_ids(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+        """``<|role|> content <|end|>`` per message; optionally open an assistant turn at the end."""
+        out: list[int] = []
+        for i, msg in enumerate(messages):
+            role = msg.get("role")
+            if role not in self.role_ids:
+                raise ValueError(f"message {i}: role {role!r} is not one of {sorted(self.role_ids)}")
+            content = msg.get("content")
+            if not isinstance(content, str):
+                raise ValueError(f"message {i}: content must be a string")
+            out += [self.role_ids[role], *self.encode(content), self.end_of_turn_id]
+        if add_generation_prompt:
+            out.append(self.role_ids["assistant"])
+        return out
+
+    # -- files --------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self._tok.to_str(pretty=True)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``; return the first."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / TOKENIZER_FILE
+        atomic_write_text(path, self.to_json())
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(self.hf_config(), indent=2) + "\n")
+        return path
+
+    def hf_config(self) -> dict[str, Any]:
+        """The ``tokenizer_config.json`` that makes transformers know our special tokens."""
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": specials.EOT,
+            "bos_token": None,
+            "pad_token": specials.PAD,
+            "unk_token": None,
+            "additional_special_tokens": [
+                t for t in specials.SPECIAL_TOKENS if t not in (specials.EOT, specials.PAD)
+            ],
+            "chat_template": CHAT_TEMPLATE,
+            "model_max_length": 1_000_000_000,
+            "clean_up_tokenization_spaces": False,
+            "smallcode_tokenizer_hash": self.hash,
+        }
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying ``tokenizers.Tokenizer`` (its special-token matching is switched off)."""
+        return self._tok
+
+
+def load_tokenizer(path: str | Path) -> CodeTokenizer:
+    """Load from a directory holding ``tokenizer.json`` or from the file; errors name the path."""
+    path = Path(path)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise TokenizerError(f"{file}: no tokenizer file here (expected a directory with {TOKENIZER_FILE})")
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust side raises a bare Exception for any malformed file
+        raise TokenizerError(f"{file}: not a valid tokenizer.json ({e})") from e
+    return CodeTokenizer(tok, source=str(file))
