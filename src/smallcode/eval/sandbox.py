@@ -616,13 +616,18 @@ def _sweep(cfg: dict[str, Any], pgid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _reap() -> None:
-    while True:  # orphans re-parent to us when we are init (`unshare` mode)
+def _reap(limit_s: float = 2.0) -> None:
+    """Reap every child we have left. When we are the namespace's init (``unshare`` mode), killed
+    orphans re-parent to us and must be reaped before they vanish; wait for all of them."""
+    deadline = time.monotonic() + limit_s
+    while True:
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.001)
         except ChildProcessError:
-            break
+            return
 
 
 def _serve(cfg: dict[str, Any]) -> None:
