@@ -75,7 +75,8 @@ def blocked_window_attention(q_BTHD: torch.Tensor, k_BTKD: torch.Tensor, v_BTKD:
         return local.reshape(B * K, N, -1, D)
 
     mask = _block_mask(N, C, window, G, T, q_BTHD.device)  # (N, C, S)
-    mask = mask.repeat(1, R, 1)  # rows follow the (R, C) stacking of the queries
+    # rows follow the (R, C) stacking of the queries; a 4-D mask lets CPU SDPA use its flash kernel
+    mask = mask.repeat(1, R, 1)[None]
     o = F.scaled_dot_product_attention(q_XNQD, blocks(k_BTKD), blocks(v_BTKD), attn_mask=mask)
     o = o.view(B, K, N, R, C, D).permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, H, D)
     return o[:, :T]

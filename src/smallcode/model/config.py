@@ -146,10 +146,16 @@ def _mean_visible_keys(seq_len: int, window: int, n_global: int) -> float:
     return total / seq_len
 
 
+def tiny() -> ModelConfig:
+    """The shared test size: 2 layers, width 64, 4 experts top-2, vocabulary 256."""
+    return ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
+                       n_experts=4, top_k=2, window=16, n_global=2, max_seq_len=128)
+
+
 def nano() -> ModelConfig:
     """~17M total / ~8M active: trains on two CPU cores in minutes."""
     return ModelConfig(vocab_size=8192, d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, d_ff=512,
-                       n_experts=8, top_k=2, window=256, n_global=4, max_seq_len=1024)
+                       n_experts=8, top_k=2, window=256, n_global=4, max_seq_len=2048)
 
 
 def nano_dense() -> ModelConfig:
@@ -171,6 +177,7 @@ def flagship() -> ModelConfig:
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "tiny": tiny,
     "nano": nano,
     "nano-dense": nano_dense,
     "small": small,
