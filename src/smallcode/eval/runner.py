@@ -268,16 +268,18 @@ def evaluate(
         unit="sample",
         disable=not progress,
     )
+    pool = ThreadPoolExecutor(cfg.n_workers)
     try:
-        with ThreadPoolExecutor(cfg.n_workers) as pool:
-            futs = [pool.submit(one, r) for r in pending]
-            for f in as_completed(futs):
-                res = f.result()
-                results.append(res)
-                if on_result is not None:
-                    on_result(res)
-                bar.update(1)
+        futs = [pool.submit(one, r) for r in pending]
+        for f in as_completed(futs):
+            res = f.result()
+            results.append(res)
+            if on_result is not None:
+                on_result(res)
+            bar.update(1)
     finally:
+        # On an interruption, drop what has not started; what finished is already on disk.
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         results.close()
         expected.save()
@@ -287,9 +289,7 @@ def evaluate(
     security = None
     if cfg.security_scan:
         security = _security(out, tasks, rows)
-    return write_reports(
-        out, tasks, results.rows, cfg.k, security, backend_name, cfg.to_dict(), meta["sandbox"]
-    )
+    return write_reports(out, tasks, results.rows, cfg.k, security, backend_name, cfg.to_dict(), meta["sandbox"])
 
 
 def _security(out: Path, tasks: Iterable[Task], rows: list[dict[str, Any]]) -> dict[str, str | None]:
