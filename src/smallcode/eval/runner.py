@@ -310,12 +310,16 @@ def _security(out: Path, tasks: Iterable[Task], rows: list[dict[str, Any]]) -> d
     return cached
 
 
-def load_tasks(suites: list[str], data_dir: str | Path | None, limit: int | None = None) -> list[Task]:
-    """Tasks of the named suites, via the suites package (``load_suite``)."""
+def load_tasks(
+    suites: list[str], data_dir: str | Path | None, limit: int | None = None, repo_file: str | Path | None = None
+) -> list[Task]:
+    """Tasks of the named suites, via the suites package (``load_suite``); ``repo_file`` is a mined
+    problem file to use as the ``repo`` suite instead of the pinned standard-library one."""
     from smallcode.eval.tasks import load_suite
 
     tasks: list[Task] = []
     for name in suites:
-        got = load_suite(name, Path(data_dir) if data_dir else None)
+        where = repo_file if name == "repo" and repo_file else data_dir
+        got = load_suite(name, Path(where) if where else None)
         tasks.extend(got[:limit] if limit else got)
     return tasks
