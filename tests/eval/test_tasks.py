@@ -192,3 +192,10 @@ def test_codec_keeps_what_eq_forgets() -> None:
         codec.encode(object())
     with pytest.raises(codec.CodecError):
         codec.decode({"$": "pickle", "v": ""})
+
+
+def test_same_value_is_type_exact_but_order_free() -> None:
+    assert codec.same_value({"a": 1, "b": (2,)}, {"b": (2,), "a": 1})
+    assert codec.same_value({1, 2}, {2, 1}) and codec.same_value(float("nan"), float("nan"))
+    assert not codec.same_value(240, 240.0) and not codec.same_value([1], (1,))
+    assert not codec.same_value({"a": 1}, {"a": True})

@@ -87,3 +87,20 @@ def dumps(value: Any) -> str:
 
 def loads(text: str) -> Any:
     return decode(json.loads(text))
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of identical types all the way down; dict and set order ignored, NaN equals NaN."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        return a == b or (a != a and b != b)
+    if type(a) is complex:
+        return same_value(a.real, b.real) and same_value(a.imag, b.imag)
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if type(a) in (set, frozenset):
+        return sorted(map(dumps, a)) == sorted(map(dumps, b))
+    return a == b

@@ -41,7 +41,8 @@ class Outcome:
     """True when it returned (``value`` holds the result); False when it raised."""
     value: Any = None
     error: str = ""
-    """``"<ExceptionType>: <message>"`` when it raised (a strict verdict may require the same type)."""
+    """``"<ExceptionType>: <message>"`` when it raised; ``"timeout: ..."`` / ``"unencodable: ..."`` when
+    the input is unusable for strict checking."""
 
 
 _CHILD = r"""
@@ -112,10 +113,11 @@ def _parse(task: Task, raw: list) -> list[Outcome]:
     for i, (kind, payload) in enumerate(raw):
         if kind == "ok":
             outcomes.append(Outcome(True, codec.decode(payload)))
-        elif kind == "raise":
-            outcomes.append(Outcome(False, error=payload))
+        elif kind in ("raise", "timeout", "unencodable"):
+            # "raise": the reference raised; the other two mean strict mode cannot use this input.
+            outcomes.append(Outcome(False, error=payload if kind == "raise" else f"{kind}: {payload}"))
         else:
-            raise ExpectedError(f"{task.suite} {task.task_id}: input {i}: {payload}")
+            raise ExpectedError(f"{task.suite} {task.task_id}: input {i}: unknown outcome {kind!r}")
     return outcomes
 
 
@@ -137,9 +139,7 @@ def _compute(task: Task, per_call_s: float, timeout_s: float) -> list:
         run = run_python(_CHILD.format(codec_dir=codec_dir), timeout=timeout_s, args=(job, result))
         if not run.ok or not os.path.exists(result):
             why = "timed out" if run.returncode is None else f"exit {run.returncode}"
-            raise ExpectedError(
-                f"{task.suite} {task.task_id}: reference run failed ({why}): {run.stderr[-800:]}"
-            )
+            raise ExpectedError(f"{task.suite} {task.task_id}: reference run failed ({why}): {run.stderr[-800:]}")
         with open(result) as f:
             return json.load(f)
 
@@ -155,8 +155,10 @@ def expected_outputs(
     """For each task with strict inputs, the reference's outcome on each input, by ``task_id``.
 
     Cached under ``cache_dir`` (default ``~/.cache/smallcode/expected``); a cache hit costs one hash.
-    Raises :class:`ExpectedError` when a reference cannot run, times out, or returns a value the codec
-    cannot carry; tasks must come from one suite (ids are the keys).
+    An input on which the reference raises gives ``Outcome(ok=False, error="Type: msg")``; one where it
+    runs past ``per_call_s`` or returns a value the codec cannot carry gives ``error`` starting with
+    ``"timeout:"`` / ``"unencodable:"`` (strict mode cannot use it). Raises :class:`ExpectedError` when
+    the reference program itself cannot run. Tasks must come from one suite (ids are the keys).
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,8 @@ class Candidate:
     preamble: str
     docs: list[str]
     inputs: list[tuple[Any, ...]] = field(default_factory=list)
+    tests: tuple[str, ...] = ()
+    """Unit tests (dotted ids) that check it; empty for doctest problems."""
     source_file: str = ""
     line: int = 0
 
@@ -158,11 +160,7 @@ def _is_main_guard(node: ast.stmt) -> bool:
 
 def _doc_node(fn: ast.FunctionDef) -> ast.Expr | None:
     first = fn.body[0] if fn.body else None
-    if (
-        isinstance(first, ast.Expr)
-        and isinstance(first.value, ast.Constant)
-        and isinstance(first.value.value, str)
-    ):
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
         return first
     return None
 
@@ -242,17 +240,62 @@ def _read_source(path: Path) -> str | None:
         return None
 
 
-def module_candidates(module: str, path: Path) -> list[Candidate]:
-    """Every function of one module that a doctest of the same module calls, as an unchecked candidate."""
+def _parse(path: Path) -> tuple[str, ast.Module] | None:
     text = _read_source(path)
-    if text is None or ">>>" not in text:
-        return []
+    if text is None:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tree = ast.parse(text)
+            return text, ast.parse(text)
     except SyntaxError:
+        return None
+
+
+def _targets(tree: ast.Module) -> list[tuple[ast.FunctionDef, ast.ClassDef | None]]:
+    """Module-level functions and plain methods of module-level classes, each defined once."""
+    top_names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+    targets: list[tuple[ast.FunctionDef, ast.ClassDef | None]] = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and top_names.count(node.name) == 1:
+            targets.append((node, None))
+        elif isinstance(node, ast.ClassDef) and top_names.count(node.name) == 1:
+            method_names = [m.name for m in node.body if isinstance(m, ast.FunctionDef)]
+            for m in node.body:
+                if (
+                    isinstance(m, ast.FunctionDef)
+                    and not m.decorator_list
+                    and not m.name.startswith("__")
+                    and method_names.count(m.name) == 1
+                ):
+                    targets.append((m, node))
+    return targets
+
+
+def _split(lines: list[str], module: str, fn: ast.FunctionDef, cls: ast.ClassDef | None) -> tuple[str, str, int] | None:
+    """(prompt, reference body, first line) of a function with a docstring and a body after it."""
+    doc_node = _doc_node(fn)
+    if doc_node is None or len(fn.body) < 2 or fn.body[1].lineno <= doc_node.end_lineno:
+        return None
+    start = fn.decorator_list[0].lineno if fn.decorator_list else fn.lineno
+    indent = " " * fn.col_offset
+    head = _dedent(lines[start - 1 : doc_node.end_lineno], indent)
+    body = _dedent(lines[doc_node.end_lineno : fn.end_lineno], indent)
+    if head is None or body is None or not "".join(body).strip():
+        return None
+    kind = f"method of class {cls.name} (self is a {cls.name})" if cls else "function"
+    prompt = f"# {module}: {kind}\n" + "".join(head)
+    if not prompt.endswith("\n"):
+        prompt += "\n"
+    return prompt, "".join(body), start
+
+
+def module_candidates(module: str, path: Path) -> list[Candidate]:
+    """Every function of one module that a doctest of the same module calls, as an unchecked candidate."""
+    parsed = _parse(path)
+    if parsed is None or ">>>" not in parsed[0]:
         return []
+    text, tree = parsed
     lines = text.splitlines(keepends=True)
 
     # Docstrings with examples, anywhere in the module, and what their examples call.
@@ -274,45 +317,16 @@ def module_candidates(module: str, path: Path) -> list[Candidate]:
         if _is_main_guard(node):
             drop_main.update(range(node.lineno, node.end_lineno + 1))
 
-    top_names = [
-        n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-    ]
-    targets: list[tuple[ast.FunctionDef, ast.ClassDef | None]] = []
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and top_names.count(node.name) == 1:
-            targets.append((node, None))
-        elif isinstance(node, ast.ClassDef) and top_names.count(node.name) == 1:
-            method_names = [m.name for m in node.body if isinstance(m, ast.FunctionDef)]
-            for m in node.body:
-                if (
-                    isinstance(m, ast.FunctionDef)
-                    and not m.decorator_list
-                    and not m.name.startswith("__")
-                    and method_names.count(m.name) == 1
-                ):
-                    targets.append((m, node))
-
     found = []
-    for fn, cls in targets:
-        doc_node = _doc_node(fn)
-        if doc_node is None or len(fn.body) < 2 or fn.body[1].lineno <= doc_node.end_lineno:
+    for fn, cls in _targets(tree):
+        exercising = [d for d in docs if fn.name in (d[2] if cls else d[1])][:_MAX_DOCS]
+        split = _split(lines, module, fn, cls) if exercising else None
+        if split is None:
             continue
-        if cls is None:
-            exercising = [d for d in docs if fn.name in d[1]]
-        else:
-            exercising = [d for d in docs if fn.name in d[2]]
-        if not exercising:
-            continue
-        exercising = exercising[:_MAX_DOCS]
-        start = fn.decorator_list[0].lineno if fn.decorator_list else fn.lineno
-        indent = " " * fn.col_offset
-        head = _dedent(lines[start - 1 : doc_node.end_lineno], indent)
-        body = _dedent(lines[doc_node.end_lineno : fn.end_lineno], indent)
-        if head is None or body is None or not "".join(body).strip():
-            continue
-        # Preamble: the module without the function and without its main block.
-        # A class whose only statement is this method keeps a `pass` in its place.
-        placeholder = indent + "pass\n" if cls is not None and cls.body == [fn] else ""
+        prompt, reference, start = split
+        # Preamble: the module without the function and without its main block; a class whose only
+        # statement is this method keeps a `pass` in its place.
+        placeholder = " " * fn.col_offset + "pass\n" if cls is not None and cls.body == [fn] else ""
         kept = []
         for i, ln in enumerate(lines, start=1):
             if i in drop_main:
@@ -325,24 +339,18 @@ def module_candidates(module: str, path: Path) -> list[Candidate]:
         preamble = "".join(kept)
         if not preamble.endswith("\n"):
             preamble += "\n"
-        qual = fn.name if cls is None else f"{cls.name}.{fn.name}"
-        kind = f"method of class {cls.name} (self is a {cls.name})" if cls else "function"
-        header = f"# {module}: {kind}\n"
-        prompt = header + "".join(head)
-        if not prompt.endswith("\n"):
-            prompt += "\n"
-        inputs = []
+        inputs: list[tuple[Any, ...]] = []
         if cls is None:
             for _, _, _, examples in exercising:
                 inputs += [a for a in _literal_call_inputs(examples, fn.name) if a not in inputs]
         found.append(
             Candidate(
                 module=module,
-                qualname=qual,
+                qualname=fn.name if cls is None else f"{cls.name}.{fn.name}",
                 entry_point=fn.name,
                 cls=cls.name if cls else "",
                 prompt=prompt,
-                reference="".join(body),
+                reference=reference,
                 preamble=preamble,
                 docs=[d[0] for d in exercising],
                 inputs=inputs[:_MAX_INPUTS],
@@ -351,6 +359,45 @@ def module_candidates(module: str, path: Path) -> list[Candidate]:
             )
         )
     return found
+
+
+_IMPORT_PREAMBLE = """import {module} as _module_under_test
+globals().update(
+    {{k: v for k, v in vars(_module_under_test).items() if not (k[:2] == "__" == k[-2:]) and k != {skip!r}}}
+)
+del _module_under_test
+"""
+
+
+def test_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...]) -> Candidate | None:
+    """A candidate checked by the named unit tests (see :mod:`repo_tests`); None when unusable."""
+    parsed = _parse(path)
+    if parsed is None:
+        return None
+    text, tree = parsed
+    for fn, cls in _targets(tree):
+        qual = fn.name if cls is None else f"{cls.name}.{fn.name}"
+        if qual != qualname:
+            continue
+        split = _split(text.splitlines(keepends=True), module, fn, cls)
+        if split is None:
+            return None
+        prompt, reference, _ = split
+        return Candidate(
+            module=module,
+            qualname=qual,
+            entry_point=fn.name,
+            cls=cls.name if cls else "",
+            prompt=prompt,
+            reference=reference,
+            # The real module's globals (same classes and helpers as the original), minus the function.
+            preamble=_IMPORT_PREAMBLE.format(module=module, skip="" if cls else fn.name),
+            docs=[],
+            tests=tuple(tests),
+            source_file=str(path),
+            line=fn.lineno,
+        )
+    return None
 
 
 # ---- from candidate to task -------------------------------------------------------------------------
@@ -382,10 +429,26 @@ _PATCH_REAL = """    try:
 """
 
 
+_CHECK_TESTS = """
+
+def check(candidate):
+    import unittest as _unittest
+{patch}    _suite = _unittest.defaultTestLoader.loadTestsFromNames({tests!r})
+    _result = _unittest.TestResult()
+    _suite.run(_result)
+    _ran = _result.testsRun - len(_result.skipped)
+    _bad = _result.failures + _result.errors
+    assert _ran > 0 and not _bad, "%d of %d tests failed: %s" % (
+        len(_bad), _result.testsRun, _bad[0][0].id() if _bad else "none ran")
+"""
+
+
 def _test_code(c: Candidate) -> str:
     patch = _PATCH_REAL.format(module=c.module, cls=c.cls, name=c.entry_point)
     if c.cls:
         patch += f"    setattr({c.cls}, {c.entry_point!r}, candidate)\n"
+    if c.tests:
+        return _CHECK_TESTS.format(patch=patch, tests=list(c.tests))
     return _CHECK.format(patch=patch, docs=c.docs, qual=c.qualname)
 
 
@@ -399,7 +462,14 @@ def to_task(c: Candidate, with_inputs: bool) -> Task:
         test=_test_code(c),
         inputs=tuple(c.inputs) if with_inputs else (),
         preamble=c.preamble,
-        meta={"module": c.module, "qualname": c.qualname, "line": c.line, "n_docstrings": len(c.docs)},
+        meta={
+            "module": c.module,
+            "qualname": c.qualname,
+            "line": c.line,
+            "checked_by": "unittest" if c.tests else "doctest",
+            "tests": list(c.tests),
+            "n_docstrings": len(c.docs),
+        },
     )
 
 
@@ -424,9 +494,7 @@ def task_sha256(task: Task) -> str:
 
 def wrong_bodies(task: Task) -> list[str]:
     """The trivially wrong completions a kept task must reject."""
-    indent = next(
-        (ln[: len(ln) - len(ln.lstrip())] for ln in task.reference.splitlines() if ln.strip()), "    "
-    )
+    indent = next((ln[: len(ln) - len(ln.lstrip())] for ln in task.reference.splitlines() if ln.strip()), "    ")
     return [f"{indent}pass\n", f"{indent}return None\n"]
 
 
@@ -484,9 +552,7 @@ class _Checker:
             return False
 
         def passes(completion: str) -> bool:
-            return self.check_mod.check_strict(
-                task, completion, sb, expected, timeout_s=self.timeout_s
-            ).passed
+            return self.check_mod.check_strict(task, completion, sb, expected, timeout_s=self.timeout_s).passed
 
         return passes(task.reference) and not any(passes(w) for w in wrong_bodies(task))
 
@@ -540,11 +606,36 @@ def select_stable(tasks: list[Task], limit: int | None) -> list[Task]:
     return sorted(chosen, key=lambda t: t.task_id)
 
 
-def mine_candidates(source: str | Path) -> tuple[str, list[Candidate]]:
+def mine_candidates(
+    source: str | Path, test_modules: tuple[str, ...] | None = None, progress: bool = False
+) -> tuple[str, list[Candidate]]:
+    """(label, candidates): doctest candidates of every module, then (when ``test_modules`` is given, or
+    by default for ``"stdlib"``) functions without one that those unit-test modules exercise."""
     label, files = _module_files(source)
     found: list[Candidate] = []
     for module, path in files:
         found += module_candidates(module, path)
+    if test_modules and str(source) != "stdlib":
+        # The checks import the real module inside the sandbox, which sees only system paths.
+        raise ValueError("unit-test mining (test_modules) is supported for the standard library only")
+    if test_modules is None and str(source) == "stdlib":
+        from smallcode.eval.tasks.repo_tests import STDLIB_TEST_MODULES
+
+        test_modules = STDLIB_TEST_MODULES
+    if test_modules:
+        from smallcode.eval.tasks import repo_tests
+
+        by_fn = repo_tests.tests_by_function(repo_tests.trace_tests_of(test_modules, progress=progress))
+        have = {(c.module, c.qualname) for c in found}
+        for module, path in files:
+            real = os.path.realpath(path)
+            for qual, line in repo_tests.function_lines(path).items():
+                tests = by_fn.get((real, line))
+                if not tests or (module, qual) in have:
+                    continue
+                c = test_candidate(module, path, qual, repo_tests.choose_tests(tests))
+                if c is not None:
+                    found.append(c)
     return label, found
 
 
@@ -555,17 +646,20 @@ def mine_repo(
     workers: int | None = None,
     timeout_s: float = 10.0,
     progress: bool = True,
+    test_modules: tuple[str, ...] | None = None,
 ) -> Path:
     """Mine function-completion problems from ``source`` into the JSONL file ``out``; returns ``out``.
 
     ``source``: a directory, an importable module or package name, or ``"stdlib"``. ``limit``: keep
     at most this many (chosen by :func:`select_stable`). Each kept problem passed the harness's own
-    check with its original body and failed with ``pass`` and ``return None`` bodies. The file starts
+    check with its original body and failed with ``pass`` and ``return None`` bodies. ``test_modules``:
+    unit-test modules (dotted names) whose tests may check functions that no doctest calls (default: a
+    curated list for ``"stdlib"``; other sources are doctest-only). The file starts
     with a header line (source, Python version, counts) and is written atomically.
     """
     from tqdm import tqdm
 
-    label, candidates = mine_candidates(source)
+    label, candidates = mine_candidates(source, test_modules, progress=progress)
     checker = _Checker(timeout_s)
     kept: list[Task] = []
     try:
@@ -632,9 +726,7 @@ def load_mined(path: Path) -> list[Task]:
             raise DataFileError(f"{path}:{lineno}: not a JSON record ({e})") from e
         if lineno == 1 and isinstance(rec, dict) and "header" in rec:
             if rec["header"].get("format") != FORMAT_VERSION:
-                raise DataFileError(
-                    f"{path}:1: format {rec['header'].get('format')}, expected {FORMAT_VERSION}"
-                )
+                raise DataFileError(f"{path}:1: format {rec['header'].get('format')}, expected {FORMAT_VERSION}")
             continue
         missing = [k for k in fields if not isinstance(rec, dict) or k not in rec]
         if missing:
