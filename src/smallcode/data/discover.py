@@ -132,6 +132,6 @@ def iter_raw_documents(
             yield RawDocument(SourceRef(path), read_bytes(path))
 
 
-def read_raw_document(path: Path) -> list[RawDocument]:
+def read_raw_document(path: Path, text_fields: Sequence[str] = JSONL_TEXT_FIELDS) -> list[RawDocument]:
     """All documents of one file (a list, so it can be shipped back from a worker process)."""
-    return list(iter_raw_documents([path]))
+    return list(iter_raw_documents([path], text_fields))
