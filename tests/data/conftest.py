@@ -10,6 +10,8 @@ import pytest
 from smallcode.data.config import PrepareConfig
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
+from data_helpers import make_module  # noqa: I001  (tests/data/data_helpers.py)
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
@@ -23,15 +25,6 @@ def data_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def data_tokenizer(data_tokenizer_dir: Path) -> CodeTokenizer:
     return load_tokenizer(data_tokenizer_dir)
-
-
-def make_module(i: int, lines: int = 40) -> str:
-    """A distinct, realistic-looking Python module (distinct enough not to be a near-duplicate)."""
-    body = [f'"""Module number {i}: helpers for case {i * 7919 % 1000}."""', "", "import math", ""]
-    for j in range(lines):
-        body.append(f"def f_{i}_{j}(x_{j}, y={(i * 31 + j * 17) % 97}):")
-        body.append(f"    return math.sqrt(x_{j} ** {j % 5 + 1} + y * {i + j})  # note {(i * j) % 13}")
-    return "\n".join(body) + "\n"
 
 
 @pytest.fixture
