@@ -6,11 +6,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from data_helpers import make_module  # tests/data/data_helpers.py
 
 from smallcode.data.config import PrepareConfig
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
-
-from data_helpers import make_module  # noqa: I001  (tests/data/data_helpers.py)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import make_module  # tests/data/data_helpers.py
 
 from smallcode.data import DataError, PrepareConfig, ShardLoader, prepare, verify_directory
 from smallcode.data.fim import apply_fim, fim_document
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
-
-from data_helpers import make_module  # noqa: I001  (tests/data/data_helpers.py)
 
 B, T = 4, 32
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import make_module  # tests/data/data_helpers.py
 
-from data_helpers import make_module  # noqa: I001  (tests/data/data_helpers.py)
 from smallcode.data import DataError, PrepareConfig, prepare, read_index, verify_directory
 from smallcode.data import build as prepare_module
 from smallcode.data.build import in_validation
