@@ -1,0 +1,43 @@
+"""``smallcode tokenizer train|stats`` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smallcode.cli.main import main
+from smallcode.tokenizer import load_tokenizer
+
+
+def test_train_then_stats(tmp_path: Path, tiny_corpus: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus, _ = tiny_corpus
+    out = tmp_path / "tok"
+    argv = [
+        "tokenizer",
+        "train",
+        "--corpus",
+        str(corpus[0]),
+        str(corpus[1]),
+        "--vocab-size",
+        "400",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "vocab 400" in capsys.readouterr().out
+    tok = load_tokenizer(out)
+    sample = tmp_path / "s.py"
+    sample.write_text("def f(x):\n    return x\n\nprint(f(1))\n")
+    assert main(["tokenizer", "stats", "--tokenizer", str(out), "--files", str(sample), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    n = len(tok.encode(sample.read_text()))
+    assert stats["tokens"] == n and stats["lines"] == 4
+    assert stats["bytes_per_token"] == round(sample.stat().st_size / n, 4)
+
+
+def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tokenizer", "stats", "--tokenizer", str(tmp_path), "--files", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no tokenizer file" in err and "Traceback" not in err
