@@ -1,7 +1,8 @@
 """Exact and near-duplicate removal.
 
 Exact duplicates: identical UTF-8 content (sha256). Near duplicates: MinHash signatures of
-word shingles, indexed by ``datasketch``'s LSH; a candidate found by LSH is confirmed by its
+word shingles (computed here with numpy, several times faster than hashing each shingle in
+Python), indexed by ``datasketch``'s LSH; a candidate found by LSH is confirmed by its
 estimated Jaccard similarity before the document is dropped. The first document in corpus
 order is kept, so the result is deterministic. Signatures are computed by
 :func:`minhash_signature` (run in worker processes); the index itself lives in one process.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 
 import numpy as np
 
 _WORD = re.compile(r"\w+")
-# Pinned so signatures from worker processes and the index agree (datasketch >= 2 has several).
+# datasketch (>= 2) wants to know which scheme produced hash values; ours are 32-bit affine
+# permutations of 32-bit shingle hashes, which is what its "affine32" label stands for.
 MINHASH_SCHEME = "affine32"
 
 
@@ -31,13 +34,50 @@ def shingles(text: str, n: int) -> list[bytes]:
     return [" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
 
 
-def minhash_signature(text: str, num_perm: int, n_words: int) -> np.ndarray:
-    """The MinHash signature (uint64, length ``num_perm``) of a text's word shingles; seed fixed."""
-    from datasketch import MinHash
+_MASK32 = np.uint64((1 << 32) - 1)
+_ROW_BLOCK = 4096  # shingles per block, bounding memory at _ROW_BLOCK x num_perm uint64
 
-    m = MinHash(num_perm=num_perm, seed=1, scheme=MINHASH_SCHEME)
-    m.update_batch(shingles(text, n_words))
-    return m.hashvalues.copy()
+
+def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    # Fixed seed: signatures from any process or run are comparable.
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
+    b = rng.integers(0, np.iinfo(np.uint64).max, size=num_perm, dtype=np.uint64, endpoint=True)
+    return a, b
+
+
+def shingle_hashes(text: str, n: int) -> np.ndarray:
+    """32-bit hashes of the ``n``-word shingles of a text (the same shingles as :func:`shingles`)."""
+    words = _WORD.findall(text)
+    if not words:
+        words = [""]
+    # crc32 is deterministic across processes (unlike hash()) and runs in C.
+    wh = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
+    m = max(1, len(words) - n + 1)
+    h = np.zeros(m, dtype=np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        # Polynomial in the word hashes with wrap-around uint64 arithmetic, order-sensitive.
+        for k in range(min(n, len(words))):
+            h = h * mult + wh[k : k + m] + np.uint64(k + 1)
+        return (h ^ (h >> np.uint64(32))) & _MASK32
+
+
+def minhash_signature(text: str, num_perm: int, n_words: int) -> np.ndarray:
+    """The MinHash signature (uint64, length ``num_perm``, values < 2**32) of a text's word shingles.
+
+    Vectorised with numpy: shingle hashes once, then one multiply-shift hash per permutation
+    (``(a * h + b) mod 2**64``, top 32 bits; ``a`` odd), all permutations at once, in blocks.
+    """
+    a, b = _permutations(num_perm)
+    hashes = shingle_hashes(text, n_words)
+    sig = np.full(num_perm, _MASK32, dtype=np.uint64)
+    for i in range(0, hashes.size, _ROW_BLOCK):
+        block = hashes[i : i + _ROW_BLOCK, None]
+        with np.errstate(over="ignore"):
+            values = (block * a + b) >> np.uint64(32)
+        np.minimum(sig, values.min(axis=0), out=sig)
+    return sig
 
 
 class NearDuplicateIndex:
