@@ -8,7 +8,8 @@ Training and prefill never build a T x T score matrix once T exceeds the window:
 into blocks of ``block`` positions, each block attends to the ``block + window - 1`` keys that can
 reach it plus the global keys, so memory and work grow linearly in T. On CUDA, FlexAttention with a
 block mask does the same work (it needs ``torch.compile`` to be fast, which only pays on a GPU).
-Decoding against a KV cache is not here: ``kv_cache.py`` owns that path.
+With a KV cache (``kv_cache.py`` stores it), new queries attend to the cached slots plus their own
+chunk under a mask derived from the positions each slot holds.
 
 Shape legend: B batch, T sequence, H query heads, K key/value heads, R = H // K queries per key
 head, D head width, N blocks, C block length, S keys per block.
@@ -16,8 +17,9 @@ head, D head width, N blocks, C block length, S keys per block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,21 @@ from torch import nn
 from smallcode.model.config import ModelConfig
 from smallcode.model.layers import apply_rope
 
+if TYPE_CHECKING:
+    from smallcode.model.kv_cache import KVCache
+
 AttentionBackend = Literal["auto", "blocks", "flex"]
+
+
+@dataclass
+class CacheStep:
+    """What every layer needs to attend through a KV cache for one chunk of new tokens."""
+
+    cache: KVCache
+    pos: torch.Tensor
+    """(B, T) absolute positions of the new tokens."""
+    mask: torch.Tensor
+    """(B, 1, R * T, S + T) visibility of [cached slots ; new tokens], shared by all layers."""
 
 
 @lru_cache(maxsize=32)
@@ -107,24 +123,49 @@ def window_attention(q_BTHD: torch.Tensor, k_BTKD: torch.Tensor, v_BTKD: torch.T
     return blocked_window_attention(q_BTHD, k_BTKD, v_BTKD, window, n_global)
 
 
+def cached_attention(q_BTHD: torch.Tensor, k_BKSD: torch.Tensor, v_BKSD: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """New queries against [cached slots ; new keys] under an explicit mask; returns (B, T, H, D).
+
+    ``mask`` is (B, 1, R * T, S) from ``KVCache.attention_mask``: the R query heads that share a key
+    head are stacked along the sequence axis, so no key is copied per query head.
+    """
+    B, T, H, D = q_BTHD.shape
+    K = k_BKSD.shape[1]
+    R = H // K
+    q = q_BTHD.view(B, T, K, R, D).permute(0, 2, 3, 1, 4).reshape(B, K, R * T, D)
+    o = F.scaled_dot_product_attention(q, k_BKSD, v_BKSD, attn_mask=mask)
+    return o.view(B, K, R, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
+
+
 class Attention(nn.Module):
     """Fused QKV projection, RoPE on queries and keys, window + global attention, output projection."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
+        self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.hd
         self.window, self.n_global = config.window, config.n_global
         self.backend: AttentionBackend = "auto"
         self.wqkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
 
-    def forward(self, x_BTE: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                step: CacheStep | None = None) -> torch.Tensor:
+        """``cos``/``sin`` broadcast against (B, T, heads, D); ``step`` is set when decoding with a cache."""
         B, T, _ = x_BTE.shape
         H, K = self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x_BTE).view(B, T, H + 2 * K, self.head_dim)
         # one RoPE call for queries and keys together
-        qk = apply_rope(qkv[:, :, : H + K], cos_TD[:, None], sin_TD[:, None])
+        qk = apply_rope(qkv[:, :, : H + K], cos, sin)
         q, k = qk.split([H, K], dim=2)
         v = qkv[:, :, H + K:]
-        o = window_attention(q, k, v, self.window, self.n_global, self.backend)
+        if step is None:
+            o = window_attention(q, k, v, self.window, self.n_global, self.backend)
+        else:
+            cache = step.cache
+            keys = torch.cat([cache.k[self.layer], k.transpose(1, 2)], dim=2)
+            values = torch.cat([cache.v[self.layer], v.transpose(1, 2)], dim=2)
+            o = cached_attention(q, keys, values, step.mask)
+            cache.write(self.layer, k, v, step.pos)
         return self.wo(o.reshape(B, T, H * self.head_dim))

@@ -1,7 +1,8 @@
 """SmallCodeLM: embedding, pre-norm blocks (attention, then MoE or dense feed-forward), norm, head.
 
 Read top to bottom: ``Block`` is attention + feed-forward with residuals; ``SmallCodeLM`` stacks
-them and returns logits with the router's auxiliary losses and per-layer expert loads. Dense and
+them and returns logits with the router's auxiliary losses and per-layer expert loads. Passing a
+``KVCache`` continues its sequences instead of starting at position 0 (the inference path). Dense and
 MoE models share every line but ``MoE``'s one-expert shortcut. Losses against targets are the
 training objective's business, not the model's.
 
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smallcode.model.attention import Attention
+from smallcode.model.attention import Attention, CacheStep
 from smallcode.model.config import ModelConfig
 from smallcode.model.layers import RMSNorm, RotaryEmbedding
+from smallcode.model.kv_cache import KVCache
 from smallcode.model.moe import MoE, MoEStats
 
 
@@ -39,16 +41,16 @@ class LMOutput:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer)
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.ffn = MoE(config)
 
-    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    def forward(self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: CacheStep | None = None
                 ) -> tuple[torch.Tensor, MoEStats | None]:
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos, sin)
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos, sin, step)
         h, stats = self.ffn(self.ffn_norm(x_BTD))
         return x_BTD + h, stats
 
@@ -58,7 +60,7 @@ class SmallCodeLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -79,22 +81,42 @@ class SmallCodeLM(nn.Module):
             else:
                 p.normal_(0.0, std)
 
-    def forward(self, input_ids: torch.Tensor, cache: None = None) -> LMOutput:
-        """Logits for ``input_ids`` (B, T), positions 0..T-1.
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> LMOutput:
+        """Logits for ``input_ids`` (B, T).
 
-        Cached decoding goes through the inference engine's KV cache (``kv_cache.py``), which is
-        not part of this training/prefill path.
+        Without a cache the tokens sit at positions 0..T-1 (training, scoring). With one they
+        continue each row of the cache, which they are appended to; chunks longer than the window
+        are fed through in window-sized pieces. ``last_only`` computes logits for the last position
+        only (prefill before sampling).
         """
-        if cache is not None:
-            raise NotImplementedError("cached decoding is provided by smallcode.model.kv_cache")
+        if cache is not None and input_ids.shape[1] > self.config.window:
+            outs = [self.forward(c, cache, last_only) for c in input_ids.split(self.config.window, dim=1)]
+            if last_only:
+                return outs[-1]
+            return LMOutput(torch.cat([o.logits for o in outs], dim=1),
+                            torch.stack([o.balance_loss for o in outs]).mean(),
+                            torch.stack([o.z_loss for o in outs]).mean(), outs[-1].expert_load)
         B, T = input_ids.shape
-        cos, sin = self.rope(torch.arange(T, device=input_ids.device))
+        step = None
+        if cache is None:
+            cos, sin = self.rope(torch.arange(T, device=input_ids.device))
+            cos, sin = cos[:, None], sin[:, None]  # (T, 1, D) against (B, T, heads, D)
+        else:
+            cache.reserve(T)
+            pos = cache.positions(T)
+            cos, sin = self.rope(pos)
+            cos, sin = cos[:, :, None], sin[:, :, None]
+            step = CacheStep(cache, pos, cache.attention_mask(pos, self.config.n_heads // self.config.n_kv_heads))
         x = self.embed(input_ids)
         stats: list[MoEStats] = []
         for block in self.blocks:
-            x, s = block(x, cos, sin)
+            x, s = block(x, cos, sin, step)
             if s is not None:
                 stats.append(s)
+        if step is not None:
+            cache.commit(step.pos)  # type: ignore[union-attr]
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.norm(x))
         if stats:
             bal = torch.stack([s.balance_loss for s in stats]).mean()
@@ -104,6 +126,10 @@ class SmallCodeLM(nn.Module):
             bal = zl = logits.new_zeros(())
             load = None
         return LMOutput(logits=logits, balance_loss=bal, z_loss=zl, expert_load=load)
+
+    def new_cache(self, batch: int, initial_slots: int = 256) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.config, batch, device=p.device, dtype=p.dtype, initial_slots=initial_slots)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

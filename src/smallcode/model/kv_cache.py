@@ -1,0 +1,126 @@
+"""A constant-memory KV cache for window + global attention.
+
+Per layer the cache holds ``n_global`` slots for the first positions of each sequence and a ring of
+at most ``window`` slots for the most recent ones: position ``p < n_global`` lives in slot ``p``,
+position ``p >= n_global`` in slot ``n_global + (p - n_global) % window``. Keys are stored already
+rotated by RoPE at their absolute position, so relative positions stay exact after the ring wraps.
+Each slot remembers which position it holds (``-1`` for empty), and the attention mask is derived
+from those positions, which is also what makes rows of different lengths batch together.
+
+The ring starts small and doubles up to ``window`` slots, so a model whose window covers the whole
+context behaves as an ordinary growing cache, while a windowed model stops growing at
+``n_global + window`` slots however long it runs. Sampling and scheduling are the engine's
+business, not the cache's.
+
+Shape legend: L layers, B rows, K key/value heads, S slots, D head width, T new positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from smallcode.model.config import ModelConfig
+
+
+class KVCache:
+    def __init__(self, config: ModelConfig, batch: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, initial_slots: int = 256) -> None:
+        self.config = config
+        self.n_global, self.window = config.n_global, config.window
+        ring = min(self.window, max(1, initial_slots))
+        shape = (config.n_layers, batch, config.n_kv_heads, self.n_global + ring, config.hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slot_pos = torch.full((batch, self.n_global + ring), -1, dtype=torch.long, device=device)
+        self.length = torch.zeros(batch, dtype=torch.long, device=device)
+        """Positions already written per row: the next token of row b sits at ``length[b]``."""
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def ring(self) -> int:
+        return self.k.shape[3] - self.n_global
+
+    def nbytes(self) -> int:
+        return self.k.nelement() * self.k.element_size() * 2 + self.slot_pos.nelement() * 8
+
+    def reserve(self, new_tokens: int) -> None:
+        """Grow the ring (doubling, at most to ``window``) so ``new_tokens`` more fit without wrapping early."""
+        needed = int(self.length.max()) + new_tokens - self.n_global
+        if needed <= self.ring or self.ring >= self.window:
+            return
+        ring = min(self.window, max(needed, 2 * self.ring))
+        extra = ring - self.ring
+        # Before the first wrap, slot order equals position order, so growing is a plain append.
+        pad = (*self.k.shape[:3], extra, self.k.shape[4])
+        self.k = torch.cat([self.k, self.k.new_zeros(pad)], dim=3)
+        self.v = torch.cat([self.v, self.v.new_zeros(pad)], dim=3)
+        self.slot_pos = torch.cat([self.slot_pos, self.slot_pos.new_full((self.batch, extra), -1)], dim=1)
+
+    def positions(self, T: int) -> torch.Tensor:
+        """Absolute positions (B, T) of the next ``T`` tokens of each row."""
+        return self.length[:, None] + torch.arange(T, device=self.length.device)
+
+    def slots(self, pos_BT: torch.Tensor) -> torch.Tensor:
+        G = self.n_global
+        return torch.where(pos_BT < G, pos_BT, G + (pos_BT - G) % self.ring)
+
+    def write(self, layer: int, k_BTKD: torch.Tensor, v_BTKD: torch.Tensor, pos_BT: torch.Tensor) -> None:
+        """Store one layer's keys and values of a chunk; ``reserve`` must have made room for it."""
+        in_ring = int((pos_BT >= self.n_global).sum(dim=1).max())
+        if in_ring > self.ring:  # two positions of the chunk would share a slot
+            raise ValueError(f"a chunk of {in_ring} ring positions does not fit a ring of {self.ring} slots")
+        rows = torch.arange(self.batch, device=pos_BT.device)[:, None].expand_as(pos_BT)
+        slots = self.slots(pos_BT)
+        self.k[layer, rows, :, slots] = k_BTKD.to(self.k.dtype)
+        self.v[layer, rows, :, slots] = v_BTKD.to(self.v.dtype)
+
+    def commit(self, pos_BT: torch.Tensor) -> None:
+        """Record that every layer has written ``pos_BT``: the slots now hold them, the rows move on."""
+        rows = torch.arange(self.batch, device=pos_BT.device)[:, None].expand_as(pos_BT)
+        self.slot_pos[rows, self.slots(pos_BT)] = pos_BT
+        self.length = pos_BT[:, -1] + 1
+
+    def attention_mask(self, pos_BT: torch.Tensor, group: int) -> torch.Tensor:
+        """Which of [cached slots ; the new chunk] each new query sees: (B, 1, group * T, S + T).
+
+        Rows are repeated ``group`` times because the query heads sharing a key head are stacked
+        along the sequence axis (see ``attention.cached_attention``).
+        """
+        k_pos = torch.cat([self.slot_pos, pos_BT], dim=1)[:, None, :]  # (B, 1, S+T)
+        q_pos = pos_BT[:, :, None]  # (B, T, 1)
+        seen = (k_pos >= 0) & (k_pos <= q_pos) & ((q_pos - k_pos < self.window) | (k_pos < self.n_global))
+        return seen.repeat(1, group, 1)[:, None]
+
+    def select(self, rows: torch.Tensor | list[int]) -> KVCache:
+        """A cache holding only ``rows`` (in that order), e.g. to drop finished sequences or fan out a prompt."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        out = KVCache.__new__(KVCache)
+        out.config, out.n_global, out.window = self.config, self.n_global, self.window
+        out.k, out.v = self.k[:, idx], self.v[:, idx]
+        out.slot_pos, out.length = self.slot_pos[idx], self.length[idx]
+        return out
+
+    @staticmethod
+    def stack(caches: list[KVCache]) -> KVCache:
+        """Rows of several caches (same config) in one cache; rings are padded to the largest."""
+        ring = max(c.ring for c in caches)
+        for c in caches:
+            if c.ring < ring:
+                if int(c.length.max()) - c.n_global > c.ring:
+                    raise ValueError("cannot stack a wrapped ring with a larger one")
+                extra = ring - c.ring
+                pad = (*c.k.shape[:3], extra, c.k.shape[4])
+                c.k = torch.cat([c.k, c.k.new_zeros(pad)], dim=3)
+                c.v = torch.cat([c.v, c.v.new_zeros(pad)], dim=3)
+                c.slot_pos = torch.cat([c.slot_pos, c.slot_pos.new_full((c.batch, extra), -1)], dim=1)
+        out = KVCache.__new__(KVCache)
+        first = caches[0]
+        out.config, out.n_global, out.window = first.config, first.n_global, first.window
+        out.k = torch.cat([c.k for c in caches], dim=1)
+        out.v = torch.cat([c.v for c in caches], dim=1)
+        out.slot_pos = torch.cat([c.slot_pos for c in caches])
+        out.length = torch.cat([c.length for c in caches])
+        return out
