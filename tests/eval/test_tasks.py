@@ -199,3 +199,23 @@ def test_same_value_is_type_exact_but_order_free() -> None:
     assert codec.same_value({1, 2}, {2, 1}) and codec.same_value(float("nan"), float("nan"))
     assert not codec.same_value(240, 240.0) and not codec.same_value([1], (1,))
     assert not codec.same_value({"a": 1}, {"a": True})
+
+
+def test_fetch_checks_the_pin_and_keeps_nothing_on_mismatch(tmp_path: Path) -> None:
+    # Offline: a file:// URL stands in for the release server.
+    import gzip
+    import hashlib
+
+    from smallcode.eval.tasks.fetch import fetch_file
+    from smallcode.eval.tasks.pinned import PinnedFile
+
+    payload = b'{"task_id": "x"}\n'
+    (tmp_path / "release.jsonl.gz").write_bytes(gzip.compress(payload))
+    url = (tmp_path / "release.jsonl.gz").as_uri()
+    good = PinnedFile("sub/x.jsonl", hashlib.sha256(payload).hexdigest(), 1, url=url, gzip=True)
+    got = fetch_file(good, tmp_path / "cache")
+    assert got.read_bytes() == payload and got == tmp_path / "cache" / "sub" / "x.jsonl"
+    bad = PinnedFile("sub/y.jsonl", "0" * 64, 1, url=url, gzip=True)
+    with pytest.raises(DataFileError, match="is not the pinned"):
+        fetch_file(bad, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "sub" / "y.jsonl").exists()

@@ -8,7 +8,7 @@
   ``mbpp:prompt``, ``mbpp:validation``, ``mbpp:train``.
 * ``mbpp+``: MBPP+ (399 tasks of the pre-release snapshot) under ``data_dir``.
 * ``repo``: the pinned 500 standard-library problems (``data_dir`` unused), or a file written by
-  ``mine_repo`` when ``data_dir`` is that file.
+  ``mine_repo`` (``smallcode eval mine``) when ``data_dir`` is that file.
 
 Loaders read only local files (each pinned by sha256); nothing here touches the network.
 """
@@ -34,7 +34,16 @@ SUITES: tuple[str, ...] = (
     "repo",
 )
 
-__all__ = ["SUITES", "DataFileError", "Task", "load_suite"]
+__all__ = ["SUITES", "DataFileError", "Task", "load_suite", "mine_repo"]
+
+
+def __getattr__(name: str) -> object:
+    # The miner pulls in doctest/unittest tooling; import it only when asked for.
+    if name == "mine_repo":
+        from smallcode.eval.tasks.repo import mine_repo
+
+        return mine_repo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _need(name: str, data_dir: Path | None) -> Path:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import doctest
+import functools
 import hashlib
 import importlib.util
 import json
@@ -70,6 +71,9 @@ _STDLIB_SKIP_DIRS = {
     "pydoc_data",
 }
 _STDLIB_SKIP_MODULES = {"antigravity", "this", "turtle", "__phello__", "__hello__"}
+# Modules the checks themselves run on (unittest, doctest) or that start threads and event loops:
+# replacing one of their functions breaks the check, not the candidate.
+_TEST_SKIP_MODULES = {"unittest", "doctest", "threading", "asyncio", "logging", "concurrent", "multiprocessing"}
 _MAX_DOCS = 4  # exercising docstrings per task
 _MAX_INPUTS = 20  # strict inputs per task
 
@@ -240,6 +244,7 @@ def _read_source(path: Path) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=8)  # test candidates come module by module: keep the last few parsed
 def _parse(path: Path) -> tuple[str, ast.Module] | None:
     text = _read_source(path)
     if text is None:
@@ -599,9 +604,7 @@ def _write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]] | list[dic
 
 
 def select_stable(tasks: list[Task], limit: int | None) -> list[Task]:
-    """At most ``limit`` tasks, chosen by the hash of their id (spread over modules, same on every run)."""
-    if limit is None or len(tasks) <= limit:
-        return sorted(tasks, key=lambda t: t.task_id)
+    """At most ``limit`` tasks, the first by the hash of their id (spread over modules, stable), by id."""
     chosen = sorted(tasks, key=lambda t: hashlib.sha256(t.task_id.encode()).hexdigest())[:limit]
     return sorted(chosen, key=lambda t: t.task_id)
 
@@ -631,7 +634,7 @@ def mine_candidates(
             real = os.path.realpath(path)
             for qual, line in repo_tests.function_lines(path).items():
                 tests = by_fn.get((real, line))
-                if not tests or (module, qual) in have:
+                if not tests or (module, qual) in have or module.split(".")[0] in _TEST_SKIP_MODULES:
                     continue
                 c = test_candidate(module, path, qual, repo_tests.choose_tests(tests))
                 if c is not None:
@@ -660,6 +663,9 @@ def mine_repo(
     from tqdm import tqdm
 
     label, candidates = mine_candidates(source, test_modules, progress=progress)
+    # Checked in the order of their id's hash, so that with a limit the first `limit` that pass are
+    # a spread over modules and the same on every machine, and checking can stop early.
+    candidates.sort(key=lambda c: hashlib.sha256(f"{SUITE}/{c.module}/{c.qualname}".encode()).hexdigest())
     checker = _Checker(timeout_s)
     kept: list[Task] = []
     try:
@@ -673,6 +679,9 @@ def mine_repo(
             ):
                 if task is not None:
                     kept.append(task)
+                    if limit is not None and len(kept) >= limit:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        break
     finally:
         checker.close()
     chosen = select_stable(kept, limit)
@@ -765,25 +774,33 @@ def load_pinned_stdlib(progress: bool = False) -> list[Task]:
             "ones. Mine a suite for this interpreter (smallcode eval mine --source stdlib --out FILE) and "
             "evaluate with that file; compare only with runs that used the same file."
         )
-    wanted = dict(manifest.TASKS)
-    modules = sorted({tid.split("/")[1] for tid in wanted})
-    _, files = _module_files("stdlib")
-    by_module = dict(files)
+    wanted = {tid: sha for tid, sha, _ in manifest.TASKS}
+    by_module = dict(_module_files("stdlib")[1])
+    doc_modules = sorted({tid.split("/")[1] for tid, _, tests in manifest.TASKS if not tests})
     built: dict[str, Task] = {}
-    for module in modules:
-        path = by_module.get(module)
-        if path is None:
-            continue
-        for c in module_candidates(module, path):
-            tid = f"{SUITE}/{c.module}/{c.qualname}"
-            if tid not in wanted:
-                continue
-            for with_inputs in (True, False):  # the manifest hash says whether strict inputs were kept
-                task = to_task(c, with_inputs=with_inputs)
-                if task_sha256(task) == wanted[tid]:
-                    built[tid] = task
-                    break
-    bad = [tid for tid in manifest.TASKS_ORDER if tid not in built]
+
+    def keep_if_pinned(c: Candidate) -> None:
+        tid = f"{SUITE}/{c.module}/{c.qualname}"
+        if tid not in wanted:
+            return
+        for with_inputs in (True, False):  # the hash says whether strict inputs were kept
+            task = to_task(c, with_inputs=with_inputs)
+            if task_sha256(task) == wanted[tid]:
+                built[tid] = task
+                return
+
+    for module in doc_modules:
+        if module in by_module:
+            for c in module_candidates(module, by_module[module]):
+                keep_if_pinned(c)
+    for tid, _, tests in manifest.TASKS:
+        if tests:
+            _, module, qualname = tid.split("/", 2)
+            c = test_candidate(module, by_module[module], qualname, tests) if module in by_module else None
+            if c is not None:
+                keep_if_pinned(c)
+    order = [tid for tid, _, _ in manifest.TASKS]
+    bad = [tid for tid in order if tid not in built]
     if bad:
         raise DataFileError(
             f"{len(bad)} of {len(wanted)} pinned repo problems differ in this Python's stdlib "
@@ -791,20 +808,20 @@ def load_pinned_stdlib(progress: bool = False) -> list[Task]:
             "results would not be comparable. Mine a suite for this interpreter instead "
             "(smallcode eval mine --source stdlib --out FILE)."
         )
-    return [built[tid] for tid in manifest.TASKS_ORDER]
+    return [built[tid] for tid in order]
 
 
 def write_manifest(tasks: list[Task], path: Path) -> None:
     """Write the pinned-suite manifest module (task ids and content hashes) for ``tasks``."""
-    entries = "".join(f"    ({t.task_id!r}, {task_sha256(t)!r}),\n" for t in tasks)
+    entries = "".join(f"    ({t.task_id!r}, {task_sha256(t)!r}, {tuple(t.meta.get('tests', ()))!r}),\n" for t in tasks)
     text = (
         '"""Pinned manifest of the ``repo`` suite: standard-library problems and their content hashes.\n\n'
         "Generated by ``benchmarks/reference_solutions.py --pin`` (``repo.write_manifest``); do not edit.\n"
         '"""\n\n'
         f"PYTHON = {'.'.join(map(str, sys.version_info[:3]))!r}\n"
         f"COUNT = {len(tasks)}\n"
-        f"TASKS: tuple[tuple[str, str], ...] = (\n{entries})\n"
-        "TASKS_ORDER: tuple[str, ...] = tuple(tid for tid, _ in TASKS)\n"
+        "# (task id, sha256 of the task's content, unit tests that check it (empty: its doctests check it))\n"
+        f"TASKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (\n{entries})\n"
     )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

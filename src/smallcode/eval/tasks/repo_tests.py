@@ -214,6 +214,10 @@ class TestTarget:
 def tests_by_function(traced: list[TracedTest]) -> dict[tuple[str, int], list[TracedTest]]:
     by_fn: dict[tuple[str, int], list[TracedTest]] = defaultdict(list)
     for t in traced:
+        # Only unittest methods can be named in a check; doctests that load_tests adds cannot.
+        module, _, method = t.test_id.rpartition(".")
+        if not (t.test_id.startswith("test.") and method.startswith("test")):
+            continue
         for file, line, _ in t.calls:
             by_fn[(os.path.realpath(file), line)].append(t)
     return by_fn

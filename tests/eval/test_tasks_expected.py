@@ -1,0 +1,64 @@
+"""Expected outputs from reference solutions: computed in a subprocess, type-exact, cached by content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smallcode.eval.tasks import expected as expected_mod
+from smallcode.eval.tasks import load_suite
+from smallcode.eval.tasks.base import Task
+from smallcode.eval.tasks.expected import ExpectedError, cache_key, expected_outputs
+
+
+def _task(reference: str, inputs: tuple, tid: str = "t/0") -> Task:
+    return Task(task_id=tid, suite="unit", prompt="def f(x):\n", entry_point="f", reference=reference, inputs=inputs)
+
+
+def test_outcomes_are_type_exact_and_errors_are_kept(tmp_path: Path) -> None:
+    t = _task(
+        "    if isinstance(x, int) and x < 0:\n        raise ValueError('neg')\n    x.append(1) if isinstance(x, list) else None\n"
+        "    return (x, 1.0, {1}) if x != 0 else [x]\n",
+        inputs=((3,), (0,), (-1,), ([5],), ([5],)),
+    )
+    out = expected_outputs([t], cache_dir=tmp_path, progress=False)["t/0"]
+    assert out[0].ok and out[0].value == (3, 1.0, {1}) and type(out[0].value[1]) is float
+    assert out[1].ok and out[1].value == [0] and type(out[1].value) is list
+    assert not out[2].ok and out[2].error.startswith("ValueError: neg")
+    # Each call gets its own deep copy, so a mutating reference cannot leak into the next input.
+    assert out[3].value[0] == [5, 1] and out[4].value[0] == [5, 1]
+
+
+def test_cache_hit_does_not_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = _task("    return x * 2\n", inputs=((1,), (2,)))
+    first = expected_outputs([t], cache_dir=tmp_path, progress=False)
+    assert (tmp_path / f"{cache_key(t)}.json").exists()
+
+    def boom(*a: object, **k: object) -> list:
+        raise AssertionError("recomputed despite a cache entry")
+
+    monkeypatch.setattr(expected_mod, "_compute", boom)
+    assert expected_outputs([t], cache_dir=tmp_path, progress=False) == first
+    # A different reference is a different key.
+    with pytest.raises(AssertionError, match="recomputed"):
+        expected_outputs([_task("    return x * 3\n", inputs=((1,),))], cache_dir=tmp_path, progress=False)
+
+
+def test_unusable_outputs_are_marked_and_broken_programs_raise(tmp_path: Path) -> None:
+    t = _task("    return object() if x else iter([])\n", inputs=((1,),))
+    (o,) = expected_outputs([t], cache_dir=tmp_path, progress=False)["t/0"]
+    assert not o.ok and o.error.startswith("unencodable:")
+    with pytest.raises(ExpectedError, match="t/9: reference run failed"):
+        expected_outputs([_task("    return (\n", inputs=((1,),), tid="t/9")], cache_dir=tmp_path, progress=False)
+
+
+def test_mbpp_references_match_their_assert_literals(shared_data: Path, tmp_path: Path) -> None:
+    # Independent reference: the literals in MBPP's own asserts (first 20 test-split tasks).
+    tasks = [t for t in load_suite("mbpp", shared_data)[:20] if t.inputs]
+    outs = expected_outputs(tasks, cache_dir=tmp_path, progress=False)
+    agree = sum(
+        all(o.ok and o.value == w for o, w in zip(outs[t.task_id], t.meta["assert_expected"], strict=True))
+        for t in tasks
+    )
+    assert agree == len(tasks)
