@@ -112,3 +112,22 @@ def test_expected_cache_is_private_and_reused(sb: Sandbox, tmp_path: Path) -> No
     broken = Task("u", "s", "def f(x):\n", "f", "    while True: pass\n", inputs=((1,),))
     with pytest.raises(ReferenceFailure, match="reference solution failed"):
         cache.get(broken, sb, timeout_s=0.5, per_input_s=0.0)
+
+
+def test_default_float_tolerance_and_exact_mode() -> None:
+    t = Task("t", "s", "def f():\n", "f", "    return 0.75\n", inputs=((),))
+    exp = [encode(0.75)]
+    assert first_mismatch(t, exp, [encode(0.7499999999999999)]) is None  # EvalPlus's 1e-6 default
+    assert first_mismatch(t, exp, [encode(0.7499999999999999)], float_atol=0.0) is not None
+    assert first_mismatch(t, exp, [encode(0.75 + 1e-3)]) is not None
+
+
+def test_slow_reference_extends_the_limit(sb: Sandbox) -> None:
+    t = Task("t/slow", "s", "def f():\n", "f", "    import time\n    time.sleep(0.6)\n    return 1\n", inputs=((),))
+    cache = ExpectedCache(None)
+    exp = cache.get(t, sb, timeout_s=0.3, per_input_s=0.0)  # the reference gets 10x the limit
+    assert cache.seconds(t) >= 0.6
+    slow = t.reference
+    assert check(t, slow, sb, "strict", exp, timeout_s=0.3, per_input_s=0.0).status == "timeout"
+    v = check(t, slow, sb, "strict", exp, timeout_s=0.3, per_input_s=0.0, reference_s=cache.seconds(t))
+    assert v.passed, v

@@ -10,8 +10,11 @@ Two modes (``CheckMode``):
   sends back type-tagged encodings of the return values. The harness compares them here with the
   expected values, which were computed from the task's reference solution in a separate sandboxed
   process (:func:`expected_outputs`) and never enter the candidate's process. Comparison is
-  type-exact (``1 != 1.0 != True``, tuple != list); floats use the task's ``atol`` when it gives one
-  and are otherwise exact (NaN equals NaN). Nothing the candidate prints is ever read for a verdict.
+  type-exact (``1 != 1.0 != True``, tuple != list); floats use the task's ``atol`` when it gives one,
+  else ``DEFAULT_FLOAT_ATOL`` as EvalPlus does (pass 0 for exact); NaN equals NaN. Nothing the
+  candidate prints is ever read for a verdict. Time: the reference's measured time sets a floor
+  for the candidate's limit (``REFERENCE_TIME_FACTOR``), so slow-but-correct tasks are not
+  timeouts by design.
 
 Deliberately not here: scheduling and persistence (``runner.py``), process isolation (``sandbox.py``).
 """
@@ -33,6 +36,13 @@ from smallcode.eval.tasks.base import Task
 
 CheckMode = Literal["strict", "compat"]
 VerdictStatus = Literal["passed", "failed", "timeout", "memory", "error"]
+
+REFERENCE_TIMEOUT_FACTOR = 10.0
+"""The reference (trusted to finish) gets this many times the candidate's configured limit."""
+REFERENCE_TIME_FACTOR = 4.0
+"""A candidate may always take this many times the reference's measured time (EvalPlus's rule)."""
+DEFAULT_FLOAT_ATOL = 1e-6
+"""Float tolerance when a task gives none (EvalPlus compares float outputs this way); 0 = exact."""
 
 
 @dataclass(frozen=True)
@@ -133,14 +143,16 @@ def _same(exp: Any, got: Any, atol: float) -> bool:
     return got == exp
 
 
-def first_mismatch(task: Task, expected: list[Any], got: Any) -> str | None:
-    """None when every output matches, else a one-line description of the first difference."""
+def first_mismatch(task: Task, expected: list[Any], got: Any, float_atol: float = DEFAULT_FLOAT_ATOL) -> str | None:
+    """None when every output matches, else a one-line description of the first difference.
+    Floats compare within the task's ``atol``, or ``float_atol`` when the task gives none."""
+    atol = task.atol if task.atol > 0 else float_atol
     if not isinstance(got, list) or len(got) != len(expected):
         n = len(got) if isinstance(got, list) else "no"
         return f"returned {n} outputs for {len(expected)} inputs"
     for i, (e, g) in enumerate(zip(expected, got, strict=True)):
         try:
-            ok = _same(e, g, task.atol)
+            ok = _same(e, g, atol)
         except Exception:  # noqa: BLE001
             ok = False
         if not ok:
@@ -157,18 +169,25 @@ class ReferenceFailure(RuntimeError):
     """The task's own reference solution does not run, so strict mode cannot check the task."""
 
 
-def expected_outputs(task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05) -> list[Any]:
-    """Run the reference solution on the task's inputs (in the sandbox) and return its outputs."""
+def reference_run(
+    task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05
+) -> tuple[list[Any], float]:
+    """Run the reference solution on the task's inputs (in the sandbox): its outputs and seconds."""
     r = sandbox.run(
         strict_program(task, task.reference),
         mode="call",
         entry_point=task.entry_point,
         inputs=encoded_inputs(task),
-        timeout_s=strict_timeout(task, timeout_s, per_input_s),
+        timeout_s=REFERENCE_TIMEOUT_FACTOR * strict_timeout(task, timeout_s, per_input_s),
     )
     if r.status != "ok" or r.outputs is None:
         raise ReferenceFailure(f"{task.task_id}: the reference solution failed ({r.status}: {r.error})")
-    return r.outputs
+    return r.outputs, r.duration_s
+
+
+def expected_outputs(task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05) -> list[Any]:
+    """The reference solution's outputs on the task's inputs."""
+    return reference_run(task, sandbox, timeout_s, per_input_s)[0]
 
 
 def check_strict(
@@ -178,18 +197,23 @@ def check_strict(
     expected: list[Any],
     timeout_s: float = 3.0,
     per_input_s: float = 0.05,
+    reference_s: float = 0.0,
+    float_atol: float = DEFAULT_FLOAT_ATOL,
 ) -> Verdict:
+    """``reference_s``: the reference's measured time; the candidate always gets
+    ``REFERENCE_TIME_FACTOR`` times that, so slow-but-correct tasks are not timeouts by design."""
+    limit = max(strict_timeout(task, timeout_s, per_input_s), REFERENCE_TIME_FACTOR * reference_s)
     r = sandbox.run(
         strict_program(task, completion),
         mode="call",
         entry_point=task.entry_point,
         inputs=encoded_inputs(task),
-        timeout_s=strict_timeout(task, timeout_s, per_input_s),
+        timeout_s=limit,
     )
     v = _from_run(r, failed_on_exception=False)
     if v is not None:
         return v
-    diff = first_mismatch(task, expected, r.outputs)
+    diff = first_mismatch(task, expected, r.outputs, float_atol)
     if diff is not None:
         return Verdict("failed", diff)
     return Verdict("passed", f"all {len(expected)} outputs equal the reference's")
@@ -203,6 +227,8 @@ def check(
     expected: list[Any] | None = None,
     timeout_s: float = 3.0,
     per_input_s: float = 0.05,
+    reference_s: float = 0.0,
+    float_atol: float = DEFAULT_FLOAT_ATOL,
 ) -> Verdict:
     """One dispatch point for the two modes. Strict needs ``expected`` (see :class:`ExpectedCache`)."""
     if mode == "compat":
@@ -210,7 +236,7 @@ def check(
     if mode == "strict":
         if expected is None:
             raise ValueError(f"{task.task_id}: strict mode needs the expected outputs")
-        return check_strict(task, completion, sandbox, expected, timeout_s, per_input_s)
+        return check_strict(task, completion, sandbox, expected, timeout_s, per_input_s, reference_s, float_atol)
     raise ValueError(f"unknown check mode {mode!r}; use 'strict' or 'compat'")
 
 
@@ -247,19 +273,25 @@ class ExpectedCache:
                 self.data = {}  # a cache is only a cache: recompute
 
     def get(self, task: Task, sandbox: Sandbox, timeout_s: float = 3.0, per_input_s: float = 0.05) -> list[Any]:
+        """The reference's outputs for ``task`` (computed on first use); raises ReferenceFailure."""
         key = task_fingerprint(task)
         hit = self.data.get(key)
-        if hit is not None:
-            if isinstance(hit, str):
-                raise ReferenceFailure(hit)
-            return hit
+        if isinstance(hit, str):
+            raise ReferenceFailure(hit)
+        if isinstance(hit, dict):
+            return hit["outputs"]
         try:
-            out = expected_outputs(task, sandbox, timeout_s, per_input_s)
+            outputs, seconds = reference_run(task, sandbox, timeout_s, per_input_s)
         except ReferenceFailure as e:
             self.data[key] = str(e)
             raise
-        self.data[key] = out
-        return out
+        self.data[key] = {"outputs": outputs, "seconds": seconds}
+        return outputs
+
+    def seconds(self, task: Task) -> float:
+        """How long the reference took on all inputs (0 when unknown)."""
+        hit = self.data.get(task_fingerprint(task))
+        return float(hit.get("seconds", 0.0)) if isinstance(hit, dict) else 0.0
 
     def save(self) -> None:
         if self.path is None:

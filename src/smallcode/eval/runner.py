@@ -62,6 +62,8 @@ class RunConfig(Config):
     """Wall-clock seconds per program, plus ``per_input_s`` per strict input."""
     per_input_s: float = 0.05
     """Extra seconds per input in strict mode (HumanEval+ has hundreds of inputs per task)."""
+    float_atol: float = 1e-6
+    """Strict mode's float tolerance for tasks that give none (EvalPlus's default); 0 = exact."""
     memory_mb: int = 1024
     """Address-space limit per program, MiB."""
     isolation: str = "auto"
@@ -244,11 +246,22 @@ def evaluate(
         m = task_mode(task)
         sb = sandbox()
         try:
-            exp = None
+            exp, ref_s = None, 0.0
             if m == "strict":
                 with exp_lock:  # one reference run per task, whichever worker asks first
                     exp = expected.get(task, sb, cfg.timeout_s, cfg.per_input_s)
-            v = check(task, row["completion"], sb, m, exp, cfg.timeout_s, cfg.per_input_s)  # type: ignore[arg-type]
+                    ref_s = expected.seconds(task)
+            v = check(
+                task,
+                row["completion"],
+                sb,
+                m,
+                exp,
+                cfg.timeout_s,
+                cfg.per_input_s,
+                ref_s,
+                cfg.float_atol,  # type: ignore[arg-type]
+            )
         except ReferenceFailure as e:
             v = Verdict("error", f"task unusable in strict mode: {e}")
         return {

@@ -183,9 +183,7 @@ class Sandbox:
     :meth:`close`.
     """
 
-    def __init__(
-        self, isolation: Isolation = "auto", limits: Limits | None = None, uid_base: int = 61000
-    ) -> None:
+    def __init__(self, isolation: Isolation = "auto", limits: Limits | None = None, uid_base: int = 61000) -> None:
         self.isolation = resolve_isolation(isolation)
         self.limits = limits or Limits()
         self.root = os.geteuid() == 0
@@ -485,7 +483,7 @@ def _libc() -> Any:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _child(req: dict[str, Any], cfg: dict[str, Any], workdir: str, result_path: str) -> None:
+def _child(req: dict[str, Any], cfg: dict[str, Any], workdir: str, result_fd: int) -> None:
     """In the forked child: confine, run, write the result file, exit. Never returns."""
     import resource
 
@@ -512,7 +510,11 @@ def _child(req: dict[str, Any], cfg: dict[str, Any], workdir: str, result_path: 
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.closerange(3, 1 << 16)
+        # The result goes back through a pipe on fd 3: pipes are not subject to RLIMIT_FSIZE, so
+        # large outputs still arrive while the program's own files stay capped.
+        if result_fd != _RESULT_FD:
+            os.dup2(result_fd, _RESULT_FD)
+        os.closerange(_RESULT_FD + 1, 1 << 16)
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD, signal.SIGALRM):
             signal.signal(s, signal.SIG_DFL)
         os.environ.clear()
@@ -531,10 +533,10 @@ def _child(req: dict[str, Any], cfg: dict[str, Any], workdir: str, result_path: 
                 stream.flush()
             except BaseException:  # noqa: BLE001 - the program may have replaced or closed them
                 pass
-        data = json.dumps(obj).encode()
-        fd = os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, data)
-        os.close(fd)
+        view = memoryview(json.dumps(obj).encode())
+        while view:
+            view = view[os.write(_RESULT_FD, view) :]
+        os.close(_RESULT_FD)
 
     def describe(e: BaseException) -> str:
         try:
@@ -571,27 +573,48 @@ def _child(req: dict[str, Any], cfg: dict[str, Any], workdir: str, result_path: 
     os._exit(0)
 
 
-def _wait(pid: int, deadline: float) -> int | None:
-    """Wait for ``pid`` until ``deadline`` (monotonic); its wait status, or None on timeout."""
+_RESULT_FD = 3
+_RESULT_CAP = 256 << 20
+
+
+def _wait(pid: int, deadline: float, rfd: int, buf: bytearray) -> int | None:
+    """Wait for ``pid`` until ``deadline`` (monotonic), collecting what it writes to ``rfd`` into
+    ``buf`` (up to a cap); its wait status, or None on timeout."""
     try:
-        pfd = os.pidfd_open(pid)
+        pfd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pfd = None
-    while True:
-        wpid, status = os.waitpid(pid, os.WNOHANG)
-        if wpid == pid:
-            if pfd is not None:
-                os.close(pfd)
-            return status
-        left = deadline - time.monotonic()
-        if left <= 0:
-            if pfd is not None:
-                os.close(pfd)
-            return None
+    os.set_blocking(rfd, False)
+    watch = [rfd] if pfd is None else [rfd, pfd]
+    try:
+        while True:
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            if wpid == pid:
+                _drain(rfd, buf)
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready = select.select(watch, [], [], left if pfd is not None else min(left, 0.002))[0]
+            if rfd in ready and not _drain(rfd, buf):
+                watch = [w for w in watch if w != rfd]  # EOF or over the cap: stop reading
+    finally:
         if pfd is not None:
-            select.select([pfd], [], [], left)
-        else:
-            time.sleep(min(left, 0.002))
+            os.close(pfd)
+
+
+def _drain(rfd: int, buf: bytearray) -> bool:
+    """Read what is available; False at EOF or once the cap is reached."""
+    while True:
+        try:
+            chunk = os.read(rfd, 1 << 20)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        buf += chunk
+        if len(buf) > _RESULT_CAP:
+            return False
 
 
 def _sweep(cfg: dict[str, Any], pgid: int) -> None:
@@ -654,12 +677,15 @@ def _serve(cfg: dict[str, Any]) -> None:
         os.mkdir(workdir, 0o700)
         if cfg.get("child_uid") is not None:
             os.chown(workdir, cfg["child_uid"], cfg["child_uid"])
-        result_path = os.path.join(workdir, ".result")
+        rfd, wfd = os.pipe()
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _child(req, cfg, workdir, result_path)
-        status = _wait(pid, t0 + req["timeout"])
+            os.close(rfd)
+            _child(req, cfg, workdir, wfd)
+        os.close(wfd)
+        buf = bytearray()
+        status = _wait(pid, t0 + req["timeout"], rfd, buf)
         duration = time.monotonic() - t0
         _sweep(cfg, pid)
         if status is None:
@@ -667,14 +693,19 @@ def _serve(cfg: dict[str, Any]) -> None:
             if not (os.WIFSIGNALED(status_after) and os.WTERMSIG(status_after) == signal.SIGKILL):
                 status = status_after  # it finished in the instant between deadline and kill
         _reap()
+        os.close(rfd)
         resp: dict[str, Any]
-        try:
-            with open(result_path, "rb") as f:
-                resp = json.loads(f.read(64 << 20))
-            if not isinstance(resp, dict) or resp.get("status") not in ("ok", "exception", "memory"):
-                resp = {"status": "crashed", "error": "the program wrote a malformed result"}
-        except (OSError, ValueError):
+        if len(buf) > _RESULT_CAP:
+            resp = {"status": "crashed", "error": f"the outputs exceed {_RESULT_CAP >> 20} MiB"}
+        elif not buf:
             resp = {"status": "crashed", "error": "the program ended without reporting"}
+        else:
+            try:
+                resp = json.loads(bytes(buf))
+                if not isinstance(resp, dict) or resp.get("status") not in ("ok", "exception", "memory"):
+                    raise ValueError("not a result")
+            except ValueError:
+                resp = {"status": "crashed", "error": "the program wrote a malformed result"}
         if status is None:
             resp = {
                 "status": "timeout",
