@@ -197,7 +197,7 @@ def test_pre_tokenizer_schemes() -> None:
         p for p, _ in build_pre_tokenizer("code").pre_tokenize_str("x.append(foo_bar)\n    return 1234")
     ]
     # Byte-level alphabet: space is shown as "Ġ", newline as "Ċ".
-    assert pieces == ["x", ".append", "(foo_bar", ")", "ĊĠĠĠĠ", "return", "Ġ", "123", "4"]
+    assert pieces == ["x", ".append", "(foo_bar", ")", "ĊĠĠĠĠ", "return", "Ġ123", "4"]
     for scheme in SCHEMES:
         text = "a\r\n\tb  =  'c'\n\n"
         joined = "".join(p for p, _ in build_pre_tokenizer(scheme).pre_tokenize_str(text))

@@ -30,12 +30,13 @@ _CL100K = (
 # "\n        " or "\r\n\t\t" can become a single token; an identifier (underscores and digits
 # included) is one piece together with at most one preceding space or punctuation character
 # (" foo", ".append", "(self", "_name"), so BPE learns attribute access and call openings but
-# never glues two identifiers; numbers in groups of <= 3 digits; other operator runs with an
-# optional leading space; spaces inside a line as in GPT-2.
+# never glues two identifiers; numbers in groups of <= 3 digits with an optional leading space
+# (" 1" is one token, as in "x = 1"; without the space it costs two); other operator runs with
+# an optional leading space; spaces inside a line as in GPT-2.
 _CODE = (
     r"""(?:\r?\n|\r)+[ \t]*"""
     r"""|[^\r\n\p{L}\p{N}_]?[\p{L}_][\p{L}\p{M}\p{N}_]*"""
-    r"""|\p{N}{1,3}"""
+    r"""| ?\p{N}{1,3}"""
     r"""| ?[^\s\p{L}\p{N}_]+"""
     r"""|[ \t]+(?![^ \t\r\n])|[ \t]+"""
     r"""|\s+"""
@@ -45,7 +46,7 @@ _CODE = (
 _CODE_PLAIN = (
     r"""(?:\r?\n|\r)+[ \t]*"""
     r"""| ?[\p{L}_][\p{L}\p{M}\p{N}_]*"""
-    r"""|\p{N}{1,3}"""
+    r"""| ?\p{N}{1,3}"""
     r"""| ?[^\s\p{L}\p{N}_]+"""
     r"""|[ \t]+(?![^ \t\r\n])|[ \t]+"""
     r"""|\s+"""

@@ -98,6 +98,7 @@ def train_tokenizer(
     min_frequency: int = 2,
     show_progress: bool = True,
     restyle_rates: dict[str, float] | None = None,
+    max_token_length: int | None = None,
 ) -> Path:
     """Train on ``corpus`` (None or empty: the embedded corpus) and save into directory ``out``."""
     if vocab_size < MIN_VOCAB:
@@ -110,6 +111,7 @@ def train_tokenizer(
         # All 256 bytes from the start, so any input (even bytes unseen in training) encodes.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
+        max_token_length=max_token_length,
     )
     counts: dict[str, int] = {}
     rates = STYLE_RATES if restyle_rates is None else restyle_rates
