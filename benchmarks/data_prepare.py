@@ -11,12 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,7 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = args.work / "shards"
     shutil.rmtree(out, ignore_errors=True)
+    cpu0 = _cpu_seconds()
     summary = prepare(None, tok, out, PrepareConfig(workers=args.workers), progress=sys.stderr.isatty())
+    prepare_cpu = round(_cpu_seconds() - cpu0, 1)
     total_bytes = summary["train"]["bytes"] + summary["validation"]["bytes"]
     total_tokens = summary["train"]["tokens"] + summary["validation"]["tokens"]
 
@@ -58,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "tokenizer_train_seconds": train_seconds,
         "prepare_seconds": summary["seconds"],
+        # CPU seconds of this process and its workers: less sensitive than wall time to other
+        # jobs sharing the machine (load_average_1min says how busy it was).
+        "prepare_cpu_seconds": prepare_cpu,
         "files": summary["files"],
         "kept": summary["kept"],
         "dropped": {k: v for k, v in summary["dropped"].items() if v},
