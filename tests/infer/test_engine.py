@@ -101,12 +101,25 @@ def test_fill_in_the_middle_uses_fim_tokens(engine: Engine) -> None:
     assert got.prompt_tokens == len(prompt)
 
 
-def test_eos_ends_a_row(engine: Engine) -> None:
-    with torch.no_grad():  # make end-of-text the most likely token everywhere
-        engine.model.lm_head.weight[engine.tokenizer.eot_id] = engine.model.lm_head.weight.abs().max() * 50
-        engine.model.norm.weight.abs_()
-    out = engine.generate(PROMPTS, SamplingParams(max_tokens=10))
-    assert all(c.finish_reason == "eos" and len(c.token_ids) < 10 for c in out)
+def test_eos_ends_a_row(engine: Engine, monkeypatch) -> None:
+    head = engine.model.lm_head
+    calls = {"n": 0}
+    original = head.forward
+
+    def eot_after_three(x):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        out = original(x)
+        if calls["n"] > 3:  # prefill + two decode steps, then end-of-text wins everywhere
+            out[..., engine.tokenizer.eot_id] += 1e4
+        return out
+
+    monkeypatch.setattr(head, "forward", eot_after_three)
+    out = engine.generate(PROMPTS[:1], SamplingParams(max_tokens=10), n=3)
+    assert [c.finish_reason for c in out] == ["eos"] * 3
+    assert all(len(c.token_ids) == 3 and engine.tokenizer.eot_id not in c.token_ids for c in out)
+    calls["n"] = 0
+    out = engine.generate(PROMPTS[:1], SamplingParams(max_tokens=10, ignore_eos=True))
+    assert out[0].finish_reason == "length" and len(out[0].token_ids) == 10
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

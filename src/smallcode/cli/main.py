@@ -16,11 +16,12 @@ import click
 # verb -> "module:attribute" of a click.Command
 VERBS: dict[str, str] = {
     "params": "smallcode.cli.params:params",
-    "checkpoint": "smallcode.cli.checkpoint:checkpoint",
     "demo": "smallcode.cli.demo:demo",
     "tokenizer": "smallcode.cli.tokenizer:tokenizer",
     "data": "smallcode.cli.data:data",
     "eval": "smallcode.cli.eval:eval_",
+    "generate": "smallcode.cli.generate:generate",
+    "complete": "smallcode.cli.generate:complete",
 }
 
 
@@ -50,9 +51,23 @@ def cli() -> None:
     """smallcode: small sparse code models, built and run locally."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def _is_user_error(e: Exception) -> bool:
+    """Errors whose message tells the user what to fix: printed as one line, no traceback."""
     from smallcode.config import ConfigError
 
+    if isinstance(e, ConfigError | FileNotFoundError | PermissionError):
+        return True
+    # Only modules already imported by the failing command can have raised their errors.
+    for module, name in (("smallcode.model.checkpoint", "CheckpointError"),
+                         ("smallcode.infer.engine", "GenerationError"),
+                         ("smallcode.tokenizer.code_tokenizer", "TokenizerError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="smallcode", standalone_mode=False)
     except click.exceptions.Abort:
@@ -61,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except (ConfigError, FileNotFoundError, PermissionError) as e:
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
         click.echo(f"error: {e}", err=True)
         return 2
     return 0

@@ -149,21 +149,23 @@ class Engine:
         cache = KVCache.stack(caches)
         next_logits = torch.cat(logits)
         active = list(range(len(rows)))
+        watch_text = stream or bool(params.stop)  # otherwise the text is decoded once, at the end
         for step in range(params.max_tokens):
             tokens = sample(next_logits, params, [gens[r] for r in active]).tolist()
             deltas = [""] * len(rows)
             keep: list[int] = []
             for slot, (r, tok) in enumerate(zip(active, tokens, strict=True)):
                 row = rows[r]
-                if tok == self.tokenizer.eot_id:
+                if tok == self.tokenizer.eot_id and not params.ignore_eos:
                     row.finish = "eos"
                 else:
                     row.ids.append(tok)
-                    row.text = self.tokenizer.decode(row.ids)
-                    cut = _first_stop(row.text, params.stop)
-                    if cut is not None:
-                        row.text, row.finish = row.text[:cut], "stop"
-                    elif step == params.max_tokens - 1:
+                    if watch_text:
+                        row.text = self.tokenizer.decode(row.ids)
+                        cut = _first_stop(row.text, params.stop)
+                        if cut is not None:
+                            row.text, row.finish = row.text[:cut], "stop"
+                    if row.finish is None and step == params.max_tokens - 1:
                         row.finish = "length"
                 if stream:
                     safe = len(row.text) if row.finish else _safe_length(row.text, params.stop)
@@ -179,6 +181,9 @@ class Engine:
                 active = [active[s] for s in keep]
                 tokens = [tokens[s] for s in keep]
             next_logits = model(torch.tensor(tokens, device=device)[:, None], cache).logits[:, -1]
+        if not watch_text:
+            for row in rows:
+                row.text = self.tokenizer.decode(row.ids)
         if not stream:
             yield []
 

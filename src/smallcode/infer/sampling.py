@@ -28,6 +28,8 @@ class SamplingParams(Config):
     """Seed of row 0's generator; row r uses seed + r. None draws a fresh seed."""
     stop: list[str] = field(default_factory=list)
     """Text sequences that end a completion (not included in it); matched across token boundaries."""
+    ignore_eos: bool = False
+    """Keep going past end-of-text (benchmarks that need exactly max_tokens tokens)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:

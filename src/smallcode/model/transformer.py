@@ -19,9 +19,13 @@ from torch import nn
 
 from smallcode.model.attention import Attention, CacheStep
 from smallcode.model.config import ModelConfig
-from smallcode.model.layers import RMSNorm, RotaryEmbedding
 from smallcode.model.kv_cache import KVCache
+from smallcode.model.layers import RMSNorm, RotaryEmbedding
 from smallcode.model.moe import MoE, MoEStats
+
+# Longest piece of a prompt fed through the cache at once: bounds the prefill's score matrix when
+# the window is large (a full-attention model), at no cost in exactness.
+PREFILL_CHUNK = 1024
 
 
 @dataclass
@@ -85,12 +89,13 @@ class SmallCodeLM(nn.Module):
         """Logits for ``input_ids`` (B, T).
 
         Without a cache the tokens sit at positions 0..T-1 (training, scoring). With one they
-        continue each row of the cache, which they are appended to; chunks longer than the window
-        are fed through in window-sized pieces. ``last_only`` computes logits for the last position
+        continue each row of the cache, which they are appended to; inputs longer than the window
+        (or than ``PREFILL_CHUNK``) are fed through in pieces. ``last_only`` computes logits for the last position
         only (prefill before sampling).
         """
-        if cache is not None and input_ids.shape[1] > self.config.window:
-            outs = [self.forward(c, cache, last_only) for c in input_ids.split(self.config.window, dim=1)]
+        chunk = min(self.config.window, PREFILL_CHUNK)
+        if cache is not None and input_ids.shape[1] > chunk:
+            outs = [self.forward(c, cache, last_only) for c in input_ids.split(chunk, dim=1)]
             if last_only:
                 return outs[-1]
             return LMOutput(torch.cat([o.logits for o in outs], dim=1),

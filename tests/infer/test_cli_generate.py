@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+from infer_helpers import make_model  # type: ignore[import-not-found]
+
+from smallcode.cli.main import main as cli_main
+from smallcode.infer import Engine, SamplingParams
+from smallcode.model.checkpoint import save_checkpoint
+
+
+@pytest.fixture
+def ckpt(tmp_path, infer_tokenizer):
+    tok = infer_tokenizer.save(tmp_path / "tok")
+    return save_checkpoint(make_model(), tmp_path / "ck", tokenizer_file=tok)
+
+
+def test_generate_streams_the_engine_text(ckpt, capsys) -> None:
+    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12"]) == 0
+    expected = Engine.from_checkpoint(ckpt).generate("import json\n", SamplingParams(max_tokens=12))[0].text
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_complete_fills_the_middle(ckpt, tmp_path, capsys) -> None:
+    (tmp_path / "p.py").write_text("def f(x):\n    return ")
+    (tmp_path / "s.py").write_text("\n\nprint(f(1))\n")
+    assert cli_main(["complete", str(ckpt), "--prefix-file", str(tmp_path / "p.py"),
+                     "--suffix-file", str(tmp_path / "s.py"), "--max-tokens", "6"]) == 0
+    engine = Engine.from_checkpoint(ckpt)
+    expected = engine.complete("def f(x):\n    return ", "\n\nprint(f(1))\n", SamplingParams(max_tokens=6))[0].text
+    assert capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["", "--max-tokens", "4"], "empty prompt"),
+    (["x", "--max-tokens", "0"], "max_tokens"),
+    (["x", "--top-p", "1.5"], "top_p"),
+])
+def test_bad_requests_print_one_line(ckpt, capsys, args: list[str], message: str) -> None:
+    assert cli_main(["generate", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_checkpoint(tmp_path, capsys) -> None:
+    assert cli_main(["generate", str(tmp_path / "nope"), "x"]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
