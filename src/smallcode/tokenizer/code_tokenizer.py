@@ -7,7 +7,9 @@ Interface (other subpackages rely on it):
 * ``encode(str) -> list[int]``, ``encode_batch(list[str])``, ``decode(list[int]) -> str``;
   ``decode(encode(x)) == x`` for every string. ``encode`` treats its input as *plain text*: a
   literal ``<|endoftext|>`` inside a source file becomes ordinary tokens, never the special id.
-  Special ids enter a sequence only through the formatting helpers below.
+  Special ids enter a sequence only through the formatting helpers below. (A transformers
+  tokenizer built from the same file keeps transformers' default and does match them in text;
+  tokenise training data with this class.)
 * ``vocab_size``, ``eot_id``, ``pad_id``, ``fim_prefix_id``, ``fim_middle_id``, ``fim_suffix_id``.
 * ``hash``: sha256 of the canonical JSON (sorted keys, compact) of ``tokenizer.json``; token
   shards record it so data tokenised with another tokenizer is refused.
