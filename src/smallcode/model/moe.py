@@ -82,6 +82,16 @@ class Experts(nn.Module):
             h = F.linear(x_AD, self.w_gate_up[0])
             gate, up = h.split(self.d_ff, dim=-1)
             return F.linear(F.silu(gate) * up, self.w_down[0])
+        if x_AD.device.type == "cpu" and not torch.is_grad_enabled() and x_AD.shape[0] < self.w_gate_up.shape[0]:
+            # Decoding a few tokens: the CPU grouped matmul visits every expert, empty or not;
+            # visiting only the experts that received tokens does a fraction of the calls.
+            outs, start = [], 0
+            for e, c in enumerate(counts_E.tolist()):
+                if c:
+                    gate, up = F.linear(x_AD[start : start + c], self.w_gate_up[e]).split(self.d_ff, dim=-1)
+                    outs.append(F.linear(F.silu(gate) * up, self.w_down[e]))
+                    start += c
+            return torch.cat(outs)
         offs = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
         h = F.grouped_mm(x_AD, self.w_gate_up.transpose(-2, -1), offs=offs)
         gate, up = h.split(self.d_ff, dim=-1)
@@ -112,5 +122,7 @@ class MoE(nn.Module):
         # Undo the sort with a gather (its backward is a scatter, no atomics), then mix the K outputs.
         y_NKD = y_AD[torch.argsort(order_A)].view(N, K, -1)
         out_ND = torch.bmm(weights_NK.to(y_NKD.dtype).unsqueeze(1), y_NKD).squeeze(1)
+        if torch.is_inference_mode_enabled():  # generating: the auxiliary losses would be thrown away
+            return out_ND.view(shape), None
         bal, load_E = balance_loss(logits_NE, counts_E, K)
         return out_ND.view(shape), MoEStats(bal, z_loss(logits_NE), load_E)
