@@ -31,9 +31,7 @@ def bwrap() -> Iterator[Sandbox]:
 
 def _probe(sb: Sandbox, code: str) -> dict:
     """Run ``code`` which assigns ``result``; return it through the call-mode channel."""
-    r = sb.run(
-        code + "\ndef probe():\n    return result\n", mode="call", entry_point="probe", inputs=[encode(())]
-    )
+    r = sb.run(code + "\ndef probe():\n    return result\n", mode="call", entry_point="probe", inputs=[encode(())])
     assert r.status == "ok", r
     return json.loads(decode(r.outputs[0]))
 
@@ -87,9 +85,7 @@ def test_bwrap_isolation(bwrap: Sandbox) -> None:
 
 
 def test_work_dirs_are_fresh_for_each_program(bwrap: Sandbox) -> None:
-    first = _probe(
-        bwrap, "import os, json\nopen('left.txt', 'w').write('x')\nresult = json.dumps(os.getcwd())"
-    )
+    first = _probe(bwrap, "import os, json\nopen('left.txt', 'w').write('x')\nresult = json.dumps(os.getcwd())")
     second = _probe(bwrap, "import os, json\nresult = json.dumps([os.getcwd(), os.listdir('.')])")
     assert second[1] == [".output"]
     assert first != second[0]
@@ -169,3 +165,27 @@ def test_encode_keeps_what_eq_forgets() -> None:
         pass
 
     assert encode(Sub(3))[0] == "other"
+
+
+def test_large_outputs_come_back_as_exact_digests() -> None:
+    from smallcode.eval.sandbox import encode_output
+
+    big = list(range(10_000))
+    assert encode_output([1, 2]) == encode([1, 2])  # small values are encoded in full
+    d = encode_output(big)
+    assert d[0] == "digest" and d == encode_output(list(range(10_000)))
+    assert d != encode_output(tuple(big))
+    assert encode_output(big + [1]) != encode_output(big + [1.0]) != encode_output(big + [True])
+    mixed = [1, 2.5] + [float(i) for i in range(10_000)]
+    assert encode_output(mixed) == encode_output(list(mixed)) != encode_output([1.0, 2.5] + mixed[2:])
+    # order-free containers hash independently of iteration order
+    words = [f"w{i}" for i in range(5000)]
+    assert encode_output(set(words)) == encode_output(set(reversed(words)))
+    assert encode_output(dict.fromkeys(words, 0)) == encode_output(dict.fromkeys(reversed(words), 0))
+    assert encode_output("x" * 500_000)[0] == "digest" != encode_output("x" * 100)[0]
+    assert encode_output([10**5000] * 5000)[0] == "digest"  # beyond repr's digit limit
+
+    class Sub(int):
+        pass
+
+    assert encode_output([Sub(1)] * 5000)[0] == "other"

@@ -41,6 +41,8 @@ REFERENCE_TIMEOUT_FACTOR = 10.0
 """The reference (trusted to finish) gets this many times the candidate's configured limit."""
 REFERENCE_TIME_FACTOR = 4.0
 """A candidate may always take this many times the reference's measured time (EvalPlus's rule)."""
+REFERENCE_MEMORY_FACTOR = 4
+"""The reference may use this many times the candidate's address-space limit."""
 DEFAULT_FLOAT_ATOL = 1e-6
 """Float tolerance when a task gives none (EvalPlus compares float outputs this way); 0 = exact."""
 
@@ -104,6 +106,8 @@ def _show(e: Any, limit: int = 120) -> str:
             text = f"raises {e[1]}"
         elif isinstance(e, list) and e and e[0] == "other":
             text = f"<object of type {e[1]}>"
+        elif isinstance(e, list) and e and e[0] == "digest":
+            text = f"<large value, sha256 {e[1][:12]}>"
         else:
             text = repr(decode(e))
     except Exception:  # noqa: BLE001 - malformed encodings come from untrusted children
@@ -140,6 +144,8 @@ def _same(exp: Any, got: Any, atol: float) -> bool:
         return got[1] == exp[1]  # same exception type; messages may differ
     if tag == "other":
         return False  # values we cannot compare exactly never pass
+    if tag == "digest":
+        return got[1] == exp[1]
     return got == exp
 
 
@@ -179,6 +185,7 @@ def reference_run(
         entry_point=task.entry_point,
         inputs=encoded_inputs(task),
         timeout_s=REFERENCE_TIMEOUT_FACTOR * strict_timeout(task, timeout_s, per_input_s),
+        memory_mb=REFERENCE_MEMORY_FACTOR * sandbox.limits.memory_mb,
     )
     if r.status != "ok" or r.outputs is None:
         raise ReferenceFailure(f"{task.task_id}: the reference solution failed ({r.status}: {r.error})")

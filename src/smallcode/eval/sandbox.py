@@ -313,17 +313,18 @@ class Sandbox:
     def _read_line(self, timeout: float) -> bytes | None:
         assert self._proc is not None and self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
-        buf = b""
+        chunks: list[bytes] = []  # joined once at the end: answers can be hundreds of MB
         deadline = time.monotonic() + timeout
-        while not buf.endswith(b"\n"):
+        while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 return None
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, 1 << 22)
             if not chunk:
                 return None
-            buf += chunk
-        return buf
+            chunks.append(chunk)
+            if chunk.endswith(b"\n"):  # one JSON line per answer; JSON escapes inner newlines
+                return b"".join(chunks)
 
     def close(self) -> None:
         """Kill the zygote and everything it started."""
@@ -355,13 +356,16 @@ class Sandbox:
         entry_point: str = "",
         inputs: list[Any] | None = None,
         timeout_s: float | None = None,
+        memory_mb: int | None = None,
     ) -> RunResult:
         """Run ``program``.
 
         ``exec``: execute it; ``ok`` means it finished without raising. ``call``: execute it, then
         call ``entry_point(*args)`` for each encoded argument tuple in ``inputs`` (see
         :func:`encode`); ``outputs`` holds one encoded return value (or ``["raise", type, msg]``)
-        per input. Inputs reach the child; nothing else of the caller's does.
+        per input; very large outputs come back as digests (see :func:`encode_output`). Inputs reach
+        the child; nothing else of the caller's does. ``timeout_s``/``memory_mb`` override the
+        sandbox's limits for this run.
         """
         if self._proc is None or self._proc.poll() is not None:
             self.close()
@@ -374,7 +378,7 @@ class Sandbox:
             "entry_point": entry_point,
             "inputs": inputs or [],
             "timeout": timeout,
-            "memory": lim.memory_mb << 20,
+            "memory": (memory_mb or lim.memory_mb) << 20,
             "fsize": lim.file_size_mb << 20,
             "nofile": lim.open_files,
             "nproc": lim.processes,
@@ -445,6 +449,113 @@ def encode(x: Any, _depth: int = 0) -> Any:
     except Exception:  # noqa: BLE001 - hostile types may raise anything
         name = "?"
     return ["other", name]
+
+
+DIGEST_OVER = 4096
+"""Outputs costlier than this (a unit per node, per 64 characters, per 512 bits) come back as a
+digest (see :func:`encode_output`)."""
+
+
+def _nodes_over(x: Any, limit: int) -> bool:
+    """Whether ``x`` costs more than ``limit`` units (walks at most ``limit`` nodes)."""
+    todo, seen = [x], 0
+    while todo:
+        v = todo.pop()
+        seen += 1
+        t = type(v)
+        if t is str or t is bytes:
+            seen += len(v) >> 6
+        elif t is int:
+            seen += v.bit_length() >> 9
+        if seen > limit:
+            return True
+        if t is list or t is tuple or t is set or t is frozenset:
+            todo.extend(v)
+        elif t is dict:
+            todo.extend(v.keys())
+            todo.extend(v.values())
+    return False
+
+
+_SCALARS = frozenset({int, float, bool, type(None), str, bytes, complex})
+
+
+def _repr_into(x: Any, h: Any) -> bool:
+    """Hash a sequence of exact scalars by its repr, which is exact and type-faithful for them
+    (``1``, ``1.0``, ``True``, ``'1'`` all differ) and runs at C speed; False where repr cannot
+    (ints beyond the str-conversion digit limit)."""
+    try:
+        text = repr(x)
+    except ValueError:
+        return False
+    h.update(b"r:" + text.encode("utf-8", "surrogatepass"))
+    return True
+
+
+def _hash_into(x: Any, h: Any, depth: int = 0) -> None:
+    """Feed a type-exact, order-canonical serialisation of ``x`` to hash ``h`` without building it."""
+    import hashlib
+
+    if depth > _MAX_DEPTH:
+        raise ValueError("too deep")
+    t = type(x)
+    if x is None:
+        h.update(b"N;")
+    elif t is bool:
+        h.update(b"B1;" if x else b"B0;")
+    elif t is int:
+        h.update(b"I" + hex(x).encode() + b";")
+    elif t is float:
+        h.update(b"F" + x.hex().encode() + b";")
+    elif t is complex:
+        h.update(b"C" + x.real.hex().encode() + b"," + x.imag.hex().encode() + b";")
+    elif t is str:
+        b = x.encode("utf-8", "surrogatepass")
+        h.update(b"S%d:" % len(b) + b)
+    elif t is bytes:
+        h.update(b"Y%d:" % len(x) + x)
+    elif t is list or t is tuple:
+        h.update((b"L%d:" if t is list else b"T%d:") % len(x))
+        kinds = set(map(type, x))
+        # Homogeneous sequences of scalars take a C-speed path (a million floats in HumanEval+);
+        # which path runs depends only on the value, so equal values still hash equal.
+        if kinds == {float}:
+            from array import array
+
+            h.update(b"f:" + array("d", x).tobytes())
+        elif kinds <= _SCALARS and _repr_into(x, h):
+            pass
+        else:
+            for v in x:
+                _hash_into(v, h, depth + 1)
+    elif t is set or t is frozenset or t is dict:
+        parts = []
+        for item in x.items() if t is dict else x:
+            sub = hashlib.sha256()
+            _hash_into(item, sub, depth + 1)  # a dict item hashes as the (key, value) tuple
+            parts.append(sub.digest())
+        h.update({set: b"E%d:", frozenset: b"Z%d:", dict: b"D%d:"}[t] % len(x) + b"".join(sorted(parts)))
+    else:
+        raise ValueError(t.__qualname__)
+
+
+def encode_output(x: Any) -> Any:
+    """:func:`encode` for values up to DIGEST_OVER nodes; bigger ones become ``["digest", sha256]``
+    of a type-exact, order-canonical serialisation, computed without materialising an encoding
+    (HumanEval+ has outputs of a million elements). Digests compare by exact equality, so the
+    float tolerance applies only to outputs below the threshold."""
+    if not _nodes_over(x, DIGEST_OVER):
+        return encode(x)
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        _hash_into(x, h)
+    except ValueError as e:
+        return ["other", f"large value containing {e}"]
+    except RecursionError:
+        return ["other", "too deep"]
+    return ["digest", h.hexdigest()]
 
 
 def decode(e: Any) -> Any:
@@ -557,7 +668,7 @@ def _child(req: dict[str, Any], cfg: dict[str, Any], workdir: str, result_fd: in
             for enc in inputs:
                 args = decode(enc)
                 try:
-                    outs.append(encode(fn(*args)))
+                    outs.append(encode_output(fn(*args)))
                 except (MemoryError, RecursionError):
                     raise
                 except Exception as e:  # noqa: BLE001
