@@ -75,6 +75,12 @@ def eval_() -> None:
     show_default=True,
     help="strict: outputs compared in the harness; compat: the dataset's own checks.",
 )
+@click.option(
+    "--float-atol",
+    default=1e-6,
+    show_default=True,
+    help="Strict float tolerance for tasks that give none (EvalPlus's default); 0 = exact.",
+)
 @click.option("--k", "ks", default="1,10,100", show_default=True, help="pass@k values (those with k <= n).")
 @click.option("--workers", default=0, help="Parallel sandboxes (0 = CPU cores).")
 @click.option("--timeout", "timeout_s", default=3.0, show_default=True, help="Seconds per program.")
@@ -108,6 +114,7 @@ def run(
     top_p: float,
     max_tokens: int,
     mode: str,
+    float_atol: float,
     ks: str,
     workers: int,
     timeout_s: float,
@@ -165,6 +172,7 @@ def run(
         k=[int(k) for k in _csv(ks)],
         limit=limit,
         security_scan=not no_security,
+        float_atol=float_atol,
         data_dir=data_dir,
     )
     evaluate(tasks, source, cfg, out, name)

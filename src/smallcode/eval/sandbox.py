@@ -5,7 +5,8 @@ and keeps it for many programs. For every program the zygote forks a fresh child
 untrusted code runs: starts its own session and process group; drops to an unprivileged uid (when
 the zygote has the rights to, i.e. the harness runs as root); sets rlimits on CPU time, address
 space, file size, open files and processes; moves into a private, empty working directory; points
-stdin at /dev/null and stdout/stderr at a capped capture file; closes every other descriptor. The
+stdin at /dev/null and stdout/stderr at a size-limited capture file; closes every other
+descriptor but the pipe that carries its result back (outside RLIMIT_FSIZE's reach). The
 zygote waits for the child with a wall-clock deadline; on expiry it SIGKILLs the child's process
 group and then every other process in the sandbox but itself (``kill(-1)``), so grandchildren that
 changed group or session die too. Forking from a warm zygote costs about a millisecond, which is
