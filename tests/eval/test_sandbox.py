@@ -189,3 +189,15 @@ def test_large_outputs_come_back_as_exact_digests() -> None:
         pass
 
     assert encode_output([Sub(1)] * 5000)[0] == "other"
+
+
+def test_missing_bwrap_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import smallcode.eval.sandbox as sbm
+
+    monkeypatch.setitem(sbm._PROBED, "bwrap", False)
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="bubblewrap"):
+        require_bwrap()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_bwrap()
