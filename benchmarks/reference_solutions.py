@@ -191,6 +191,7 @@ def main() -> None:
         entry["seconds"] = round(time.perf_counter() - t0, 1)
         result[suite] = entry
         print(f"{suite}: {entry['reference_passes_compat']}/{entry['tasks']} references pass", file=sys.stderr)
+        print(json.dumps({suite: entry}), file=sys.stderr)
     print(json.dumps(result))
 
 

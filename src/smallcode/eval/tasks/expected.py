@@ -46,7 +46,9 @@ class Outcome:
 
 
 _CHILD = r"""
-import copy, json, signal, sys
+import copy, json, resource, signal, sys
+# A reference that would build gigabytes for one input must fail fast, not swap the machine.
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 sys.path.insert(0, {codec_dir!r})
 import codec
 del sys.path[0]
@@ -71,11 +73,17 @@ for enc in job["inputs"]:
             value = fn(*copy.deepcopy(args))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        out.append(["ok", codec.encode(value)])
+        enc_value = codec.encode(value)
+        if len(json.dumps(enc_value)) > job["max_output_bytes"]:
+            out.append(["unencodable", "output larger than %d bytes" % job["max_output_bytes"]])
+        else:
+            out.append(["ok", enc_value])
     except _Slow:
         out.append(["timeout", "reference ran past %ss" % job["per_call_s"]])
     except codec.CodecError as e:
         out.append(["unencodable", str(e)])
+    except MemoryError:
+        out.append(["unencodable", "reference ran out of memory"])
     except Exception as e:
         out.append(["raise", "%s: %s" % (type(e).__name__, str(e)[:200])])
 with open(sys.argv[2] + ".tmp", "w") as f:
@@ -83,6 +91,11 @@ with open(sys.argv[2] + ".tmp", "w") as f:
 import os
 os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 """
+
+
+# A reference that returns megabytes for one input (MBPP+ Mbpp/255 lists 1.6M combinations) makes an
+# expected value nobody can compare cheaply; such inputs are marked unusable instead.
+_MAX_OUTPUT_BYTES = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -98,6 +111,7 @@ def cache_key(task: Task) -> str:
     blob = json.dumps(
         {
             "codec": codec.CODEC_VERSION,
+            "max_output_bytes": _MAX_OUTPUT_BYTES,
             "python": f"{sys.version_info.major}.{sys.version_info.minor}",
             "source": reference_source(task),
             "entry_point": task.entry_point,
@@ -133,6 +147,7 @@ def _compute(task: Task, per_call_s: float, timeout_s: float) -> list:
                     "entry_point": task.entry_point,
                     "inputs": [codec.encode(a) for a in task.inputs],
                     "per_call_s": per_call_s,
+                    "max_output_bytes": _MAX_OUTPUT_BYTES,
                 },
                 f,
             )
