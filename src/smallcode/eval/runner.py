@@ -229,7 +229,12 @@ def evaluate(
     local = threading.local()
     sandboxes: list[Sandbox] = []
     sb_lock = threading.Lock()
-    exp_lock = threading.Lock()
+    exp_locks: dict[str, threading.Lock] = {}
+    locks_lock = threading.Lock()
+
+    def task_lock(task_id: str) -> threading.Lock:
+        with locks_lock:
+            return exp_locks.setdefault(task_id, threading.Lock())
 
     def sandbox() -> Sandbox:
         if getattr(local, "sb", None) is None:
@@ -248,7 +253,7 @@ def evaluate(
         try:
             exp, ref_s = None, 0.0
             if m == "strict":
-                with exp_lock:  # one reference run per task, whichever worker asks first
+                with task_lock(task.task_id):  # one reference run per task, whichever worker asks first
                     exp = expected.get(task, sb, cfg.timeout_s, cfg.per_input_s)
                     ref_s = expected.seconds(task)
             v = check(
