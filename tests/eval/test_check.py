@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,13 @@ def test_assert_list_tests_and_preamble() -> None:
         (b"x", "x", 0.0, False),
         (None, None, 0.0, True),
         (1 + 2j, 1 + 2j, 0.0, True),
+        (Counter("abca"), Counter("aabc"), 0.0, True),
+        (Counter("abc"), {"a": 1, "b": 1, "c": 1}, 0.0, False),  # a Counter is not a dict here
+        (Counter(a=1), Counter(a=1, b=0), 0.0, False),  # though Counter's own == says equal
+        (OrderedDict(a=1, b=2), OrderedDict(b=2, a=1), 0.0, False),
+        (defaultdict(int, a=1), defaultdict(list, a=1), 0.0, True),
+        (deque([1, 2]), deque([1, 2]), 0.0, True),
+        (deque([1, 2]), [1, 2], 0.0, False),
     ],
 )
 def test_type_exact_comparison(exp: object, got: object, atol: float, same: bool) -> None:

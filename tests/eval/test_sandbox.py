@@ -182,6 +182,11 @@ def test_large_outputs_come_back_as_exact_digests() -> None:
     words = [f"w{i}" for i in range(5000)]
     assert encode_output(set(words)) == encode_output(set(reversed(words)))
     assert encode_output(dict.fromkeys(words, 0)) == encode_output(dict.fromkeys(reversed(words), 0))
+    from collections import Counter, OrderedDict
+
+    assert encode_output(Counter(words)) == encode_output(Counter(list(reversed(words))))
+    assert encode_output(Counter(words)) != encode_output(dict(Counter(words)))
+    assert encode_output(OrderedDict.fromkeys(words)) != encode_output(OrderedDict.fromkeys(reversed(words)))
     assert encode_output("x" * 500_000)[0] == "digest" != encode_output("x" * 100)[0]
     assert encode_output([10**5000] * 5000)[0] == "digest"  # beyond repr's digit limit
 

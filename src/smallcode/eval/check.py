@@ -131,11 +131,15 @@ def _same(exp: Any, got: Any, atol: float) -> bool:
         return a == b or (atol > 0 and abs(a - b) <= atol)
     if tag == "complex":
         return _same(["float", exp[1]], ["float", got[1]], atol) and _same(["float", exp[2]], ["float", got[2]], atol)
-    if tag in ("list", "tuple"):
+    if tag in ("list", "tuple", "deque"):
         return len(exp[1]) == len(got[1]) and all(_same(x, y, atol) for x, y in zip(exp[1], got[1], strict=True))
     if tag in ("set", "frozenset"):
         return sorted(map(_key, exp[1])) == sorted(map(_key, got[1]))
-    if tag == "dict":
+    if tag == "OrderedDict":
+        return len(exp[1]) == len(got[1]) and all(
+            _same(k1, k2, 0.0) and _same(v1, v2, atol) for (k1, v1), (k2, v2) in zip(exp[1], got[1], strict=True)
+        )
+    if tag in ("dict", "Counter", "defaultdict"):
         if len(exp[1]) != len(got[1]):
             return False
         mine = {_key(k): v for k, v in got[1]}

@@ -51,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -421,8 +422,9 @@ _MAX_DEPTH = 200
 def encode(x: Any, _depth: int = 0) -> Any:
     """Tagged, type-exact JSON encoding of a value: tuple vs list, int vs bool vs float all kept.
 
-    Only exact built-in types are encoded; anything else (subclasses included, so an ``int``
-    subclass with a lying ``__eq__`` cannot pass for an int) becomes ``["other", typename]``.
+    Only exact built-in types (and collections' Counter, defaultdict, OrderedDict, deque) are
+    encoded; anything else (subclasses included, so an ``int`` subclass with a lying ``__eq__``
+    cannot pass for an int) becomes ``["other", typename]``.
     """
     if _depth > _MAX_DEPTH:
         return ["other", "too deep"]
@@ -443,8 +445,12 @@ def encode(x: Any, _depth: int = 0) -> Any:
         return ["bytes", x.hex()]
     if t is list or t is tuple or t is set or t is frozenset:
         return [t.__name__, [encode(v, _depth + 1) for v in x]]
-    if t is dict:
-        return ["dict", [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in x.items()]]
+    if t is dict or t is Counter or t is defaultdict or t is OrderedDict:
+        # Dict-likes from collections keep their own tag (a Counter is not a dict here); an
+        # OrderedDict compares in order, the others as mappings. defaultdict's factory is dropped.
+        return [t.__name__, [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in x.items()]]
+    if t is deque:
+        return ["deque", [encode(v, _depth + 1) for v in x]]
     try:
         name = str(t.__qualname__)[:100]
     except Exception:  # noqa: BLE001 - hostile types may raise anything
@@ -470,9 +476,9 @@ def _nodes_over(x: Any, limit: int) -> bool:
             seen += v.bit_length() >> 9
         if seen > limit:
             return True
-        if t is list or t is tuple or t is set or t is frozenset:
+        if t is list or t is tuple or t is set or t is frozenset or t is deque:
             todo.extend(v)
-        elif t is dict:
+        elif t is dict or t is Counter or t is defaultdict or t is OrderedDict:
             todo.extend(v.keys())
             todo.extend(v.values())
     return False
@@ -515,8 +521,12 @@ def _hash_into(x: Any, h: Any, depth: int = 0) -> None:
         h.update(b"S%d:" % len(b) + b)
     elif t is bytes:
         h.update(b"Y%d:" % len(x) + x)
-    elif t is list or t is tuple:
-        h.update((b"L%d:" if t is list else b"T%d:") % len(x))
+    elif t is OrderedDict:
+        h.update(b"O%d:" % len(x))
+        for item in x.items():
+            _hash_into(item, h, depth + 1)
+    elif t is list or t is tuple or t is deque:
+        h.update({list: b"L%d:", tuple: b"T%d:", deque: b"Q%d:"}[t] % len(x))
         kinds = set(map(type, x))
         # Homogeneous sequences of scalars take a C-speed path (a million floats in HumanEval+);
         # which path runs depends only on the value, so equal values still hash equal.
@@ -529,13 +539,14 @@ def _hash_into(x: Any, h: Any, depth: int = 0) -> None:
         else:
             for v in x:
                 _hash_into(v, h, depth + 1)
-    elif t is set or t is frozenset or t is dict:
+    elif t is set or t is frozenset or t is dict or t is Counter or t is defaultdict:
         parts = []
         for item in x.items() if t is dict else x:
             sub = hashlib.sha256()
             _hash_into(item, sub, depth + 1)  # a dict item hashes as the (key, value) tuple
             parts.append(sub.digest())
-        h.update({set: b"E%d:", frozenset: b"Z%d:", dict: b"D%d:"}[t] % len(x) + b"".join(sorted(parts)))
+        tags = {set: b"E%d:", frozenset: b"Z%d:", dict: b"D%d:", Counter: b"C%d:", defaultdict: b"V%d:"}
+        h.update(tags[t] % len(x) + b"".join(sorted(parts)))
     else:
         raise ValueError(t.__qualname__)
 
@@ -586,6 +597,12 @@ def decode(e: Any) -> Any:
         return frozenset(decode(v) for v in e[1])
     if tag == "dict":
         return {decode(k): decode(v) for k, v in e[1]}
+    if tag in ("Counter", "OrderedDict"):
+        return (Counter if tag == "Counter" else OrderedDict)((decode(k), decode(v)) for k, v in e[1])
+    if tag == "defaultdict":
+        return defaultdict(None, ((decode(k), decode(v)) for k, v in e[1]))
+    if tag == "deque":
+        return deque(decode(v) for v in e[1])
     raise ValueError(f"cannot decode value tagged {tag!r}")
 
 
