@@ -10,7 +10,8 @@ the asserts are how the model learns the function's name and signature); the pro
 (after ``test_setup_code`` / ``test_imports``). ``strict`` inputs are read from the asserts with
 ``ast`` where every assert has the form ``assert f(<literals>) == <literal>``; a task with any other
 assert (``math.isclose``, ``set(f(x)) == ...``, bare ``assert f(x)``, names from setup code) keeps
-``compat`` only, with the reason in ``meta["strict_skip"]``. The literal each assert expects is kept
+``compat`` only, with the reason in ``meta["strict_skip"]``; so does a task whose reference returns a
+different type than its asserts spell out (``STRICT_UNRELIABLE_*``). The literal each assert expects is kept
 in ``meta["assert_expected"]`` so a reference solution can be checked against its own tests; the
 strict expected values themselves come from running the reference (``expected.py``), never from here.
 """
@@ -29,6 +30,43 @@ from smallcode.eval.tasks.pinned import MBPP_FULL, MBPP_SANITIZED, DataFileError
 MbppSplit = Literal["full", "test", "sanitized", "prompt", "validation", "train"]
 SPLITS: tuple[str, ...] = ("full", "test", "sanitized", "prompt", "validation", "train")
 _RANGES = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+
+# Tasks whose reference returns something other than what their own asserts spell out, type-exactly:
+# an int where the assert writes a float or the reverse (``240`` vs ``240.0``, ``False`` vs ``0``), or a
+# ``Counter``/``defaultdict`` where it writes a dict. ``==`` hides the difference, a type-exact strict
+# check would not: it would fail solutions that the dataset's asserts accept. These keep compat only.
+# Found by ``benchmarks/reference_solutions.py`` (assert_literal_mismatch); checked in the tests.
+STRICT_UNRELIABLE_FULL = frozenset(
+    {
+        14,
+        38,
+        40,
+        55,
+        76,
+        78,
+        88,
+        293,
+        335,
+        397,
+        414,
+        422,
+        432,
+        491,
+        511,
+        518,
+        653,
+        814,
+        835,
+        848,
+        851,
+        902,
+        931,
+        935,
+        957,
+        959,
+    }
+)
+STRICT_UNRELIABLE_SANITIZED = frozenset({14, 80, 88, 293, 397, 422, 432})
 
 _FULL_FIELDS = ("text", "code", "task_id", "test_setup_code", "test_list", "challenge_test_list")
 _SAN_FIELDS = ("prompt", "code", "task_id", "test_imports", "test_list")
@@ -98,9 +136,7 @@ def strict_inputs(tests: list[str], entry_point: str) -> tuple[tuple[tuple[Any, 
         if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
             return (), [], f"not an == comparison: {line[:60]!r}"
         call, want = test.left, test.comparators[0]
-        if not (
-            isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == entry_point
-        ):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == entry_point):
             return (), [], f"left side is not a call of {entry_point}: {line[:60]!r}"
         if call.keywords or any(isinstance(a, ast.Starred) for a in call.args):
             return (), [], f"keyword or starred arguments: {line[:60]!r}"
@@ -119,6 +155,9 @@ def _task(tid: int, text: str, code: str, tests: list[str], setup: str, split: s
     code = code.replace("\r\n", "\n")
     entry = entry_point_of(code, tests, where)
     inputs, expected, why = strict_inputs(tests, entry)
+    unreliable = STRICT_UNRELIABLE_SANITIZED if split == "sanitized" else STRICT_UNRELIABLE_FULL
+    if inputs and tid in unreliable:
+        inputs, why = (), "the reference's outputs differ in type from the asserts' literals"
     test = "\n".join(([setup] if setup.strip() else []) + tests) + "\n"
     prompt = _docstring(text.strip() + "\n" + "\n".join(tests))
     meta = {"source": "mbpp google-research@30adf0ec", "split": split, "strict_skip": why, **extra}
