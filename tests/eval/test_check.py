@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,8 @@ def test_assert_list_tests_and_preamble() -> None:
         (defaultdict(int, a=1), defaultdict(list, a=1), 0.0, True),
         (deque([1, 2]), deque([1, 2]), 0.0, True),
         (deque([1, 2]), [1, 2], 0.0, False),
+        (re.search("b+", "abbc"), re.search("b{1,}", "abbc"), 0.0, True),
+        (re.search("b+", "abbc"), re.search("b", "abbc"), 0.0, False),
     ],
 )
 def test_type_exact_comparison(exp: object, got: object, atol: float, same: bool) -> None:

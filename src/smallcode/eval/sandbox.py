@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -451,6 +452,9 @@ def encode(x: Any, _depth: int = 0) -> Any:
         return [t.__name__, [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in x.items()]]
     if t is deque:
         return ["deque", [encode(v, _depth + 1) for v in x]]
+    if t is re.Match:
+        # A match is its subject, span and groups (the pattern that found it may differ).
+        return ["Match", encode((x.string, x.span(), x.groups()), _depth + 1)]
     try:
         name = str(t.__qualname__)[:100]
     except Exception:  # noqa: BLE001 - hostile types may raise anything
@@ -521,6 +525,9 @@ def _hash_into(x: Any, h: Any, depth: int = 0) -> None:
         h.update(b"S%d:" % len(b) + b)
     elif t is bytes:
         h.update(b"Y%d:" % len(x) + x)
+    elif t is re.Match:
+        h.update(b"M:")
+        _hash_into((x.string, x.span(), x.groups()), h, depth + 1)
     elif t is OrderedDict:
         h.update(b"O%d:" % len(x))
         for item in x.items():
@@ -603,6 +610,8 @@ def decode(e: Any) -> Any:
         return defaultdict(None, ((decode(k), decode(v)) for k, v in e[1]))
     if tag == "deque":
         return deque(decode(v) for v in e[1])
+    if tag == "Match":
+        return ("Match", *decode(e[1]))  # a stand-in: matches cannot be rebuilt
     raise ValueError(f"cannot decode value tagged {tag!r}")
 
 
