@@ -196,6 +196,10 @@ def load_mbppplus(data_dir: Path) -> list[Task]:
         except (TypeError, ValueError, AttributeError) as e:
             raise DataFileError(f"{MBPP_PLUS.relpath}: {tid}: cannot rebuild inputs ({e})") from e
         prompt = rec["prompt"] if rec["prompt"].endswith("\n") else rec["prompt"] + "\n"
+        test = rec["assertion"]
+        if "math." in test and "import math" not in test:
+            # The float asserts use math.isclose without importing math (EvalPlus's harness imports it).
+            test = "import math\n" + test
         tasks.append(
             Task(
                 task_id=tid,
@@ -203,7 +207,7 @@ def load_mbppplus(data_dir: Path) -> list[Task]:
                 prompt=prompt,
                 entry_point=rec["entry_point"],
                 reference=rec["canonical_solution"],
-                test=rec["assertion"],
+                test=test,
                 inputs=inputs,
                 atol=float(rec["atol"]),
                 meta={
