@@ -1,31 +1,37 @@
-"""Repository problems: function-completion tasks mined from local Python code, checked by its doctests.
+"""Repository problems: function-completion tasks mined from local Python code.
 
 ``mine_repo(source, out)`` reads every module of ``source`` (a directory, an importable package or
 module name, or ``"stdlib"`` for the standard library of the running interpreter, site-packages
-excluded) and turns each function that its module's doctests exercise into a task:
+excluded) and turns functions into tasks in two ways:
 
-* candidates are module-level functions and plain (undecorated, non-dunder) methods of module-level
-  classes that have a docstring and a body after it, and that some doctest of the same module calls
-  (a function by name, a method as ``.name(...)``);
-* ``prompt`` is the signature and docstring (methods dedented, with a comment naming the class);
-  ``reference`` is the original body; ``preamble`` is the module's own source with the function
-  removed (and ``if __name__ == "__main__"`` blocks dropped), so the program is self-contained: it
-  needs no file of the source tree, which the sandbox cannot see;
-* ``test`` (compat) runs the exercising docstrings' examples with ``doctest`` against the candidate
-  (methods are first set on their class); ``inputs`` (strict, functions only) are the examples that
-  are a bare call with literal arguments, kept only when the outputs are plain data;
-* a task is kept only if, run through the harness's own checker, the original body passes (twice,
-  to drop flaky ones) and the trivially wrong bodies ``pass`` and ``return None`` fail; the same
-  rule decides whether strict inputs are kept.
+* **doctest problems** (any source): module-level functions and plain (undecorated, non-dunder)
+  methods of module-level classes, with a docstring and a body after it, that some doctest of the
+  same module calls (a function by name, a method as ``.name(...)``). ``preamble`` is the module's own
+  source with the function removed (``if __name__ == "__main__"`` blocks dropped), so the program
+  needs no file of the source tree, which the sandbox cannot see; ``test`` (compat) runs the
+  exercising docstrings' examples with ``doctest``; ``inputs`` (strict, functions only) are the
+  examples that are a bare call with literal arguments, kept only when the outputs are plain data.
+* **unit-test problems** (standard library only): functions without such a doctest that CPython's
+  own tests exercise (found by tracing, see :mod:`repo_tests`); ``test`` runs up to three of those
+  tests with the real module's function replaced by the candidate.
+
+In both, ``prompt`` is the signature and docstring (methods dedented, after a comment naming the
+class) and ``reference`` the original body. Where the module is importable, the check also replaces
+the real module's function, so a completion that merely calls the original recurses instead of
+passing. A task is kept only if, run through the harness's own sandbox and checker, the original body
+passes (twice, to drop flaky ones) and the trivially wrong bodies ``pass`` and ``return None`` fail;
+the same rule decides whether strict inputs are kept.
 
 The pinned suite (``load_pinned_stdlib``) is 500 such tasks from the standard library, listed with a
 content hash each in :mod:`smallcode.eval.tasks.stdlib_manifest`. Loading rebuilds them from the
-running interpreter's stdlib and refuses (naming the tasks) when any hash differs, e.g. on another
-Python version: results are comparable only between machines where they match. On another version,
-mine a suite of your own (``mine_repo("stdlib", ...)``) and compare only runs made with it.
+running interpreter's stdlib and refuses (naming the tasks) when any hash differs, and refuses outright
+on another Python minor version: results are comparable only where the hashes match. Elsewhere, mine
+a suite of your own (``smallcode eval mine --source stdlib --out FILE``) and compare runs that use it.
 
-Not done: problems exercised only by a package's unit tests (doctests only); relative imports in a
-mined module (such modules fail their check and are dropped); async functions; decorated methods.
+Not done: unit-test problems for non-stdlib sources (their checks would import the real package,
+which the sandbox cannot see); relative imports in a doctest-mined module (such modules fail their
+check and are dropped); async functions; decorated methods. Stdlib problems cannot stop a model that
+has memorised the standard library; they measure completion in a real code base, not novelty.
 """
 
 from __future__ import annotations
@@ -773,6 +779,11 @@ def load_pinned_stdlib(progress: bool = False) -> list[Task]:
             f"Python {sys.version.split()[0]}, whose stdlib differs, so its problems would not be the pinned "
             "ones. Mine a suite for this interpreter (smallcode eval mine --source stdlib --out FILE) and "
             "evaluate with that file; compare only with runs that used the same file."
+        )
+    if any(tests for _, _, tests in manifest.TASKS) and importlib.util.find_spec("test.support") is None:
+        raise DataFileError(
+            "the pinned repo suite checks most problems with CPython's own unit tests, and this Python has "
+            "no 'test' package (on Debian/Ubuntu: apt install libpython3.X-testsuite)"
         )
     wanted = {tid: sha for tid, sha, _ in manifest.TASKS}
     by_module = dict(_module_files("stdlib")[1])
