@@ -122,7 +122,9 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, "
                                   f"the config needs {tuple(v.shape)}")
     model = model.to_empty(device=device)
-    model.load_state_dict(state, strict=not config.tie_embeddings, assign=True)
+    # Copy into freshly allocated parameters rather than adopting the loaded buffers: their memory
+    # alignment can steer BLAS to other kernels, and the loaded model must compute bit-identically.
+    model.load_state_dict(state, strict=not config.tie_embeddings)
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.rope = model.rope.__class__(config.hd, config.rope_base, config.max_seq_len).to(device)

@@ -1,0 +1,92 @@
+"""Does validation loss stay flat past the training context? (the StreamingLLM question)
+
+Trains ``nano`` briefly on the embedded corpus read as bytes (``smallcode.demo``; training context
+``--train-len``, which should exceed the window so the model sees its window slide), then scores
+the standard library's long files that training never read, at 1x, 4x and 8x the training
+context. Loss is reported per position bucket, so a rise past the training length shows up
+directly. Two inference variants of the same weights: as trained (window + global tokens) and with
+the global tokens switched off, to see whether globals seen at distances never met in training hurt.
+Pass ``--checkpoint`` to score an existing byte-level checkpoint instead of training one.
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from smallcode.demo import stdlib_bytes
+from smallcode.model.checkpoint import load_checkpoint
+
+TRAIN_BYTES = 4_000_000  # what smallcode.demo reads, in sorted path order
+
+
+def held_out_long_files(min_bytes: int, limit: int) -> list[bytes]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    seen, out = 0, []
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts:
+            continue
+        data = path.read_bytes()
+        seen += len(data)
+        if seen > TRAIN_BYTES + len(data) and len(data) > min_bytes:  # entirely past the training bytes
+            out.append(data[: min_bytes + 1])
+            if len(out) == limit:
+                break
+    return out
+
+
+@torch.no_grad()
+def position_losses(model: torch.nn.Module, docs: list[bytes]) -> torch.Tensor:
+    """Mean next-byte loss at every position (T,), averaged over documents."""
+    total = None
+    for d in docs:
+        ids = torch.tensor(list(d), dtype=torch.long)[None]
+        logits = model(ids[:, :-1]).logits[0]
+        loss = F.cross_entropy(logits, ids[0, 1:], reduction="none")
+        total = loss if total is None else total + loss
+    return total / len(docs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--train-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--docs", type=int, default=12)
+    args = p.parse_args()
+    L = args.train_len
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.checkpoint is None:
+            from smallcode.demo import run_demo
+
+            report = run_demo(Path(tmp), steps=args.steps, batch=args.batch, seq_len=L)
+            ckpt = Path(report["checkpoint"])
+        else:
+            ckpt, report = args.checkpoint, None
+        model = load_checkpoint(ckpt).eval()
+    docs = held_out_long_files(8 * L, args.docs)
+    assert stdlib_bytes(16).size == 16  # the corpus reader is the demo's
+    edges = [0, L, 4 * L, 8 * L]
+    result: dict[str, object] = {"train_len": L, "window": model.config.window, "n_global": model.config.n_global,
+                                 "docs": len(docs), "train_report": report}
+    for name, n_global in (("as_trained", model.config.n_global), ("no_global", 0)):
+        for block in model.blocks:
+            block.attn.n_global = n_global
+        losses = position_losses(model, docs)
+        result[name] = {f"{a}-{b}": round(losses[a:b].mean().item(), 4) for a, b in zip(edges, edges[1:], strict=False)}
+        result[name]["last_half_of_train_len"] = round(losses[L // 2 : L].mean().item(), 4)
+    base = result["as_trained"]["last_half_of_train_len"]  # type: ignore[index]
+    result["rise_at_8x_vs_train_len"] = round(result["as_trained"][f"{4 * L}-{8 * L}"] - base, 4)  # type: ignore[index]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
