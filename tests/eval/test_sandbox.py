@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sandbox_helpers import require_bwrap
+from test_sandbox_helpers import require_bwrap
 
 from smallcode.eval.check import _same
 from smallcode.eval.sandbox import Limits, Sandbox, available, decode, encode, resolve_isolation

@@ -1,4 +1,4 @@
-"""Helpers shared by the sandbox and attack tests: the isolation to test, process accounting."""
+"""Helpers (no tests) shared by the sandbox, attack and cross-check tests: bwrap policy, process accounting."""
 
 from __future__ import annotations
 
