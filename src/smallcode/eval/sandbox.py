@@ -109,12 +109,24 @@ def _bwrap_available() -> bool:
         return False
     try:
         r = subprocess.run(
+            # Every feature the real command line uses (--perms and --size need bwrap >= 0.5).
             [
                 "bwrap",
                 "--ro-bind",
                 "/",
                 "/",
                 "--unshare-net",
+                "--unshare-pid",
+                "--proc",
+                "/proc",
+                "--size",
+                "1048576",
+                "--tmpfs",
+                "/tmp",
+                "--perms",
+                "0755",
+                "--dir",
+                "/tmp/probe",
                 *([] if os.geteuid() == 0 else ["--unshare-user"]),
                 "true",
             ],
