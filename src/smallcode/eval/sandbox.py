@@ -142,7 +142,11 @@ def _unshare_available() -> bool:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
     try:
-        r = subprocess.run(["unshare", "--net", "--pid", "--fork", "true"], capture_output=True, timeout=10)
+        r = subprocess.run(
+            ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "true"],
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
