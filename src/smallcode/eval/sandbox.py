@@ -808,6 +808,21 @@ def _reap(limit_s: float = 2.0) -> None:
             return
 
 
+def _wait_until_alone(limit_s: float = 2.0) -> None:
+    """In a PID namespace, wait until only init and we remain (killed processes are gone, zombies
+    reaped), so no process of one program outlives its verdict."""
+    me = os.getpid()
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
+        except OSError:
+            return
+        if not others:
+            return
+        time.sleep(0.001)
+
+
 def _serve(cfg: dict[str, Any]) -> None:
     for name in PRELOAD:
         try:
@@ -847,6 +862,8 @@ def _serve(cfg: dict[str, Any]) -> None:
             if not (os.WIFSIGNALED(status_after) and os.WTERMSIG(status_after) == signal.SIGKILL):
                 status = status_after  # it finished in the instant between deadline and kill
         _reap()
+        if cfg.get("pid_ns"):
+            _wait_until_alone()
         os.close(rfd)
         resp: dict[str, Any]
         if len(buf) > _RESULT_CAP:
