@@ -17,7 +17,6 @@ head, D head width, N blocks, C block length, S keys per block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
@@ -29,20 +28,11 @@ from smallcode.model.config import ModelConfig
 from smallcode.model.layers import apply_rope
 
 if TYPE_CHECKING:
-    from smallcode.model.kv_cache import KVCache
+    from smallcode.model.kv_cache import CacheStep
 
 AttentionBackend = Literal["auto", "blocks", "flex"]
 
 
-@dataclass
-class CacheStep:
-    """What every layer needs to attend through a KV cache for one chunk of new tokens."""
-
-    cache: KVCache
-    pos: torch.Tensor
-    """(B, T) absolute positions of the new tokens."""
-    mask: torch.Tensor
-    """(B, 1, R * T, S + T) visibility of [cached slots ; new tokens], shared by all layers."""
 
 
 @lru_cache(maxsize=32)
@@ -167,5 +157,5 @@ class Attention(nn.Module):
             keys = torch.cat([cache.k[self.layer], k.transpose(1, 2)], dim=2)
             values = torch.cat([cache.v[self.layer], v.transpose(1, 2)], dim=2)
             o = cached_attention(q, keys, values, step.mask)
-            cache.write(self.layer, k, v, step.pos)
+            cache.write(self.layer, k, v, step)
         return self.wo(o.reshape(B, T, H * self.head_dim))

@@ -17,9 +17,26 @@ Shape legend: L layers, B rows, K key/value heads, S slots, D head width, T new 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from smallcode.model.config import ModelConfig
+
+
+@dataclass
+class CacheStep:
+    """What every layer needs to attend through the cache for one chunk of new tokens."""
+
+    cache: KVCache
+    pos: torch.Tensor
+    """(B, T) absolute positions of the new tokens."""
+    rows: torch.Tensor
+    """(B, T) row index of each new token."""
+    slots: torch.Tensor
+    """(B, T) slot each new token is written to."""
+    mask: torch.Tensor
+    """(B, 1, R * T, S + T) visibility of [cached slots ; new tokens], shared by all layers."""
 
 
 class KVCache:
@@ -67,21 +84,26 @@ class KVCache:
         G = self.n_global
         return torch.where(pos_BT < G, pos_BT, G + (pos_BT - G) % self.ring)
 
-    def write(self, layer: int, k_BTKD: torch.Tensor, v_BTKD: torch.Tensor, pos_BT: torch.Tensor) -> None:
-        """Store one layer's keys and values of a chunk; ``reserve`` must have made room for it."""
-        in_ring = int((pos_BT >= self.n_global).sum(dim=1).max())
+    def step(self, T: int, group: int) -> CacheStep:
+        """Make room for ``T`` new tokens per row and work out, once for all layers, where they go
+        and what each of them sees. ``group`` is the number of query heads per key head."""
+        self.reserve(T)
+        pos = self.positions(T)
+        in_ring = int((pos >= self.n_global).sum(dim=1).max())
         if in_ring > self.ring:  # two positions of the chunk would share a slot
             raise ValueError(f"a chunk of {in_ring} ring positions does not fit a ring of {self.ring} slots")
-        rows = torch.arange(self.batch, device=pos_BT.device)[:, None].expand_as(pos_BT)
-        slots = self.slots(pos_BT)
-        self.k[layer, rows, :, slots] = k_BTKD.to(self.k.dtype)
-        self.v[layer, rows, :, slots] = v_BTKD.to(self.v.dtype)
+        rows = torch.arange(self.batch, device=pos.device)[:, None].expand_as(pos)
+        return CacheStep(self, pos, rows, self.slots(pos), self.attention_mask(pos, group))
 
-    def commit(self, pos_BT: torch.Tensor) -> None:
-        """Record that every layer has written ``pos_BT``: the slots now hold them, the rows move on."""
-        rows = torch.arange(self.batch, device=pos_BT.device)[:, None].expand_as(pos_BT)
-        self.slot_pos[rows, self.slots(pos_BT)] = pos_BT
-        self.length = pos_BT[:, -1] + 1
+    def write(self, layer: int, k_BTKD: torch.Tensor, v_BTKD: torch.Tensor, step: CacheStep) -> None:
+        """Store one layer's keys and values of the chunk ``step`` describes."""
+        self.k[layer, step.rows, :, step.slots] = k_BTKD.to(self.k.dtype)
+        self.v[layer, step.rows, :, step.slots] = v_BTKD.to(self.v.dtype)
+
+    def commit(self, step: CacheStep) -> None:
+        """Record that every layer has written the chunk: the slots now hold it, the rows move on."""
+        self.slot_pos[step.rows, step.slots] = step.pos
+        self.length = step.pos[:, -1] + 1
 
     def attention_mask(self, pos_BT: torch.Tensor, group: int) -> torch.Tensor:
         """Which of [cached slots ; the new chunk] each new query sees: (B, 1, group * T, S + T).

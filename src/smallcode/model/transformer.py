@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smallcode.model.attention import Attention, CacheStep
+from smallcode.model.attention import Attention
 from smallcode.model.config import ModelConfig
-from smallcode.model.kv_cache import KVCache
+from smallcode.model.kv_cache import CacheStep, KVCache
 from smallcode.model.layers import RMSNorm, RotaryEmbedding
 from smallcode.model.moe import MoE, MoEStats
 
@@ -107,11 +107,9 @@ class SmallCodeLM(nn.Module):
             cos, sin = self.rope(torch.arange(T, device=input_ids.device))
             cos, sin = cos[:, None], sin[:, None]  # (T, 1, D) against (B, T, heads, D)
         else:
-            cache.reserve(T)
-            pos = cache.positions(T)
-            cos, sin = self.rope(pos)
+            step = cache.step(T, self.config.n_heads // self.config.n_kv_heads)
+            cos, sin = self.rope(step.pos)
             cos, sin = cos[:, :, None], sin[:, :, None]
-            step = CacheStep(cache, pos, cache.attention_mask(pos, self.config.n_heads // self.config.n_kv_heads))
         x = self.embed(input_ids)
         stats: list[MoEStats] = []
         for block in self.blocks:
@@ -119,7 +117,7 @@ class SmallCodeLM(nn.Module):
             if s is not None:
                 stats.append(s)
         if step is not None:
-            cache.commit(step.pos)  # type: ignore[union-attr]
+            step.cache.commit(step)
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(self.norm(x))
