@@ -24,7 +24,11 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables, grown on demand for positions past ``max_seq_len``."""
+    """cos/sin for positions: a table up to ``max_seq_len``, computed on the fly past it.
+
+    Positions past the table are not added to it, so decoding far beyond the training length
+    keeps memory constant instead of growing a table with the context.
+    """
 
     def __init__(self, head_dim: int, base: float, max_seq_len: int) -> None:
         super().__init__()
@@ -43,10 +47,13 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for integer ``positions`` of any shape: each (*positions.shape, head_dim)."""
-        needed = int(positions.max()) + 1 if positions.numel() else 0
-        if needed > self.cos.shape[0]:
-            self._build(max(needed, 2 * self.cos.shape[0]))
-        return self.cos[positions], self.sin[positions]
+        if positions.numel() == 0 or int(positions.max()) < self.cos.shape[0]:
+            return self.cos[positions], self.sin[positions]
+        # Same arithmetic as the table (float32 position times inverse frequency), so the values
+        # are identical to what a longer table would hold.
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
