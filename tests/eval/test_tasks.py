@@ -25,13 +25,18 @@ def test_suite_sizes(shared_data: Path) -> None:
     assert len(load_suite("mbpp:sanitized", shared_data)) == 427
     plus = load_suite("humaneval+", shared_data)
     assert len(plus) == 164
-    # PROVENANCE.md: 1577 base inputs, 125497 plus inputs.
+    # PROVENANCE.md: 1577 base inputs, 125497 plus inputs; one unusable input is left out.
     assert sum(t.meta["n_base"] for t in plus) == 1577
-    assert sum(len(t.inputs) for t in plus) == 1577 + 125497
+    assert sum(t.meta["n_release_inputs"] for t in plus) == 1577 + 125497
+    assert sum(len(t.inputs) + len(t.meta["dropped_inputs"]) for t in plus) == 1577 + 125497
+    assert sum(len(t.inputs) for t in plus) == 1577 + 125497 - 1
     mbpp_plus = load_suite("mbpp+", shared_data)
     assert len(mbpp_plus) == 399
     assert sum(t.meta["n_base"] for t in mbpp_plus) == 1236
-    assert sum(len(t.inputs) for t in mbpp_plus) == 1236 + 42082
+    assert sum(len(t.inputs) + len(t.meta["dropped_inputs"]) for t in mbpp_plus) == 1236 + 42082
+    by_id = {t.task_id: t for t in mbpp_plus}
+    assert len(by_id["Mbpp/255"].inputs) == 112 - 4
+    assert all(not by_id[i].inputs for i in ("Mbpp/88", "Mbpp/737", "Mbpp/787", "Mbpp/794"))
 
 
 def test_unknown_suite_and_missing_dir() -> None:

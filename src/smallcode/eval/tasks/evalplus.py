@@ -4,7 +4,9 @@ Reads the releases kept under a data directory (``humanevalplus/HumanEvalPlus-v0
 ``mbppplus/MbppPlus-prerelease-767efcc.jsonl``), each checked against its pinned sha256. Task ids are
 normalised to the current upstream form (``HumanEval/0``; MBPP+ already uses ``Mbpp/2``) and the
 original id is kept in ``meta``. ``inputs`` are the base inputs followed by the plus inputs
-(``meta["n_base"]`` says where the plus ones start). JSON has no tuples, sets or complex numbers, so
+(``meta["n_base"]`` says where the plus ones start), less a few listed in ``UNUSABLE_INPUTS`` whose
+reference result is too large to be an expected value; four MBPP+ tasks whose reference returns objects
+rather than data (``COMPAT_ONLY``) carry no inputs. JSON has no tuples, sets or complex numbers, so
 MBPP+ inputs are rebuilt into the types the reference solution expects (see :func:`mbpp_plus_args`).
 
 Expected outputs are not stored in the releases and not computed here: :mod:`smallcode.eval.tasks.expected`
@@ -74,11 +76,31 @@ def _args(path_hint: str, inputs: Any) -> list[list[Any]]:
     return inputs
 
 
+# Inputs whose reference result cannot serve as an expected value: it runs out of memory (Mbpp/255:
+# combinations_with_replacement of 77) or is larger than 32 MiB serialised (HumanEval/160). Indices
+# into base + plus inputs; found by benchmarks/reference_solutions.py.
+UNUSABLE_INPUTS: dict[str, frozenset[int]] = {
+    "Mbpp/255": frozenset({88, 89, 93, 103}),
+    "HumanEval/160": frozenset({306}),
+}
+# MBPP+ tasks whose reference returns objects rather than data (collections.Counter, re.Match): a
+# type-exact comparison of serialised values says nothing about them, so they keep compat only.
+COMPAT_ONLY: frozenset[str] = frozenset({"Mbpp/88", "Mbpp/737", "Mbpp/787", "Mbpp/794"})
+
+
+def _usable(task_id: str, inputs: list) -> tuple[list, list[int]]:
+    if task_id in COMPAT_ONLY:
+        return [], list(range(len(inputs)))
+    drop = UNUSABLE_INPUTS.get(task_id, frozenset())
+    return [a for i, a in enumerate(inputs) if i not in drop], sorted(drop)
+
+
 def load_humanevalplus(data_dir: Path) -> list[Task]:
     tasks = []
     for rec in read_humanevalplus(data_dir):
         base = _args(f"{rec['orig_task_id']} base_input", rec["base_input"])
         plus = _args(f"{rec['orig_task_id']} plus_input", rec["plus_input"])
+        inputs, dropped = _usable(rec["task_id"], base + plus)
         tasks.append(
             Task(
                 task_id=rec["task_id"],
@@ -87,12 +109,14 @@ def load_humanevalplus(data_dir: Path) -> list[Task]:
                 entry_point=rec["entry_point"],
                 reference=rec["canonical_solution"],
                 test=rec["test"],
-                inputs=tuple(tuple(a) for a in base + plus),
+                inputs=tuple(tuple(a) for a in inputs),
                 atol=float(rec["atol"]),
                 meta={
                     "source": "humanevalplus v0.1.0",
                     "orig_task_id": rec["orig_task_id"],
                     "n_base": len(base),
+                    "n_release_inputs": len(base) + len(plus),
+                    "dropped_inputs": dropped,
                     "contract": rec["contract"],
                 },
             )
@@ -191,8 +215,9 @@ def load_mbppplus(data_dir: Path) -> list[Task]:
             raise DataFileError(f"{MBPP_PLUS.relpath}: unexpected task_id {tid!r}") from e
         base = _args(f"{tid} base_input", rec["base_input"])
         plus = _args(f"{tid} plus_input", rec["plus_input"])
+        usable, dropped = _usable(tid, base + plus)
         try:
-            inputs = tuple(mbpp_plus_args(number, a) for a in base + plus)
+            inputs = tuple(mbpp_plus_args(number, a) for a in usable)
         except (TypeError, ValueError, AttributeError) as e:
             raise DataFileError(f"{MBPP_PLUS.relpath}: {tid}: cannot rebuild inputs ({e})") from e
         prompt = rec["prompt"] if rec["prompt"].endswith("\n") else rec["prompt"] + "\n"
@@ -213,6 +238,8 @@ def load_mbppplus(data_dir: Path) -> list[Task]:
                 meta={
                     "source": "mbppplus prerelease 767efcc",
                     "n_base": len(base),
+                    "n_release_inputs": len(base) + len(plus),
+                    "dropped_inputs": dropped,
                     "contract": rec["contract"],
                 },
             )
