@@ -46,10 +46,3 @@ def test_not_a_model_directory(tmp_path: Path) -> None:
 
     with pytest.raises(BackendError, match="not a Hugging Face model directory"):
         HFBackend(tmp_path)
-
-
-def test_local_checkpoint_backend_says_not_available(tmp_path: Path) -> None:
-    from smallcode.backends.local import LocalBackend
-
-    with pytest.raises(BackendError, match="not available yet"):
-        LocalBackend(tmp_path)

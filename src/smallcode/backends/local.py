@@ -1,15 +1,14 @@
-"""smallcode checkpoints as a backend: the place reserved for it, NOT AVAILABLE YET.
+"""smallcode checkpoints as a backend, through the inference engine (``smallcode.infer``).
 
-A smallcode checkpoint (``config.json`` + ``model.safetensors`` + ``tokenizer.json``) needs the
-inference engine (``smallcode.infer``: KV cache, sampling) to generate; that package has not
-landed. Until it does, constructing :class:`LocalBackend` raises :class:`BackendError` with what to
-do instead (serve the model behind an OpenAI-compatible endpoint, or export it to a Hugging Face
-directory). When the engine exists, ``generate`` is a loop over ``smallcode.infer`` and nothing
-else in eval changes.
+The engine batches the prompts it is given, prefills each prompt once for its ``n`` samples and
+stops each sample at the first stop sequence, so this module is only the translation between the
+``Backend`` call and ``Engine.generate``. The seed of each call is fixed (``seed``), so a resumed
+evaluation regenerates nothing differently from an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from smallcode.backends.base import BackendError
@@ -18,24 +17,39 @@ from smallcode.backends.base import BackendError
 class LocalBackend:
     name: str
 
-    def __init__(self, checkpoint: str | Path) -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", seed: int = 0, batch_prompts: int = 8) -> None:
+        from smallcode.infer.engine import Engine
+        from smallcode.model.checkpoint import CheckpointError
+
         self.name = f"smallcode:{checkpoint}"
-        raise BackendError(
-            f"{checkpoint}: evaluating smallcode checkpoints directly is not available yet (the "
-            "inference engine smallcode.infer has not landed); serve it behind an OpenAI-compatible "
-            "endpoint and use --endpoint, or export it to a Hugging Face directory and use --model"
-        )
+        self.seed = seed
+        self.batch_prompts = batch_prompts
+        try:
+            self.engine = Engine.from_checkpoint(checkpoint, device=device)
+        except (CheckpointError, ValueError) as e:
+            raise BackendError(f"{checkpoint}: cannot load the smallcode checkpoint ({e})") from e
 
     def generate(
         self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int, stop: list[str]
     ) -> list[list[str]]:
-        raise BackendError("LocalBackend is not available yet")
+        from smallcode.infer.engine import GenerationError
+        from smallcode.infer.sampling import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=self.seed,
+                                stop=[s for s in stop if s])
+        out: list[list[str]] = []
+        for i in range(0, len(prompts), self.batch_prompts):
+            chunk = prompts[i : i + self.batch_prompts]
+            try:
+                completions = self.engine.generate(chunk, params, n=n)
+            except GenerationError as e:
+                raise BackendError(f"{self.name}: {e}") from e
+            out += [[c.text for c in completions[j * n : (j + 1) * n]] for j in range(len(chunk))]
+        return out
 
 
 def is_smallcode_checkpoint(path: Path) -> bool:
     """A smallcode checkpoint (not a Hugging Face directory, whose config names a model type)."""
-    import json
-
     cfg = path / "config.json"
     if not (cfg.is_file() and (path / "model.safetensors").is_file()):
         return False

@@ -46,7 +46,7 @@ def eval_() -> None:
     "--model",
     "model",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A Hugging Face model directory (or a smallcode checkpoint, once supported).",
+    help="A smallcode checkpoint directory or a Hugging Face model directory.",
 )
 @click.option("--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token for --endpoint (or $OPENAI_API_KEY).")
