@@ -48,11 +48,11 @@ def main() -> None:
     for B in [int(b) for b in args.batches.split(",")]:
         prompts = torch.randint(10, config.vocab_size, (B, args.prompt_len))
 
-        def ours(n: int) -> list[list[int]]:
+        def ours(n: int, prompts: torch.Tensor = prompts) -> list[list[int]]:
             params = SamplingParams(max_tokens=n, ignore_eos=True)
             return [c.token_ids for c in engine.generate_ids(prompts.tolist(), params)]
 
-        def theirs(n: int) -> list[list[int]]:
+        def theirs(n: int, prompts: torch.Tensor = prompts) -> list[list[int]]:
             with torch.inference_mode():
                 out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n,
                                   min_new_tokens=n, do_sample=False, pad_token_id=0)

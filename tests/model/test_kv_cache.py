@@ -37,7 +37,7 @@ def test_memory_is_constant_once_the_window_is_full() -> None:
     cache = model.new_cache(1, initial_slots=2)
     sizes = []
     with torch.no_grad():
-        for t in range(60):
+        for _ in range(60):
             model(torch.randint(0, 256, (1, 1)), cache)
             sizes.append(cache.nbytes())
     assert sizes[-1] == sizes[20] and cache.ring == 8  # grew to window, then stayed

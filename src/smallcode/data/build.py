@@ -42,11 +42,11 @@ from smallcode.data.shards import (
     FORMAT_VERSION,
     INDEX_FILE,
     TOKENIZER_COPY,
-    atomic_write_bytes,
     atomic_write_json,
     dtype_for_vocab,
     write_shard,
 )
+from smallcode.fileio import atomic_write_bytes
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from smallcode.data.discover import DataError
+from smallcode.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
@@ -39,20 +38,6 @@ SPLITS = ("train", "validation")
 def dtype_for_vocab(vocab_size: int) -> str:
     """uint16 when every id fits, else uint32."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from tokenizers import Tokenizer
 
+from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import specials
 
 FimMode = Literal["psm", "spm"]
@@ -56,20 +55,6 @@ def canonical_hash(tokenizer_json: str) -> str:
     obj = json.loads(tokenizer_json)
     canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file through a temporary name in the same directory, then rename over the target."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CodeTokenizer:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import specials
-from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE, CodeTokenizer, atomic_write_text
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE, CodeTokenizer
 from smallcode.tokenizer.pretokenize import DEFAULT_SCHEME, build_pre_tokenizer
 
 MIN_VOCAB = len(specials.SPECIAL_TOKENS) + 256

@@ -58,6 +58,7 @@ from typing import Any
 from smallcode.eval.tasks import codec
 from smallcode.eval.tasks.base import Task
 from smallcode.eval.tasks.pinned import DataFileError
+from smallcode.fileio import atomic_write_text
 
 SUITE = "repo"
 FORMAT_VERSION = 1
@@ -596,17 +597,7 @@ def _task_record(task: Task) -> dict[str, Any]:
 
 def _write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
 
 
 def select_stable(tasks: list[Task], limit: int | None) -> list[Task]:
