@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from smallcode.fileio import atomic_write_text
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import load_checkpoint, save_checkpoint
 
@@ -91,7 +92,7 @@ def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, 
         "checkpoint": str(ckpt), "reload_bit_exact": exact,
         "total_params": config.num_params(), "active_params": config.num_active_params(),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     if not exact:
         raise RuntimeError("the checkpoint did not reload bit-exact")
     return report
