@@ -44,6 +44,15 @@ class LMOutput:
         return config.balance_loss_coef * self.balance_loss + config.z_loss_coef * self.z_loss
 
 
+@dataclass
+class Trunk:
+    hidden: torch.Tensor
+    """(B, T, D) hidden states after the final norm, before the output projection."""
+    balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+    expert_load: torch.Tensor | None
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -90,8 +99,8 @@ class SmallCodeLM(nn.Module):
 
         Without a cache the tokens sit at positions 0..T-1 (training, scoring). With one they
         continue each row of the cache, which they are appended to; inputs longer than the window
-        (or than ``PREFILL_CHUNK``) are fed through in pieces. ``last_only`` computes logits for the last position
-        only (prefill before sampling).
+        (or than ``PREFILL_CHUNK``) are fed through in pieces. ``last_only`` computes logits for the
+        last position only (prefill before sampling).
         """
         chunk = min(self.config.window, PREFILL_CHUNK)
         if cache is not None and input_ids.shape[1] > chunk:
@@ -101,6 +110,15 @@ class SmallCodeLM(nn.Module):
             return LMOutput(torch.cat([o.logits for o in outs], dim=1),
                             torch.stack([o.balance_loss for o in outs]).mean(),
                             torch.stack([o.z_loss for o in outs]).mean(), outs[-1].expert_load)
+        t = self.trunk(input_ids, cache)
+        h = t.hidden[:, -1:] if last_only else t.hidden
+        return LMOutput(self.lm_head(h), t.balance_loss, t.z_loss, t.expert_load)
+
+    def trunk(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> Trunk:
+        """Everything but the output projection: the final normalised hidden states and router stats.
+
+        Training objectives that fuse the projection with their loss start from here.
+        """
         B, T = input_ids.shape
         step = None
         if cache is None:
@@ -118,17 +136,14 @@ class SmallCodeLM(nn.Module):
                 stats.append(s)
         if step is not None:
             step.cache.commit(step)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(self.norm(x))
         if stats:
             bal = torch.stack([s.balance_loss for s in stats]).mean()
             zl = torch.stack([s.z_loss for s in stats]).mean()
             load = torch.stack([s.load_E for s in stats])
         else:
-            bal = zl = logits.new_zeros(())
+            bal = zl = x.new_zeros(())
             load = None
-        return LMOutput(logits=logits, balance_loss=bal, z_loss=zl, expert_load=load)
+        return Trunk(self.norm(x), bal, zl, load)
 
     def new_cache(self, batch: int, initial_slots: int = 256) -> KVCache:
         p = self.lm_head.weight
