@@ -104,9 +104,11 @@ class SmallCodeLM(nn.Module):
         """
         chunk = min(self.config.window, PREFILL_CHUNK)
         if cache is not None and input_ids.shape[1] > chunk:
-            outs = [self.forward(c, cache, last_only) for c in input_ids.split(chunk, dim=1)]
-            if last_only:
-                return outs[-1]
+            if last_only:  # keep nothing but the last piece's output
+                for c in input_ids.split(chunk, dim=1):
+                    out = self.forward(c, cache, last_only=True)
+                return out
+            outs = [self.forward(c, cache) for c in input_ids.split(chunk, dim=1)]
             return LMOutput(torch.cat([o.logits for o in outs], dim=1),
                             torch.stack([o.balance_loss for o in outs]).mean(),
                             torch.stack([o.z_loss for o in outs]).mean(), outs[-1].expert_load)
