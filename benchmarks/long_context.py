@@ -6,7 +6,10 @@ the standard library's long files that training never read, at 1x, 4x and 8x the
 context. Loss is reported per position bucket, so a rise past the training length shows up
 directly. Two inference variants of the same weights: as trained (window + global tokens) and with
 the global tokens switched off, to see whether globals seen at distances never met in training hurt.
-Pass ``--checkpoint`` to score an existing byte-level checkpoint instead of training one.
+A third column scores the same target bytes from a fresh context of ``--train-len`` bytes (at
+positions 0..L-1): where it equals the long-context loss, a rise across buckets comes from the
+text (later parts of files are harder), not from the position. Pass ``--checkpoint`` to score an
+existing byte-level checkpoint instead of training one.
 Last line: one JSON object.
 """
 
@@ -54,6 +57,26 @@ def position_losses(model: torch.nn.Module, docs: list[bytes]) -> torch.Tensor:
     return total / len(docs)
 
 
+@torch.no_grad()
+def restarted_losses(model: torch.nn.Module, docs: list[bytes], L: int) -> torch.Tensor:
+    """The same targets scored with a fresh short context: for positions >= L/2, each target is
+    predicted from a window of L bytes that starts L/2 before it, at positions 0..L-1. (T,), NaN
+    where not computed. Equal to ``position_losses`` wherever the model's loss depends only on
+    the text it can see, not on how far into the sequence it is."""
+    h = L // 2
+    total, n = None, 0
+    for d in docs:
+        ids = torch.tensor(list(d), dtype=torch.long)
+        out = torch.full((len(ids) - 1,), float("nan"))
+        for s in range(h, len(ids) - h, h):
+            inp, tgt = ids[s - h : s + h][None], ids[s - h + 1 : s + h + 1]
+            loss = F.cross_entropy(model(inp).logits[0], tgt, reduction="none")
+            out[s - 1 : s - 1 + h] = loss[h - 1 : 2 * h - 1]
+        total = out if total is None else total + out
+        n += 1
+    return total / n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", type=Path, default=None)
@@ -83,6 +106,11 @@ def main() -> None:
         losses = position_losses(model, docs)
         result[name] = {f"{a}-{b}": round(losses[a:b].mean().item(), 4) for a, b in zip(edges, edges[1:], strict=False)}
         result[name]["last_half_of_train_len"] = round(losses[L // 2 : L].mean().item(), 4)
+    for block in model.blocks:
+        block.attn.n_global = model.config.n_global
+    restart = restarted_losses(model, docs, L)
+    result["restarted_context"] = {f"{a}-{b}": round(restart[a:b].nanmean().item(), 4)
+                                   for a, b in zip(edges[1:], edges[2:], strict=False)}
     base = result["as_trained"]["last_half_of_train_len"]  # type: ignore[index]
     result["rise_at_8x_vs_train_len"] = round(result["as_trained"][f"{4 * L}-{8 * L}"] - base, 4)  # type: ignore[index]
     print(json.dumps(result))
