@@ -68,8 +68,12 @@ class KVCache:
         needed = int(self.length.max()) + new_tokens - self.n_global
         if needed <= self.ring or self.ring >= self.window:
             return
-        ring = min(self.window, max(needed, 2 * self.ring))
-        extra = ring - self.ring
+        self._grow(min(self.window, max(needed, 2 * self.ring)) - self.ring)
+
+    def _grow(self, extra: int) -> None:
+        """Append ``extra`` empty ring slots; only valid before the ring has wrapped."""
+        if int(self.length.max()) - self.n_global > self.ring:
+            raise ValueError("a ring that has wrapped cannot grow")
         # Before the first wrap, slot order equals position order, so growing is a plain append.
         pad = (*self.k.shape[:3], extra, self.k.shape[4])
         self.k = torch.cat([self.k, self.k.new_zeros(pad)], dim=3)
@@ -131,13 +135,7 @@ class KVCache:
         ring = max(c.ring for c in caches)
         for c in caches:
             if c.ring < ring:
-                if int(c.length.max()) - c.n_global > c.ring:
-                    raise ValueError("cannot stack a wrapped ring with a larger one")
-                extra = ring - c.ring
-                pad = (*c.k.shape[:3], extra, c.k.shape[4])
-                c.k = torch.cat([c.k, c.k.new_zeros(pad)], dim=3)
-                c.v = torch.cat([c.v, c.v.new_zeros(pad)], dim=3)
-                c.slot_pos = torch.cat([c.slot_pos, c.slot_pos.new_full((c.batch, extra), -1)], dim=1)
+                c._grow(ring - c.ring)
         out = KVCache.__new__(KVCache)
         first = caches[0]
         out.config, out.n_global, out.window = first.config, first.n_global, first.window
