@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from smallcode.cli.tokenizer import user_errors
+from smallcode.cli.tokenizer import corpus_options, user_errors
 
 
 @click.group()
@@ -16,13 +16,7 @@ def data() -> None:
 
 
 @data.command("prepare")
-@click.option(
-    "--corpus",
-    "corpus",
-    multiple=True,
-    help="directory, glob, file or .jsonl (repeatable); default: the standard library",
-)
-@click.argument("more_corpus", nargs=-1)
+@corpus_options
 @click.option(
     "--tokenizer",
     "tokenizer_path",

@@ -31,19 +31,24 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def corpus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--corpus`` (repeatable) plus extra positional paths, shared by every verb that reads a corpus."""
+    fn = click.argument("more_corpus", nargs=-1)(fn)
+    return click.option(
+        "--corpus",
+        "corpus",
+        multiple=True,
+        help="directory, glob, file or .jsonl (repeatable); default: the standard library",
+    )(fn)
+
+
 @click.group()
 def tokenizer() -> None:
     """Train and measure the code tokenizer."""
 
 
 @tokenizer.command("train")
-@click.option(
-    "--corpus",
-    "corpus",
-    multiple=True,
-    help="directory, glob, file or .jsonl (repeatable); default: the standard library",
-)
-@click.argument("more_corpus", nargs=-1)
+@corpus_options
 @click.option("--vocab-size", type=int, default=32768, show_default=True)
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="directory to write tokenizer.json into"
