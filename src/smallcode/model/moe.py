@@ -76,22 +76,20 @@ class Experts(nn.Module):
         self.w_gate_up = nn.Parameter(torch.empty(n_experts, 2 * d_ff, d_model))  # gate rows, then up rows
         self.w_down = nn.Parameter(torch.empty(n_experts, d_model, d_ff))
 
-    def forward(self, x_AD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        """Rows of ``x_AD`` are grouped by expert, ``counts_E`` rows each; returns (A, D)."""
-        if self.w_gate_up.shape[0] == 1:
-            h = F.linear(x_AD, self.w_gate_up[0])
-            gate, up = h.split(self.d_ff, dim=-1)
-            return F.linear(F.silu(gate) * up, self.w_down[0])
+    def expert(self, x_XD: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert ``e`` applied to every row of ``x_XD``."""
+        gate, up = F.linear(x_XD, self.w_gate_up[e]).split(self.d_ff, dim=-1)
+        return F.linear(F.silu(gate) * up, self.w_down[e])
+
+    def forward(self, x_AD: torch.Tensor, counts_E: torch.Tensor | None) -> torch.Tensor:
+        """Rows of ``x_AD`` are grouped by expert, ``counts_E`` rows each (None: the single expert)."""
+        if counts_E is None:
+            return self.expert(x_AD, 0)
         if x_AD.device.type == "cpu" and not torch.is_grad_enabled() and x_AD.shape[0] < self.w_gate_up.shape[0]:
             # Decoding a few tokens: the CPU grouped matmul visits every expert, empty or not;
             # visiting only the experts that received tokens does a fraction of the calls.
-            outs, start = [], 0
-            for e, c in enumerate(counts_E.tolist()):
-                if c:
-                    gate, up = F.linear(x_AD[start : start + c], self.w_gate_up[e]).split(self.d_ff, dim=-1)
-                    outs.append(F.linear(F.silu(gate) * up, self.w_down[e]))
-                    start += c
-            return torch.cat(outs)
+            pieces = x_AD.split(counts_E.tolist())
+            return torch.cat([self.expert(p, e) for e, p in enumerate(pieces) if len(p)])
         offs = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
         h = F.grouped_mm(x_AD, self.w_gate_up.transpose(-2, -1), offs=offs)
         gate, up = h.split(self.d_ff, dim=-1)
@@ -111,7 +109,7 @@ class MoE(nn.Module):
         shape = x_BTD.shape
         x_ND = x_BTD.reshape(-1, shape[-1])
         if self.router is None:
-            return self.experts(x_ND, counts_E=None).view(shape), None  # type: ignore[arg-type]
+            return self.experts(x_ND, counts_E=None).view(shape), None
         logits_NE, weights_NK, experts_NK = self.router(x_ND)
         N, K = experts_NK.shape
         # Sort the N*K assignments by expert; a stable sort keeps token order inside each expert.
