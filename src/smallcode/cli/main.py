@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "eval": "smallcode.cli.eval:eval_",
     "generate": "smallcode.cli.generate:generate",
     "complete": "smallcode.cli.generate:complete",
+    "upcycle": "smallcode.cli.upcycle:upcycle",
 }
 
 
