@@ -22,6 +22,8 @@ VERBS: dict[str, str] = {
     "eval": "smallcode.cli.eval:eval_",
     "generate": "smallcode.cli.generate:generate",
     "complete": "smallcode.cli.generate:complete",
+    "teacher-cache": "smallcode.cli.teacher:teacher_cache",
+    "train": "smallcode.cli.train:train",
     "upcycle": "smallcode.cli.upcycle:upcycle",
 }
 
@@ -61,7 +63,9 @@ def _is_user_error(e: Exception) -> bool:
     # Only modules already imported by the failing command can have raised their errors.
     for module, name in (("smallcode.model.checkpoint", "CheckpointError"),
                          ("smallcode.infer.engine", "GenerationError"),
-                         ("smallcode.tokenizer.code_tokenizer", "TokenizerError")):
+                         ("smallcode.tokenizer.code_tokenizer", "TokenizerError"),
+                         ("smallcode.train.trainer", "TrainingError"),
+                         ("smallcode.data.discover", "DataError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True

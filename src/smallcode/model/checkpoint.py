@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,13 +53,20 @@ def atomic_replace_dir(tmp: Path, target: Path) -> None:
 
 
 def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: str | Path | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write ``model`` (and a copy of ``tokenizer_file``) to ``directory`` atomically."""
+                    extra: dict | None = None, write_extra: Callable[[Path], None] | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` (and a copy of ``tokenizer_file``) to ``directory`` atomically.
+
+    ``write_extra(tmp_dir)`` may add files (the trainer's optimizer and RNG state) before the
+    directory is renamed into place, so they appear together with the weights or not at all.
+    ``state`` replaces ``model.state_dict()`` when the weights live elsewhere (gathered from FSDP
+    shards); ``model`` then only supplies the config.
+    """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight")  # the same tensor as embed.weight
         save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
@@ -66,6 +74,8 @@ def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: s
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+        if write_extra is not None:
+            write_extra(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -5,7 +5,7 @@ targets that are not ``ignore_index``) without ever holding the (N, V) logits: r
 chunks that fit in cache, and while a chunk's logits are at hand their gradient (softmax minus
 one-hot) is turned straight into the gradients of ``h`` and ``W``, which backward then only scales.
 The matmul work is the same as the plain path; what goes away is several passes over a logits
-tensor far larger than the caches (and its memory). Distillation objectives are not here yet.
+tensor far larger than the caches (and its memory). Distillation lives in ``distill.py``.
 
 Shape legend: N rows (tokens), D width, V vocabulary, C rows per chunk.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smallcode.model.transformer import SmallCodeLM
+from smallcode.model.transformer import SmallCodeLM, Trunk
 
 
 def _chunk_logits(h_CD: torch.Tensor, w_VD: torch.Tensor) -> torch.Tensor:
@@ -68,17 +68,32 @@ def linear_cross_entropy(h_ND: torch.Tensor, w_VD: torch.Tensor, targets_N: torc
     return total / valid_N.sum().clamp(min=1)
 
 
-def next_token_loss(model: SmallCodeLM, tokens_BT1: torch.Tensor, ignore_index: int = -100
-                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss of predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]``.
-
-    Returns (total loss with the router's weighted auxiliary losses, cross-entropy alone, metrics).
-    """
-    inputs, targets = tokens_BT1[:, :-1], tokens_BT1[:, 1:]
-    trunk = model.trunk(inputs)
-    ce = linear_cross_entropy(trunk.hidden.flatten(0, 1), model.lm_head.weight, targets.reshape(-1), ignore_index)
+def router_terms(model: SmallCodeLM, trunk: Trunk) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The router's weighted auxiliary loss and its metrics (zero and empty-ish for a dense model)."""
     aux = model.config.balance_loss_coef * trunk.balance_loss + model.config.z_loss_coef * trunk.z_loss
     metrics = {"balance_loss": trunk.balance_loss.detach(), "z_loss": trunk.z_loss.detach()}
     if trunk.expert_load is not None:
         metrics["expert_load"] = trunk.expert_load
+    return aux, metrics
+
+
+def next_token_objective(model: SmallCodeLM, batch: dict[str, torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The trainer's objective interface for next-token prediction.
+
+    ``batch`` holds ``input_ids`` (B, T) and ``labels`` (B, T) with -100 where no loss is taken.
+    Returns (total loss with the router's weighted auxiliary losses, cross-entropy alone, metrics).
+    """
+    trunk = model.trunk(batch["input_ids"])
+    ce = linear_cross_entropy(trunk.hidden.flatten(0, 1), model.lm_head.weight, batch["labels"].reshape(-1))
+    aux, metrics = router_terms(model, trunk)
     return ce + aux, ce, metrics
+
+
+def next_token_loss(model: SmallCodeLM, tokens_BT1: torch.Tensor, ignore_index: int = -100
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]`` (see ``next_token_objective``)."""
+    labels = tokens_BT1[:, 1:]
+    if ignore_index != -100:
+        labels = labels.masked_fill(labels == ignore_index, -100)
+    return next_token_objective(model, {"input_ids": tokens_BT1[:, :-1], "labels": labels})

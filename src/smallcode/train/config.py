@@ -1,0 +1,126 @@
+"""TrainConfig: one training stage (pretrain, distil, fine-tune) as a YAML file.
+
+Every stage of the recipe is the same loop with a different objective, data source and starting
+point, so one dataclass describes them all; ``configs/`` holds one file per stage. Relative paths
+are relative to the directory the command runs in (the repository root in the README). The
+distillation block is validated by :class:`smallcode.train.distill.DistillConfig` when the stage
+is built, since only that module knows teachers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from smallcode.config import Config, ConfigError
+
+
+@dataclass
+class DataConfig(Config):
+    kind: Literal["shards", "jsonl", "mbpp"] = "shards"
+    """``shards``: a ``smallcode data prepare`` directory; ``jsonl``: prompt/completion or chat
+    examples (loss on completions only); ``mbpp``: MBPP's training split from an MBPP data directory."""
+    path: str = ""
+    """The shard directory, the JSONL file, or the directory holding ``mbpp.jsonl``."""
+    validation_path: str | None = None
+    """JSONL only: held-out examples for the validation loss (none: no validation)."""
+    tokenizer: str | None = None
+    """JSONL/MBPP: the tokenizer (a file or a checkpoint directory); shards carry their own."""
+    seq_len: int = 256
+    """Tokens per training row."""
+    fim_rate: float = 0.0
+    """Shards only: share of documents turned into fill-in-the-middle examples."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("shards", "jsonl", "mbpp"):
+            raise ConfigError(f"DataConfig.kind must be one of shards, jsonl, mbpp; got {self.kind!r}")
+        if not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise ConfigError(f"DataConfig.seq_len must be an integer >= 2, got {self.seq_len!r}")
+        if not 0.0 <= self.fim_rate <= 1.0:
+            raise ConfigError(f"DataConfig.fim_rate must be in [0, 1], got {self.fim_rate!r}")
+
+
+@dataclass
+class TrainConfig(Config):
+    objective: Literal["next_token", "distill"] = "next_token"
+    """What the stage minimises: next-token cross-entropy, or distillation from a teacher."""
+    model: str | None = "nano"
+    """Preset to build a fresh model from (ignored when ``init`` is given)."""
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the preset to change, e.g. ``{d_model: 384}``."""
+    init: str | None = None
+    """A checkpoint directory to start from (the distilled student before upcycling, ...)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the batches come from."""
+    distill: dict[str, Any] | None = None
+    """Teacher, KL direction, temperature, mixing weight, online/offline (see DistillConfig)."""
+    steps: int = 200
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Rows per micro-batch on each process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the global batch is batch_size x grad_accum x processes."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr x min_lr_ratio at the last step."""
+    warmup_steps: int = 20
+    """Linear warm-up from 0 to lr."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, on matrices only (not norms)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables clipping, not the norm check)."""
+    seed: int = 0
+    """Seeds model initialisation and the data order."""
+    eval_every: int = 100
+    """Validation loss every this many steps (and at the end); 0: only at the end."""
+    eval_batches: int = 8
+    """Validation batches per evaluation (each process)."""
+    save_every: int = 50
+    """A resumable checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Resumable checkpoints kept on disk (the newest ones)."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: bf16 autocast on CUDA, float32 on CPU."""
+    compile: bool = False
+    """torch.compile each block."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward instead of storing them."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun with several processes: DistributedDataParallel or FSDP2 (fully_shard)."""
+    max_bad_steps: int = 3
+    """Consecutive steps with a non-finite loss or gradient norm that are skipped before the run stops."""
+    tensorboard: bool = False
+    """Also write the metrics to TensorBoard (needs ``pip install tensorboard``)."""
+    wandb: bool = False
+    """Also log the metrics to Weights & Biases (needs ``pip install wandb``; offline unless configured)."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("next_token", "distill"):
+            raise ConfigError(f"TrainConfig.objective must be next_token or distill, got {self.objective!r}")
+        if self.objective == "distill" and not self.distill:
+            raise ConfigError("TrainConfig.distill is required when objective is distill")
+        if self.model is None and self.init is None:
+            raise ConfigError("TrainConfig needs a model preset or an init checkpoint")
+        for name in ("steps", "batch_size", "grad_accum", "keep_checkpoints"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"TrainConfig.{name} must be an integer >= 1, got {value!r}")
+        for name in ("warmup_steps", "eval_every", "save_every", "eval_batches", "max_bad_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("TrainConfig.weight_decay and grad_clip must be >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"TrainConfig.precision must be auto, float32 or bfloat16, got {self.precision!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"TrainConfig.parallel must be ddp or fsdp, got {self.parallel!r}")

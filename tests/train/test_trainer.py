@@ -1,0 +1,199 @@
+"""The training loop in one process: schedule, accumulation, resume, non-finite steps, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_helpers import tiny_config, tiny_model_overrides  # tests/train/trainer_helpers.py
+
+from smallcode.config import ConfigError
+from smallcode.model.checkpoint import CheckpointError, load_checkpoint
+from smallcode.train.checkpoint import latest_checkpoint, save_train_checkpoint
+from smallcode.train.objectives import next_token_objective
+from smallcode.train.optim import build_optimizer, lr_at
+from smallcode.train.trainer import Trainer, TrainingError, expert_load_stats, read_metrics
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["type"] == "train"]
+
+
+def test_schedule_warmup_then_cosine_to_floor() -> None:
+    peak, total, warm, floor = 1e-3, 111, 10, 0.1
+    lrs = [lr_at(s, total, peak, warm, floor) for s in range(total)]
+    assert lrs[:10] == pytest.approx([peak * (s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(peak)
+    assert lrs[-1] == pytest.approx(peak * floor)
+    # halfway through the cosine (step 60 of 10..110) the rate is halfway between peak and floor
+    assert lr_at(60, total, peak, warm, floor) == pytest.approx(peak * (floor + (1 - floor) * 0.5))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_weight_decay_on_matrices_only() -> None:
+    from smallcode.model import ModelConfig, SmallCodeLM
+
+    model = SmallCodeLM(ModelConfig.preset("tiny"))
+    opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.dim() >= 2), name
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_training_lowers_validation_loss_and_writes_everything(tmp_path: Path) -> None:
+    result = Trainer(tiny_config(steps=12, eval_every=6), tmp_path).run()
+    evals = [r["val_loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    assert len(evals) == 2 and evals[1] < evals[0] < math.log(tiny_model_overrides()["vocab_size"])
+    assert result.val_loss == evals[-1]
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    for key in ("loss", "ce", "lr", "grad_norm", "tokens_per_s", "balance_loss", "z_loss", "skipped"):
+        assert key in rows[0], key
+    # the final model is a loadable checkpoint with the shards' tokenizer
+    model = load_checkpoint(result.final)
+    shards_tokenizer = Path(tiny_config().data.path) / "tokenizer.json"
+    assert (result.final / "tokenizer.json").read_text() == shards_tokenizer.read_text()
+    assert model.config.vocab_size == tiny_model_overrides()["vocab_size"]
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 12
+
+
+def test_moe_metrics_report_expert_load(tmp_path: Path) -> None:
+    cfg = tiny_config(steps=2, model_overrides=tiny_model_overrides())  # tiny's own 4 experts top-2
+    Trainer(cfg, tmp_path).run()
+    row = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert row["balance_loss"] > 0 and 0 < row["expert_load_entropy"] <= 1
+    assert row["expert_load_min"] <= 1 <= row["expert_load_max"]
+
+
+def test_expert_load_stats_against_hand_values() -> None:
+    stats = expert_load_stats(torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]]))
+    assert stats["expert_load_entropy"] == pytest.approx((1.0 + math.log(2) / math.log(4)) / 2)
+    assert stats["expert_load_max"] == pytest.approx(2.0) and stats["expert_load_min"] == pytest.approx(0.0)
+
+
+def test_gradient_accumulation_equals_the_bigger_batch(tmp_path: Path) -> None:
+    Trainer(tiny_config(batch_size=4, grad_accum=1), tmp_path / "a").run()
+    Trainer(tiny_config(batch_size=2, grad_accum=2), tmp_path / "b").run()
+    torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "b")), torch.tensor(train_losses(tmp_path / "a")),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path: Path) -> None:
+    Trainer(tiny_config(steps=3), tmp_path / "a").run()
+    Trainer(tiny_config(steps=3, activation_checkpointing=True), tmp_path / "b").run()
+    torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "b")), torch.tensor(train_losses(tmp_path / "a")),
+                               rtol=1e-6, atol=1e-6)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_in_process_is_bit_identical(tmp_path: Path) -> None:
+    cfg = tiny_config(steps=7, save_every=3)
+    Trainer(cfg, tmp_path / "straight").run()
+    calls = {"n": 0}
+
+    def dies_at_step_6(model, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Interrupt
+        return next_token_objective(model, batch)
+
+    with pytest.raises(Interrupt):
+        Trainer(cfg, tmp_path / "broken", objective=dies_at_step_6).run()
+    assert latest_checkpoint(tmp_path / "broken").name == "step_0000003"
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(cfg, tmp_path / "broken").run()
+    Trainer(cfg, tmp_path / "broken").run(resume=True)
+    assert train_losses(tmp_path / "broken") == train_losses(tmp_path / "straight")
+    a, b = load_checkpoint(tmp_path / "straight" / "final"), load_checkpoint(tmp_path / "broken" / "final")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_resume_refuses_another_config(tmp_path: Path) -> None:
+    cfg = tiny_config(steps=4)
+    Trainer(cfg.replace(steps=2), tmp_path).run()
+    with pytest.raises(TrainingError, match="steps"):
+        Trainer(cfg, tmp_path).run(resume=True)
+
+
+def test_finished_run_resumes_as_a_no_op(tmp_path: Path) -> None:
+    first = Trainer(tiny_config(steps=2), tmp_path).run()
+    again = Trainer(tiny_config(steps=2), tmp_path).run(resume=True)
+    assert again.val_loss == first.val_loss and len(train_losses(tmp_path)) == 2
+
+
+def snapshotting(poison_at: set[int], where: str = "loss"):  # noqa: ANN201
+    """An objective that records the weights it sees and poisons the loss or gradients of some calls."""
+    seen: list[torch.Tensor] = []
+
+    def objective(model, batch):  # noqa: ANN001, ANN202
+        seen.append(torch.cat([p.detach().flatten() for p in model.parameters()]).clone())
+        total, ce, metrics = next_token_objective(model, batch)
+        if len(seen) in poison_at:
+            if where == "loss":
+                total = total * float("nan")
+            else:  # finite loss, infinite gradient
+                model.lm_head.weight.register_hook(lambda g: g * float("inf") if len(seen) in poison_at else g)
+        return total, ce, metrics
+
+    return objective, seen
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path: Path, where: str) -> None:
+    objective, seen = snapshotting({3}, where)
+    Trainer(tiny_config(steps=5, max_bad_steps=1), tmp_path, objective=objective).run()
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["skipped"] for r in rows] == [0, 0, 1, 1, 1]
+    assert rows[2].get("skipped_step") and not rows[3].get("skipped_step")
+    assert torch.equal(seen[3], seen[2])  # step 3 left the weights as they were
+    assert not torch.equal(seen[4], seen[3])  # and training went on
+    assert all(torch.isfinite(s).all() for s in seen)
+
+
+def test_persistent_non_finite_steps_stop_the_run_without_poisoned_checkpoints(tmp_path: Path) -> None:
+    objective, seen = snapshotting({3, 4, 5, 6, 7, 8})
+    with pytest.raises(TrainingError, match="step 5: 3 steps in a row"):
+        Trainer(tiny_config(steps=8, max_bad_steps=2, save_every=1), tmp_path, objective=objective).run()
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.name == "step_0000004"  # saves went on: the weights were still those of step 2
+    model = load_checkpoint(ckpt)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_checkpoint_with_nans_is_never_written(tmp_path: Path) -> None:
+    from smallcode.model import ModelConfig, SmallCodeLM
+
+    model = SmallCodeLM(ModelConfig.preset("tiny"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["norm.weight"][0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        save_train_checkpoint(tmp_path, 1, model, state, {}, None, keep=2)
+    assert latest_checkpoint(tmp_path) is None and not (tmp_path / "checkpoints" / "step_0000001").exists()
+
+
+def test_bad_configs_are_refused_with_the_field_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="grad_accum"):
+        tiny_config(grad_accum=0)
+    with pytest.raises(ConfigError, match="distill is required"):
+        tiny_config(objective="distill")
+    with pytest.raises(ConfigError, match="vocab_size"):
+        Trainer(tiny_config(model_overrides={"vocab_size": 77, "n_experts": 1, "top_k": 1}), tmp_path)
+
+
+def test_init_from_a_checkpoint_continues_from_its_weights(tmp_path: Path) -> None:
+    first = Trainer(tiny_config(steps=4), tmp_path / "a").run()
+    trainer = Trainer(tiny_config(steps=1, init=str(first.final), model_overrides={}), tmp_path / "b")
+    parent = load_checkpoint(first.final)
+    for p, q in zip(parent.parameters(), trainer.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ConfigError, match="shapes"):
+        Trainer(tiny_config(init=str(first.final), model_overrides={"d_model": 32}), tmp_path / "c")

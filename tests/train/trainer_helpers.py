@@ -1,0 +1,40 @@
+"""A tiny tokenizer and token shards for the trainer tests, built once per test session."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import sysconfig
+import tempfile
+from functools import cache
+from pathlib import Path
+
+from smallcode.data.build import prepare
+from smallcode.data.config import PrepareConfig
+from smallcode.tokenizer import load_tokenizer, train_tokenizer
+from smallcode.train.config import DataConfig, TrainConfig
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+@cache
+def tiny_shards() -> Path:
+    """Shards of a few stdlib packages under a 320-token BPE (vocab matches ``tiny_model_overrides``)."""
+    root = Path(tempfile.mkdtemp(prefix="smallcode-train-test-"))
+    atexit.register(shutil.rmtree, root, True)
+    train_tokenizer([STDLIB / "json", STDLIB / "textwrap.py"], 320, root / "tok", show_progress=False)
+    prepare([STDLIB / "json", STDLIB / "email"], root / "tok", root / "shards",
+            PrepareConfig(workers=1, val_fraction=0.1), progress=False)
+    return root / "shards"
+
+
+def tiny_model_overrides() -> dict:
+    return {"vocab_size": load_tokenizer(tiny_shards() / "tokenizer.json").vocab_size}
+
+
+def tiny_config(**changes: object) -> TrainConfig:
+    """A dense tiny model on the tiny shards: a few steps take well under a second."""
+    base = TrainConfig(model="tiny", model_overrides={**tiny_model_overrides(), "n_experts": 1, "top_k": 1},
+                       data=DataConfig(kind="shards", path=str(tiny_shards()), seq_len=32), steps=6,
+                       batch_size=4, lr=1e-2, warmup_steps=2, eval_every=3, eval_batches=2, save_every=2)
+    return base.replace(**changes) if changes else base
