@@ -1,0 +1,324 @@
+"""Task fine-tuning data: instruction/completion examples, completion-only labels, a resumable loader.
+
+Examples come from JSONL, one object a line, in either of two forms::
+
+    {"prompt": "...", "completion": "..."}
+    {"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}
+
+Other keys (``task_id``, a source name) are kept and ignored. ``read_jsonl`` rejects a malformed
+line with ``SFTDataError`` naming the file, the line number and what is wrong; ``write_jsonl``
+writes examples atomically (the recipe dumps MBPP's pairs with it).
+
+Tokenisation (``tokenize_example``) gives the token ids and, for each, whether it is a target:
+
+* prompt/completion: ``encode(prompt) + encode(completion) + [eot]``; the targets are the
+  completion's tokens and the eot. Prompt and completion are encoded separately because that is
+  what inference does: the engine encodes the prompt alone and generates from there.
+* chat: the tokenizer's ``chat_ids`` layout, ``<|role|> content <|end|>`` per turn; the targets are
+  each assistant turn's content and its ``<|end|>``. The role token itself is not a target: at
+  inference it is part of the prompt (``add_generation_prompt``). System and user turns teach nothing.
+
+An example longer than a row (``seq_len + 1`` tokens, as a row of ``seq_len`` inputs predicts
+``seq_len`` next tokens) is either dropped or truncated, by ``tokenize_examples(overflow=...)``:
+truncation keeps the first ``seq_len + 1`` tokens, so the completion loses its tail and its eot; an
+example left with no target at all is dropped either way. ``SFTStats`` reports the counts.
+
+``SFTLoader`` puts one example per row, padded at the end: the model has no document mask, so two
+examples packed into one row would attend to each other. Padding sits after every real token and
+the attention is causal, so it changes no logit a label looks at; its labels are -100. Batches are
+a pure function of ``(seed, step, rank, world_size)`` exactly as ``smallcode.data.ShardLoader``'s:
+epoch ``e`` visits the examples in a permutation drawn from ``(seed, e)``, step ``k`` takes the
+``k``-th block of ``batch_size * world_size`` of them and rank ``r`` the ``r``-th ``batch_size``;
+the examples after the last full block of an epoch are skipped in that epoch.
+
+``load_mbpp_train`` / ``load_mbpp_validation`` turn MBPP's train (task ids 601-974) and validation
+(511-600) splits into prompt/completion pairs whose prompt is the very prompt the evaluation gives
+the model (``smallcode.eval.tasks.mbpp``: a docstring holding the problem text and the task's
+asserts) and whose completion is the reference code, so fine-tuning and evaluation agree.
+
+``completion_loss`` is the matching objective (mean cross-entropy over labelled positions plus the
+router's auxiliary losses). This module does not run training, pack rows, or template prompts
+beyond the two forms above.
+
+Shape legend: B batch, T row length (``seq_len``), D width.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from smallcode.fileio import atomic_write_text
+from smallcode.model.transformer import SmallCodeLM
+from smallcode.tokenizer import CodeTokenizer
+from smallcode.train.objectives import linear_cross_entropy
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+Overflow = Literal["drop", "truncate"]
+
+
+class SFTDataError(ValueError):
+    """A fine-tuning example that cannot be used; the message names the file and line."""
+
+
+# ----------------------------------------------------------------------------- examples
+def check_example(obj: Any, where: str) -> dict:
+    """``obj`` if it is a valid example, else ``SFTDataError`` starting with ``where``."""
+    if not isinstance(obj, dict):
+        raise SFTDataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "messages" in obj:
+        if "prompt" in obj or "completion" in obj:
+            raise SFTDataError(f"{where}: has both 'messages' and 'prompt'/'completion'; use one form")
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise SFTDataError(f"{where}: 'messages' must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise SFTDataError(f"{where}: message {i} must be an object with 'role' and 'content'")
+            if m.get("role") not in ROLES:
+                raise SFTDataError(f"{where}: message {i} has role {m.get('role')!r}; allowed roles: {list(ROLES)}")
+            if not isinstance(m.get("content"), str):
+                raise SFTDataError(f"{where}: message {i} content must be a string")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise SFTDataError(f"{where}: no assistant message, so nothing to learn")
+        return obj
+    for key in ("prompt", "completion"):
+        if key not in obj:
+            raise SFTDataError(f"{where}: missing {key!r} (an example is prompt + completion, or messages)")
+        if not isinstance(obj[key], str):
+            raise SFTDataError(f"{where}: {key!r} must be a string, got {type(obj[key]).__name__}")
+    return obj
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Examples from a JSONL file; blank lines are skipped, anything else malformed is an error."""
+    path = Path(path)
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SFTDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
+            examples.append(check_example(obj, where))
+    return examples
+
+
+def write_jsonl(examples: Sequence[dict], path: str | Path) -> Path:
+    """Write ``examples`` (checked first) to ``path`` as JSONL, atomically."""
+    path = Path(path)
+    lines = [json.dumps(check_example(ex, f"example {i}"), ensure_ascii=False) for i, ex in enumerate(examples)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+# ----------------------------------------------------------------------------- tokenisation
+@dataclass(frozen=True)
+class TokenizedExample:
+    ids: tuple[int, ...]
+    """The whole example, prompt and completion."""
+    target: tuple[bool, ...]
+    """Per token: does the model learn to predict it (completion, eot, assistant turns)."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(self.target)
+
+
+def tokenize_example(example: dict, tokenizer: CodeTokenizer) -> TokenizedExample:
+    """Token ids and target flags of one example (see the module docstring for what is a target)."""
+    if "messages" in example:
+        ids: list[int] = []
+        target: list[bool] = []
+        for m in example["messages"]:
+            turn = tokenizer.chat_ids([m])  # role token, content, end token
+            ids += turn
+            learn = m["role"] == "assistant"
+            target += [False] + [learn] * (len(turn) - 1)
+        return TokenizedExample(tuple(ids), tuple(target))
+    prompt = tokenizer.encode(example["prompt"])
+    completion = tokenizer.encode(example["completion"]) + [tokenizer.eot_id]
+    return TokenizedExample(tuple(prompt + completion), (False,) * len(prompt) + (True,) * len(completion))
+
+
+@dataclass
+class SFTStats:
+    """What ``tokenize_examples`` did with the examples it was given."""
+
+    examples: int = 0
+    """Examples given."""
+    kept: int = 0
+    """Examples returned (whole or truncated)."""
+    truncated: int = 0
+    """Kept examples cut to ``seq_len + 1`` tokens."""
+    dropped: int = 0
+    """Examples left out: too long under ``overflow="drop"``, or with no target that a row can predict."""
+    target_tokens: int = 0
+    """Target tokens in the kept examples (the tokens the loss averages over, per epoch)."""
+    longest: int = 0
+    """Tokens in the longest example given, before any truncation."""
+
+
+def tokenize_examples(examples: Sequence[dict], tokenizer: CodeTokenizer, seq_len: int,
+                      overflow: Overflow = "drop") -> tuple[list[TokenizedExample], SFTStats]:
+    """Tokenise ``examples`` for rows of ``seq_len`` inputs; too long ones are dropped or truncated."""
+    if overflow not in ("drop", "truncate"):
+        raise ValueError(f"overflow must be 'drop' or 'truncate', got {overflow!r}")
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    out: list[TokenizedExample] = []
+    stats = SFTStats(examples=len(examples))
+    for ex in examples:
+        t = tokenize_example(ex, tokenizer)
+        stats.longest = max(stats.longest, len(t))
+        cut = len(t) > seq_len + 1
+        if cut and overflow == "drop":
+            stats.dropped += 1
+            continue
+        if cut:
+            t = TokenizedExample(t.ids[: seq_len + 1], t.target[: seq_len + 1])
+        # the first token is never predicted (no input before it), so a target there counts for nothing
+        if not any(t.target[1:]):
+            stats.dropped += 1
+            continue
+        stats.truncated += int(cut)
+        out.append(t)
+        stats.kept += 1
+        stats.target_tokens += sum(t.target[1:])
+    return out, stats
+
+
+def make_row(example: TokenizedExample, seq_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, labels), each ``seq_len`` long: labels[i] is the target after input i, or -100."""
+    n = len(example) - 1  # input positions that predict a token of the example
+    if n > seq_len:
+        raise ValueError(f"example of {len(example)} tokens does not fit a row of {seq_len} (+1) tokens")
+    ids = np.asarray(example.ids, dtype=np.int64)
+    input_ids = np.full(seq_len, pad_id, dtype=np.int64)
+    labels = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
+    input_ids[:n] = ids[:-1]
+    labels[:n] = np.where(np.asarray(example.target[1:], dtype=bool), ids[1:], IGNORE_INDEX)
+    return input_ids, labels
+
+
+# ----------------------------------------------------------------------------- loader
+class SFTLoader:
+    """Padded rows of one example each; ``batch(step)`` is a pure function (see the module docstring)."""
+
+    def __init__(self, examples: Sequence[TokenizedExample], batch_size: int, seq_len: int, seed: int,
+                 rank: int = 0, world_size: int = 1, pad_id: int = 1,
+                 validation: Sequence[TokenizedExample] = ()) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        for name, split in (("training", examples), ("validation", validation)):
+            for i, ex in enumerate(split):
+                if len(ex) > seq_len + 1:
+                    raise ValueError(f"{name} example {i} has {len(ex)} tokens, more than seq_len + 1 = "
+                                     f"{seq_len + 1}; tokenize_examples(..., seq_len) drops or truncates it")
+        self.examples, self.validation_examples = list(examples), list(validation)
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.rank, self.world_size, self.pad_id = rank, world_size, pad_id
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = len(self.examples) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.examples)} training examples are fewer than one global batch "
+                             f"({batch_size} x {world_size} ranks)")
+        self._perm_epoch = -1
+        self._perm = np.empty(0, dtype=np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def epoch(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def sample_indices(self, step: int) -> np.ndarray:
+        """Indices (into the training examples) of this rank's rows at ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        epoch, k = divmod(step, self.steps_per_epoch)
+        start = k * self.global_batch + self.rank * self.batch_size
+        return self._permutation(epoch)[start : start + self.batch_size]
+
+    def _rows(self, examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+        rows = [make_row(ex, self.seq_len, self.pad_id) for ex in examples]
+        return {"input_ids": torch.from_numpy(np.stack([r[0] for r in rows])),
+                "labels": torch.from_numpy(np.stack([r[1] for r in rows]))}
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """``{"input_ids": (B, T), "labels": (B, T)}`` for ``step`` on this rank."""
+        return self._rows([self.examples[int(i)] for i in self.sample_indices(step)])
+
+    def validation(self, batch_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """The validation examples in order, ``batch_size`` a batch (the last may be smaller).
+
+        Batch ``j`` goes to rank ``j % world_size``, so the ranks together see every example once.
+        """
+        b = batch_size or self.batch_size
+        for j, start in enumerate(range(0, len(self.validation_examples), b)):
+            if j % self.world_size == self.rank:
+                yield self._rows(self.validation_examples[start : start + b])
+
+
+def completion_loss(model: SmallCodeLM, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(cross-entropy on the labelled positions + the router's weighted aux losses, cross-entropy, metrics).
+
+    The cross-entropy is the mean over every labelled token of the batch, so a long completion
+    weighs more than a short one (as in pretraining, every target token counts the same).
+    """
+    trunk = model.trunk(batch["input_ids"])
+    ce = linear_cross_entropy(trunk.hidden.flatten(0, 1), model.lm_head.weight, batch["labels"].reshape(-1),
+                              IGNORE_INDEX)
+    aux = model.config.balance_loss_coef * trunk.balance_loss + model.config.z_loss_coef * trunk.z_loss
+    metrics = {"balance_loss": trunk.balance_loss.detach(), "z_loss": trunk.z_loss.detach(),
+               "target_tokens": (batch["labels"] != IGNORE_INDEX).sum()}
+    if trunk.expert_load is not None:
+        metrics["expert_load"] = trunk.expert_load
+    return ce + aux, ce, metrics
+
+
+# ----------------------------------------------------------------------------- MBPP
+def _mbpp_pairs(data_dir: str | Path, split: Literal["train", "validation"]) -> list[dict]:
+    from smallcode.eval.tasks.mbpp import load_mbpp
+
+    return [{"task_id": t.task_id, "prompt": t.prompt, "completion": t.reference}
+            for t in load_mbpp(Path(data_dir), split)]
+
+
+def load_mbpp_train(data_dir: str | Path) -> list[dict]:
+    """MBPP's training split (task ids 601-974, 374 tasks) as prompt/completion pairs.
+
+    ``prompt`` is the evaluation's MBPP prompt: a triple-quoted docstring holding the problem text
+    and then the task's asserts, one a line, followed by a newline. ``completion`` is the reference
+    code with Windows line ends made plain newlines, ending in one. ``data_dir`` holds
+    ``mbpp/mbpp.jsonl`` (checked against its pinned sha256). Each pair also carries its ``task_id``.
+    Note: 104 of the 374 references hold one of the evaluation's default stop sequences
+    (``"\\ndef"``, ``"\\nclass"``, ``"\\n#"``, ...: a helper or a class before the function, a comment)
+    where a generation would be cut; we keep the whole reference, the program the dataset checks.
+    """
+    return _mbpp_pairs(data_dir, "train")
+
+
+def load_mbpp_validation(data_dir: str | Path) -> list[dict]:
+    """MBPP's validation split (task ids 511-600, 90 tasks), in the form of ``load_mbpp_train``."""
+    return _mbpp_pairs(data_dir, "validation")
