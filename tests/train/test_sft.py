@@ -15,12 +15,12 @@ import torch
 from smallcode.eval.tasks.mbpp import load_mbpp
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.train.objectives import next_token_objective
 from smallcode.train.sft import (
     IGNORE_INDEX,
     SFTDataError,
     SFTLoader,
     TokenizedExample,
-    completion_loss,
     load_mbpp_train,
     load_mbpp_validation,
     make_row,
@@ -226,13 +226,13 @@ def test_loader_refuses_too_few_examples() -> None:
         SFTLoader(fake_examples(5), batch_size=3, seq_len=10, seed=0, world_size=2)
 
 
-def test_completion_loss_is_cross_entropy_on_completion_tokens_only(tok: CodeTokenizer) -> None:
+def test_the_objective_takes_cross_entropy_on_completion_tokens_only(tok: CodeTokenizer) -> None:
     torch.manual_seed(0)
     model = SmallCodeLM(ModelConfig.preset("tiny", vocab_size=tok.vocab_size))
     examples, _ = tokenize_examples(PAIRS, tok, seq_len=40)
     loader = SFTLoader(examples, batch_size=3, seq_len=40, seed=0, pad_id=tok.pad_id)
     batch = loader.batch(0)
-    total, ce, metrics = completion_loss(model, batch)
+    total, ce, metrics = next_token_objective(model, batch)
     # by hand: each example alone (no padding), -log p(next token) at the completion positions only
     terms = []
     with torch.no_grad():
@@ -247,7 +247,7 @@ def test_completion_loss_is_cross_entropy_on_completion_tokens_only(tok: CodeTok
                     terms.append(-logp[pos - 1, ids[0, pos]])
     want = torch.stack(terms).mean()
     torch.testing.assert_close(ce, want, atol=1e-5, rtol=1e-5)
-    assert metrics["target_tokens"] == len(terms)
+    assert int((batch["labels"] != -100).sum()) == len(terms)
     aux = model.config.balance_loss_coef * metrics["balance_loss"] + model.config.z_loss_coef * metrics["z_loss"]
     torch.testing.assert_close(total, ce + aux)
     total.backward()

@@ -197,3 +197,19 @@ def test_init_from_a_checkpoint_continues_from_its_weights(tmp_path: Path) -> No
         assert torch.equal(p, q)
     with pytest.raises(ConfigError, match="shapes"):
         Trainer(tiny_config(init=str(first.final), model_overrides={"d_model": 32}), tmp_path / "c")
+
+
+def test_fine_tuning_on_jsonl_learns_the_completions(tmp_path: Path) -> None:
+    from smallcode.train.config import DataConfig
+    from smallcode.train.sft import write_jsonl
+
+    pairs = [{"prompt": f"def add_{i}(x):\n", "completion": f"    return x + {i}\n"} for i in range(24)]
+    write_jsonl(pairs[:20], tmp_path / "train.jsonl")
+    write_jsonl(pairs[20:], tmp_path / "val.jsonl")
+    data = DataConfig(kind="jsonl", path=str(tmp_path / "train.jsonl"), validation_path=str(tmp_path / "val.jsonl"),
+                      tokenizer=str(Path(tiny_config().data.path) / "tokenizer.json"), seq_len=24)
+    result = Trainer(tiny_config(data=data, steps=30, eval_every=15, lr=3e-2), tmp_path / "run").run()
+    evals = [r["val_loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["type"] == "eval"]
+    # the completions follow a pattern a tiny model picks up: far below the uniform guess
+    assert evals[-1] < evals[0] and evals[-1] < 0.3 * math.log(tiny_model_overrides()["vocab_size"])
+    assert result.final.joinpath("tokenizer.json").is_file()

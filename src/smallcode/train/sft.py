@@ -36,8 +36,8 @@ the examples after the last full block of an epoch are skipped in that epoch.
 the model (``smallcode.eval.tasks.mbpp``: a docstring holding the problem text and the task's
 asserts) and whose completion is the reference code, so fine-tuning and evaluation agree.
 
-``completion_loss`` is the matching objective (mean cross-entropy over labelled positions plus the
-router's auxiliary losses). This module does not run training, pack rows, or template prompts
+The matching objective is ``smallcode.train.objectives.next_token_objective``: its labels already
+carry -100 wherever no loss is taken. This module does not run training, pack rows, or template prompts
 beyond the two forms above.
 
 Shape legend: B batch, T row length (``seq_len``), D width.
@@ -55,9 +55,7 @@ import numpy as np
 import torch
 
 from smallcode.fileio import atomic_write_text
-from smallcode.model.transformer import SmallCodeLM
 from smallcode.tokenizer import CodeTokenizer
-from smallcode.train.objectives import linear_cross_entropy
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
@@ -277,24 +275,6 @@ class SFTLoader:
         for j, start in enumerate(range(0, len(self.validation_examples), b)):
             if j % self.world_size == self.rank:
                 yield self._rows(self.validation_examples[start : start + b])
-
-
-def completion_loss(model: SmallCodeLM, batch: dict[str, torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """(cross-entropy on the labelled positions + the router's weighted aux losses, cross-entropy, metrics).
-
-    The cross-entropy is the mean over every labelled token of the batch, so a long completion
-    weighs more than a short one (as in pretraining, every target token counts the same).
-    """
-    trunk = model.trunk(batch["input_ids"])
-    ce = linear_cross_entropy(trunk.hidden.flatten(0, 1), model.lm_head.weight, batch["labels"].reshape(-1),
-                              IGNORE_INDEX)
-    aux = model.config.balance_loss_coef * trunk.balance_loss + model.config.z_loss_coef * trunk.z_loss
-    metrics = {"balance_loss": trunk.balance_loss.detach(), "z_loss": trunk.z_loss.detach(),
-               "target_tokens": (batch["labels"] != IGNORE_INDEX).sum()}
-    if trunk.expert_load is not None:
-        metrics["expert_load"] = trunk.expert_load
-    return ce + aux, ce, metrics
 
 
 # ----------------------------------------------------------------------------- MBPP

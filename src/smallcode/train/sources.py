@@ -79,9 +79,36 @@ def resolve_tokenizer_file(path: str | Path) -> Path:
 def build_source(data: DataConfig, batch_size: int, seed: int, rank: int, world_size: int) -> DataSource:
     if data.kind == "shards":
         return ShardSource(data.path, batch_size, data.seq_len, seed, rank, world_size, data.fim_rate)
-    from smallcode.train.sft import SFTSource
-
     if data.tokenizer is None:
         raise ConfigError(f"data.tokenizer is required for data.kind {data.kind!r}")
     tokenizer_file = resolve_tokenizer_file(data.tokenizer)
     return SFTSource(data, load_tokenizer(tokenizer_file), tokenizer_file, batch_size, seed, rank, world_size)
+
+
+class SFTSource:
+    """Fine-tuning batches: JSONL prompt/completion or chat examples, or MBPP's training split."""
+
+    def __init__(self, data: DataConfig, tokenizer: CodeTokenizer, tokenizer_file: Path, batch_size: int,
+                 seed: int, rank: int, world_size: int) -> None:
+        from smallcode.train.sft import SFTLoader, load_mbpp_train, load_mbpp_validation, read_jsonl, tokenize_examples
+
+        if data.kind == "mbpp":
+            train, val = load_mbpp_train(data.path), load_mbpp_validation(data.path)
+        else:
+            train = read_jsonl(data.path)
+            val = read_jsonl(data.validation_path) if data.validation_path else []
+        # truncated examples keep their prompt and the head of their completion: better than nothing
+        examples, self.stats = tokenize_examples(train, tokenizer, data.seq_len, overflow="truncate")
+        held_out, self.validation_stats = tokenize_examples(val, tokenizer, data.seq_len, overflow="truncate")
+        self.loader = SFTLoader(examples, batch_size, data.seq_len, seed, rank, world_size, tokenizer.pad_id,
+                                validation=held_out)
+        self.tokenizer, self.tokenizer_file = tokenizer, tokenizer_file
+
+    def batch(self, index: int) -> Batch:
+        return self.loader.batch(index)
+
+    def validation(self, max_batches: int) -> Iterator[Batch]:
+        for j, batch in enumerate(self.loader.validation()):
+            if j >= max_batches:
+                return
+            yield batch
