@@ -24,6 +24,8 @@ VERBS: dict[str, str] = {
     "complete": "smallcode.cli.generate:complete",
     "teacher-cache": "smallcode.cli.teacher:teacher_cache",
     "train": "smallcode.cli.train:train",
+    "recipe": "smallcode.cli.recipe:recipe",
+    "estimate": "smallcode.cli.estimate:estimate",
     "upcycle": "smallcode.cli.upcycle:upcycle",
 }
 
@@ -65,6 +67,9 @@ def _is_user_error(e: Exception) -> bool:
                          ("smallcode.infer.engine", "GenerationError"),
                          ("smallcode.tokenizer.code_tokenizer", "TokenizerError"),
                          ("smallcode.train.trainer", "TrainingError"),
+                         ("smallcode.train.teacher", "TeacherError"),
+                         ("smallcode.train.teacher_cache", "CacheError"),
+                         ("smallcode.train.sft", "SFTDataError"),
                          ("smallcode.data.discover", "DataError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):

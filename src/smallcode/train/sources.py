@@ -100,6 +100,10 @@ class SFTSource:
         # truncated examples keep their prompt and the head of their completion: better than nothing
         examples, self.stats = tokenize_examples(train, tokenizer, data.seq_len, overflow="truncate")
         held_out, self.validation_stats = tokenize_examples(val, tokenizer, data.seq_len, overflow="truncate")
+        if self.stats.kept < batch_size * world_size:
+            raise ConfigError(f"{data.path}: {self.stats.kept} of {self.stats.examples} examples keep a target "
+                              f"within data.seq_len={data.seq_len} (longest {self.stats.longest} tokens), fewer "
+                              f"than one global batch of {batch_size * world_size}")
         self.loader = SFTLoader(examples, batch_size, data.seq_len, seed, rank, world_size, tokenizer.pad_id,
                                 validation=held_out)
         self.tokenizer, self.tokenizer_file = tokenizer, tokenizer_file

@@ -1,0 +1,107 @@
+"""The recipe runner end to end at the tiny size: every stage, the report, continuing a partial run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from trainer_helpers import STDLIB  # tests/train/trainer_helpers.py
+
+from smallcode.config import ConfigError
+from smallcode.model.checkpoint import load_checkpoint, read_config
+from smallcode.train.recipe import RecipeConfig, run_recipe
+from smallcode.train.trainer import read_metrics
+
+TINY = {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ff": 96, "window": 16, "n_global": 2,
+        "max_seq_len": 512, "vocab_size": 320}
+
+
+def stage_files(root: Path) -> dict[str, str]:
+    common = {"data": {"kind": "shards", "path": "unused", "seq_len": 32}, "batch_size": 4, "lr": 1e-2,
+              "warmup_steps": 1, "eval_every": 0, "eval_batches": 2, "save_every": 2}
+    stages = {
+        "teacher": {**common, "model": "nano-dense", "model_overrides": {**TINY, "d_model": 96, "n_heads": 4},
+                    "steps": 4},
+        "distill": {**common, "objective": "distill", "model": "nano-dense", "model_overrides": TINY, "steps": 3,
+                    "distill": {"teacher": "filled-in", "kind": "forward", "alpha": 0.5, "mode": "online"}},
+        "moe": {**common, "steps": 2, "init": "filled-in"},
+        "finetune": {**common, "steps": 2, "init": "filled-in", "data": {"kind": "mbpp", "path": "x", "seq_len": 512}},
+    }
+    paths = {}
+    for name, body in stages.items():
+        paths[name] = str(root / f"{name}.yaml")
+        Path(paths[name]).write_text(yaml.safe_dump(body))
+    return paths
+
+
+def recipe(root: Path, shared_data: Path, stages: list[dict]) -> RecipeConfig:
+    return RecipeConfig(out=str(root / "run"), corpus=[str(STDLIB / "json"), str(STDLIB / "email")], vocab_size=320,
+                        val_fraction=0.2, mbpp=str(shared_data), stages=stages)
+
+
+def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path, shared_data: Path) -> None:
+    files = stage_files(tmp_path)
+    stages = [
+        {"name": "teacher", "config": files["teacher"]},
+        {"name": "student", "config": files["distill"], "teacher_from": "teacher"},
+        {"name": "upcycled", "upcycle_from": "student", "experts": 4, "top_k": 2},
+        {"name": "moe", "config": files["moe"], "init_from": "upcycled"},
+        {"name": "finetune", "config": files["finetune"], "init_from": "moe"},
+    ]
+    # first only the teacher, as if the run had been stopped there
+    run_recipe(recipe(tmp_path, shared_data, stages[:1]), progress=False)
+    out = tmp_path / "run"
+    teacher_metrics = (out / "teacher" / "metrics.jsonl").read_text()
+    report = run_recipe(recipe(tmp_path, shared_data, stages), progress=False)
+    assert (out / "teacher" / "metrics.jsonl").read_text() == teacher_metrics  # not trained again
+    text = report.read_text()
+    for name in ("teacher", "student", "upcycled", "moe", "finetune"):
+        assert f"| {name} |" in text
+    assert "MBPP validation" in text and "corpus validation" in text
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # the chain is what the recipe says: the student learnt from the teacher, moe started from the upcycled student
+    student_rows = [r for r in read_metrics(out / "student" / "metrics.jsonl") if r["type"] == "train"]
+    assert all("kd_loss" in r for r in student_rows)
+    upcycled, _ = read_config(out / "upcycled")
+    assert upcycled.n_experts == 4 and read_config(out / "finetune" / "final")[0].n_experts == 4
+    moe_rows = [r for r in read_metrics(out / "moe" / "metrics.jsonl") if r["type"] == "train"]
+    assert moe_rows[0]["balance_loss"] > 0
+    # upcycling kept the student's function
+    ids = torch.randint(9, 320, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(out / "upcycled")(ids).logits,
+                                   load_checkpoint(out / "student" / "final")(ids).logits, atol=1e-5, rtol=1e-5)
+    # a finished recipe runs again as a no-op
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    run_recipe(recipe(tmp_path, shared_data, stages), progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+
+
+def test_stage_references_must_point_backwards(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not an earlier stage"):
+        RecipeConfig(stages=[{"name": "a", "config": "x.yaml", "init_from": "b"}, {"name": "b", "config": "y.yaml"}])
+    with pytest.raises(ConfigError, match="either config"):
+        RecipeConfig(stages=[{"name": "a"}])
+
+
+def test_the_shipped_nano_recipe_is_consistent() -> None:
+    """configs/nano: vocabularies agree, the upcycled student has nano's shape, every stage file loads."""
+    from smallcode.model import ModelConfig
+    from smallcode.train.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = RecipeConfig.load(root / "configs" / "nano" / "recipe.yaml")
+    by_name = {s.name: s for s in cfg.stages}
+    student = TrainConfig.load(root / by_name["student"].config)
+    student_model = ModelConfig.preset(student.model, **student.model_overrides)
+    teacher = TrainConfig.load(root / by_name["teacher"].config)
+    teacher_model = ModelConfig.preset(teacher.model, **teacher.model_overrides)
+    assert student_model.vocab_size == teacher_model.vocab_size == cfg.vocab_size
+    assert teacher_model.num_params() > 2 * student_model.num_params()
+    up = by_name["upcycled"]
+    assert student_model.replace(n_experts=up.experts, top_k=up.top_k) == ModelConfig.preset("nano")
+    for s in cfg.stages:
+        if s.config:
+            TrainConfig.load(root / s.config)
