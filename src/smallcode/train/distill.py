@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from smallcode.config import Config, ConfigError
 from smallcode.model.transformer import SmallCodeLM
+from smallcode.train.objectives import router_terms
 from smallcode.train.teacher import Teacher, TeacherError, load_teacher, teacher_hash
 from smallcode.train.teacher_cache import TeacherCache
 
@@ -194,13 +195,9 @@ class DistillObjective:
         ce = F.cross_entropy(logits_NV, labels_N, ignore_index=IGNORE_INDEX, reduction="sum") / count
         target = self._teacher_targets(batch, model.config.vocab_size, logits_NV.device)
         kd = kd_loss(logits_NV, target, self.cfg.kind, self.cfg.temperature, mask_N)
-        aux = model.config.balance_loss_coef * trunk.balance_loss + model.config.z_loss_coef * trunk.z_loss
+        aux, metrics = router_terms(model, trunk)
         total = self.cfg.alpha * ce + (1.0 - self.cfg.alpha) * kd + aux
-        metrics = {"kd_loss": kd.detach(), "balance_loss": trunk.balance_loss.detach(),
-                   "z_loss": trunk.z_loss.detach()}
-        if trunk.expert_load is not None:
-            metrics["expert_load"] = trunk.expert_load
-        return total, ce, metrics
+        return total, ce, {"kd_loss": kd.detach(), **metrics}
 
 
 def build_distill_objective(cfg: DistillConfig | dict[str, Any], vocab_size: int, tokenizer_hash: str,
