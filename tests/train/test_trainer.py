@@ -213,3 +213,33 @@ def test_fine_tuning_on_jsonl_learns_the_completions(tmp_path: Path) -> None:
     # the completions follow a pattern a tiny model picks up: far below the uniform guess
     assert evals[-1] < evals[0] and evals[-1] < 0.3 * math.log(tiny_model_overrides()["vocab_size"])
     assert result.final.joinpath("tokenizer.json").is_file()
+
+
+def test_tensorboard_gets_the_same_scalars_as_the_jsonl(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(tiny_config(steps=3, tensorboard=True), tmp_path).run()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("train/loss")]
+    assert logged == pytest.approx(train_losses(tmp_path), rel=1e-6)
+
+
+def test_asking_for_a_missing_logger_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        Trainer(tiny_config(steps=1, wandb=True), tmp_path).run()
+
+
+def test_compiled_blocks_train_like_eager_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # dynamo's capture of every block, run by the "eager" backend: inductor's C++ build is too slow for CI,
+    # and the capture of the blocks is what this checks
+    original = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
+    cfg = tiny_config(steps=3)
+    Trainer(cfg, tmp_path / "eager").run()
+    Trainer(cfg.replace(compile=True), tmp_path / "compiled").run()
+    torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "compiled")),
+                               torch.tensor(train_losses(tmp_path / "eager")), rtol=1e-6, atol=1e-6)
