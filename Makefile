@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 # The main job: the most complete real thing smallcode does today (see README).
 run: setup
-	$(BIN)/python -m smallcode.cli.main demo --out runs/demo
+	$(BIN)/python -m smallcode.cli.main recipe configs/nano/recipe.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -243,3 +243,16 @@ def test_compiled_blocks_train_like_eager_ones(tmp_path: Path, monkeypatch: pyte
     Trainer(cfg.replace(compile=True), tmp_path / "compiled").run()
     torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "compiled")),
                                torch.tensor(train_losses(tmp_path / "eager")), rtol=1e-6, atol=1e-6)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from smallcode.cli.main import main
+
+    cfg = tmp_path / "cfg.yaml"
+    tiny_config().replace(data=tiny_config().data.replace(path=str(tmp_path / "missing"))).save(cfg)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    tiny_config().save(cfg)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--set", "steps=0"]) == 2
+    assert "steps" in capsys.readouterr().err
