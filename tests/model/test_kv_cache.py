@@ -68,3 +68,27 @@ def test_select_fans_out_and_drops_rows() -> None:
         out = model(torch.tensor([[1], [2], [3]]), fan).logits[:, -1]
         one = cache.select([0])
         torch.testing.assert_close(model(torch.tensor([[2]]), one).logits[:, -1], out[1:2], atol=1e-6, rtol=1e-6)
+
+
+
+@pytest.mark.parametrize(("n_global", "window", "lengths"), [(2, 8, (20, 5)), (0, 8, (3, 30)), (3, 1, (9, 2))])
+def test_decode_step_mask_equals_the_concatenating_mask(n_global: int, window: int, lengths: tuple[int, int]) -> None:
+    """One token per row is written into its slot before attending; what it sees must not change."""
+    model = SmallCodeLM(ModelConfig.preset("tiny", window=window, n_global=n_global)).eval()
+    caches = []
+    with torch.inference_mode():
+        for n in lengths:
+            c = model.new_cache(1, initial_slots=2)
+            model(torch.randint(0, 256, (1, n)), c)
+            caches.append(c)
+        cache = KVCache.stack(caches)
+        k_ptr = cache.k.data_ptr()
+        pos = cache.positions(1)
+        old = cache.attention_mask(pos, group=1)[:, 0, 0]  # (B, S + 1): [slots ; the new token]
+        step = cache.step(1, group=2)
+    assert step.in_place and step.mask.shape == (2, 1, 1, cache.k.shape[3])
+    expected = old[:, :-1].clone()
+    rows = torch.arange(2)
+    expected[rows, step.slots[:, 0]] = old[:, -1]  # the new token replaces its slot's old occupant
+    assert torch.equal(step.mask[:, 0, 0] == 0, expected)
+    assert cache.length.tolist() == [n + 1 for n in lengths] and cache.k.data_ptr() == k_ptr

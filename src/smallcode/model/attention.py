@@ -9,7 +9,8 @@ into blocks of ``block`` positions, each block attends to the ``block + window -
 reach it plus the global keys, so memory and work grow linearly in T. On CUDA, FlexAttention with a
 block mask does the same work (it needs ``torch.compile`` to be fast, which only pays on a GPU).
 With a KV cache (``kv_cache.py`` stores it), new queries attend to the cached slots plus their own
-chunk under a mask derived from the positions each slot holds.
+chunk under a mask derived from the positions each slot holds; a single new token per row is
+written into the cache first and attends to the cache alone.
 
 Shape legend: B batch, T sequence, H query heads, K key/value heads, R = H // K queries per key
 head, D head width, N blocks, C block length, S keys per block.
@@ -152,6 +153,9 @@ class Attention(nn.Module):
         v = qkv[:, :, H + K:]
         if step is None:
             o = window_attention(q, k, v, self.window, self.n_global, self.backend)
+        elif step.in_place:
+            step.cache.write(self.layer, k, v, step)
+            o = cached_attention(q, step.cache.k[self.layer], step.cache.v[self.layer], step.mask)
         else:
             cache = step.cache
             keys = torch.cat([cache.k[self.layer], k.transpose(1, 2)], dim=2)

@@ -7,6 +7,11 @@ rotated by RoPE at their absolute position, so relative positions stay exact aft
 Each slot remembers which position it holds (``-1`` for empty), and the attention mask is derived
 from those positions, which is also what makes rows of different lengths batch together.
 
+A chunk of several tokens attends to [cached slots ; its own keys] and is written after all layers
+ran (a chunk may overwrite slots its own earlier queries still see). A single token per row, the
+decoding case, is written into its slot first and attends to the cache alone: the slot's old
+occupant is out of the window by then, and no per-layer concatenation is made.
+
 The ring starts small and doubles up to ``window`` slots, so a model whose window covers the whole
 context behaves as an ordinary growing cache, while a windowed model stops growing at
 ``n_global + window`` slots however long it runs. Sampling and scheduling are the engine's
@@ -36,7 +41,11 @@ class CacheStep:
     slots: torch.Tensor
     """(B, T) slot each new token is written to."""
     mask: torch.Tensor
-    """(B, 1, R * T, S + T) visibility of [cached slots ; new tokens], shared by all layers."""
+    """Visibility shared by all layers: (B, 1, R * T, S + T) over [cached slots ; new tokens], or, when
+    ``in_place``, an additive float mask (B, 1, 1, S) over the slots alone."""
+    in_place: bool = False
+    """One token per row, already counted in ``slot_pos``: each layer writes its keys into the cache
+    first and then attends to the cache alone (no concatenation, no per-layer copy)."""
 
 
 class KVCache:
@@ -91,6 +100,8 @@ class KVCache:
     def step(self, T: int, group: int) -> CacheStep:
         """Make room for ``T`` new tokens per row and work out, once for all layers, where they go
         and what each of them sees. ``group`` is the number of query heads per key head."""
+        if T == 1:
+            return self._decode_step()
         self.reserve(T)
         pos = self.positions(T)
         in_ring = int((pos >= self.n_global).sum(dim=1).max())
@@ -99,6 +110,21 @@ class KVCache:
         rows = torch.arange(self.batch, device=pos.device)[:, None].expand_as(pos)
         return CacheStep(self, pos, rows, self.slots(pos), self.attention_mask(pos, group))
 
+    def _decode_step(self) -> CacheStep:
+        """One new token per row, written before it is attended to: its slot's old occupant is at
+        least ``window`` positions back (or the slot is empty), so no query of this step needs it."""
+        self.reserve(1)
+        pos_B = self.length
+        rows_B = torch.arange(self.batch, device=pos_B.device)
+        slots_B = self.slots(pos_B)
+        self.slot_pos[rows_B, slots_B] = pos_B
+        self.length = pos_B + 1
+        k_pos, q_pos = self.slot_pos, pos_B[:, None]  # every stored position is <= q_pos
+        seen = (k_pos >= 0) & ((q_pos - k_pos < self.window) | (k_pos < self.n_global))
+        # An additive mask is what SDPA's CPU kernel uses; converting a boolean one per layer costs time.
+        mask = torch.zeros(seen.shape, dtype=self.k.dtype, device=seen.device).masked_fill_(~seen, float("-inf"))
+        return CacheStep(self, pos_B[:, None], rows_B[:, None], slots_B[:, None], mask[:, None, None], in_place=True)
+
     def write(self, layer: int, k_BTKD: torch.Tensor, v_BTKD: torch.Tensor, step: CacheStep) -> None:
         """Store one layer's keys and values of the chunk ``step`` describes."""
         self.k[layer, step.rows, :, step.slots] = k_BTKD.to(self.k.dtype)
@@ -106,6 +132,8 @@ class KVCache:
 
     def commit(self, step: CacheStep) -> None:
         """Record that every layer has written the chunk: the slots now hold it, the rows move on."""
+        if step.in_place:  # recorded before the layers ran
+            return
         self.slot_pos[step.rows, step.slots] = step.pos
         self.length = step.pos[:, -1] + 1
 
