@@ -93,3 +93,18 @@ def test_uniform_router_gives_balance_loss_top_k() -> None:
     _, stats = moe(torch.randn(12, 64))
     # uniform probabilities: E * sum_e f_e / E = sum_e f_e = top_k
     torch.testing.assert_close(stats.balance_loss, torch.tensor(2.0))
+
+
+@pytest.mark.parametrize(("E", "k"), [(4, 2), (8, 2), (4, 1), (4, 4)])
+def test_one_token_path_matches_sorted_dispatch(E: int, k: int) -> None:
+    """Decoding one sequence skips the sort; it must compute what the sorted dispatch computes."""
+    moe = make(E, k)
+    for _ in range(5):
+        x = torch.randn(1, 1, 64)
+        with torch.no_grad():  # grad off but not inference mode: the sorted dispatch, with its stats
+            sorted_out, stats = moe(x)
+        with torch.inference_mode():
+            fast_out, no_stats = moe(x)
+        assert stats is not None and no_stats is None
+        torch.testing.assert_close(fast_out, sorted_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast_out.view(1, 64), per_token_reference(moe, x.view(1, 64)), atol=1e-5, rtol=1e-5)
