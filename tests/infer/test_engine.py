@@ -102,18 +102,18 @@ def test_fill_in_the_middle_uses_fim_tokens(engine: Engine) -> None:
 
 
 def test_eos_ends_a_row(engine: Engine, monkeypatch) -> None:
-    head = engine.model.lm_head
+    model = engine.model
     calls = {"n": 0}
-    original = head.forward
+    original = model.forward
 
-    def eot_after_three(x):  # noqa: ANN001, ANN202
+    def eot_after_three(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls["n"] += 1
-        out = original(x)
+        out = original(*args, **kwargs)
         if calls["n"] > 3:  # prefill + two decode steps, then end-of-text wins everywhere
-            out[..., engine.tokenizer.eot_id] += 1e4
+            out.logits[..., engine.tokenizer.eot_id] += 1e4
         return out
 
-    monkeypatch.setattr(head, "forward", eot_after_three)
+    monkeypatch.setattr(model, "forward", eot_after_three)
     out = engine.generate(PROMPTS[:1], SamplingParams(max_tokens=10), n=3)
     assert [c.finish_reason for c in out] == ["eos"] * 3
     assert all(len(c.token_ids) == 3 and engine.tokenizer.eot_id not in c.token_ids for c in out)

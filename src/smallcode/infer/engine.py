@@ -52,6 +52,9 @@ class _Row:
 
 
 class Engine:
+    """Generation on one model. The model is put in eval mode and its weights are stored
+    column-major for decoding (``SmallCodeLM.prepare_for_decoding``: same values and state dict)."""
+
     def __init__(self, model: SmallCodeLM, tokenizer: object, max_context: int | None = None) -> None:
         from smallcode.tokenizer import CodeTokenizer
 
@@ -63,6 +66,7 @@ class Engine:
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
                 "they do not belong together")
         self.model = model.eval()
+        model.prepare_for_decoding()
         self.tokenizer = tokenizer
         self.config = cfg
         # A windowed model's memory does not grow with context; a full-attention one stops at what it was trained on.

@@ -1,0 +1,69 @@
+"""The decode-only speed-ups: column-major weights and the prepacked output head change no result."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.model.checkpoint import load_checkpoint, save_checkpoint
+from smallcode.model.transformer import PackedLinear
+
+
+def decode_logits(model: SmallCodeLM, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    cache = model.new_cache(ids.shape[0])
+    outs = [model(ids[:, :prefill], cache).logits]
+    for t in range(prefill, ids.shape[1]):
+        outs.append(model(ids[:, t:t + 1], cache).logits)
+    return torch.cat(outs, dim=1)
+
+
+def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = SmallCodeLM(ModelConfig.preset("tiny")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 256, (3, 30))
+    with torch.inference_mode():
+        ref = decode_logits(model, ids, 6)
+    model.prepare_for_decoding()
+    w = model.blocks[0].ffn.experts.w_gate_up
+    assert w.stride(-2) == 1 and w.transpose(-2, -1).is_contiguous()  # (E, in, out) contiguous underneath
+    assert model.lm_head.weight.stride() == (1, model.config.vocab_size)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(after[k].shape == before[k].shape and torch.equal(after[k], before[k]) for k in before)
+    with torch.inference_mode():
+        torch.testing.assert_close(decode_logits(model, ids, 6), ref, atol=1e-5, rtol=1e-5)
+        full = model(ids).logits  # the training-shaped forward works on the new layout too
+    torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
+    reloaded = load_checkpoint(save_checkpoint(model, tmp_path / "ck"))
+    assert all(torch.equal(reloaded.state_dict()[k], before[k]) for k in before)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_packed_head_matches_the_head_and_follows_weight_updates() -> None:
+    torch.manual_seed(1)
+    model = SmallCodeLM(ModelConfig.preset("tiny")).eval()
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        packed = PackedLinear(model.lm_head.weight)
+        torch.testing.assert_close(packed(x), F.linear(x, model.lm_head.weight), atol=1e-5, rtol=1e-5)
+        ids = torch.randint(0, 256, (4, 12))
+        cache = model.new_cache(4)
+        model(ids[:, :-2], cache)
+        model(ids[:, -2:-1], cache)  # a batched decode step packs the head
+        assert model._packed_head is not None and model._packed_head.current(model.lm_head.weight)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-2.0)  # an in-place update, as an optimizer step makes
+    assert not model._packed_head.current(model.lm_head.weight)
+    with torch.inference_mode():
+        got = model(ids[:, -1:], cache).logits[:, -1]
+        want = model(ids).logits[:, -1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the packed copy has no storage: copies of the model drop it and repack when they decode
+    assert copy.deepcopy(model)._packed_head is None
+    assert pickle.loads(pickle.dumps(model))._packed_head is None
