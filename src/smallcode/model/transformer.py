@@ -9,8 +9,7 @@ training objective's business, not the model's.
 Decoding (one new token per row) is bound by reading the weights, so it gets two layout changes
 that leave the function alone: ``prepare_for_decoding`` stores the projection weights column-major,
 and a batched decode step projects through a prepacked copy of the head (``PackedLinear``).
-``torch.compile`` is not used: on 2 CPU cores shared with other processes its multi-threaded
-kernels stalled (see ``benchmarks/decode_vs_hf.py``).
+``torch.compile`` is not used (what was measured is in ``benchmarks/decode_vs_hf.py``).
 
 Shape legend: B batch, T sequence, D model width, V vocabulary, L layers, E experts.
 """
