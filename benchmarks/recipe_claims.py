@@ -98,10 +98,14 @@ def main() -> None:
          f"dense parent, +{args.extra_steps} steps", "c_dense"),
     ]
     n = len(rows["a_scratch"])
+    summaries = args.out.glob("seed*/*/summary.json")
+    train_min = sum(json.loads(f.read_text())["wall_s_this_session"] for f in summaries) / 60
+    teacher_summary = teacher.parent / "summary.json"
+    teacher_val = json.loads(teacher_summary.read_text())["val_loss"] if teacher_summary.is_file() else None
     lines = ["# Recipe claims at nano scale", "",
              f"Validation cross-entropy (nats/token, lower is better) on the embedded corpus's held-out documents; "
              f"{n} seed(s); from-scratch runs {args.steps} steps, continuations {args.extra_steps} steps, "
-             f"8 x 256 tokens a step. Produced by `benchmarks/recipe_claims.py` ({wall / 60:.0f} min this session).",
+             f"8 x 256 tokens a step. Produced by `benchmarks/recipe_claims.py` ({train_min:.0f} min of training).",
              "", "| claim | ours | val loss | baseline | val loss | difference (ours - baseline) | holds |",
              "|---|---|---|---|---|---|---|"]
     summary = {}
@@ -113,6 +117,12 @@ def main() -> None:
                      f"{statistics.fmean(diffs):+.3f}{spread} | {'yes' if holds else 'no'} |")
         summary[k_ours.split("_")[0]] = {"ours": round(mean(k_ours), 4), "baseline": round(mean(k_base), 4),
                                          "diffs": [round(d, 4) for d in diffs], "holds": holds}
+    if teacher_val is not None:
+        lines += ["", f"The teacher of (a) ({teacher}) has a validation loss of {teacher_val:.3f}: a distilled student "
+                  "that reaches its teacher's loss has little left to learn from it."]
+    if n == 1:
+        lines += ["", "One seed only: the seed-to-seed spread was not measured, so a gap of a few hundredths of a "
+                  "nat is not evidence either way; 'holds' only says which side was lower in this run."]
     lines += ["", "![validation curves](recipe_claims.png)", ""]
     args.docs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.docs / "recipe_claims.md", "\n".join(lines) + "\n")
