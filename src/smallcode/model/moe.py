@@ -69,6 +69,27 @@ def z_loss(logits_NE: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits_NE, dim=-1).square().mean()
 
 
+_grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm  # public from torch 2.10
+
+
+def _grouped_swiglu(x_AD: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, offs: torch.Tensor,
+                    d_ff: int) -> torch.Tensor:
+    """Every expert's SwiGLU on its own contiguous rows of ``x_AD`` (row groups end at ``offs``)."""
+    if x_AD.is_cuda and x_AD.dtype != torch.bfloat16:
+        # CUDA's grouped kernel takes bf16 only: a float32 run on a GPU goes expert by expert
+        counts = torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
+        outs = []
+        for e, x_XD in enumerate(x_AD.split(counts)):
+            gate, up = F.linear(x_XD, w_gate_up[e]).split(d_ff, dim=-1)
+            outs.append(F.linear(F.silu(gate) * up, w_down[e]))
+        return torch.cat(outs)
+    gate, up = _grouped_mm(x_AD, w_gate_up.transpose(-2, -1), offs=offs).split(d_ff, dim=-1)
+    return _grouped_mm(F.silu(gate) * up, w_down.transpose(-2, -1), offs=offs)
+
+
+_grouped_swiglu_eager = torch.compiler.disable(_grouped_swiglu)
+
+
 class Experts(nn.Module):
     """E SwiGLU experts stored as stacked weights (Hugging Face's layout, read transposed by the matmul)."""
 
@@ -93,9 +114,16 @@ class Experts(nn.Module):
             pieces = x_AD.split(counts_E.tolist())
             return torch.cat([self.expert(p, e) for e, p in enumerate(pieces) if len(p)])
         offs = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
-        h = F.grouped_mm(x_AD, self.w_gate_up.transpose(-2, -1), offs=offs)
-        gate, up = h.split(self.d_ff, dim=-1)
-        return F.grouped_mm(F.silu(gate) * up, self.w_down.transpose(-2, -1), offs=offs)
+        w_gate_up, w_down = self.w_gate_up, self.w_down
+        if torch.is_autocast_enabled(x_AD.device.type):
+            # grouped_mm is not on autocast's list of matmuls: cast as autocast does for F.linear
+            dt = torch.get_autocast_dtype(x_AD.device.type)
+            x_AD, w_gate_up, w_down = x_AD.to(dt), w_gate_up.to(dt), w_down.to(dt)
+        if torch.compiler.is_compiling() and x_AD.dtype != torch.bfloat16:
+            # torch.compile traces grouped_mm for bf16 only (its fake-tensor check refuses float32),
+            # so under compile a float32 model runs this one piece eagerly and the rest compiled.
+            return _grouped_swiglu_eager(x_AD, w_gate_up, w_down, offs, self.d_ff)
+        return _grouped_swiglu(x_AD, w_gate_up, w_down, offs, self.d_ff)
 
     def one_token(self, x_1D: torch.Tensor, weights_1K: torch.Tensor, experts_1K: torch.Tensor) -> torch.Tensor:
         """One token's chosen experts, mixed by their weights: no sorting, no gather, no unsort."""

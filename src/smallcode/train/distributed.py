@@ -3,6 +3,8 @@
 Everything collective comes from ``torch.distributed``: a single process runs the same code with
 ``world_size == 1`` and no process group. Under ``torchrun`` the environment names rank and world
 size; CPU runs use the gloo backend (that is how the tests run two processes), CUDA runs NCCL.
+``torchrun --nproc-per-node 1`` joins a group of one and wraps the model all the same, so one GPU
+runs the multi-GPU code path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    grouped: bool = False
+    """In a torch.distributed process group (started by torchrun, or more than one process)."""
 
     @property
     def is_main(self) -> bool:
@@ -29,7 +33,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.grouped
 
 
 def init_distributed() -> DistInfo:
@@ -40,9 +44,10 @@ def init_distributed() -> DistInfo:
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    grouped = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if grouped and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return DistInfo(rank, world, local, device)
+    return DistInfo(rank, world, local, device, grouped)
 
 
 def wrap_model(module: nn.Module, blocks: nn.ModuleList, info: DistInfo, mode: Literal["ddp", "fsdp"]) -> nn.Module:
