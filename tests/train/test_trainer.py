@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import tiny_config, tiny_model_overrides  # tests/train/trainer_helpers.py
+from trainer_helpers import Interrupt, dies_at_call, tiny_config, tiny_model_overrides  # tests/train/trainer_helpers.py
 
 from smallcode.config import ConfigError
 from smallcode.model.checkpoint import CheckpointError, load_checkpoint
@@ -90,23 +90,11 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path: Path) -> 
                                rtol=1e-6, atol=1e-6)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_in_process_is_bit_identical(tmp_path: Path) -> None:
     cfg = tiny_config(steps=7, save_every=3)
     Trainer(cfg, tmp_path / "straight").run()
-    calls = {"n": 0}
-
-    def dies_at_step_6(model, batch):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise Interrupt
-        return next_token_objective(model, batch)
-
     with pytest.raises(Interrupt):
-        Trainer(cfg, tmp_path / "broken", objective=dies_at_step_6).run()
+        Trainer(cfg, tmp_path / "broken", objective=dies_at_call(6)).run()
     assert latest_checkpoint(tmp_path / "broken").name == "step_0000003"
     with pytest.raises(TrainingError, match="--resume"):
         Trainer(cfg, tmp_path / "broken").run()

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from trainer_helpers import tiny_config  # tests/train/trainer_helpers.py
+from trainer_helpers import Interrupt, dies_at_call, tiny_config  # tests/train/trainer_helpers.py
 
 from smallcode.model.checkpoint import load_checkpoint
 from smallcode.train.checkpoint import latest_checkpoint
 from smallcode.train.config import TrainConfig
-from smallcode.train.objectives import next_token_objective
 from smallcode.train.trainer import Trainer, read_metrics
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -63,24 +62,12 @@ def test_activation_checkpointing_on_cuda(tmp_path: Path) -> None:
                                rtol=1e-4, atol=1e-4)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_on_cuda_continues_the_same_run(tmp_path: Path) -> None:
     # float32 so that only the order of atomic adds in the gather's backward differs between runs
     cfg = moe_config(steps=10, save_every=4, precision="float32")
     Trainer(cfg, tmp_path / "straight").run()
-    calls = {"n": 0}
-
-    def dies_at_step_7(model, batch):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise Interrupt
-        return next_token_objective(model, batch)
-
     with pytest.raises(Interrupt):
-        Trainer(cfg, tmp_path / "broken", objective=dies_at_step_7).run()
+        Trainer(cfg, tmp_path / "broken", objective=dies_at_call(7)).run()
     assert latest_checkpoint(tmp_path / "broken").name == "step_0000004"
     Trainer(cfg, tmp_path / "broken").run(resume=True)
     torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "broken")),

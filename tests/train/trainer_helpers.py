@@ -6,6 +6,7 @@ import atexit
 import shutil
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from smallcode.data.build import prepare
 from smallcode.data.config import PrepareConfig
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 from smallcode.train.config import DataConfig, TrainConfig
+from smallcode.train.objectives import next_token_objective
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -38,3 +40,20 @@ def tiny_config(**changes: object) -> TrainConfig:
                        data=DataConfig(kind="shards", path=str(tiny_shards()), seq_len=32), steps=6,
                        batch_size=4, lr=1e-2, warmup_steps=2, eval_every=3, eval_batches=2, save_every=2)
     return base.replace(**changes) if changes else base
+
+
+class Interrupt(Exception):
+    """Raised by ``dies_at_call``: stands for the process dying in the middle of a step."""
+
+
+def dies_at_call(n: int) -> Callable:
+    """The next-token objective, except that its ``n``-th call (1-based) raises ``Interrupt``."""
+    calls = {"n": 0}
+
+    def objective(model, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Interrupt
+        return next_token_objective(model, batch)
+
+    return objective
