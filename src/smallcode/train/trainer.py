@@ -257,8 +257,11 @@ class Trainer:
         loads = []
         for m in range(cfg.grad_accum):
             batch = {k: v.to(self.info.device) for k, v in self.source.batch(step * cfg.grad_accum + m).items()}
-            sync = m == cfg.grad_accum - 1 or not hasattr(self.module, "no_sync")
-            with (contextlib.nullcontext() if sync else self.module.no_sync()), self.autocast:
+            last = m == cfg.grad_accum - 1
+            if self.fsdp:  # FSDP2: keep unsharded gradients and reduce-scatter once, after the last micro-batch
+                self.module.set_requires_gradient_sync(last)
+            skip_sync = not last and not self.fsdp and hasattr(self.module, "no_sync")  # DDP's equivalent
+            with (self.module.no_sync() if skip_sync else contextlib.nullcontext()), self.autocast:
                 loss, ce, metrics = self.module(batch)
             (loss / cfg.grad_accum).backward()
             total += loss.detach().float() / cfg.grad_accum
