@@ -9,6 +9,10 @@ own process after warm-up steps; model FLOPs come from ``ModelConfig.flops_per_t
 parameters + attention over the keys each query really sees), the same formula the estimate uses.
 No communication: a multi-GPU run's MFU is at most this. Last line: one JSON object.
 
+On one H200 (torch 2.11, CUDA 13), the 4-layer slice below (2.0B total, 0.75B active): eager 42.0K
+tokens/s (MFU 0.156), compiled blocks 48.8K (0.181) at batch 4, 53.4K (0.198) at batch 8, compiled +
+activation checkpointing 42.1K (0.157) at batch 8.
+
     python benchmarks/train_throughput.py --preset smallcode-16b-a4b --layers 4 --seq-len 4096 --batch 4
 """
 
@@ -102,8 +106,8 @@ def main() -> None:
         return
     results = []
     for mode in args.modes.split(","):
-        argv = [a for a in sys.argv[1:]]
-        proc = subprocess.run([sys.executable, __file__, *argv, "--child", mode], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", mode], capture_output=True,
+                              text=True)
         if proc.returncode != 0:
             results.append({"mode": mode, "error": proc.stderr.strip().splitlines()[-1:]})
         else:
