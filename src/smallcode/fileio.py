@@ -1,4 +1,4 @@
-"""Atomic file writes: the one helper every part of smallcode uses for files that matter.
+"""Atomic file writes (the one helper every part of smallcode uses for files that matter) and file digests.
 
 Data goes to a temporary file in the target's directory, is flushed and fsync'd, and is renamed
 over the target, so a reader sees the old file or the new one, never half of one.
@@ -6,6 +6,7 @@ over the target, so a reader sees the old file or the new one, never half of one
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -26,3 +27,12 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (files may be larger than memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

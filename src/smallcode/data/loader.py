@@ -71,6 +71,43 @@ class TokenStream:
         return out
 
 
+class BatchSchedule:
+    """Which samples rank ``r`` reads at each step: a pure function of ``(seed, step, rank, world_size)``.
+
+    Epoch ``e`` visits ``range(n_samples)`` in a permutation drawn from ``(seed, e)``; step ``k`` of an
+    epoch takes the ``k``-th block of ``batch_size * world_size`` samples and rank ``r`` the ``r``-th
+    ``batch_size`` of them. Samples after the last full block are skipped in that epoch. Shared by the
+    shard loader and the fine-tuning loader so that both resume and shard across ranks alike.
+    """
+
+    def __init__(self, n_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        self.steps_per_epoch = n_samples // self.global_batch
+        self._perm_epoch = -1
+        self._perm = np.empty(0, dtype=np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:  # one permutation kept: steps run in order
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_samples)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def epoch(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def sample_indices(self, step: int) -> np.ndarray:
+        """The sample indices of this rank's rows at ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        epoch, k = divmod(step, self.steps_per_epoch)
+        start = k * self.global_batch + self.rank * self.batch_size
+        return self._permutation(epoch)[start : start + self.batch_size]
+
+
 class ShardLoader:
     """Batches of shape (batch_size, seq_len + 1); see the module docstring for the guarantees."""
 
@@ -90,7 +127,7 @@ class ShardLoader:
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-        if world_size < 1 or not 0 <= rank < world_size:
+        if world_size < 1 or not 0 <= rank < world_size:  # before the shards are opened
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if not 0.0 <= fim_rate <= 1.0 or not 0.0 <= fim_spm_rate <= 1.0:
             raise ValueError(f"fim_rate {fim_rate} and fim_spm_rate {fim_spm_rate} must be in [0, 1]")
@@ -113,34 +150,22 @@ class ShardLoader:
             self.directory, split, self.index["dtype"], self.tokenizer_hash, self.index, verify
         )
         self.n_samples = max(0, (self.stream.size - 1) // seq_len)
-        self.global_batch = batch_size * world_size
-        self.steps_per_epoch = self.n_samples // self.global_batch
+        self.schedule = BatchSchedule(self.n_samples, batch_size, seed, rank, world_size)
+        self.global_batch, self.steps_per_epoch = self.schedule.global_batch, self.schedule.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"{self.directory}: split {split!r} has {self.n_samples} samples of {seq_len + 1} tokens, "
                 f"fewer than one global batch ({batch_size} x {world_size} ranks)"
             )
         self._tok: CodeTokenizer | None = None
-        self._perm_epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
 
     # -- the pure function --------------------------------------------------------------------
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_samples)
-            self._perm_epoch = epoch
-        return self._perm
-
     def sample_indices(self, step: int) -> np.ndarray:
         """The global sample indices of this rank's rows at ``step`` (for tests and debugging)."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        epoch, k = divmod(step, self.steps_per_epoch)
-        start = k * self.global_batch + self.rank * self.batch_size
-        return self._permutation(epoch)[start : start + self.batch_size]
+        return self.schedule.sample_indices(step)
 
     def epoch(self, step: int) -> int:
-        return step // self.steps_per_epoch
+        return self.schedule.epoch(step)
 
     @property
     def tokenizer(self) -> CodeTokenizer:

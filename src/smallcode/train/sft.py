@@ -26,10 +26,11 @@ example left with no target at all is dropped either way. ``SFTStats`` reports t
 ``SFTLoader`` puts one example per row, padded at the end: the model has no document mask, so two
 examples packed into one row would attend to each other. Padding sits after every real token and
 the attention is causal, so it changes no logit a label looks at; its labels are -100. Batches are
-a pure function of ``(seed, step, rank, world_size)`` exactly as ``smallcode.data.ShardLoader``'s:
-epoch ``e`` visits the examples in a permutation drawn from ``(seed, e)``, step ``k`` takes the
-``k``-th block of ``batch_size * world_size`` of them and rank ``r`` the ``r``-th ``batch_size``;
-the examples after the last full block of an epoch are skipped in that epoch.
+a pure function of ``(seed, step, rank, world_size)`` through the shard loader's own
+``smallcode.data.loader.BatchSchedule``: epoch ``e`` visits the examples in a permutation drawn from
+``(seed, e)``, step ``k`` takes the ``k``-th block of ``batch_size * world_size`` of them and rank
+``r`` the ``r``-th ``batch_size``; the examples after the last full block of an epoch are skipped in
+that epoch.
 
 ``load_mbpp_train`` / ``load_mbpp_validation`` turn MBPP's train (task ids 601-974) and validation
 (511-600) splits into prompt/completion pairs whose prompt is the very prompt the evaluation gives
@@ -54,6 +55,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from smallcode.data.loader import BatchSchedule
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import CodeTokenizer
 
@@ -222,8 +224,6 @@ class SFTLoader:
                  validation: Sequence[TokenizedExample] = ()) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         for name, split in (("training", examples), ("validation", validation)):
             for i, ex in enumerate(split):
                 if len(ex) > seq_len + 1:
@@ -232,30 +232,18 @@ class SFTLoader:
         self.examples, self.validation_examples = list(examples), list(validation)
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.rank, self.world_size, self.pad_id = rank, world_size, pad_id
-        self.global_batch = batch_size * world_size
-        self.steps_per_epoch = len(self.examples) // self.global_batch
+        self.schedule = BatchSchedule(len(self.examples), batch_size, seed, rank, world_size)
+        self.global_batch, self.steps_per_epoch = self.schedule.global_batch, self.schedule.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(self.examples)} training examples are fewer than one global batch "
                              f"({batch_size} x {world_size} ranks)")
-        self._perm_epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-            self._perm_epoch = epoch
-        return self._perm
 
     def epoch(self, step: int) -> int:
-        return step // self.steps_per_epoch
+        return self.schedule.epoch(step)
 
     def sample_indices(self, step: int) -> np.ndarray:
         """Indices (into the training examples) of this rank's rows at ``step``."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        epoch, k = divmod(step, self.steps_per_epoch)
-        start = k * self.global_batch + self.rank * self.batch_size
-        return self._permutation(epoch)[start : start + self.batch_size]
+        return self.schedule.sample_indices(step)
 
     def _rows(self, examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
         rows = [make_row(ex, self.seq_len, self.pad_id) for ex in examples]

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import torch
 
 from smallcode.config import ConfigError
+from smallcode.fileio import sha256_file
 from smallcode.model.checkpoint import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
@@ -96,14 +96,6 @@ def upcycle(dense: SmallCodeLM, n_experts: int, top_k: int, seed: int = 0,
     return moe.train(dense.training)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def upcycle_checkpoint(dense_dir: str | Path, out_dir: str | Path, n_experts: int, top_k: int,
                        seed: int = 0, router_std: float | None = None) -> Path:
     """Upcycle the checkpoint in ``dense_dir`` and write it, with the parent's tokenizer, to ``out_dir``.
@@ -120,7 +112,7 @@ def upcycle_checkpoint(dense_dir: str | Path, out_dir: str | Path, n_experts: in
     moe = upcycle(dense, n_experts, top_k, seed=seed, router_std=router_std)
     tokenizer = dense_dir / TOKENIZER_FILE
     extra = {
-        "upcycled_from": {"path": str(dense_dir.resolve()), "weights_sha256": _sha256(dense_dir / WEIGHTS_FILE)},
+        "upcycled_from": {"path": str(dense_dir.resolve()), "weights_sha256": sha256_file(dense_dir / WEIGHTS_FILE)},
         "upcycle": {"n_experts": n_experts, "top_k": top_k, "seed": seed,
                     "router_std": moe.config.init_std if router_std is None else router_std},
     }

