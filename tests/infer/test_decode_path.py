@@ -1,4 +1,5 @@
-"""The decode-only speed-ups: column-major weights and the prepacked output head change no result."""
+"""The decode-only speed-ups change no result: the compiled few-row kernels, and where they are not
+built, column-major weights and the prepacked output head."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.model import ModelConfig, SmallCodeLM, cpu_kernels
 from smallcode.model.checkpoint import load_checkpoint, save_checkpoint
 from smallcode.model.transformer import PackedLinear
 
@@ -22,7 +23,8 @@ def decode_logits(model: SmallCodeLM, ids: torch.Tensor, prefill: int) -> torch.
     return torch.cat(outs, dim=1)
 
 
-def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path) -> None:
+def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_kernels, "_library", lambda: None)  # the layout used without a C compiler
     torch.manual_seed(0)
     model = SmallCodeLM(ModelConfig.preset("tiny")).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -45,7 +47,8 @@ def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path) -> Non
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
-def test_packed_head_matches_the_head_and_follows_weight_updates() -> None:
+def test_packed_head_matches_the_head_and_follows_weight_updates(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
     torch.manual_seed(1)
     model = SmallCodeLM(ModelConfig.preset("tiny")).eval()
     x = torch.randn(5, 64)
@@ -67,3 +70,23 @@ def test_packed_head_matches_the_head_and_follows_weight_updates() -> None:
     # the packed copy has no storage: copies of the model drop it and repack when they decode
     assert copy.deepcopy(model)._packed_head is None
     assert pickle.loads(pickle.dumps(model))._packed_head is None
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler: the few-row kernel is not built")
+@pytest.mark.parametrize(("n_global", "window", "B"), [(0, 16, 1), (2, 8, 5), (4, 64, 3)])
+def test_kernel_decoding_equals_the_full_forward_and_the_torch_path(n_global: int, window: int, B: int,
+                                                                    monkeypatch) -> None:
+    torch.manual_seed(2)
+    model = SmallCodeLM(ModelConfig.preset("tiny", n_global=n_global, window=window)).eval()
+    model.prepare_for_decoding()
+    assert all(p.is_contiguous() for p in model.parameters())  # the kernel reads the usual row-major layout
+    ids = torch.randint(0, 256, (B, 40))
+    with torch.no_grad():
+        full = model(ids).logits
+    with torch.inference_mode():
+        kernel = decode_logits(model, ids, 3)
+    monkeypatch.setattr(cpu_kernels, "_library", lambda: None)
+    with torch.inference_mode():
+        plain = decode_logits(model, ids, 3)
+    torch.testing.assert_close(kernel, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kernel, plain, atol=1e-5, rtol=1e-5)

@@ -6,9 +6,10 @@ them and returns logits with the router's auxiliary losses and per-layer expert 
 MoE models share every line but ``MoE``'s one-expert shortcut. Losses against targets are the
 training objective's business, not the model's.
 
-Decoding (one new token per row) is bound by reading the weights, so it gets two layout changes
-that leave the function alone: ``prepare_for_decoding`` stores the projection weights column-major,
-and a batched decode step projects through a prepacked copy of the head (``PackedLinear``).
+Decoding (one new token per row) is bound by reading the weights. On CPU its few-row products go
+through a small compiled kernel (``cpu_kernels``) that reads each weight once; where no C compiler
+is found, ``prepare_for_decoding`` stores the projection weights column-major and a batched decode
+step projects through a prepacked copy of the head (``PackedLinear``). Neither changes the function.
 ``torch.compile`` is not used (what was measured is in ``benchmarks/decode_vs_hf.py``).
 
 Shape legend: B batch, T sequence, D model width, V vocabulary, L layers, E experts.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from smallcode.model import cpu_kernels
 from smallcode.model.attention import Attention
 from smallcode.model.config import ModelConfig
 from smallcode.model.kv_cache import CacheStep, KVCache
@@ -53,6 +55,12 @@ class PackedLinear:
 
     def __call__(self, x_ND: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x_ND, self.packed, None, "none", [], "")
+
+
+def _row_major(p: torch.Tensor) -> None:
+    """Undo ``_column_major``: the same values stored contiguously again."""
+    if p.device.type == "cpu" and not p.is_contiguous():
+        p.data = p.data.contiguous()
 
 
 def _column_major(p: torch.Tensor) -> None:
@@ -164,6 +172,8 @@ class SmallCodeLM(nn.Module):
     def _decode_head(self, h_B1D: torch.Tensor) -> torch.Tensor:
         """The output projection of one position per row, through a prepacked weight where that is faster."""
         w = self.lm_head.weight
+        if cpu_kernels.usable(h_B1D, w):
+            return cpu_kernels.linear(h_B1D, w)
         if h_B1D.shape[0] == 1 or not PackedLinear.usable(w):
             return self.lm_head(h_B1D)
         if self._packed_head is None or not self._packed_head.current(w):
@@ -172,24 +182,27 @@ class SmallCodeLM(nn.Module):
 
     @torch.no_grad()
     def prepare_for_decoding(self) -> None:
-        """Store the projection weights column-major (CPU only): same values, shapes and state dict.
+        """Lay the projection weights out for few-row products (CPU only): same values, shapes and state dict.
 
-        Decoding multiplies one row (or a few) by every weight, which is bound by reading the
-        weights from memory. MKL streams an (out, in) matrix stored column-major, i.e. with its
-        transpose contiguous, about twice as fast as a row-major one (one EPYC core, one row by
-        64 different 1024 x 256 matrices: 8.4 vs 4.7 GB/s; by the 8192 x 256 head: 14 vs 5.4 GB/s).
-        Only the storage order changes, so results agree with the row-major model to float32
-        rounding. The embedding keeps its rows (it is read one token at a time), and so does a
-        head tied to it.
+        Where the few-row kernel is built (``cpu_kernels``), it reads nn.Linear's row-major layout,
+        so the weights stay (or go back to) row-major. Otherwise they are stored column-major: MKL
+        streams an (out, in) matrix with its transpose contiguous about twice as fast for one row
+        (one EPYC core, one row by 64 different 1024 x 256 matrices: 8.4 vs 4.7 GB/s; by the
+        8192 x 256 head: 14 vs 5.4 GB/s). Only the storage order changes, so results agree to float32
+        rounding. The embedding keeps its rows (it is read one token at a time), and so does a head
+        tied to it.
         """
+        if self.lm_head.weight.device.type != "cpu":
+            return
+        layout = _row_major if cpu_kernels.available() else _column_major
         for block in self.blocks:
             ffn = block.ffn
             for p in (block.attn.wqkv.weight, block.attn.wo.weight, ffn.experts.w_gate_up, ffn.experts.w_down):
-                _column_major(p)
+                layout(p)
             if ffn.router is not None:
-                _column_major(ffn.router.weight)
+                layout(ffn.router.weight)
         if not self.config.tie_embeddings:
-            _column_major(self.lm_head.weight)
+            layout(self.lm_head.weight)
 
     def trunk(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> Trunk:
         """Everything but the output projection: the final normalised hidden states and router stats.
