@@ -61,40 +61,43 @@ def test_linear_leaves_what_it_does_not_cover_to_torch() -> None:
                                    F.linear(x.double(), w.detach().double()))
 
 
-def naive_moe(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, w_gate_up: torch.Tensor,
+def naive_moe(x: torch.Tensor, router: torch.Tensor, top_k: int, w_gate_up: torch.Tensor,
               w_down: torch.Tensor) -> torch.Tensor:
-    """The definition, token by token, in float64."""
+    """The definition, token by token, in float64: softmax routing, top-k renormalised, SwiGLU experts."""
     F_ = w_down.shape[-1]
     out = torch.zeros(x.shape, dtype=torch.float64)
     for n in range(x.shape[0]):
-        for j in range(ids.shape[1]):
-            e = int(ids[n, j])
+        probs = (router.double() @ x[n].double()).softmax(-1)
+        chosen, ids = probs.topk(top_k)
+        for p, e in zip((chosen / chosen.sum()).tolist(), ids.tolist(), strict=True):
             h = w_gate_up[e].double() @ x[n].double()
-            out[n] += float(weights[n, j]) * (w_down[e].double() @ (F.silu(h[:F_]) * h[F_:]))
+            out[n] += p * (w_down[e].double() @ (F.silu(h[:F_]) * h[F_:]))
     return out.float()
 
 
 @settings(max_examples=30, deadline=None)
 @given(N=st.integers(1, 12), E=st.integers(1, 6), D=st.integers(1, 40), F_=st.integers(1, 40),
-       seed=st.integers(0, 2**16))
-def test_moe_matches_the_token_by_token_definition(N: int, E: int, D: int, F_: int, seed: int) -> None:
+       top_k=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_moe_matches_the_token_by_token_definition(N: int, E: int, D: int, F_: int, top_k: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    top_k = min(2, E)
+    top_k = min(top_k, E)
     x = torch.randn(N, D, generator=g)
+    router = torch.randn(E, D, generator=g)
     w_gate_up = torch.randn(E, 2 * F_, D, generator=g) / D**0.5
     w_down = torch.randn(E, D, F_, generator=g) / F_**0.5
-    ids = torch.stack([torch.randperm(E, generator=g)[:top_k] for _ in range(N)])
-    weights = torch.rand(N, top_k, generator=g)
     with torch.inference_mode():
-        assert cpu_kernels.moe_usable(x, w_gate_up, w_down)
-        got = cpu_kernels.moe(x, weights, ids, w_gate_up, w_down)
-    torch.testing.assert_close(got, naive_moe(x, weights, ids, w_gate_up, w_down), atol=1e-5, rtol=1e-5)
+        assert cpu_kernels.moe_usable(x, router, w_gate_up, w_down)
+        got = cpu_kernels.moe(x, router, top_k, w_gate_up, w_down)
+    torch.testing.assert_close(got, naive_moe(x, router, top_k, w_gate_up, w_down), atol=1e-5, rtol=1e-5)
 
 
-def test_moe_refuses_expert_ids_out_of_range() -> None:
-    x, w_gate_up, w_down = torch.randn(2, 8), torch.randn(3, 8, 8), torch.randn(3, 8, 4)
-    with torch.inference_mode(), pytest.raises(ValueError, match="expert ids outside 0..2"):
-        cpu_kernels.moe(x, torch.ones(2, 2), torch.tensor([[0, 1], [2, 3]]), w_gate_up, w_down)
+def test_moe_refuses_a_top_k_it_cannot_route_and_shapes_that_do_not_fit() -> None:
+    x, router, w_gate_up, w_down = torch.randn(2, 8), torch.randn(3, 8), torch.randn(3, 8, 8), torch.randn(3, 8, 4)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="top_k must be in 1..3"):
+            cpu_kernels.moe(x, router, 4, w_gate_up, w_down)
+        with pytest.raises(ValueError, match="do not fit one MoE layer"):
+            cpu_kernels.moe(x, router[:2], 2, w_gate_up, w_down)
 
 
 def test_a_build_is_cached_by_source_and_reused(tmp_path, monkeypatch) -> None:

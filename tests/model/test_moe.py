@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smallcode.model import ModelConfig
+from smallcode.model import ModelConfig, cpu_kernels
 from smallcode.model.moe import MoE
 
 
@@ -108,3 +108,16 @@ def test_one_token_path_matches_sorted_dispatch(E: int, k: int) -> None:
         assert stats is not None and no_stats is None
         torch.testing.assert_close(fast_out, sorted_out, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fast_out.view(1, 64), per_token_reference(moe, x.view(1, 64)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler: the few-row kernel is not built")
+@pytest.mark.parametrize(("E", "k", "N"), [(8, 2, 1), (8, 2, 8), (4, 1, 5), (4, 4, 3)])
+def test_compiled_decode_path_matches_sorted_dispatch(E: int, k: int, N: int) -> None:
+    """A few tokens in inference mode on CPU go through the compiled kernel, routing included."""
+    moe = make(E, k)
+    x = torch.randn(N, 1, 64)
+    with torch.no_grad():
+        sorted_out, _ = moe(x)
+    with torch.inference_mode():
+        fast_out, _ = moe(x)
+    torch.testing.assert_close(fast_out, sorted_out, atol=1e-5, rtol=1e-5)

@@ -87,28 +87,50 @@ void sc_linear_f32(const float *x, long M, long K, const float *w, long N, float
     }
 }
 
-/* The SwiGLU experts of a few tokens, mixed by their router weights:
- * out[n] = sum_j weights[n, j] * expert_{ids[n, j]}(x[n]), expert_e(v) = down_e(silu(gate_e v) * up_e v).
- * w_gate_up is (E, 2F, D) with the gate rows first, w_down (E, D, F), both row-major. Each expert
- * that any token chose runs once on all of its tokens, so its weights are read once per call; the
- * work that is not a weight product (gathering rows, the activation, the weighted sum) happens
- * here too, instead of as a dozen small torch operations per layer. Returns 0, or -1 when out of
- * memory or an expert id is out of range. */
-int sc_moe_f32(const float *x, long N, long D, const long *ids, const float *weights, long top_k,
-               const float *w_gate_up, const float *w_down, long E, long F, float *out, int threads) {
-    for (long a = 0; a < N * top_k; a++)
-        if (ids[a] < 0 || ids[a] >= E) return -1;
-    float *xs = malloc(sizeof(float) * N * (D + 3 * F + D));
-    long *rows = malloc(sizeof(long) * N);
+/* A few tokens' mixture-of-experts feed-forward, routing included (Mixtral's rule, as moe.Router):
+ * probabilities softmax(router x), the top_k largest kept (ties to the lower expert id) and
+ * renormalised to sum to one; out[n] = sum_j p[n, j] * expert_{e[n, j]}(x[n]) with
+ * expert_e(v) = down_e(silu(gate_e v) * up_e v). router is (E, D), w_gate_up (E, 2F, D) with the gate
+ * rows first, w_down (E, D, F), all row-major. Each expert that any token chose runs once on all
+ * of its tokens, so its weights are read once per call; the routing, the gather, the activation
+ * and the weighted sum happen here too, instead of as some twenty small torch operations per
+ * layer. Returns 0, or -1 when top_k is not in 1..E or memory runs out. */
+int sc_moe_f32(const float *x, long N, long D, const float *router, long E, long top_k,
+               const float *w_gate_up, const float *w_down, long F, float *out, int threads) {
+    if (top_k < 1 || top_k > E) return -1;
+    float *xs = malloc(sizeof(float) * (N * (D + 3 * F + D) + N * E + N * top_k));
+    long *rows = malloc(sizeof(long) * (N + N * top_k));
     float *mix = malloc(sizeof(float) * N);
     if (!xs || !rows || !mix) { free(xs); free(rows); free(mix); return -1; }
-    float *h = xs + N * D, *act = h + N * 2 * F, *y = act + N * F;
+    float *h = xs + N * D, *act = h + N * 2 * F, *y = act + N * F, *prob = y + N * D, *weight = prob + N * E;
+    long *ids = rows + N;
+
+    sc_linear_f32(x, N, D, router, E, prob, 1);
+    for (long n = 0; n < N; n++) {
+        float *p = prob + n * E, top = p[0], total = 0.0f, kept = 0.0f;
+        for (long e = 1; e < E; e++) top = p[e] > top ? p[e] : top;
+        for (long e = 0; e < E; e++) { p[e] = expf(p[e] - top); total += p[e]; }
+        for (long e = 0; e < E; e++) p[e] /= total;
+        for (long j = 0; j < top_k; j++) {  /* top_k is small: repeated argmax over the rest */
+            long best = -1;
+            for (long e = 0; e < E; e++) {
+                int taken = 0;
+                for (long i = 0; i < j; i++) taken |= ids[n * top_k + i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            ids[n * top_k + j] = best;
+            weight[n * top_k + j] = p[best];
+            kept += p[best];
+        }
+        for (long j = 0; j < top_k; j++) weight[n * top_k + j] /= kept;
+    }
+
     memset(out, 0, sizeof(float) * N * D);
     for (long e = 0; e < E; e++) {
         long m = 0;
         for (long n = 0; n < N; n++)
             for (long j = 0; j < top_k; j++)
-                if (ids[n * top_k + j] == e) { rows[m] = n; mix[m] = weights[n * top_k + j]; m++; }
+                if (ids[n * top_k + j] == e) { rows[m] = n; mix[m] = weight[n * top_k + j]; m++; }
         if (m == 0) continue;
         for (long r = 0; r < m; r++) memcpy(xs + r * D, x + rows[r] * D, sizeof(float) * D);
         sc_linear_f32(xs, m, D, w_gate_up + e * 2 * F * D, 2 * F, h, threads);

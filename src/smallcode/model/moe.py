@@ -51,7 +51,7 @@ class Router(nn.Module):
 
     def forward(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns router logits (N, E), renormalised top-k weights (N, K) and expert ids (N, K)."""
-        logits_NE = cpu_kernels.linear(x_ND, self.weight).float()
+        logits_NE = F.linear(x_ND, self.weight).float()
         probs_NE = logits_NE.softmax(dim=-1)
         weights_NK, experts_NK = probs_NE.topk(self.top_k, dim=-1)
         weights_NK = weights_NK / weights_NK.sum(dim=-1, keepdim=True)
@@ -149,10 +149,12 @@ class MoE(nn.Module):
         x_ND = x_BTD.reshape(-1, shape[-1])
         if self.router is None:
             return self.experts(x_ND, counts_E=None).view(shape), None
-        logits_NE, weights_NK, experts_NK = self.router(x_ND)
         experts = self.experts
-        if cpu_kernels.moe_usable(x_ND, experts.w_gate_up, experts.w_down):  # decoding a few tokens on CPU
-            return cpu_kernels.moe(x_ND, weights_NK, experts_NK, experts.w_gate_up, experts.w_down).view(shape), None
+        if cpu_kernels.moe_usable(x_ND, self.router.weight, experts.w_gate_up, experts.w_down):
+            # decoding a few tokens on CPU: routing and experts in one compiled call
+            out_ND = cpu_kernels.moe(x_ND, self.router.weight, self.top_k, experts.w_gate_up, experts.w_down)
+            return out_ND.view(shape), None
+        logits_NE, weights_NK, experts_NK = self.router(x_ND)
         N, K = experts_NK.shape
         if N == 1 and torch.is_inference_mode_enabled():  # decoding one sequence: nothing to sort
             return self.experts.one_token(x_ND, weights_NK, experts_NK).view(shape), None
