@@ -140,3 +140,15 @@ def test_the_switch_turns_the_kernels_off(monkeypatch) -> None:
         assert not cpu_kernels.available()
     finally:
         cpu_kernels._library.cache_clear()
+
+
+def test_a_compiler_that_is_not_there_falls_back_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("CC", "no-such-compiler --quiet")
+    monkeypatch.setenv("SMALLCODE_CACHE_DIR", str(tmp_path))
+    cpu_kernels._library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="smallcode.model.cpu_kernels"):
+            assert not cpu_kernels.available()
+        assert "could not build few_rows.c" in caplog.text and "no-such-compiler" in caplog.text
+    finally:
+        cpu_kernels._library.cache_clear()

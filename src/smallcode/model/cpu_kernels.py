@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -68,9 +69,9 @@ def _cpu_id() -> str:
     return os.uname().machine + "\n" + "\n".join(dict.fromkeys(lines))
 
 
-def _build(cc: str, flags: list[str], out_dir: Path) -> Path:
+def _build(cc: list[str], flags: list[str], out_dir: Path) -> Path:
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), _cpu_id().encode()]))
+    key = hashlib.sha256(b"\0".join([source, " ".join(cc).encode(), " ".join(flags).encode(), _cpu_id().encode()]))
     target = out_dir / f"few_rows-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -78,7 +79,7 @@ def _build(cc: str, flags: list[str], out_dir: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".few_rows-", suffix=".so")
     os.close(fd)
     try:
-        subprocess.run([cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp, "-lm"], check=True,
+        subprocess.run([*cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp, "-lm"], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(tmp, target)
     finally:
@@ -91,8 +92,9 @@ def _build(cc: str, flags: list[str], out_dir: Path) -> Path:
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("SMALLCODE_CPU_KERNELS", "1") == "0":
         return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = shlex.split(os.environ["CC"]) if os.environ.get("CC") else [found] if found else None
+    if not cc:
         log.warning("no C compiler found: decoding on CPU uses torch's products (slower at a few rows)")
         return None
     errors = []
