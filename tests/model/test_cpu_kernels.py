@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,6 +20,14 @@ if not cpu_kernels.available():
         pytest.fail("the few-row CPU kernel did not build: is a C compiler installed (make setup)?",
                     pytrace=False)
     pytest.skip("no C compiler: the few-row CPU kernel is not built here", allow_module_level=True)
+
+
+@pytest.fixture
+def rebuilt() -> Iterator[None]:
+    """Forget the loaded library before and after a test that changes how it is built."""
+    cpu_kernels._library.cache_clear()
+    yield
+    cpu_kernels._library.cache_clear()
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,55 +109,39 @@ def test_moe_refuses_a_top_k_it_cannot_route_and_shapes_that_do_not_fit() -> Non
             cpu_kernels.moe(x, router[:2], 2, w_gate_up, w_down)
 
 
-def test_a_build_is_cached_by_source_and_reused(tmp_path, monkeypatch) -> None:
+def test_a_build_is_cached_by_source_and_reused(tmp_path, monkeypatch, rebuilt) -> None:
     monkeypatch.setenv("SMALLCODE_CACHE_DIR", str(tmp_path))
+    assert cpu_kernels.available()
+    built = list(tmp_path.glob("few_rows-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob(".few_rows-*"))  # no temporary left behind
+    mtime = built[0].stat().st_mtime_ns
     cpu_kernels._library.cache_clear()
-    try:
-        assert cpu_kernels.available()
-        built = list(tmp_path.glob("few_rows-*.so"))
-        assert len(built) == 1 and not list(tmp_path.glob(".few_rows-*"))  # no temporary left behind
-        mtime = built[0].stat().st_mtime_ns
-        cpu_kernels._library.cache_clear()
-        assert cpu_kernels.available() and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
-    finally:
-        cpu_kernels._library.cache_clear()
+    assert cpu_kernels.available() and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
 
-def test_a_source_that_does_not_compile_falls_back_to_torch(tmp_path, monkeypatch, caplog) -> None:
+def test_a_source_that_does_not_compile_falls_back_to_torch(tmp_path, monkeypatch, caplog, rebuilt) -> None:
     broken = tmp_path / "few_rows.c"
     broken.write_text("this is not C\n")
     monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
     monkeypatch.setenv("SMALLCODE_CACHE_DIR", str(tmp_path / "cache"))
-    cpu_kernels._library.cache_clear()
-    try:
-        with caplog.at_level(logging.WARNING, logger="smallcode.model.cpu_kernels"):
-            assert not cpu_kernels.available()
-        assert "could not build few_rows.c" in caplog.text
-        assert not list((tmp_path / "cache").glob("*.so")) and not list((tmp_path / "cache").glob(".few_rows-*"))
-        x, w = torch.randn(2, 8), torch.randn(4, 8)
-        with torch.inference_mode():
-            assert not cpu_kernels.usable(x, w)
-            torch.testing.assert_close(cpu_kernels.linear(x, w), F.linear(x, w))
-    finally:
-        cpu_kernels._library.cache_clear()
-
-
-def test_the_switch_turns_the_kernels_off(monkeypatch) -> None:
-    monkeypatch.setenv("SMALLCODE_CPU_KERNELS", "0")
-    cpu_kernels._library.cache_clear()
-    try:
+    with caplog.at_level(logging.WARNING, logger="smallcode.model.cpu_kernels"):
         assert not cpu_kernels.available()
-    finally:
-        cpu_kernels._library.cache_clear()
+    assert "could not build few_rows.c" in caplog.text
+    assert not list((tmp_path / "cache").glob("*.so")) and not list((tmp_path / "cache").glob(".few_rows-*"))
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    with torch.inference_mode():
+        assert not cpu_kernels.usable(x, w)
+        torch.testing.assert_close(cpu_kernels.linear(x, w), F.linear(x, w))
 
 
-def test_a_compiler_that_is_not_there_falls_back_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
+def test_the_switch_turns_the_kernels_off(monkeypatch, rebuilt) -> None:
+    monkeypatch.setenv("SMALLCODE_CPU_KERNELS", "0")
+    assert not cpu_kernels.available()
+
+
+def test_a_compiler_that_is_not_there_falls_back_with_a_warning(tmp_path, monkeypatch, caplog, rebuilt) -> None:
     monkeypatch.setenv("CC", "no-such-compiler --quiet")
     monkeypatch.setenv("SMALLCODE_CACHE_DIR", str(tmp_path))
-    cpu_kernels._library.cache_clear()
-    try:
-        with caplog.at_level(logging.WARNING, logger="smallcode.model.cpu_kernels"):
-            assert not cpu_kernels.available()
-        assert "could not build few_rows.c" in caplog.text and "no-such-compiler" in caplog.text
-    finally:
-        cpu_kernels._library.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="smallcode.model.cpu_kernels"):
+        assert not cpu_kernels.available()
+    assert "could not build few_rows.c" in caplog.text and "no-such-compiler" in caplog.text

@@ -123,13 +123,18 @@ def available() -> bool:
     return _library() is not None
 
 
+def _compiled_path(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> bool:
+    """What both kernels need: eager float32 on CPU without autocast, contiguous weights, a built library."""
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and all(w.dtype == torch.float32 and w.is_contiguous() for w in weights)
+            and not torch.is_autocast_enabled("cpu") and _library() is not None)
+
+
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     """The kernel applies: a few float32 CPU rows, no gradient, no autocast or compile, a row-major weight."""
-    # training and compiled graphs leave at the first test
-    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous()
-            and x.shape[-1] == w.shape[1] and x.numel() <= MAX_ROWS * w.shape[1]
-            and not torch.is_autocast_enabled("cpu") and _library() is not None)
+    # training leaves at the first test
+    return (not torch.is_grad_enabled() and w.dim() == 2 and x.shape[-1] == w.shape[1]
+            and x.numel() <= MAX_ROWS * w.shape[1] and _compiled_path(x, (w,)))
 
 
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -147,10 +152,7 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def moe_usable(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """``moe`` applies: a few float32 CPU tokens in inference mode, contiguous float32 weights."""
-    return (torch.is_inference_mode_enabled() and not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and x.dim() == 2 and x.shape[0] <= MAX_ROWS and x.dtype == torch.float32
-            and all(w.dtype == torch.float32 and w.is_contiguous() for w in weights)
-            and not torch.is_autocast_enabled("cpu") and _library() is not None)
+    return torch.is_inference_mode_enabled() and x.dim() == 2 and x.shape[0] <= MAX_ROWS and _compiled_path(x, weights)
 
 
 def moe(x_ND: torch.Tensor, router: torch.Tensor, top_k: int, w_gate_up: torch.Tensor,
