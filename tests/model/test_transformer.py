@@ -33,3 +33,22 @@ def test_outputs_are_identical_with_and_without_inference_mode(n_experts: int, B
         else:
             assert ref.balance_loss > 0 and got.expert_load is not None
             assert torch.equal(got.expert_load, ref.expert_load)
+
+
+def test_every_projection_goes_through_its_module() -> None:
+    """Forward hooks (what quantisers and exporters attach to) see every linear layer and every MoE
+    layer, in training, in a prefill and in a one-token decode step alike."""
+    model = SmallCodeLM(ModelConfig.preset("tiny")).eval()
+    watched = {name: m for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) or type(m).__name__ == "MoE"}
+    assert len(watched) == 3 * model.config.n_layers + 1  # wqkv, wo, ffn per block; the head
+    calls: list[str] = []
+    for name, m in watched.items():
+        m.register_forward_hook(lambda mod, args, out, name=name: calls.append(name))
+    ids = torch.randint(0, 256, (2, 6))
+    model(ids)
+    with torch.inference_mode():
+        cache = model.new_cache(2)
+        model(ids[:, :5], cache)
+        model(ids[:, 5:], cache)
+    assert sorted(calls) == sorted(3 * list(watched))

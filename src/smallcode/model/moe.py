@@ -4,10 +4,9 @@ The router scores every expert with a linear layer, keeps the ``top_k`` highest 
 probabilities per token and renormalises them to sum to one (Mixtral's routing). Tokens are then
 sorted by expert so each expert's rows are contiguous, and one grouped matmul per projection runs
 all experts at once: there is no Python loop over tokens or experts. A dense model is the same
-module with one expert and no router. This is the one path, whatever the torch mode: a forward
-under ``torch.inference_mode()`` returns what it returns with gradients on, auxiliary losses
-included. Decode-time shortcuts (one token's experts applied directly, the compiled few-token
-kernel) are the engine's, swapped in by ``smallcode.infer.cpu_decode``.
+module with one expert and no router. It has one path whatever the torch mode (under
+``torch.inference_mode()`` too it returns the auxiliary losses); decode-time shortcuts are
+swapped in by ``smallcode.infer.cpu_decode``.
 
 Auxiliary losses, per layer (the model averages them over layers):
 * load balance (Switch Transformer, eq. 4; Mixtral): ``E * sum_e f_e * P_e`` with ``f_e`` the share
