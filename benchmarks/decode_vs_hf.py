@@ -21,15 +21,22 @@ Where the decode step's time goes: it is bound by reading float32 weights from m
 sum reads 11.7 GB/s on one core here, 17 on two; nano is 68 MB, and at batch 8 about 7 of 8
 experts per layer are hit, ~56 MB a step). MKL's and oneDNN's float32 products read a weight at
 only 2-8 GB/s when it meets 2-8 rows, and that was 10.5 of ~18 ms per batch-8 step. The engine
-now runs a step's products through ``model/few_rows.c`` (compiled on first use, see
-``model/cpu_kernels.py``): each weight row is read once, in order, and dotted with up to four
-input rows held in L1, the columns split over torch's threads: 9-16 GB/s at 1-8 rows on two
-threads (one 1024 x 256 expert matrix, 8 rows: 0.11 ms vs MKL's 0.33). A few tokens' experts run
-in one call per layer (routing, then each chosen expert once on all of its tokens, with the
-gather, SwiGLU and weighted sum inside), which also removes some twenty small torch operations
-per layer. Same-process A/B of the model step, kernel vs the column-major torch path: two
-threads, batch 1 3.6 vs 5.7 ms and batch 8 7.0 vs 14.8 ms; one thread, 6.0 vs 7.8 and 12.8 vs
-18.8 ms.
+swaps decode modules into its model (``infer/cpu_decode.py``) that run a step's products through
+``infer/few_rows.c`` (compiled on first use): each weight row is read once, in order, and dotted
+with up to four input rows held in L1, the columns split over torch's threads: 9-16 GB/s at 1-8
+rows on two threads (one 1024 x 256 expert matrix, 8 rows: 0.11 ms vs MKL's 0.33). At 32 rows the
+kernel is level with MKL, at 64 MKL's blocked product wins, hence its limit of 32 rows. A few
+tokens' experts run in one call per layer (routing, then each chosen expert once on all of its
+tokens, with the gather, SwiGLU and weighted sum inside), which also removes some twenty small
+torch operations per layer. Same-process A/B of the model step, kernel vs the column-major torch
+path: two threads, batch 1 3.6 vs 5.7 ms and batch 8 7.0 vs 14.8 ms; one thread, 6.0 vs 7.8 and
+12.8 vs 18.8 ms.
+
+Without a C compiler the engine's torch path keeps two layout tricks. Column-major weights: MKL
+streams an (out, in) matrix about twice as fast for one row when its transpose is contiguous (one
+EPYC core, one row by 64 different 1024 x 256 matrices: 8.4 vs 4.7 GB/s; by the 8192 x 256 head:
+14 vs 5.4 GB/s). A head prepacked into oneDNN's blocked layout for batched steps: 8 rows by nano's
+8192 x 256 head took 4.9 ms on one EPYC core inside a decode step with MKL, 2.3 ms prepacked.
 
 Measured and not kept: every expert on every token with two batched matmuls (batch 8: 19.5 vs
 18.1 ms per step at 2 threads, batch 1 reads 4x the expert weights); rows split in chunks of 3
@@ -55,8 +62,8 @@ from pathlib import Path
 import torch
 
 from smallcode.export.hf import to_hf_model
-from smallcode.infer import Engine, SamplingParams
-from smallcode.model import ModelConfig, SmallCodeLM, cpu_kernels
+from smallcode.infer import Engine, SamplingParams, cpu_decode
+from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -80,7 +87,7 @@ def main() -> None:
         engine = Engine(model, load_tokenizer(tmp))
     result: dict[str, object] = {"preset": args.preset, "prompt_len": args.prompt_len,
                                  "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
-                                 "cpu_kernels": cpu_kernels.available()}
+                                 "cpu_kernels": cpu_decode.available()}
     for B in [int(b) for b in args.batches.split(",")]:
         prompts = torch.randint(10, config.vocab_size, (B, args.prompt_len))
 

@@ -4,7 +4,9 @@ For each context length (2K, 8K, 32K tokens) and each model — ``nano`` as conf
 + 4 global tokens) and the same model with a window covering the whole context (full attention) —
 a fresh process prefills a random prompt of that length through the KV cache, then decodes 32
 tokens. It reports the process's peak resident memory, the cache's own bytes, and prefill and
-decode tokens/s. Random weights: memory and speed do not depend on what the weights are.
+decode tokens/s. The model decodes with the engine's decode modules swapped in
+(``prepare_for_decoding``), as generation does. Random weights: memory and speed do not depend on
+what the weights are.
 Last line: one JSON object with the per-run figures and the peak ratios 32K / 2K.
 """
 
@@ -21,13 +23,14 @@ import torch
 
 
 def child(context: int, full: bool, decode_tokens: int) -> dict:
+    from smallcode.infer.cpu_decode import prepare_for_decoding
     from smallcode.model import ModelConfig, SmallCodeLM
 
     torch.manual_seed(0)
     config = ModelConfig.preset("nano")
     if full:
         config = ModelConfig.preset("nano", window=context + decode_tokens)
-    model = SmallCodeLM(config).eval()
+    model = prepare_for_decoding(SmallCodeLM(config).eval())
     ids = torch.randint(10, config.vocab_size, (1, context))
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.inference_mode():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smallcode.model import ModelConfig, cpu_kernels
+from smallcode.model import ModelConfig
 from smallcode.model.moe import MoE
 
 
@@ -95,29 +95,19 @@ def test_uniform_router_gives_balance_loss_top_k() -> None:
     torch.testing.assert_close(stats.balance_loss, torch.tensor(2.0))
 
 
-@pytest.mark.parametrize(("E", "k"), [(4, 2), (8, 2), (4, 1), (4, 4)])
-def test_one_token_path_matches_sorted_dispatch(E: int, k: int) -> None:
-    """Decoding one sequence skips the sort; it must compute what the sorted dispatch computes."""
-    moe = make(E, k)
-    for _ in range(5):
-        x = torch.randn(1, 1, 64)
-        with torch.no_grad():  # grad off but not inference mode: the sorted dispatch, with its stats
-            sorted_out, stats = moe(x)
-        with torch.inference_mode():
-            fast_out, no_stats = moe(x)
-        assert stats is not None and no_stats is None
-        torch.testing.assert_close(fast_out, sorted_out, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(fast_out.view(1, 64), per_token_reference(moe, x.view(1, 64)), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler: the few-row kernel is not built")
-@pytest.mark.parametrize(("E", "k", "N"), [(8, 2, 1), (8, 2, 8), (4, 1, 5), (4, 4, 3)])
-def test_compiled_decode_path_matches_sorted_dispatch(E: int, k: int, N: int) -> None:
-    """A few tokens in inference mode on CPU go through the compiled kernel, routing included."""
+@pytest.mark.parametrize(("E", "k", "N"), [(4, 2, 1), (8, 2, 1), (8, 2, 3), (4, 4, 8), (1, 1, 1)])
+def test_inference_mode_does_not_change_what_the_layer_returns(E: int, k: int, N: int) -> None:
+    """One path whatever the torch mode: a decode-sized input in inference mode gets the same output
+    and the same auxiliary losses as with gradients on."""
     moe = make(E, k)
     x = torch.randn(N, 1, 64)
-    with torch.no_grad():
-        sorted_out, _ = moe(x)
+    y, stats = moe(x)
     with torch.inference_mode():
-        fast_out, _ = moe(x)
-    torch.testing.assert_close(fast_out, sorted_out, atol=1e-5, rtol=1e-5)
+        y_inf, stats_inf = moe(x)
+    assert torch.equal(y_inf, y)
+    if E == 1:
+        assert stats is None and stats_inf is None
+        return
+    assert stats_inf is not None
+    for name in ("balance_loss", "z_loss", "load_E"):
+        assert torch.equal(getattr(stats_inf, name), getattr(stats, name)), name

@@ -1,4 +1,5 @@
-"""Generation: the engine (prefill, batched decode, streaming, FIM) and sampling."""
+"""Generation: the engine (prefill, batched decode, streaming, FIM), sampling, and the CPU decode
+modules the engine swaps into its model (``cpu_decode``)."""
 
 from smallcode.infer.engine import Completion, Engine
 from smallcode.infer.sampling import SamplingParams

@@ -7,8 +7,8 @@ finish (end-of-text, a stop sequence, or ``max_tokens``). Stop sequences are mat
 text, so they are found even when a token boundary splits them; streaming holds back text that
 could still turn into a stop sequence or that ends inside an unfinished UTF-8 character.
 
-Scheduling is static (no requests joining mid-flight) and there is no speculative decoding: the
-server, if it needs continuous batching, builds it on ``step``-level pieces of its own.
+Scheduling is static (no requests joining mid-flight) and there is no speculative decoding: a
+caller that needs continuous batching builds it on ``step``-level pieces of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from smallcode.infer.cpu_decode import prepare_for_decoding
 from smallcode.infer.sampling import SamplingParams, sample
 from smallcode.model.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint
 from smallcode.model.kv_cache import KVCache
@@ -52,8 +53,9 @@ class _Row:
 
 
 class Engine:
-    """Generation on one model. The model is put in eval mode and its weights are stored
-    column-major for decoding (``SmallCodeLM.prepare_for_decoding``: same values and state dict)."""
+    """Generation on one model. The model is put in eval mode and the decode modules of
+    ``cpu_decode.prepare_for_decoding`` are swapped into it, in place: the same function, the same
+    parameters and state dict."""
 
     def __init__(self, model: SmallCodeLM, tokenizer: object, max_context: int | None = None) -> None:
         from smallcode.tokenizer import CodeTokenizer
@@ -65,8 +67,7 @@ class Engine:
             raise GenerationError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
                 "they do not belong together")
-        self.model = model.eval()
-        model.prepare_for_decoding()
+        self.model = prepare_for_decoding(model.eval())
         self.tokenizer = tokenizer
         self.config = cfg
         # A windowed model's memory does not grow with context; a full-attention one stops at what it was trained on.

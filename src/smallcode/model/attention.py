@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from smallcode.model.config import ModelConfig
-from smallcode.model.cpu_kernels import linear
 from smallcode.model.layers import apply_rope
 
 if TYPE_CHECKING:
@@ -147,7 +146,7 @@ class Attention(nn.Module):
         """``cos``/``sin`` broadcast against (B, T, heads, D); ``step`` is set when decoding with a cache."""
         B, T, _ = x_BTE.shape
         H, K = self.n_heads, self.n_kv_heads
-        qkv = linear(x_BTE, self.wqkv.weight).view(B, T, H + 2 * K, self.head_dim)
+        qkv = self.wqkv(x_BTE).view(B, T, H + 2 * K, self.head_dim)
         # one RoPE call for queries and keys together
         qk = apply_rope(qkv[:, :, : H + K], cos, sin)
         q, k = qk.split([H, K], dim=2)
@@ -163,4 +162,4 @@ class Attention(nn.Module):
             values = torch.cat([cache.v[self.layer], v.transpose(1, 2)], dim=2)
             o = cached_attention(q, keys, values, step.mask)
             cache.write(self.layer, k, v, step)
-        return linear(o.reshape(B, T, H * self.head_dim), self.wo.weight)
+        return self.wo(o.reshape(B, T, H * self.head_dim))

@@ -4,9 +4,9 @@ The router scores every expert with a linear layer, keeps the ``top_k`` highest 
 probabilities per token and renormalises them to sum to one (Mixtral's routing). Tokens are then
 sorted by expert so each expert's rows are contiguous, and one grouped matmul per projection runs
 all experts at once: there is no Python loop over tokens or experts. A dense model is the same
-module with one expert and no router. Generating one sequence (one token, no gradients) skips the
-sort: the token's ``top_k`` experts are applied directly. Computing every expert densely for a few
-tokens was measured and not kept: on CPU it reads all E experts' weights where top-k needs K.
+module with one expert and no router. It has one path whatever the torch mode (under
+``torch.inference_mode()`` too it returns the auxiliary losses); decode-time shortcuts are
+swapped in by ``smallcode.infer.cpu_decode``.
 
 Auxiliary losses, per layer (the model averages them over layers):
 * load balance (Switch Transformer, eq. 4; Mixtral): ``E * sum_e f_e * P_e`` with ``f_e`` the share
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smallcode.model import cpu_kernels
 from smallcode.model.config import ModelConfig
 
 
@@ -109,11 +108,6 @@ class Experts(nn.Module):
         """Rows of ``x_AD`` are grouped by expert, ``counts_E`` rows each (None: the single expert)."""
         if counts_E is None:
             return self.expert(x_AD, 0)
-        if x_AD.device.type == "cpu" and not torch.is_grad_enabled() and x_AD.shape[0] < self.w_gate_up.shape[0]:
-            # Decoding a few tokens: the CPU grouped matmul visits every expert, empty or not;
-            # visiting only the experts that received tokens does a fraction of the calls.
-            pieces = x_AD.split(counts_E.tolist())
-            return torch.cat([self.expert(p, e) for e, p in enumerate(pieces) if len(p)])
         offs = torch.cumsum(counts_E, dim=0, dtype=torch.int32)
         w_gate_up, w_down = self.w_gate_up, self.w_down
         if torch.is_autocast_enabled(x_AD.device.type):
@@ -125,14 +119,6 @@ class Experts(nn.Module):
             # so under compile a float32 model runs this one piece eagerly and the rest compiled.
             return _grouped_swiglu_eager(x_AD, w_gate_up, w_down, offs, self.d_ff)
         return _grouped_swiglu(x_AD, w_gate_up, w_down, offs, self.d_ff)
-
-    def one_token(self, x_1D: torch.Tensor, weights_1K: torch.Tensor, experts_1K: torch.Tensor) -> torch.Tensor:
-        """One token's chosen experts, mixed by their weights: no sorting, no gather, no unsort."""
-        out_1D = None
-        for w, e in zip(weights_1K[0].tolist(), experts_1K[0].tolist(), strict=True):
-            y_1D = self.expert(x_1D, e) * w
-            out_1D = y_1D if out_1D is None else out_1D + y_1D
-        return out_1D
 
 
 class MoE(nn.Module):
@@ -149,15 +135,15 @@ class MoE(nn.Module):
         x_ND = x_BTD.reshape(-1, shape[-1])
         if self.router is None:
             return self.experts(x_ND, counts_E=None).view(shape), None
-        experts = self.experts
-        if cpu_kernels.moe_usable(x_ND, self.router.weight, experts.w_gate_up, experts.w_down):
-            # decoding a few tokens on CPU: routing and experts in one compiled call
-            out_ND = cpu_kernels.moe(x_ND, self.router.weight, self.top_k, experts.w_gate_up, experts.w_down)
-            return out_ND.view(shape), None
         logits_NE, weights_NK, experts_NK = self.router(x_ND)
+        out_ND, counts_E = self.dispatch(x_ND, weights_NK, experts_NK)
+        bal, load_E = balance_loss(logits_NE, counts_E, self.top_k)
+        return out_ND.view(shape), MoEStats(bal, z_loss(logits_NE), load_E)
+
+    def dispatch(self, x_ND: torch.Tensor, weights_NK: torch.Tensor, experts_NK: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token through its chosen experts, mixed by its weights: (N, D) and the counts per expert (E,)."""
         N, K = experts_NK.shape
-        if N == 1 and torch.is_inference_mode_enabled():  # decoding one sequence: nothing to sort
-            return self.experts.one_token(x_ND, weights_NK, experts_NK).view(shape), None
         # Sort the N*K assignments by expert; a stable sort keeps token order inside each expert.
         flat_A = experts_NK.flatten()
         order_A = torch.argsort(flat_A, stable=True)
@@ -165,8 +151,4 @@ class MoE(nn.Module):
         y_AD = self.experts(x_ND[order_A // K], counts_E)
         # Undo the sort with a gather (its backward is a scatter, no atomics), then mix the K outputs.
         y_NKD = y_AD[torch.argsort(order_A)].view(N, K, -1)
-        out_ND = torch.bmm(weights_NK.to(y_NKD.dtype).unsqueeze(1), y_NKD).squeeze(1)
-        if torch.is_inference_mode_enabled():  # generating: the auxiliary losses would be thrown away
-            return out_ND.view(shape), None
-        bal, load_E = balance_loss(logits_NE, counts_E, K)
-        return out_ND.view(shape), MoEStats(bal, z_loss(logits_NE), load_E)
+        return torch.bmm(weights_NK.to(y_NKD.dtype).unsqueeze(1), y_NKD).squeeze(1), counts_E

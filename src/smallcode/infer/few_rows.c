@@ -1,13 +1,10 @@
 /* out (M, N) = x (M, K) @ w (N, K)^T in float32, for the few rows of a decode step on CPU.
  *
- * Decoding multiplies a handful of rows by every weight, so its speed is the speed of reading the
- * weights from memory. On the 2-core AMD EPYC (AVX2) this was measured on, the BLAS products torch
- * calls read the weight at 3-8 GB/s for 2-8 rows, against 11-17 GB/s for a plain sum over it. This
- * loop reads each weight row once, in order, and takes its dot product with up to four input rows
- * at a time while those stay in L1. w is nn.Linear's (out, in) layout, row-major.
+ * Each weight row is read once, in order, and dotted with up to four input rows at a time while
+ * those stay in L1 (why that matters: cpu_decode.py). w is nn.Linear's (out, in) layout, row-major.
  *
  * Plain C with GCC/Clang vector extensions: `-march=native` picks AVX2/AVX-512/NEON, and without
- * OpenMP the pragma is ignored (one thread, same results). Built and loaded by cpu_kernels.py.
+ * OpenMP the pragma is ignored (one thread, same results). Built and loaded by cpu_decode.py.
  */
 #include <math.h>
 #include <stdlib.h>
