@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from smallcode.model import ModelConfig, SmallCodeLM, cpu_kernels
-from smallcode.model.checkpoint import load_checkpoint, save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.model.transformer import PackedLinear
 
 
@@ -42,7 +42,7 @@ def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path, monkey
         torch.testing.assert_close(decode_logits(model, ids, 6), ref, atol=1e-5, rtol=1e-5)
         full = model(ids).logits  # the training-shaped forward works on the new layout too
     torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
-    reloaded = load_checkpoint(save_checkpoint(model, tmp_path / "ck"))
+    reloaded = Checkpoint.open(save_checkpoint(model, tmp_path / "ck")).load_model()
     assert all(torch.equal(reloaded.state_dict()[k], before[k]) for k in before)
 
 

@@ -11,7 +11,6 @@ from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, CheckpointError, model_directory_kind, save_checkpoint
 
 
-
 @pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True}, {"n_experts": 1, "top_k": 1}])
 def test_round_trip_is_bit_exact(tmp_path, overrides: dict) -> None:
     model = SmallCodeLM(ModelConfig.preset("tiny", **overrides))

@@ -112,6 +112,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
     """Run (or continue) every step; returns the report's path."""
     from smallcode.data.build import prepare
     from smallcode.data.config import PrepareConfig
+    from smallcode.model.checkpoint import Checkpoint
     from smallcode.tokenizer import train_tokenizer
     from smallcode.train.trainer import Trainer
     from smallcode.train.upcycle import upcycle_checkpoint
@@ -146,7 +147,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
     for spec in recipe.stages:
         if spec.upcycle_from is not None:
             target = out / spec.name
-            if not (target / "model.safetensors").is_file():
+            if not Checkpoint.is_checkpoint(target):
                 _say(progress, f"[recipe] {spec.name}: upcycling {spec.upcycle_from} to {spec.experts} experts "
                                f"top-{spec.top_k}")
                 timed(spec.name, lambda s=spec, t=target: upcycle_checkpoint(
@@ -165,12 +166,12 @@ def _say(progress: bool, text: str) -> None:
 
 def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Path:
     """``report.md`` and ``report.png``: every stage's validation loss, size, tokens and time."""
-    from smallcode.model.checkpoint import read_config
+    from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.trainer import read_metrics
 
     rows = []
     for spec in recipe.stages:
-        model_cfg, _ = read_config(_final(out, spec.name))
+        model_cfg = Checkpoint.open(_final(out, spec.name)).config
         size = f"{model_cfg.num_params() / 1e6:.1f}M / {model_cfg.num_active_params() / 1e6:.1f}M"
         if spec.upcycle_from is not None:
             rows.append((spec.name, f"upcycle {spec.upcycle_from} ({spec.experts} experts, top-{spec.top_k})", size,
