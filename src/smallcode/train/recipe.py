@@ -26,6 +26,7 @@ from typing import Any
 
 from smallcode.config import Config, ConfigError
 from smallcode.fileio import atomic_write_text
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import TrainConfig
 
 
@@ -97,7 +98,7 @@ def stage_config(recipe: RecipeConfig, spec: StageSpec, out: Path) -> TrainConfi
     if cfg.data.kind == "shards":
         changes["data.path"] = str(out / "shards")
     else:
-        changes["data.tokenizer"] = str(out / "tokenizer" / "tokenizer.json")
+        changes["data.tokenizer"] = str(out / "tokenizer" / TOKENIZER_FILE)
         if cfg.data.kind == "mbpp":
             changes["data.path"] = recipe.mbpp
     if spec.init_from:
@@ -130,7 +131,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
         return result
 
     tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").is_file():
+    if not (tok_dir / TOKENIZER_FILE).is_file():
         def build_tokenizer() -> None:
             tmp = out / ".tokenizer.partial"
             shutil.rmtree(tmp, ignore_errors=True)
