@@ -87,7 +87,7 @@ def test_what_is_not_a_backend_or_not_wanted(tmp_path: Path, model: SmallCodeLM)
         open_backend(tmp_path / "missing")
     with pytest.raises(BackendError, match="no such file or directory"):
         open_backend("ftp://example.org/model")
-    with pytest.raises(BackendError, match=r"no config\.json.*a model directory is a smallcode checkpoint"):
+    with pytest.raises(BackendError, match=r"no config\.json \(a model is a smallcode checkpoint or a Hugging Face"):
         open_backend(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(BackendError, match="neither a smallcode checkpoint config nor a Hugging Face config"):

@@ -43,7 +43,7 @@ def backend_kind(spec: str | Path) -> BackendKind:
         try:
             return model_directory_kind(path)
         except CheckpointError as e:
-            raise BackendError(f"{e}; a model directory is {_WHAT['smallcode']} or {_WHAT['huggingface']}") from e
+            raise BackendError(str(e)) from e
     if path.is_file():
         return "samples"
     raise BackendError(f"{spec}: no such file or directory, and not an http(s) URL (a backend is "

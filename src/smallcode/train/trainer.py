@@ -40,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from smallcode.config import ConfigError
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import atomic_write_json, atomic_write_text
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.train.checkpoint import latest_checkpoint, load_train_state, save_train_checkpoint, saved_train_config
@@ -239,7 +239,7 @@ class Trainer:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=self.run_dir.name)
             summary = {"steps": cfg.steps, "tokens": result.tokens, "skipped_steps": skipped,
                        "val_loss": val_loss, "wall_s_this_session": round(wall, 2), "final": str(final)}
-            atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+            atomic_write_json(summary_path, summary)
             for logger in loggers:
                 logger.close()
         barrier(info)
