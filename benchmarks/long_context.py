@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from smallcode.demo import stdlib_bytes
-from smallcode.model.checkpoint import load_checkpoint
+from smallcode.model.checkpoint import Checkpoint
 
 TRAIN_BYTES = 4_000_000  # what smallcode.demo reads, in sorted path order
 
@@ -94,7 +94,7 @@ def main() -> None:
             ckpt = Path(report["checkpoint"])
         else:
             ckpt, report = args.checkpoint, None
-        model = load_checkpoint(ckpt).eval()
+        model = Checkpoint.open(ckpt).load_model().eval()
     docs = held_out_long_files(8 * L, args.docs)
     assert stdlib_bytes(16).size == 16  # the corpus reader is the demo's
     edges = [0, L, 4 * L, 8 * L]

@@ -1,14 +1,13 @@
-"""The foundation's end-to-end run, until the training recipe replaces it as the main job.
+"""A minutes-long end-to-end check of the model on this machine: train briefly, checkpoint, reload.
 
 Builds a model from a preset, trains it for a few hundred AdamW steps on the embedded corpus (the
 running interpreter's standard-library sources) read as bytes, reports held-out loss before and
-after, writes an atomic checkpoint and checks that it loads back bit-exact. It does not train a
-tokenizer or run a recipe: that is ``smallcode.train``'s job once it exists.
+after, writes a checkpoint and checks that it loads back bit-exact. It does not train a tokenizer
+or follow the training recipe (``smallcode.train.recipe`` does both).
 """
 
 from __future__ import annotations
 
-import json
 import sysconfig
 import time
 from pathlib import Path
@@ -18,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import atomic_write_json
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import load_checkpoint, save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 
 
 def stdlib_bytes(limit: int) -> np.ndarray:
@@ -80,7 +79,7 @@ def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, 
     elapsed = time.perf_counter() - t0
     after = val_loss()
     ckpt = save_checkpoint(model, out / "checkpoint")
-    reloaded = load_checkpoint(ckpt)
+    reloaded = Checkpoint.open(ckpt).load_model()
     probe = val_batch[:2, :-1]
     with torch.no_grad():
         model.eval()
@@ -92,7 +91,7 @@ def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, 
         "checkpoint": str(ckpt), "reload_bit_exact": exact,
         "total_params": config.num_params(), "active_params": config.num_active_params(),
     }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "report.json", report)
     if not exact:
         raise RuntimeError("the checkpoint did not reload bit-exact")
     return report

@@ -1,32 +1,116 @@
-"""Atomic file writes (the one helper every part of smallcode uses for files that matter) and file digests.
+"""Atomic writes of files and directories (the one writer every part of smallcode uses) and file digests.
 
-Data goes to a temporary file in the target's directory, is flushed and fsync'd, and is renamed
-over the target, so a reader sees the old file or the new one, never half of one.
+A file is written to a temporary name in its target's directory, flushed, fsync'd and renamed over
+the target, so a reader sees the old file or the new one, never half of one. A directory is built
+under a temporary sibling name (``atomic_dir``) and renamed into place when the block that fills it
+succeeds. Temporary names start with ``.<target name>.`` so a crashed writer's leftovers are easy to
+recognise and remove.
+
+Permissions: with ``mode=None`` a new file gets what ``open()`` would give it (0666 less the umask);
+with a ``mode`` the temporary file is created 0600 and set to ``mode`` before the rename, so a
+private file is never readable by others, not even for an instant. What this module does not do:
+locking (two writers of one path race, the last rename wins) or durability of the parent
+directories above the target's own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import tempfile
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_name(target: Path, kind: str) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{secrets.token_hex(6)}")
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview, mode: int | None = None) -> None:
+    """Replace ``path`` by ``data`` in one rename; ``mode`` (e.g. ``0o600``) is set before the rename."""
+    path = Path(path)
+    while True:
+        tmp = _temp_name(path, "tmp")
+        try:
+            # 0666 lets the umask decide, as open() would; 0600 keeps a private file private from the start.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """``atomic_write_bytes`` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None, indent: int | None = 2) -> None:
+    """``obj`` as JSON (``indent`` spaces, a final newline), written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", mode=mode)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``target``; on success it replaces ``target``, on error it goes.
+
+    Every file in it is fsync'd before the rename. An existing ``target`` is first moved aside and
+    removed after the new directory is in place, so a crash leaves the old directory (under
+    ``.<name>.old-*`` if it falls between the two renames) or the new one, never a mixture.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _temp_name(target, "tmp")
+        try:
+            os.mkdir(tmp)  # 0777 less the umask, as mkdir would give the target itself
+            break
+        except FileExistsError:
+            continue
+    old = None
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file() and not f.is_symlink():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if target.exists():
+            old = _temp_name(target, "old")
+            os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.rename(old, target)  # the new directory never arrived: put the old one back
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from smallcode.backends.base import BackendError
-from smallcode.backends.local import LocalBackend, is_smallcode_checkpoint
+from smallcode.backends.local import LocalBackend
 from smallcode.infer import Engine, SamplingParams
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -40,8 +40,8 @@ def test_completions_come_from_the_engine(ckpt: Path) -> None:
 
 
 def test_recognises_and_refuses(ckpt: Path, tmp_path: Path) -> None:
-    assert is_smallcode_checkpoint(ckpt)
-    assert not is_smallcode_checkpoint(tmp_path)
+    assert Checkpoint.is_checkpoint(ckpt)
+    assert not Checkpoint.is_checkpoint(tmp_path)
     with pytest.raises(BackendError, match="cannot load"):
         LocalBackend(tmp_path)
     with pytest.raises(BackendError, match="empty prompt"):

@@ -23,7 +23,7 @@ from smallcode.infer.cpu_decode import (
     prepare_for_decoding,
 )
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import load_checkpoint, save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.model.moe import MoE
 from smallcode.tokenizer import CodeTokenizer
 
@@ -63,7 +63,7 @@ def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path, no_ker
         torch.testing.assert_close(decode_logits(model, ids, 6), ref, atol=1e-5, rtol=1e-5)
         full = model(ids).logits  # the training-shaped forward works on the new layout too
     torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
-    reloaded = load_checkpoint(save_checkpoint(model, tmp_path / "ck"))
+    reloaded = Checkpoint.open(save_checkpoint(model, tmp_path / "ck")).load_model()
     assert all(torch.equal(reloaded.state_dict()[k], before[k]) for k in before)
 
 
@@ -180,7 +180,7 @@ def test_an_engines_model_saves_a_checkpoint_a_plain_model_loads(infer_tokenizer
     before = {k: v.clone() for k, v in model.state_dict().items()}
     engine = Engine(model, infer_tokenizer)
     assert type(engine.model.lm_head) is DecodeHead
-    reloaded = load_checkpoint(save_checkpoint(engine.model, tmp_path / "ck"))
+    reloaded = Checkpoint.open(save_checkpoint(engine.model, tmp_path / "ck")).load_model()
     assert type(reloaded.lm_head) is torch.nn.Linear and type(reloaded.blocks[0].ffn) is MoE
     assert reloaded.state_dict().keys() == before.keys()
     assert all(torch.equal(reloaded.state_dict()[k], before[k]) for k in before)

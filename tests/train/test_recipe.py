@@ -10,7 +10,7 @@ import yaml
 from trainer_helpers import STDLIB  # tests/train/trainer_helpers.py
 
 from smallcode.config import ConfigError
-from smallcode.model.checkpoint import load_checkpoint, read_config
+from smallcode.model.checkpoint import Checkpoint
 from smallcode.train.recipe import RecipeConfig, run_recipe
 from smallcode.train.trainer import read_metrics
 
@@ -64,15 +64,16 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path, shared_d
     # the chain is what the recipe says: the student learnt from the teacher, moe started from the upcycled student
     student_rows = [r for r in read_metrics(out / "student" / "metrics.jsonl") if r["type"] == "train"]
     assert all("kd_loss" in r for r in student_rows)
-    upcycled, _ = read_config(out / "upcycled")
-    assert upcycled.n_experts == 4 and read_config(out / "finetune" / "final")[0].n_experts == 4
+    upcycled = Checkpoint.open(out / "upcycled").config
+    assert upcycled.n_experts == 4 and Checkpoint.open(out / "finetune" / "final").config.n_experts == 4
     moe_rows = [r for r in read_metrics(out / "moe" / "metrics.jsonl") if r["type"] == "train"]
     assert moe_rows[0]["balance_loss"] > 0
     # upcycling kept the student's function
     ids = torch.randint(9, 320, (2, 40))
     with torch.no_grad():
-        torch.testing.assert_close(load_checkpoint(out / "upcycled")(ids).logits,
-                                   load_checkpoint(out / "student" / "final")(ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(Checkpoint.open(out / "upcycled").load_model()(ids).logits,
+                                   Checkpoint.open(out / "student" / "final").load_model()(ids).logits,
+                                   atol=1e-5, rtol=1e-5)
     # a finished recipe runs again as a no-op
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     run_recipe(recipe(tmp_path, shared_data, stages), progress=False)

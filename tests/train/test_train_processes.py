@@ -114,8 +114,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
            for d in ("single", "pair")]
     assert len(val[0]) == len(val[1]) == 2
     # the model written by the pair is the one the single process trained
-    from smallcode.model.checkpoint import load_checkpoint
+    from smallcode.model.checkpoint import Checkpoint
 
-    a, b = load_checkpoint(tmp_path / "single" / "final"), load_checkpoint(tmp_path / "pair" / "final")
+    a, b = (Checkpoint.open(tmp_path / run / "final").load_model() for run in ("single", "pair"))
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)

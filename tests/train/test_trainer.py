@@ -11,7 +11,7 @@ import torch
 from trainer_helpers import Interrupt, dies_at_call, tiny_config, tiny_model_overrides  # tests/train/trainer_helpers.py
 
 from smallcode.config import ConfigError
-from smallcode.model.checkpoint import CheckpointError, load_checkpoint
+from smallcode.model.checkpoint import Checkpoint, CheckpointError
 from smallcode.train.checkpoint import latest_checkpoint, save_train_checkpoint
 from smallcode.train.objectives import next_token_objective
 from smallcode.train.optim import build_optimizer, lr_at
@@ -55,7 +55,7 @@ def test_training_lowers_validation_loss_and_writes_everything(tmp_path: Path) -
     for key in ("loss", "ce", "lr", "grad_norm", "tokens_per_s", "balance_loss", "z_loss", "skipped"):
         assert key in rows[0], key
     # the final model is a loadable checkpoint with the shards' tokenizer
-    model = load_checkpoint(result.final)
+    model = Checkpoint.open(result.final).load_model()
     shards_tokenizer = Path(tiny_config().data.path) / "tokenizer.json"
     assert (result.final / "tokenizer.json").read_text() == shards_tokenizer.read_text()
     assert model.config.vocab_size == tiny_model_overrides()["vocab_size"]
@@ -100,7 +100,7 @@ def test_resume_in_process_is_bit_identical(tmp_path: Path) -> None:
         Trainer(cfg, tmp_path / "broken").run()
     Trainer(cfg, tmp_path / "broken").run(resume=True)
     assert train_losses(tmp_path / "broken") == train_losses(tmp_path / "straight")
-    a, b = load_checkpoint(tmp_path / "straight" / "final"), load_checkpoint(tmp_path / "broken" / "final")
+    a, b = (Checkpoint.open(tmp_path / run / "final").load_model() for run in ("straight", "broken"))
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
@@ -153,7 +153,7 @@ def test_persistent_non_finite_steps_stop_the_run_without_poisoned_checkpoints(t
         Trainer(tiny_config(steps=8, max_bad_steps=2, save_every=1), tmp_path, objective=objective).run()
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.name == "step_0000004"  # saves went on: the weights were still those of step 2
-    model = load_checkpoint(ckpt)
+    model = Checkpoint.open(ckpt).load_model()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -180,7 +180,7 @@ def test_bad_configs_are_refused_with_the_field_named(tmp_path: Path) -> None:
 def test_init_from_a_checkpoint_continues_from_its_weights(tmp_path: Path) -> None:
     first = Trainer(tiny_config(steps=4), tmp_path / "a").run()
     trainer = Trainer(tiny_config(steps=1, init=str(first.final), model_overrides={}), tmp_path / "b")
-    parent = load_checkpoint(first.final)
+    parent = Checkpoint.open(first.final).load_model()
     for p, q in zip(parent.parameters(), trainer.model.parameters(), strict=True):
         assert torch.equal(p, q)
     with pytest.raises(ConfigError, match="shapes"):

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from trainer_helpers import Interrupt, dies_at_call, tiny_config  # tests/train/trainer_helpers.py
 
-from smallcode.model.checkpoint import load_checkpoint
+from smallcode.model.checkpoint import Checkpoint
 from smallcode.train.checkpoint import latest_checkpoint
 from smallcode.train.config import TrainConfig
 from smallcode.train.trainer import Trainer, read_metrics
@@ -86,6 +86,6 @@ def test_torchrun_on_one_gpu_wraps_and_matches_one_process(tmp_path: Path, paral
     assert proc.returncode == 0, proc.stderr[-3000:]
     torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "tr")),
                                torch.tensor(train_losses(tmp_path / "single")), rtol=1e-4, atol=1e-4)
-    a, b = load_checkpoint(tmp_path / "single" / "final"), load_checkpoint(tmp_path / "tr" / "final")
+    a, b = (Checkpoint.open(tmp_path / run / "final").load_model() for run in ("single", "tr"))
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)

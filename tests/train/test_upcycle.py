@@ -10,7 +10,7 @@ import torch
 from smallcode.cli.main import main as cli_main
 from smallcode.config import ConfigError
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import load_checkpoint, read_config, save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.train.objectives import next_token_loss
 from smallcode.train.upcycle import upcycle, upcycle_checkpoint, upcycled_config
 
@@ -153,12 +153,13 @@ def test_checkpoint_round_trip_through_the_cli(tmp_path, capsys) -> None:
     assert f"{dense_cfg.num_params() / 1e6:.2f}M total, {dense_cfg.num_active_params() / 1e6:.2f}M active" in printed
     assert f"{cfg.num_params() / 1e6:.2f}M total, {cfg.num_active_params() / 1e6:.2f}M active" in printed
 
-    config, meta = read_config(out)
+    upcycled = Checkpoint.open(out)
+    config, meta = upcycled.config, upcycled.extra
     assert config == cfg  # tiny is the tiny dense parent upcycled to 4 experts top-2
     assert meta["upcycle"] == {"n_experts": 4, "top_k": 2, "seed": 3, "router_std": 0.02}
     assert meta["upcycled_from"]["path"] == str(parent.resolve())
     assert (out / "tokenizer.json").read_bytes() == tok.read_bytes()
-    moe = load_checkpoint(out)
+    moe = upcycled.load_model()
     assert torch.equal(moe.blocks[1].ffn.router.weight, upcycle(dense, 4, 2, seed=3).blocks[1].ffn.router.weight)
     tokens = torch.randint(0, 256, (2, 24))
     with torch.no_grad():

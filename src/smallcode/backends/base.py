@@ -1,4 +1,4 @@
-"""The ``Backend`` protocol shared by eval, serve and agent, and helpers every backend uses.
+"""The ``Backend`` protocol that everything needing completions takes, and helpers every backend uses.
 
 Deliberately tiny: a name and one batched ``generate``. Nothing about tasks, prompts formats or
 scoring lives here.

@@ -15,9 +15,15 @@ from smallcode.backends.base import BackendError, truncate_at_stop
 
 class HFBackend:
     def __init__(self, model_dir: str | Path, device: str | None = None, dtype: str = "auto") -> None:
+        from smallcode.model.checkpoint import CheckpointError, model_directory_kind
+
         path = Path(model_dir)
-        if not (path / "config.json").is_file():
-            raise BackendError(f"{path}: not a Hugging Face model directory (no config.json)")
+        try:
+            kind = model_directory_kind(path)
+        except CheckpointError as e:
+            raise BackendError(f"{path}: not a Hugging Face model directory ({e})") from e
+        if kind != "huggingface":
+            raise BackendError(f"{path}: not a Hugging Face model directory (a smallcode checkpoint)")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

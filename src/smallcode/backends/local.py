@@ -8,7 +8,6 @@ evaluation regenerates nothing differently from an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from smallcode.backends.base import BackendError
@@ -46,15 +45,3 @@ class LocalBackend:
                 raise BackendError(f"{self.name}: {e}") from e
             out += [[c.text for c in completions[j * n : (j + 1) * n]] for j in range(len(chunk))]
         return out
-
-
-def is_smallcode_checkpoint(path: Path) -> bool:
-    """A smallcode checkpoint (not a Hugging Face directory, whose config names a model type)."""
-    cfg = path / "config.json"
-    if not (cfg.is_file() and (path / "model.safetensors").is_file()):
-        return False
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "model_type" not in data and "architectures" not in data

@@ -1,4 +1,4 @@
-"""An OpenAI-compatible endpoint as a backend (llama.cpp server, Ollama, vLLM, ``smallcode serve``).
+"""An OpenAI-compatible endpoint as a backend (llama.cpp server, Ollama, vLLM, ...).
 
 Two APIs: ``completions`` (the prompt is continued as is: best for base models) and ``chat`` (the
 prompt goes into a user message asking for the function; the code is extracted from the answer,

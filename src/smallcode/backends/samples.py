@@ -11,11 +11,26 @@ skipped. Not a ``Backend``: it answers by task id, not by prompt.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
 class SamplesError(ValueError):
     """A samples file that cannot be evaluated as written; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Samples:
+    """A samples file read into completions per task id (what ``open_backend`` gives for a file)."""
+
+    name: str
+    """Recorded in run outputs as the backend's name."""
+    completions: dict[str, list[str]]
+
+    @property
+    def n(self) -> int:
+        """The most samples any task has."""
+        return max(len(v) for v in self.completions.values())
 
 
 def read_samples(path: str | Path, known_task_ids: set[str] | None = None) -> dict[str, list[str]]:

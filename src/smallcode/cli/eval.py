@@ -126,39 +126,27 @@ def run(
     out: Path,
 ) -> None:
     """Generate (or read) samples, check them in the sandbox, write summary.json and report.md."""
+    from smallcode.backends import open_backend
+    from smallcode.backends.samples import Samples
     from smallcode.eval.runner import RunConfig, evaluate, load_tasks
 
     chosen = [x for x in (model, endpoint, samples_file) if x is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --model, --endpoint, --samples")
     tasks = load_tasks(_csv(suites), data_dir, limit, repo_file)
-    source: Any
-    if samples_file is not None:
-        from smallcode.backends.samples import read_samples
-
-        source = read_samples(samples_file, {t.task_id for t in tasks})
+    kinds = (("samples",) if samples_file is not None else ("endpoint",) if endpoint is not None
+             else ("smallcode", "huggingface"))
+    opened = open_backend(chosen[0], kinds=kinds, model_name=model_name, api_key=api_key, api=api,  # type: ignore[arg-type]
+                          task_ids={t.task_id for t in tasks})
+    name = opened.name
+    source: Any = opened
+    if isinstance(opened, Samples):
+        source = opened.completions
         missing = [t for t in tasks if t.task_id not in source]
         if missing:
             click.echo(f"note: {len(missing)} of {len(tasks)} tasks have no samples and are not scored", err=True)
         tasks = [t for t in tasks if t.task_id in source]
-        n = max(len(v) for v in source.values())
-        name = f"samples:{samples_file}"
-    elif endpoint is not None:
-        from smallcode.backends.openai import OpenAIBackend
-
-        source = OpenAIBackend(endpoint, model=model_name, api_key=api_key, api=api)  # type: ignore[arg-type]
-        name = source.name
-    else:
-        assert model is not None
-        from smallcode.backends.local import LocalBackend, is_smallcode_checkpoint
-
-        if is_smallcode_checkpoint(model):
-            source = LocalBackend(model)
-        else:
-            from smallcode.backends.hf import HFBackend
-
-            source = HFBackend(model)
-        name = source.name
+        n = opened.n
     cfg = RunConfig(
         suites=_csv(suites),
         n=n,

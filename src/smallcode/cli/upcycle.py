@@ -26,11 +26,11 @@ def _sizes(config: ModelConfig) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh router weights.")
 def upcycle(dense_ckpt: Path, n_experts: int, top_k: int, out_dir: Path, seed: int) -> None:
     """Copy the dense feed-forward of DENSE_CKPT into every expert, add a fresh router, write --out."""
-    from smallcode.model.checkpoint import read_config
+    from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.upcycle import upcycle_checkpoint
 
-    parent, _ = read_config(dense_ckpt)
+    parent = Checkpoint.open(dense_ckpt).config
     click.echo(f"parent   {dense_ckpt}: {_sizes(parent)}")
     out = upcycle_checkpoint(dense_ckpt, out_dir, n_experts, top_k, seed=seed)
-    child, _ = read_config(out)
+    child = Checkpoint.open(out).config
     click.echo(f"upcycled {out}: {_sizes(child)}")

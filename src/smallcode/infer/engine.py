@@ -13,7 +13,6 @@ caller that needs continuous batching builds it on ``step``-level pieces of its 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 
 from smallcode.infer.cpu_decode import prepare_for_decoding
 from smallcode.infer.sampling import SamplingParams, sample
-from smallcode.model.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint
+from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import SmallCodeLM
 
@@ -75,19 +74,8 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str = "cpu", max_context: int | None = None) -> Engine:
-        from smallcode.tokenizer import TokenizerError, load_tokenizer
-
-        directory = Path(directory)
-        model = load_checkpoint(directory, device=device)
-        try:
-            tokenizer = load_tokenizer(directory)
-        except TokenizerError as e:
-            raise CheckpointError(f"{directory}: the checkpoint's tokenizer cannot be loaded ({e})") from e
-        recorded = json.loads((directory / CONFIG_FILE).read_text()).get("tokenizer_hash")
-        if recorded and recorded != tokenizer.hash:
-            raise CheckpointError(f"{directory / 'tokenizer.json'}: hash {tokenizer.hash[:12]} differs from the "
-                                  f"{recorded[:12]} the model was trained with")
-        return cls(model, tokenizer, max_context)
+        checkpoint = Checkpoint.open(directory)
+        return cls(checkpoint.load_model(device=device), checkpoint.load_tokenizer(), max_context)
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompts: list[str] | str, params: SamplingParams | None = None, n: int = 1) -> list[Completion]:

@@ -1,141 +1,235 @@
-"""Model checkpoints: a directory with ``config.json``, ``model.safetensors`` and ``tokenizer.json``.
+"""Model checkpoints: a directory with ``config.json``, ``model.safetensors`` and (optionally) ``tokenizer.json``.
 
-Writes go to a temporary sibling directory that is renamed into place, so a crash never leaves a
-half-written checkpoint under the final name. Loading checks everything it reads and names the
-file and the problem: a missing file, a truncated or corrupt tensor file, a format version this
-code does not know, tensors missing, extra or of the wrong shape. Training state (optimizer, step,
-RNG, data position) is the trainer's and lives beside these files; it is not handled here.
+``save_checkpoint`` writes one; :class:`Checkpoint` reads one: ``Checkpoint.open(dir)`` checks
+``config.json`` (format version, model config) and gives the config and the other recorded fields,
+the paths of the files, the weights (checked against the config), the model and the tokenizer.
+``model_directory_kind`` tells a smallcode checkpoint from a Hugging Face model directory by its
+``config.json``. The file names and the format version are defined here and nowhere else.
+
+Writes go through ``smallcode.fileio.atomic_dir``, so a crash never leaves a half-written checkpoint
+under the final name. Every read error is a :class:`CheckpointError` naming the file and the
+problem: a missing file, a truncated or corrupt tensor file, a format version this code does not
+know, tensors missing, extra or of the wrong shape, a tokenizer other than the one recorded.
+Training state (optimizer, step, RNG, data position) is the trainer's and lives beside these files;
+it is not handled here, and neither are Hugging Face weights (``smallcode.export.hf``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from smallcode.config import ConfigError
+from smallcode.fileio import atomic_dir
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
+
+if TYPE_CHECKING:
+    from smallcode.tokenizer import CodeTokenizer
 
 FORMAT_VERSION = 1
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "TOKENIZER_FILE", "WEIGHTS_FILE", "Checkpoint", "CheckpointError",
+           "ModelDirectoryKind", "model_directory_kind", "save_checkpoint"]
+
+ModelDirectoryKind = Literal["smallcode", "huggingface"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file and what is wrong."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _read_json(path: Path) -> Any:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished directory ``tmp`` to ``target``, replacing an older one if present."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-    os.rename(tmp, target)
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old)
+def _kind(meta: Any) -> ModelDirectoryKind | None:
+    if isinstance(meta, dict) and "format_version" in meta and "model" in meta:
+        return "smallcode"
+    if isinstance(meta, dict) and "model_type" in meta:
+        return "huggingface"
+    return None
+
+
+def model_directory_kind(path: str | Path) -> ModelDirectoryKind:
+    """Whether ``path`` holds a smallcode checkpoint or a Hugging Face model, judged by its ``config.json``.
+
+    A smallcode ``config.json`` has ``format_version`` and ``model``; a Hugging Face one names its
+    ``model_type``. Anything else is a :class:`CheckpointError` saying what is missing. The weights
+    are not looked at.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (a model is a smallcode checkpoint or a Hugging Face "
+                              "model directory)")
+    config = path / CONFIG_FILE
+    if not config.is_file():
+        raise CheckpointError(f"{path}: no {CONFIG_FILE} (a model is a smallcode checkpoint or a Hugging Face "
+                              "model directory)")
+    kind = _kind(_read_json(config))
+    if kind is None:
+        raise CheckpointError(f"{config}: neither a smallcode checkpoint config nor a Hugging Face config "
+                              "(no model_type)")
+    return kind
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An opened checkpoint directory whose ``config.json`` has been read and checked.
+
+    Opening reads no weights; ``weights``, ``load_model`` and ``load_tokenizer`` read (and check)
+    the other files when asked.
+    """
+
+    directory: Path
+    config: ModelConfig
+    meta: dict[str, Any]
+    """The whole ``config.json``: format version, model config and whatever the writer added."""
+
+    @classmethod
+    def open(cls, directory: str | Path) -> Checkpoint:
+        """Read and check ``directory/config.json``; raises :class:`CheckpointError` naming the problem."""
+        directory = Path(directory)
+        path = directory / CONFIG_FILE
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: not a checkpoint directory (does not exist)")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (a checkpoint needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        meta = _read_json(path)
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path}: format_version {version!r} is not supported (this smallcode reads {FORMAT_VERSION})")
+        try:
+            config = ModelConfig.from_dict(meta["model"])
+        except (KeyError, ConfigError, TypeError) as e:
+            raise CheckpointError(f"{path}: invalid model config ({e})") from e
+        return cls(directory, config, meta)
+
+    @staticmethod
+    def is_checkpoint(path: str | Path) -> bool:
+        """A directory whose ``config.json`` is a smallcode one and that holds the weights file; never raises."""
+        path = Path(path)
+        try:
+            return model_directory_kind(path) == "smallcode" and (path / WEIGHTS_FILE).is_file()
+        except (CheckpointError, OSError):
+            return False
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / CONFIG_FILE
+
+    @property
+    def weights_file(self) -> Path:
+        return self.directory / WEIGHTS_FILE
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """The checkpoint's copy of its tokenizer, or None when it was saved without one."""
+        path = self.directory / TOKENIZER_FILE
+        return path if path.is_file() else None
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the writer recorded besides the format and the model (``train_step``, ``tokenizer_hash``, ...)."""
+        return {k: v for k, v in self.meta.items() if k not in ("format_version", "model")}
+
+    def weights(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The full state dict, each tensor checked against the config by name and shape.
+
+        With tied embeddings the file stores ``embed.weight`` once; the returned dict has it under
+        ``lm_head.weight`` too, so it loads into a model as is.
+        """
+        path = self.weights_file
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        try:
+            state = load_file(path, device=str(device))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from e
+        with torch.device("meta"):
+            expected = dict(SmallCodeLM(self.config).state_dict())
+        if self.config.tie_embeddings:
+            expected.pop("lm_head.weight")
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: tensors do not match the config in {CONFIG_FILE}: "
+                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for k, v in expected.items():
+            if state[k].shape != v.shape:
+                raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, "
+                                      f"the config needs {tuple(v.shape)}")
+        if self.config.tie_embeddings:
+            state["lm_head.weight"] = state["embed.weight"]
+        return state
+
+    def load_model(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> SmallCodeLM:
+        """Build the model of this checkpoint and load its checked weights (``dtype`` None: as stored)."""
+        state = self.weights(device)
+        with torch.device("meta"):
+            model = SmallCodeLM(self.config)
+        model = model.to_empty(device=device)
+        # Copy into freshly allocated parameters rather than adopting the loaded buffers: their memory
+        # alignment can steer BLAS to other kernels, and the loaded model must compute bit-identically.
+        model.load_state_dict(state)
+        if self.config.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+        model.rope = model.rope.__class__(self.config.hd, self.config.rope_base, self.config.max_seq_len).to(device)
+        return model if dtype is None else model.to(dtype)
+
+    def load_tokenizer(self) -> CodeTokenizer:
+        """The checkpoint's tokenizer, refused if missing, unreadable or not the one ``tokenizer_hash`` records."""
+        from smallcode.tokenizer import TokenizerError, load_tokenizer
+
+        if self.tokenizer_file is None:
+            raise CheckpointError(f"{self.directory / TOKENIZER_FILE}: missing (the checkpoint was saved "
+                                  "without its tokenizer)")
+        try:
+            tokenizer = load_tokenizer(self.tokenizer_file)
+        except TokenizerError as e:
+            raise CheckpointError(f"{self.directory}: the checkpoint's tokenizer cannot be loaded ({e})") from e
+        recorded = self.meta.get("tokenizer_hash")
+        if recorded and recorded != tokenizer.hash:
+            raise CheckpointError(f"{self.tokenizer_file}: hash {tokenizer.hash[:12]} differs from the "
+                                  f"{recorded[:12]} the model was trained with")
+        return tokenizer
 
 
 def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: str | Path | None = None,
-                    extra: dict | None = None, write_extra: Callable[[Path], None] | None = None,
+                    extra: dict[str, Any] | None = None, write_extra: Callable[[Path], None] | None = None,
                     state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` (and a copy of ``tokenizer_file``) to ``directory`` atomically.
+    """Write ``model`` (and a copy of ``tokenizer_file``) to ``directory`` atomically; returns ``directory``.
 
-    ``write_extra(tmp_dir)`` may add files (the trainer's optimizer and RNG state) before the
-    directory is renamed into place, so they appear together with the weights or not at all.
-    ``state`` replaces ``model.state_dict()`` when the weights live elsewhere (gathered from FSDP
-    shards); ``model`` then only supplies the config.
+    ``extra`` adds fields to ``config.json``. ``write_extra(tmp_dir)`` may add files (the trainer's
+    optimizer and RNG state) before the directory is renamed into place, so they appear together
+    with the weights or not at all. ``state`` replaces ``model.state_dict()`` when the weights live
+    elsewhere (gathered from FSDP shards); ``model`` then only supplies the config.
     """
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
+    with atomic_dir(target) as tmp:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
         if model.config.tie_embeddings:
-            state.pop("lm_head.weight")  # the same tensor as embed.weight
-        save_file(state, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
+            tensors.pop("lm_head.weight")  # the same tensor as embed.weight
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
         meta = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
         if write_extra is not None:
             write_extra(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        atomic_replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def read_config(directory: str | Path) -> tuple[ModelConfig, dict]:
-    """The model config and the whole ``config.json`` of a checkpoint directory."""
-    path = Path(directory) / CONFIG_FILE
-    if not Path(directory).is_dir():
-        raise CheckpointError(f"{directory}: not a checkpoint directory (does not exist)")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (a checkpoint needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format_version {version!r} is not supported (this smallcode reads {FORMAT_VERSION})")
-    try:
-        return ModelConfig.from_dict(meta["model"]), meta
-    except (KeyError, ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: invalid model config ({e})") from e
-
-
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> SmallCodeLM:
-    """Build the model of a checkpoint directory and load its weights, checking every tensor."""
-    config, _ = read_config(directory)
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        state = load_file(path, device=str(device))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from e
-    with torch.device("meta"):
-        model = SmallCodeLM(config)
-    expected = {k: v for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
-        expected.pop("lm_head.weight")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: tensors do not match the config in {CONFIG_FILE}: "
-                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for k, v in expected.items():
-        if state[k].shape != v.shape:
-            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)}, "
-                                  f"the config needs {tuple(v.shape)}")
-    model = model.to_empty(device=device)
-    # Copy into freshly allocated parameters rather than adopting the loaded buffers: their memory
-    # alignment can steer BLAS to other kernels, and the loaded model must compute bit-identically.
-    model.load_state_dict(state, strict=not config.tie_embeddings)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    model.rope = model.rope.__class__(config.hd, config.rope_base, config.max_seq_len).to(device)
-    return model

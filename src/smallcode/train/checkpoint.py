@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from smallcode.fileio import atomic_write_text
-from smallcode.model.checkpoint import CheckpointError, save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from smallcode.model.transformer import SmallCodeLM
 
 TRAIN_STATE_FILE = "train_state.pt"
@@ -55,7 +55,7 @@ def save_train_checkpoint(run_dir: Path, step: int, model: SmallCodeLM, model_st
 
 
 def _complete(d: Path) -> bool:
-    return d.is_dir() and (d / TRAIN_STATE_FILE).is_file() and (d / "model.safetensors").is_file()
+    return (d / TRAIN_STATE_FILE).is_file() and Checkpoint.is_checkpoint(d)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

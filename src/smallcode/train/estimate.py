@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smallcode.model import ModelConfig
-from smallcode.model.checkpoint import read_config
+from smallcode.model.checkpoint import Checkpoint
 from smallcode.train.config import TrainConfig
 
 
@@ -46,7 +46,7 @@ def stage_model(cfg: TrainConfig, earlier: dict[str, ModelConfig], init_from: st
     if init_from is not None:
         return earlier[init_from].replace(**cfg.model_overrides)
     if cfg.init is not None and Path(cfg.init).is_dir():
-        return read_config(cfg.init)[0]
+        return Checkpoint.open(cfg.init).config
     assert cfg.model is not None
     return ModelConfig.preset(cfg.model, **cfg.model_overrides)
 

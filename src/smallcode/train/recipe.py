@@ -26,6 +26,7 @@ from typing import Any
 
 from smallcode.config import Config, ConfigError
 from smallcode.fileio import atomic_write_text
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import TrainConfig
 
 
@@ -97,7 +98,7 @@ def stage_config(recipe: RecipeConfig, spec: StageSpec, out: Path) -> TrainConfi
     if cfg.data.kind == "shards":
         changes["data.path"] = str(out / "shards")
     else:
-        changes["data.tokenizer"] = str(out / "tokenizer" / "tokenizer.json")
+        changes["data.tokenizer"] = str(out / "tokenizer" / TOKENIZER_FILE)
         if cfg.data.kind == "mbpp":
             changes["data.path"] = recipe.mbpp
     if spec.init_from:
@@ -112,6 +113,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
     """Run (or continue) every step; returns the report's path."""
     from smallcode.data.build import prepare
     from smallcode.data.config import PrepareConfig
+    from smallcode.model.checkpoint import Checkpoint
     from smallcode.tokenizer import train_tokenizer
     from smallcode.train.trainer import Trainer
     from smallcode.train.upcycle import upcycle_checkpoint
@@ -129,7 +131,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
         return result
 
     tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").is_file():
+    if not (tok_dir / TOKENIZER_FILE).is_file():
         def build_tokenizer() -> None:
             tmp = out / ".tokenizer.partial"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -146,7 +148,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
     for spec in recipe.stages:
         if spec.upcycle_from is not None:
             target = out / spec.name
-            if not (target / "model.safetensors").is_file():
+            if not Checkpoint.is_checkpoint(target):
                 _say(progress, f"[recipe] {spec.name}: upcycling {spec.upcycle_from} to {spec.experts} experts "
                                f"top-{spec.top_k}")
                 timed(spec.name, lambda s=spec, t=target: upcycle_checkpoint(
@@ -165,12 +167,12 @@ def _say(progress: bool, text: str) -> None:
 
 def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Path:
     """``report.md`` and ``report.png``: every stage's validation loss, size, tokens and time."""
-    from smallcode.model.checkpoint import read_config
+    from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.trainer import read_metrics
 
     rows = []
     for spec in recipe.stages:
-        model_cfg, _ = read_config(_final(out, spec.name))
+        model_cfg = Checkpoint.open(_final(out, spec.name)).config
         size = f"{model_cfg.num_params() / 1e6:.1f}M / {model_cfg.num_active_params() / 1e6:.1f}M"
         if spec.upcycle_from is not None:
             rows.append((spec.name, f"upcycle {spec.upcycle_from} ({spec.experts} experts, top-{spec.top_k})", size,

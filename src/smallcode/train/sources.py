@@ -23,6 +23,7 @@ from smallcode.config import ConfigError
 from smallcode.data import ShardLoader
 from smallcode.data.shards import TOKENIZER_COPY
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import DataConfig
 
 IGNORE = -100
@@ -70,7 +71,7 @@ def resolve_tokenizer_file(path: str | Path) -> Path:
     """A tokenizer given as its file or as a directory that holds ``tokenizer.json``."""
     p = Path(path)
     if p.is_dir():
-        p = p / "tokenizer.json"
+        p = p / TOKENIZER_FILE
     if not p.is_file():
         raise ConfigError(f"data.tokenizer: {p} does not exist")
     return p

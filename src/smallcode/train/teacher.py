@@ -24,9 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+
+from smallcode.model.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    Checkpoint,
+    CheckpointError,
+    ModelDirectoryKind,
+    model_directory_kind,
+)
 
 CHUNK_BYTES = 1 << 20
 _HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -36,7 +46,7 @@ class TeacherError(ValueError):
     """A teacher that cannot be used; the message names the path and what is wrong."""
 
 
-Source = Literal["smallcode", "huggingface"]
+Source = ModelDirectoryKind
 
 
 class Teacher:
@@ -61,30 +71,21 @@ class Teacher:
 
 def _source(path: Path) -> tuple[Source, dict[str, Any]]:
     """Which kind of directory ``path`` is, and its parsed ``config.json``."""
-    config = path / "config.json"
-    if not path.is_dir():
-        raise TeacherError(f"{path}: not a directory (a teacher is a smallcode checkpoint or a Hugging Face model dir)")
-    if not config.is_file():
-        raise TeacherError(f"{path}: no config.json (a teacher is a smallcode checkpoint or a Hugging Face model dir)")
     try:
-        meta = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TeacherError(f"{config}: not valid JSON ({e})") from e
-    if isinstance(meta, dict) and "format_version" in meta and "model" in meta:
-        return "smallcode", meta
-    if isinstance(meta, dict) and "model_type" in meta:
-        return "huggingface", meta
-    raise TeacherError(f"{config}: neither a smallcode checkpoint config nor a Hugging Face config (no model_type)")
+        source = model_directory_kind(path)
+    except CheckpointError as e:
+        raise TeacherError(str(e)) from e
+    return source, json.loads((path / CONFIG_FILE).read_text())
 
 
 def _weight_files(path: Path, source: Source) -> list[Path]:
     if source == "smallcode":
-        files = [path / "model.safetensors"]
+        files = [path / WEIGHTS_FILE]
     else:
         files = sorted({f for pattern in _HF_WEIGHT_PATTERNS for f in path.glob(pattern)})
     files = [f for f in files if f.is_file()]
     if not files:
-        looked = "model.safetensors" if source == "smallcode" else ", ".join(_HF_WEIGHT_PATTERNS)
+        looked = WEIGHTS_FILE if source == "smallcode" else ", ".join(_HF_WEIGHT_PATTERNS)
         raise TeacherError(f"{path}: no weight files found (looked for {looked})")
     return files
 
@@ -116,21 +117,19 @@ def _vocab_mismatch(path: Path, theirs: int, ours: int) -> TeacherError:
 
 def _load_smallcode(path: Path, vocab_size: int, tokenizer_hash: str | None, device: str | torch.device
                     ) -> torch.nn.Module:
-    from smallcode.model.checkpoint import load_checkpoint, read_config
-    from smallcode.tokenizer import load_tokenizer
-
-    config, _ = read_config(path)
+    checkpoint = Checkpoint.open(path)
+    config = checkpoint.config
     if config.vocab_size != vocab_size:
         raise _vocab_mismatch(path, config.vocab_size, vocab_size)
     if tokenizer_hash is not None:
-        if not (path / "tokenizer.json").is_file():
-            raise TeacherError(f"{path}: no tokenizer.json, so nothing shows the teacher shares the student's "
+        if checkpoint.tokenizer_file is None:
+            raise TeacherError(f"{path}: no {TOKENIZER_FILE}, so nothing shows the teacher shares the student's "
                                f"tokenizer {tokenizer_hash[:16]}")
-        theirs = load_tokenizer(path).hash
+        theirs = checkpoint.load_tokenizer().hash
         if theirs != tokenizer_hash:
             raise TeacherError(f"{path}: teacher tokenizer {theirs[:16]} differs from the student's "
                                f"{tokenizer_hash[:16]}; a teacher must share the student's tokenizer")
-    return load_checkpoint(path, device=device)
+    return checkpoint.load_model(device=device)
 
 
 def _load_huggingface(path: Path, vocab_size: int, device: str | torch.device) -> torch.nn.Module:

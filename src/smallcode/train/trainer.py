@@ -40,9 +40,9 @@ from torch import nn
 from tqdm import tqdm
 
 from smallcode.config import ConfigError
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import atomic_write_json, atomic_write_text
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.train.checkpoint import latest_checkpoint, load_train_state, save_train_checkpoint, saved_train_config
 from smallcode.train.config import TrainConfig
 from smallcode.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed, wrap_model
@@ -143,21 +143,17 @@ class Trainer:
     def _build_model(self) -> SmallCodeLM:
         cfg = self.config
         if cfg.init is not None:
-            base, _ = read_config(cfg.init)
+            init = Checkpoint.open(cfg.init)
             bad = sorted(set(cfg.model_overrides) - INIT_OVERRIDABLE)
             if bad:
                 raise ConfigError(f"model_overrides {bad} would change the shapes of {cfg.init}; "
                                   f"only {sorted(INIT_OVERRIDABLE)} can change on a checkpoint")
-            model = load_checkpoint(cfg.init)
+            model = init.load_model()
             if cfg.model_overrides:
-                model.config = base.replace(**cfg.model_overrides)  # loss weights only: read per step
-            tok = Path(cfg.init) / "tokenizer.json"
-            if tok.is_file():
-                from smallcode.tokenizer import load_tokenizer
-
-                if load_tokenizer(tok).hash != self.source.tokenizer.hash:
-                    raise ConfigError(f"{cfg.init} was trained with another tokenizer than the data "
-                                      f"({self.source.tokenizer_file})")
+                model.config = init.config.replace(**cfg.model_overrides)  # loss weights only: read per step
+            if init.tokenizer_file is not None and init.load_tokenizer().hash != self.source.tokenizer.hash:
+                raise ConfigError(f"{cfg.init} was trained with another tokenizer than the data "
+                                  f"({self.source.tokenizer_file})")
             return model
         torch.manual_seed(cfg.seed)
         return SmallCodeLM(ModelConfig.preset(cfg.model, **cfg.model_overrides))
@@ -243,7 +239,7 @@ class Trainer:
             plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=self.run_dir.name)
             summary = {"steps": cfg.steps, "tokens": result.tokens, "skipped_steps": skipped,
                        "val_loss": val_loss, "wall_s_this_session": round(wall, 2), "final": str(final)}
-            atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+            atomic_write_json(summary_path, summary)
             for logger in loggers:
                 logger.close()
         barrier(info)
@@ -341,19 +337,13 @@ class Trainer:
         if state["world_size"] != self.info.world_size:
             raise TrainingError(f"{ckpt} was written by {state['world_size']} processes, this run has "
                                 f"{self.info.world_size}; the data order depends on it, so resume with the same count")
-        from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
             set_optimizer_state_dict,
         )
 
-        try:
-            weights = load_file(ckpt / "model.safetensors")
-        except Exception as e:
-            raise CheckpointError(f"{ckpt / 'model.safetensors'}: unreadable ({e})") from e
-        if self.model.config.tie_embeddings:
-            weights["lm_head.weight"] = weights["embed.weight"]
+        weights = Checkpoint.open(ckpt).weights()
         opts = StateDictOptions(full_state_dict=True)
         if self.fsdp:
             set_model_state_dict(self.model, weights, options=opts)

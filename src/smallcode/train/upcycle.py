@@ -34,13 +34,7 @@ import torch
 
 from smallcode.config import ConfigError
 from smallcode.fileio import sha256_file
-from smallcode.model.checkpoint import (
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
-    load_checkpoint,
-    read_config,
-    save_checkpoint,
-)
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
 
@@ -106,14 +100,12 @@ def upcycle_checkpoint(dense_dir: str | Path, out_dir: str | Path, n_experts: in
     dense_dir, out_dir = Path(dense_dir), Path(out_dir)
     if out_dir.resolve() == dense_dir.resolve():
         raise ConfigError(f"upcycle: --out {out_dir} is the parent checkpoint itself; choose another directory")
-    parent_config, _ = read_config(dense_dir)
-    upcycled_config(parent_config, n_experts, top_k)  # refuse before loading any weights
-    dense = load_checkpoint(dense_dir)
-    moe = upcycle(dense, n_experts, top_k, seed=seed, router_std=router_std)
-    tokenizer = dense_dir / TOKENIZER_FILE
+    parent = Checkpoint.open(dense_dir)
+    upcycled_config(parent.config, n_experts, top_k)  # refuse before loading any weights
+    moe = upcycle(parent.load_model(), n_experts, top_k, seed=seed, router_std=router_std)
     extra = {
-        "upcycled_from": {"path": str(dense_dir.resolve()), "weights_sha256": sha256_file(dense_dir / WEIGHTS_FILE)},
+        "upcycled_from": {"path": str(dense_dir.resolve()), "weights_sha256": sha256_file(parent.weights_file)},
         "upcycle": {"n_experts": n_experts, "top_k": top_k, "seed": seed,
                     "router_std": moe.config.init_std if router_std is None else router_std},
     }
-    return save_checkpoint(moe, out_dir, tokenizer_file=tokenizer if tokenizer.is_file() else None, extra=extra)
+    return save_checkpoint(moe, out_dir, tokenizer_file=parent.tokenizer_file, extra=extra)

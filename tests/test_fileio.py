@@ -1,0 +1,121 @@
+"""Atomic writes: content, permissions, no temporaries left, the old file or directory kept on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import smallcode.fileio as fileio
+from smallcode.fileio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_writes_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "one")
+    atomic_write_bytes(target, memoryview(b"two"))
+    assert target.read_bytes() == b"two"
+    atomic_write_json(target, {"b": [1, 2]}, indent=1)
+    assert target.read_text() == json.dumps({"b": [1, 2]}, indent=1) + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_default_mode_follows_the_umask_and_a_given_mode_is_exact(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "public", "x")
+        atomic_write_text(tmp_path / "private", "x", mode=0o600)
+        atomic_write_text(tmp_path / "shared", "x", mode=0o664)  # a given mode is not narrowed by the umask
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "public") == 0o644
+    assert _mode(tmp_path / "private") == 0o600
+    assert _mode(tmp_path / "shared") == 0o664
+    # replacing a public file with a private one never leaves it readable by others
+    atomic_write_text(tmp_path / "public", "secret", mode=0o600)
+    assert _mode(tmp_path / "public") == 0o600
+
+
+def test_a_private_file_is_created_private_and_has_its_mode_before_the_rename(tmp_path: Path, monkeypatch) -> None:
+    created: list[int] = []
+    at_fsync: list[int] = []
+    real_open, real_fsync = os.open, os.fsync
+
+    def open_spy(path, flags, mode=0o777):  # noqa: ANN001, ANN202 - os.open's signature
+        created.append(mode)
+        return real_open(path, flags, mode)
+
+    def fsync_spy(fd: int) -> None:
+        at_fsync.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "open", open_spy)
+    monkeypatch.setattr(fileio.os, "fsync", fsync_spy)
+    atomic_write_bytes(tmp_path / "key", b"secret", mode=0o640)
+    assert created == [0o600] and at_fsync == [0o640]
+    assert _mode(tmp_path / "key") == 0o640
+
+
+def test_crash_mid_write_keeps_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "state.json"
+    atomic_write_text(target, "old")
+
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(target, "new" * 1000, mode=0o600)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_atomic_dir_creates_and_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "out"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.") and not target.exists()
+        (tmp / "a").write_text("1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b").write_text("2")
+    assert (target / "a").read_text() == "1" and (target / "sub" / "b").read_text() == "2"
+    with atomic_dir(target) as tmp:
+        (tmp / "c").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]
+    assert [p.name for p in target.parent.iterdir()] == ["out"]
+
+
+def test_atomic_dir_failure_keeps_the_old_directory(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("old")
+    with pytest.raises(RuntimeError, match="stage failed"), atomic_dir(target) as tmp:
+        (tmp / "a").write_text("new")
+        raise RuntimeError("stage failed")
+    assert (target / "a").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_puts_the_old_directory_back_if_the_new_one_cannot_take_its_place(
+        tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("old")
+    real_rename = os.rename
+
+    def failing(src, dst) -> None:  # noqa: ANN001 - os.rename's signature
+        if Path(src).name.startswith(".out.tmp-"):
+            raise OSError("rename refused")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", failing)
+    with pytest.raises(OSError, match="rename refused"), atomic_dir(target) as tmp:
+        (tmp / "a").write_text("new")
+    assert (target / "a").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
