@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_sandbox_helpers import require_bwrap
 
-from smallcode.eval.check import _same
-from smallcode.eval.sandbox import Limits, Sandbox, available, decode, encode, resolve_isolation
+from smallcode.eval.sandbox import Limits, Sandbox, available, resolve_isolation
+from smallcode.eval.values import decode, encode, encode_output
+from smallcode.eval.values import same as _same
 
 
 def test_bwrap_is_installed() -> None:
@@ -101,7 +102,7 @@ def test_rlimits_layer_still_limits(tmp_path: Path) -> None:
 
 
 def test_unavailable_isolation_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import smallcode.eval.sandbox as sbm
+    import smallcode.eval.sandbox.isolation as sbm
 
     monkeypatch.setitem(sbm._PROBED, "bwrap", False)
     with pytest.raises(RuntimeError, match="not available"):
@@ -168,8 +169,6 @@ def test_encode_keeps_what_eq_forgets() -> None:
 
 
 def test_large_outputs_come_back_as_exact_digests() -> None:
-    from smallcode.eval.sandbox import encode_output
-
     big = list(range(10_000))
     assert encode_output([1, 2]) == encode([1, 2])  # small values are encoded in full
     d = encode_output(big)
@@ -197,7 +196,7 @@ def test_large_outputs_come_back_as_exact_digests() -> None:
 
 
 def test_missing_bwrap_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    import smallcode.eval.sandbox as sbm
+    import smallcode.eval.sandbox.isolation as sbm
 
     monkeypatch.setitem(sbm._PROBED, "bwrap", False)
     monkeypatch.setenv("CI", "1")

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError
 from smallcode.config import Config, ConfigError
-from smallcode.eval.check import CheckMode, ExpectedCache, ReferenceFailure, Verdict, check
+from smallcode.eval.check import CheckMode, Verdict, check
+from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
 from smallcode.eval.tasks.base import Task
 
