@@ -7,6 +7,7 @@ inside a container large enough that the digest path is taken.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -18,8 +19,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallcode.eval.values import DIGEST_OVER
-from smallcode.eval.values import encode_output as digest_or_encode
+from smallcode.eval.values import DIGEST_OVER, decode, encode, encode_output, same
 
 leaves = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-4, 4) | st.text(max_size=3)
 hashables = st.recursive(
@@ -121,13 +121,13 @@ def _hashable(v: Any) -> bool:
 def test_digest_is_equal_for_equal_values_and_differs_for_any_change(kind: str, v: Any, data: st.DataObject) -> None:
     if kind in ("set", "frozenset") and not _hashable(v):
         v = repr(v)
-    d = digest_or_encode(big(kind, v))
+    d = encode_output(big(kind, v))
     assert d[0] == "digest"
-    assert digest_or_encode(big(kind, rebuilt(v))) == d
+    assert encode_output(big(kind, rebuilt(v))) == d
     changed = [w for w in variants(v) if kind not in ("set", "frozenset") or _hashable(w)]
     if changed:
         w = data.draw(st.sampled_from(changed))
-        assert digest_or_encode(big(kind, w)) != d, (kind, v, w)
+        assert encode_output(big(kind, w)) != d, (kind, v, w)
 
 
 def test_counts_change_the_digest() -> None:
@@ -136,8 +136,8 @@ def test_counts_change_the_digest() -> None:
     b = Counter(words)
     b["w0"] += 1
     for t in (Counter, lambda c: defaultdict(None, c)):
-        assert digest_or_encode(t(a))[0] == "digest"
-        assert digest_or_encode(t(a)) != digest_or_encode(t(b))
+        assert encode_output(t(a))[0] == "digest"
+        assert encode_output(t(a)) != encode_output(t(b))
 
 
 def test_values_and_payload_import_under_isolated_mode() -> None:
@@ -154,3 +154,70 @@ def test_values_and_payload_import_under_isolated_mode() -> None:
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code, src], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+# ---- the wire form ------------------------------------------------------------------------------------
+
+wire_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary()
+    | st.complex_numbers(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.integers() | st.text(max_size=8), inner, max_size=4)
+        | st.frozensets(st.integers() | st.text(max_size=8), max_size=4)
+        | st.sets(st.integers(), max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(wire_values)
+def test_encode_round_trips_type_exactly(v: object) -> None:
+    back = decode(json.loads(json.dumps(encode(v))))
+    assert back == v
+    assert same(encode(v), encode(back), 0.0)  # sets have no canonical order: compare as the harness does
+
+
+def test_encode_keeps_what_eq_forgets() -> None:
+    assert encode(1) != encode(1.0) != encode(True)
+    assert encode([1]) != encode((1,))
+    assert encode({1}) != encode(frozenset({1}))
+    assert encode(10**5000) == encode(10**5000)  # beyond int->str digit limits
+    assert decode(encode(float("nan"))) != 0  # noqa: PLR0124 - nan round-trips as a float
+
+    class Sub(int):
+        pass
+
+    assert encode(Sub(3))[0] == "other"
+
+
+def test_large_outputs_come_back_as_exact_digests() -> None:
+    big = list(range(10_000))
+    assert encode_output([1, 2]) == encode([1, 2])  # small values are encoded in full
+    d = encode_output(big)
+    assert d[0] == "digest" and d == encode_output(list(range(10_000)))
+    assert d != encode_output(tuple(big))
+    assert encode_output(big + [1]) != encode_output(big + [1.0]) != encode_output(big + [True])
+    mixed = [1, 2.5] + [float(i) for i in range(10_000)]
+    assert encode_output(mixed) == encode_output(list(mixed)) != encode_output([1.0, 2.5] + mixed[2:])
+    # order-free containers hash independently of iteration order
+    words = [f"w{i}" for i in range(5000)]
+    assert encode_output(set(words)) == encode_output(set(reversed(words)))
+    assert encode_output(dict.fromkeys(words, 0)) == encode_output(dict.fromkeys(reversed(words), 0))
+    assert encode_output(Counter(words)) == encode_output(Counter(list(reversed(words))))
+    assert encode_output(Counter(words)) != encode_output(dict(Counter(words)))
+    assert encode_output(OrderedDict.fromkeys(words)) != encode_output(OrderedDict.fromkeys(reversed(words)))
+    assert encode_output("x" * 500_000)[0] == "digest" != encode_output("x" * 100)[0]
+    assert encode_output([10**5000] * 5000)[0] == "digest"  # beyond repr's digit limit
+
+    class Sub(int):
+        pass
+
+    assert encode_output([Sub(1)] * 5000)[0] == "other"

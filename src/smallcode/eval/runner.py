@@ -14,7 +14,7 @@ Rows are appended and fsync'd one by one, so a run killed at any point resumes w
 finished samples are neither regenerated nor re-checked, and a half-written last line (the kill
 landed mid-write) is cut off. Checks run on ``workers`` threads, each with its own sandbox zygote.
 
-Deliberately not here: the verdict logic (``check.py``), isolation (``sandbox.py``), the loaders
+Deliberately not here: the verdict logic (``check.py``), isolation (``sandbox/``), the loaders
 (``tasks/``), the model calls (``smallcode.backends``).
 """
 
