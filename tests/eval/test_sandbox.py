@@ -107,6 +107,37 @@ def test_unavailable_isolation_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     assert available("rlimits")
 
 
+@pytest.mark.parametrize("layer", ["bwrap", "unshare"])
+def test_probe_runs_the_sandbox_command_line(layer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The availability probe must exercise every option the real sandbox uses, not a lookalike."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import smallcode.eval.sandbox.isolation as iso
+    from smallcode.eval.sandbox.harness import Sandbox as HarnessSandbox
+
+    seen: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> SimpleNamespace:
+        seen.append(argv)
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(iso, "subprocess", SimpleNamespace(run=fake_run, TimeoutExpired=subprocess.TimeoutExpired))
+    monkeypatch.setattr(iso.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(iso.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    assert iso._probe(layer)  # type: ignore[arg-type]
+    sb = HarnessSandbox.__new__(HarnessSandbox)
+    sb.isolation, sb.child_uid, sb._hostdir = layer, None, None
+    try:
+        real = sb._command()
+    finally:
+        if sb._hostdir is not None:
+            os.rmdir(sb._hostdir)
+    py = iso.interpreter()
+    assert seen[0][: seen[0].index(py)] == real[: real.index(py)]
+    assert seen[0][0] == layer
+
+
 def test_cpu_limit_with_ignored_signals(bwrap: Sandbox) -> None:
     code = (
         "import signal\nfor s in (signal.SIGXCPU, signal.SIGALRM):\n    signal.signal(s, signal.SIG_IGN)\n"
