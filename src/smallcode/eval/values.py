@@ -72,8 +72,8 @@ _TYPES: dict[int, tuple[str, int]] = {
         (re.Match, ("Match", MATCH)),
     )
 }
-_SEQUENCE_TYPES: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "deque": deque}
-_MAPPING_TYPES: dict[str, Any] = {
+_FROM_ITEMS: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "deque": deque}
+_FROM_PAIRS: dict[str, Any] = {
     "dict": dict,
     "Counter": lambda pairs: Counter(dict(pairs)),  # Counter(pairs) would count the pairs
     "defaultdict": lambda pairs: defaultdict(None, pairs),
@@ -157,10 +157,10 @@ def decode(e: Any) -> Any:
         return str(e[1])
     if tag == "bytes":
         return bytes.fromhex(e[1])
-    if tag in _SEQUENCE_TYPES:
-        return _SEQUENCE_TYPES[tag](decode(v) for v in e[1])
-    if tag in _MAPPING_TYPES:
-        return _MAPPING_TYPES[tag]([(decode(k), decode(v)) for k, v in e[1]])
+    if tag in _FROM_ITEMS:
+        return _FROM_ITEMS[tag](decode(v) for v in e[1])
+    if tag in _FROM_PAIRS:
+        return _FROM_PAIRS[tag]([(decode(k), decode(v)) for k, v in e[1]])
     if tag == "Match":
         return ("Match", *decode(e[1]))  # matches cannot be rebuilt
     raise ValueError(f"cannot decode value tagged {tag!r}")
