@@ -3,8 +3,9 @@
 Strict verdicts compare what a candidate returned with what the reference returned, in another
 process and often from a cache on disk, so the representation must keep what ``==`` forgets:
 ``1`` vs ``1.0`` vs ``True``, ``[1]`` vs ``(1,)``, ``{1}`` vs ``frozenset({1})``, a ``Counter`` vs a
-``dict``. Two JSON representations come out of one walk over a value (:func:`_node`, the only
-function that looks inside one):
+``dict``. One table of the supported types (``_TYPES``: tag, shape, scalar encodings) drives
+every walk over a value, and every walk dispatches on the shape, so all of them agree on what a
+value is made of. Two JSON representations come out of it:
 
 * the *wire* form (:func:`encode` / :func:`decode`): ``[tag, ...]`` lists, used between the harness
   and the sandbox and in the expected-output cache. It covers the exact built-in scalars and
@@ -48,30 +49,49 @@ DIGEST_OVER = 4096
 # Shapes of the supported types.
 SCALAR, SEQUENCE, SET, MAPPING, ORDERED_MAPPING, MATCH, OTHER = range(7)
 
-# The one table of supported types, keyed by id(type) so that a lookup never runs a metaclass's
-# __hash__ or __eq__ (which could raise, or make a foreign type pass for ``int``).
-_TYPES: dict[int, tuple[str, int]] = {
+
+def _str_digest(x: str) -> bytes:
+    b = x.encode("utf-8", "surrogatepass")
+    return b"S%d:" % len(b) + b
+
+
+# The one table of supported types: tag, shape and, for scalars, their wire encoding and the bytes
+# their digest takes in. Keyed by id(type) so that a lookup never runs a metaclass's __hash__ or
+# __eq__ (which could raise, or make a foreign type pass for ``int``).
+_TYPES: dict[int, tuple[str, int, Any, Any]] = {
     id(t): entry
     for t, entry in (
-        (type(None), ("none", SCALAR)),
-        (bool, ("bool", SCALAR)),
-        (int, ("int", SCALAR)),
-        (float, ("float", SCALAR)),
-        (complex, ("complex", SCALAR)),
-        (str, ("str", SCALAR)),
-        (bytes, ("bytes", SCALAR)),
-        (list, ("list", SEQUENCE)),
-        (tuple, ("tuple", SEQUENCE)),
-        (deque, ("deque", SEQUENCE)),
-        (set, ("set", SET)),
-        (frozenset, ("frozenset", SET)),
-        (dict, ("dict", MAPPING)),
-        (Counter, ("Counter", MAPPING)),
-        (defaultdict, ("defaultdict", MAPPING)),
-        (OrderedDict, ("OrderedDict", ORDERED_MAPPING)),
-        (re.Match, ("Match", MATCH)),
+        (type(None), ("none", SCALAR, lambda x: ["none"], lambda x: b"N;")),
+        (bool, ("bool", SCALAR, lambda x: ["bool", x], lambda x: b"B1;" if x else b"B0;")),
+        # hex: exact, and free of the int->str digit limit
+        (int, ("int", SCALAR, lambda x: ["int", hex(x)], lambda x: b"I" + hex(x).encode() + b";")),
+        (float, ("float", SCALAR, lambda x: ["float", x.hex()], lambda x: b"F" + x.hex().encode() + b";")),
+        (
+            complex,
+            (
+                "complex",
+                SCALAR,
+                lambda x: ["complex", x.real.hex(), x.imag.hex()],
+                lambda x: b"C" + x.real.hex().encode() + b"," + x.imag.hex().encode() + b";",
+            ),
+        ),
+        (str, ("str", SCALAR, lambda x: ["str", x], _str_digest)),
+        (bytes, ("bytes", SCALAR, lambda x: ["bytes", x.hex()], lambda x: b"Y%d:" % len(x) + x)),
+        (list, ("list", SEQUENCE, None, None)),
+        (tuple, ("tuple", SEQUENCE, None, None)),
+        (deque, ("deque", SEQUENCE, None, None)),
+        (set, ("set", SET, None, None)),
+        (frozenset, ("frozenset", SET, None, None)),
+        (dict, ("dict", MAPPING, None, None)),
+        (Counter, ("Counter", MAPPING, None, None)),
+        (defaultdict, ("defaultdict", MAPPING, None, None)),
+        (OrderedDict, ("OrderedDict", ORDERED_MAPPING, None, None)),
+        (re.Match, ("Match", MATCH, None, None)),
     )
 }
+_UNKNOWN = ("other", OTHER, None, None)
+_FLOAT_ONLY = {float}
+_SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 _FROM_ITEMS: dict[str, Any] = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "deque": deque}
 _FROM_PAIRS: dict[str, Any] = {
     "dict": dict,
@@ -79,7 +99,6 @@ _FROM_PAIRS: dict[str, Any] = {
     "defaultdict": lambda pairs: defaultdict(None, pairs),
     "OrderedDict": OrderedDict,
 }
-_SCALAR_IDS = frozenset(k for k, (_, shape) in _TYPES.items() if shape == SCALAR)
 _PLAIN_TAGS = frozenset("none bool int float complex str bytes list tuple dict set frozenset".split())
 
 
@@ -94,20 +113,16 @@ def _typename(x: Any) -> str:
         return "?"
 
 
-def _node(x: Any) -> tuple[str, int, Any]:
-    """``(tag, shape, content)`` of ``x``: the scalar itself, the items of a sequence or set,
-    ``(key, value)`` pairs of a mapping, ``(string, span, groups)`` of a match, the type name of
-    anything else. Every walk over a value goes through here, so all of them agree on what a
-    value is made of."""
-    entry = _TYPES.get(id(type(x)))
-    if entry is None:
-        return "other", OTHER, _typename(x)
-    tag, shape = entry
-    if shape == MAPPING or shape == ORDERED_MAPPING:
-        return tag, shape, x.items()
-    if shape == MATCH:
-        return tag, shape, (x.string, x.span(), x.groups())
-    return tag, shape, x
+def _kind(x: Any) -> tuple[str, int, Any, Any]:
+    """``(tag, shape, wire, digest)`` of ``x``'s exact type from the table (``other`` when absent).
+    Every walk over a value dispatches on the shape, never on the type: all dict-likes are walked
+    as (key, value) pairs, all sequences and sets as their items."""
+    return _TYPES.get(id(type(x)), _UNKNOWN)
+
+
+def _match_parts(m: re.Match) -> tuple[str, tuple[int, int], tuple[Any, ...]]:
+    """What a match is, as a value: its subject, span and groups (not the pattern that found it)."""
+    return m.string, m.span(), m.groups()
 
 
 # ---- the wire form ------------------------------------------------------------------------------
@@ -117,27 +132,17 @@ def encode(x: Any, _depth: int = 0) -> Any:
     """Tagged, type-exact JSON-compatible encoding of ``x`` (see the module docstring)."""
     if _depth > MAX_DEPTH:
         return ["other", "too deep"]
-    tag, shape, content = _node(x)
-    if shape == SCALAR:
-        if tag == "none":
-            return ["none"]
-        if tag == "int":
-            return ["int", hex(x)]  # hex: exact, and free of the int->str digit limit
-        if tag == "float":
-            return ["float", x.hex()]
-        if tag == "complex":
-            return ["complex", x.real.hex(), x.imag.hex()]
-        if tag == "bytes":
-            return ["bytes", x.hex()]
-        return [tag, x]  # bool, str
+    tag, shape, wire, _ = _TYPES.get(id(type(x)), _UNKNOWN)  # _kind, inlined: the hottest loop
+    if wire is not None:
+        return wire(x)
     if shape == SEQUENCE or shape == SET:
-        return [tag, [encode(v, _depth + 1) for v in content]]
+        return [tag, [encode(v, _depth + 1) for v in x]]
     if shape == MAPPING or shape == ORDERED_MAPPING:
         # defaultdict's factory is dropped: it is behaviour, not value.
-        return [tag, [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in content]]
+        return [tag, [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in x.items()]]
     if shape == MATCH:
-        return [tag, encode(content, _depth + 1)]  # its subject, span and groups; not the pattern
-    return ["other", content]
+        return [tag, encode(_match_parts(x), _depth + 1)]
+    return ["other", _typename(x)]
 
 
 def decode(e: Any) -> Any:
@@ -172,7 +177,7 @@ def _cost_over(x: Any, limit: int) -> bool:
     while todo:
         v = todo.pop()
         seen += 1
-        tag, shape, content = _node(v)
+        tag, shape, _, _ = _TYPES.get(id(type(v)), _UNKNOWN)  # _kind, inlined
         if tag == "str" or tag == "bytes":
             seen += len(v) >> 6
         elif tag == "int":
@@ -180,10 +185,10 @@ def _cost_over(x: Any, limit: int) -> bool:
         if seen > limit:
             return True
         if shape == SEQUENCE or shape == SET:
-            todo.extend(content)
+            todo.extend(v)
         elif shape == MAPPING or shape == ORDERED_MAPPING:
-            for kv in content:
-                todo.extend(kv)
+            todo.extend(v.keys())
+            todo.extend(v.values())
     return False
 
 
@@ -217,51 +222,37 @@ def _digest_into(x: Any, h: Any, depth: int = 0) -> None:
     A mapping's item is hashed as its (key, value) pair, whatever the mapping's type."""
     if depth > MAX_DEPTH:
         raise ValueError("too deep")
-    tag, shape, content = _node(x)
-    if shape == SCALAR:
-        if tag == "none":
-            h.update(b"N;")
-        elif tag == "bool":
-            h.update(b"B1;" if x else b"B0;")
-        elif tag == "int":
-            h.update(b"I" + hex(x).encode() + b";")
-        elif tag == "float":
-            h.update(b"F" + x.hex().encode() + b";")
-        elif tag == "complex":
-            h.update(b"C" + x.real.hex().encode() + b"," + x.imag.hex().encode() + b";")
-        elif tag == "str":
-            b = x.encode("utf-8", "surrogatepass")
-            h.update(b"S%d:" % len(b) + b)
-        else:
-            h.update(b"Y%d:" % len(x) + x)
+    tag, shape, _, scalar = _kind(x)
+    if scalar is not None:
+        h.update(scalar(x))
     elif shape == MATCH:
         h.update(b"M:")
-        _digest_into(content, h, depth + 1)
-    elif shape == SEQUENCE or shape == ORDERED_MAPPING:
+        _digest_into(_match_parts(x), h, depth + 1)
+    elif shape == ORDERED_MAPPING:
         h.update(_DIGEST_TAGS[tag] + b"%d:" % len(x))
-        if shape == ORDERED_MAPPING:
-            for item in content:
-                _digest_into(item, h, depth + 1)
-            return
-        kinds = set(map(id, map(type, content)))
+        for item in x.items():
+            _digest_into(item, h, depth + 1)
+    elif shape == SEQUENCE:
+        h.update(_DIGEST_TAGS[tag] + b"%d:" % len(x))
+        kinds = set(map(type, x))
         # Homogeneous sequences of scalars take a C-speed path (a million floats in HumanEval+);
         # which path runs depends only on the value, so equal values still hash equal.
-        if kinds == {id(float)}:
-            h.update(b"f:" + array("d", content).tobytes())
-        elif kinds <= _SCALAR_IDS and _repr_into(content, h):
+        if kinds == _FLOAT_ONLY:
+            h.update(b"f:" + array("d", x).tobytes())
+        elif kinds <= _SCALAR_TYPES and _repr_into(x, h):
             pass
         else:
-            for v in content:
+            for v in x:
                 _digest_into(v, h, depth + 1)
     elif shape == SET or shape == MAPPING:
         parts = []
-        for item in content:
+        for item in x.items() if shape == MAPPING else x:
             sub = hashlib.sha256()
             _digest_into(item, sub, depth + 1)
             parts.append(sub.digest())
         h.update(_DIGEST_TAGS[tag] + b"%d:" % len(x) + b"".join(sorted(parts)))
     else:
-        raise ValueError(content)
+        raise ValueError(_typename(x))
 
 
 def digest(x: Any) -> str:
@@ -376,7 +367,7 @@ _BIG = 1 << 62
 
 def to_plain(x: Any) -> Any:
     """JSON-compatible data that :func:`from_plain` turns back into an equal, same-typed value."""
-    tag, shape, content = _node(x)
+    tag, shape, _, _ = _kind(x)
     if tag not in _PLAIN_TAGS:
         t = type(x)
         raise CodecError(f"cannot encode a value of type {t.__module__}.{_typename(x)}")
@@ -391,12 +382,12 @@ def to_plain(x: Any) -> Any:
     if tag == "bytes":
         return {"$": "bytes", "v": x.hex()}
     if tag == "list":
-        return [to_plain(v) for v in content]
+        return [to_plain(v) for v in x]
     if tag == "tuple":
-        return {"$": "tuple", "v": [to_plain(v) for v in content]}
+        return {"$": "tuple", "v": [to_plain(v) for v in x]}
     if shape == MAPPING:
-        return {"$": "dict", "v": [[to_plain(k), to_plain(v)] for k, v in content]}
-    items = [to_plain(v) for v in content]
+        return {"$": "dict", "v": [[to_plain(k), to_plain(v)] for k, v in x.items()]}
+    items = [to_plain(v) for v in x]
     # Sets have no order; sorting the encodings makes equal sets encode to equal bytes (cache keys).
     items.sort(key=_key)
     return {"$": tag, "v": items}
