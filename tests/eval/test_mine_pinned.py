@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
+from smallcode.eval.check import compat_program
+from smallcode.eval.sandbox import run_python
 from smallcode.eval.tasks import DataFileError, load_suite
 from smallcode.eval.tasks import stdlib_manifest as manifest
-from smallcode.eval.tasks._run import check_compat
 from smallcode.eval.tasks.repo import load_pinned_stdlib, task_sha256, wrong_bodies
 
 SAME_PYTHON = manifest.PYTHON.rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -31,8 +32,8 @@ def test_pinned_suite_rebuilds_with_matching_hashes() -> None:
     doc = next(t for t in tasks if t.meta["checked_by"] == "doctest")
     unit = next(t for t in tasks if t.meta["checked_by"] == "unittest")
     for t in (doc, unit):
-        assert check_compat(t, t.reference, timeout=60).ok, t.task_id
-        assert not check_compat(t, wrong_bodies(t)[0], timeout=60).ok, t.task_id
+        assert run_python(compat_program(t, t.reference), timeout=60).ok, t.task_id
+        assert not run_python(compat_program(t, wrong_bodies(t)[0]), timeout=60).ok, t.task_id
 
 
 def test_other_python_version_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Suite loaders: counts, ids, pinned hashes, input rebuilding, MBPP assert parsing, the codec."""
+"""Suite loaders: counts, ids, pinned hashes, input rebuilding, MBPP assert parsing, the plain value format."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallcode.eval.tasks import DataFileError, codec, load_suite
-from smallcode.eval.tasks._run import check_compat
+from smallcode.eval import values
+from smallcode.eval.check import compat_program
+from smallcode.eval.sandbox import run_python
+from smallcode.eval.tasks import DataFileError, load_suite
 from smallcode.eval.tasks.evalplus import load_mbppplus, mbpp_plus_args
 from smallcode.eval.tasks.mbpp import _docstring, load_mbpp, strict_inputs
 from smallcode.eval.tasks.pinned import MBPP_PLUS, parse_jsonl
@@ -146,14 +148,14 @@ def test_some_references_pass_their_own_tests(shared_data: Path) -> None:
     # The whole-suite run is benchmarks/reference_solutions.py; here a few per suite, in subprocesses.
     picks = load_suite("humaneval")[:3] + load_mbpp(shared_data, "test")[:3] + load_mbppplus(shared_data)[:3]
     for t in picks:
-        assert check_compat(t, t.reference).ok, t.task_id
+        assert run_python(compat_program(t, t.reference)).ok, t.task_id
     # MBPP+ float asserts use math.isclose; the loader supplies the import the release assumes.
     mbpp_plus = {t.task_id: t for t in load_mbppplus(shared_data)}
-    assert check_compat(mbpp_plus["Mbpp/120"], mbpp_plus["Mbpp/120"].reference).ok
+    assert run_python(compat_program(mbpp_plus["Mbpp/120"], mbpp_plus["Mbpp/120"].reference)).ok
     # Mbpp/164's reference fails its own asserts (one of the tasks MBPP+ v0.2.0 drops).
-    assert not check_compat(mbpp_plus["Mbpp/164"], mbpp_plus["Mbpp/164"].reference).ok
+    assert not run_python(compat_program(mbpp_plus["Mbpp/164"], mbpp_plus["Mbpp/164"].reference)).ok
     broken = load_suite("humaneval")[0]
-    assert not check_compat(broken, "    return None\n").ok
+    assert not run_python(compat_program(broken, "    return None\n")).ok
 
 
 _values = st.recursive(
@@ -192,24 +194,24 @@ def _same(a: object, b: object) -> bool:
 @settings(max_examples=200, deadline=None)
 @given(_values)
 def test_codec_round_trip_is_type_exact(value: object) -> None:
-    assert _same(codec.loads(codec.dumps(value)), value)
+    assert _same(values.loads(values.dumps(value)), value)
 
 
 def test_codec_keeps_what_eq_forgets() -> None:
-    assert codec.dumps(1) != codec.dumps(1.0) != codec.dumps(True)
-    assert codec.dumps([1]) != codec.dumps((1,))
-    assert codec.dumps({1}) != codec.dumps(frozenset({1}))
-    with pytest.raises(codec.CodecError):
-        codec.encode(object())
-    with pytest.raises(codec.CodecError):
-        codec.decode({"$": "pickle", "v": ""})
+    assert values.dumps(1) != values.dumps(1.0) != values.dumps(True)
+    assert values.dumps([1]) != values.dumps((1,))
+    assert values.dumps({1}) != values.dumps(frozenset({1}))
+    with pytest.raises(values.CodecError):
+        values.to_plain(object())
+    with pytest.raises(values.CodecError):
+        values.from_plain({"$": "pickle", "v": ""})
 
 
 def test_same_value_is_type_exact_but_order_free() -> None:
-    assert codec.same_value({"a": 1, "b": (2,)}, {"b": (2,), "a": 1})
-    assert codec.same_value({1, 2}, {2, 1}) and codec.same_value(float("nan"), float("nan"))
-    assert not codec.same_value(240, 240.0) and not codec.same_value([1], (1,))
-    assert not codec.same_value({"a": 1}, {"a": True})
+    assert values.same_value({"a": 1, "b": (2,)}, {"b": (2,), "a": 1})
+    assert values.same_value({1, 2}, {2, 1}) and values.same_value(float("nan"), float("nan"))
+    assert not values.same_value(240, 240.0) and not values.same_value([1], (1,))
+    assert not values.same_value({"a": 1}, {"a": True})
 
 
 def test_fetch_checks_the_pin_and_keeps_nothing_on_mismatch(tmp_path: Path) -> None:

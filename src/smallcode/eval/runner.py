@@ -14,7 +14,7 @@ Rows are appended and fsync'd one by one, so a run killed at any point resumes w
 finished samples are neither regenerated nor re-checked, and a half-written last line (the kill
 landed mid-write) is cut off. Checks run on ``workers`` threads, each with its own sandbox zygote.
 
-Deliberately not here: the verdict logic (``check.py``), isolation (``sandbox.py``), the loaders
+Deliberately not here: the verdict logic (``check.py``), isolation (``sandbox/``), the loaders
 (``tasks/``), the model calls (``smallcode.backends``).
 """
 
@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError
 from smallcode.config import Config, ConfigError
-from smallcode.eval.check import CheckMode, ExpectedCache, ReferenceFailure, Verdict, check
+from smallcode.eval.check import CheckMode, Verdict, check
+from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
 from smallcode.eval.tasks.base import Task
 

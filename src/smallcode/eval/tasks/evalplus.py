@@ -9,8 +9,8 @@ reference result is too large to be an expected value; four MBPP+ tasks whose re
 rather than data (``COMPAT_ONLY``) carry no inputs. JSON has no tuples, sets or complex numbers, so
 MBPP+ inputs are rebuilt into the types the reference solution expects (see :func:`mbpp_plus_args`).
 
-Expected outputs are not stored in the releases and not computed here: :mod:`smallcode.eval.tasks.expected`
-runs the reference solution on the inputs in a subprocess and caches the result. ``compat`` checking uses
+Expected outputs are not stored in the releases and not computed here: :mod:`smallcode.eval.expected`
+runs the reference solution on the inputs in the sandbox and caches the result. ``compat`` checking uses
 the original dataset checks (HumanEval's ``check``, MBPP's asserts); only ``strict`` sees the plus inputs.
 This module does not implement the v0.1.10 / v0.2.0 fixes (see the PROVENANCE.md files); expect small
 differences from numbers published on those versions.

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smallcode.eval.tasks import codec
+from smallcode.eval import values
 from smallcode.eval.tasks.base import Task
 from smallcode.eval.tasks.pinned import DataFileError
 from smallcode.fileio import atomic_write_text
@@ -223,8 +223,8 @@ def _literal_call_inputs(examples: list[doctest.Example], name: str) -> list[tup
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
         try:
-            codec.encode(args)
-        except codec.CodecError:
+            values.to_plain(args)
+        except values.CodecError:
             continue
         if args not in out:
             out.append(args)
@@ -495,7 +495,7 @@ def task_sha256(task: Task) -> str:
             task.entry_point,
             task.reference,
             task.test,
-            codec.encode(list(task.inputs)),
+            values.to_plain(list(task.inputs)),
             task.atol,
             task.preamble,
         ],
@@ -526,11 +526,12 @@ class _Checker:
         self.lock = threading.Lock()
         try:
             from smallcode.eval import check as _check
+            from smallcode.eval import expected as _expected
             from smallcode.eval import sandbox as _sandbox
 
-            self.check_mod, self.sandbox_mod = _check, _sandbox
+            self.check_mod, self.sandbox_mod, self.expected_mod = _check, _sandbox, _expected
         except ImportError:
-            self.check_mod = self.sandbox_mod = None
+            self.check_mod = self.sandbox_mod = self.expected_mod = None
 
     def _sandbox(self) -> Any:
         sb = getattr(self.local, "sb", None)
@@ -543,9 +544,10 @@ class _Checker:
 
     def compat(self, task: Task, completion: str) -> bool:
         if self.check_mod is None:
-            from smallcode.eval.tasks._run import check_compat
+            from smallcode.eval.check import compat_program
+            from smallcode.eval.sandbox import run_python
 
-            return check_compat(task, completion, timeout=self.timeout_s).ok
+            return run_python(compat_program(task, completion), timeout=self.timeout_s).ok
         return self.check_mod.check_compat(task, completion, self._sandbox(), timeout_s=self.timeout_s).passed
 
     def strict_ok(self, task: Task) -> bool:
@@ -554,13 +556,12 @@ class _Checker:
             return False
         sb = self._sandbox()
         try:
-            expected = self.check_mod.expected_outputs(task, sb, timeout_s=self.timeout_s)
-        except self.check_mod.ReferenceFailure:
+            expected = self.expected_mod.expected_outputs(task, sb, timeout_s=self.timeout_s)
+        except self.expected_mod.ReferenceFailure:
             return False
         try:
-            values = [self.sandbox_mod.decode(e) for e in expected]
-            codec.encode(values)  # "other"-tagged or raised outputs are not plain data
-        except (ValueError, codec.CodecError, TypeError, IndexError):
+            values.to_plain([values.decode(e) for e in expected])  # "other" or "raise" are not plain data
+        except (ValueError, values.CodecError, TypeError, IndexError):
             return False
 
         def passes(completion: str) -> bool:
@@ -590,7 +591,7 @@ def _verify(checker: _Checker, c: Candidate) -> Task | None:
 
 def _task_record(task: Task) -> dict[str, Any]:
     rec = asdict(task)
-    rec["inputs"] = codec.encode(list(task.inputs))
+    rec["inputs"] = values.to_plain(list(task.inputs))
     rec["sha256"] = task_sha256(task)
     return rec
 
@@ -738,8 +739,8 @@ def load_mined(path: Path) -> list[Task]:
         if missing:
             raise DataFileError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}")
         try:
-            inputs = tuple(tuple(a) for a in codec.decode(rec["inputs"]))
-        except (codec.CodecError, TypeError) as e:
+            inputs = tuple(tuple(a) for a in values.from_plain(rec["inputs"]))
+        except (values.CodecError, TypeError) as e:
             raise DataFileError(f"{path}:{lineno}: bad inputs ({e})") from e
         task = Task(
             task_id=rec["task_id"],

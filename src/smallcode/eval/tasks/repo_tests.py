@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from smallcode.eval.tasks._run import run_python
+from smallcode.eval.sandbox import run_python
 
 # Test modules of the standard library whose subjects are pure-Python, deterministic and need no
 # network, display or subprocesses. Order matters only for reproducibility.

@@ -1,0 +1,147 @@
+"""The isolation layers: the command line that puts a program inside one, and whether it works here.
+
+Layers (``Isolation``), the best available chosen by ``auto``:
+
+* ``bwrap`` (bubblewrap): new network, PID, IPC and UTS namespaces (no network at all, not even
+  loopback to the host), a read-only view of only the system directories and the interpreter
+  prefix (the checkout, home directories and run directories do not exist inside), a size-capped
+  tmpfs for ``/tmp``. As root: children run as a per-sandbox unprivileged uid (no capabilities).
+  As a normal user: an unprivileged user namespace; children keep the user's uid.
+* ``unshare`` (util-linux, root only): network and PID namespaces, unprivileged uid for children;
+  the host filesystem stays visible with ordinary permissions (root-only files are protected,
+  world-readable files are readable). Modules not preloaded by the zygote can be imported only
+  if the interpreter is readable by that uid.
+* ``rlimits``: no namespaces and no uid change, only the per-child limits, groups and kill
+  sweep of the process group. The network is reachable. Use only for trusted samples.
+
+:func:`wrap` is the one builder of these command lines; :func:`available` probes a layer by running
+the interpreter through that same command line. What runs inside, and the limits it sets, are the
+payload's business (``payload.py``); starting and talking to it is the harness's (``harness.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import Literal
+
+Isolation = Literal["auto", "bwrap", "unshare", "rlimits"]
+
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_TMP_BYTES = 256 << 20
+"""Size of the tmpfs that holds the working directories under bwrap."""
+SANDBOX_WORKDIR = "/tmp"
+"""Where working directories live inside a bwrap sandbox (its private tmpfs)."""
+
+
+def interpreter() -> str:
+    """The real path of this interpreter: the one that runs inside the sandbox."""
+    return os.path.realpath(sys.executable)
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _bwrap(argv: list[str]) -> list[str]:
+    cmd = [
+        "bwrap",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(_TMP_BYTES),
+        "--tmpfs",
+        SANDBOX_WORKDIR,
+        "--chdir",
+        SANDBOX_WORKDIR,
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+    ]
+    if os.geteuid() == 0:
+        # The zygote needs these to drop its children to another uid and to clean up after them.
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE"):
+            cmd += ["--cap-add", cap]
+    else:
+        cmd += ["--unshare-user"]
+    binds: list[str] = []
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            cmd += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            cmd += ["--ro-bind", d, d]
+            binds.append(d)
+    for extra in (os.path.realpath(sys.base_prefix), os.path.dirname(interpreter())):
+        if any(extra == b or extra.startswith(b + "/") for b in binds):
+            continue
+        # Parents (e.g. /root, mode 0700 on the host) are recreated traversable; nothing else
+        # of them is visible.
+        for p in _ancestors(extra):
+            if any(p == b or p.startswith(b + "/") for b in binds):
+                continue
+            cmd += ["--perms", "0755", "--dir", p]
+        cmd += ["--ro-bind", extra, extra]
+        binds.append(extra)
+    return cmd + argv
+
+
+def wrap(isolation: Isolation, argv: list[str]) -> list[str]:
+    """The command line that runs ``argv`` inside ``isolation`` (a concrete layer, not ``auto``)."""
+    if isolation == "bwrap":
+        return _bwrap(argv)
+    if isolation == "unshare":
+        return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
+    if isolation == "rlimits":
+        return list(argv)
+    raise ValueError(f"unknown isolation {isolation!r}; use auto, bwrap, unshare or rlimits")
+
+
+def _probe(isolation: Isolation) -> bool:
+    tool = {"bwrap": "bwrap", "unshare": "unshare"}[isolation]
+    if shutil.which(tool) is None or (isolation == "unshare" and os.geteuid() != 0):
+        return False
+    try:
+        r = subprocess.run(
+            wrap(isolation, [interpreter(), "-I", "-S", "-c", "pass"]),
+            capture_output=True,
+            timeout=10,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+_PROBED: dict[str, bool] = {}
+
+
+def available(isolation: Isolation) -> bool:
+    """Whether ``isolation`` works on this machine (probed once per process)."""
+    if isolation in ("auto", "rlimits"):
+        return True
+    if isolation not in _PROBED:
+        _PROBED[isolation] = _probe(isolation)
+    return _PROBED[isolation]
+
+
+def resolve_isolation(isolation: Isolation = "auto") -> Isolation:
+    """The concrete layer for ``isolation``; ``auto`` picks the strongest one that works here."""
+    if isolation == "auto":
+        for cand in ("bwrap", "unshare"):
+            if available(cand):  # type: ignore[arg-type]
+                return cand  # type: ignore[return-value]
+        return "rlimits"
+    if not available(isolation):
+        raise RuntimeError(f"sandbox isolation {isolation!r} is not available on this machine")
+    return isolation
