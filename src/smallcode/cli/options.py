@@ -7,8 +7,9 @@ name, type, default and help are written once, in the dataclass. Types become op
 * ``bool``: a flag pair ``--name/--no-name``;
 * ``int``, ``float``, ``str``: a value of that type; ``X | None``: X, and leaving it out means None;
 * ``Literal[...]``: a choice among its values;
-* ``list[X]``: one comma-separated value (``--suites humaneval,mbpp``); inside an item ``\n``, ``\t``,
-  ``\,`` and ``\\`` stand for a newline, a tab, a comma and a backslash.
+* ``list[X]``: comma-separated, and the option may be repeated (``--suites humaneval,mbpp`` or
+  ``--suites humaneval --suites mbpp``); inside an item ``\n``, ``\t``, ``\,`` and ``\\`` stand for a
+  newline, a tab, a comma and a backslash.
 
 An option's name is its field's with dashes (``top_p``: ``--top-p``); ``aliases`` adds other spellings
 that commands accepted before. A value of the wrong type is click's usage error naming the option; a
@@ -86,24 +87,32 @@ def _param_type(tp: Any, where: str) -> click.ParamType:
     raise TypeError(f"{where}: a field of type {tp} has no option form")
 
 
+def _without_none(tp: Any, where: str = "") -> Any:
+    """``X`` for ``X | None``; other types as they are."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp
+    options = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(options) != 1:
+        raise TypeError(f"{where}: a union of several types has no option form")
+    return options[0]
+
+
 def _option(cls: type[Config], f: dataclasses.Field[Any], tp: Any, help_text: str, aliases: list[str],
             param_type: click.ParamType | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     where = f"{cls.__name__}.{f.name}"
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(options) != 1:
-            raise TypeError(f"{where}: a union of several types has no option form")
-        tp = options[0]
+    tp = _without_none(tp, where)
     dashed = f.name.replace("_", "-")
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
     if tp is bool:
         return click.option(f"--{dashed}/--no-{dashed}", *aliases, f.name, default=default, show_default=True,
                             help=help_text)
-    if isinstance(default, list):
-        default = join_list(default)  # the text a user would type, which the option's type reads back
+    shown = default is not None
+    repeated = typing.get_origin(tp) is list
+    if repeated:  # the text a user would type, which the option's type reads back; no use at all: None
+        default = [join_list(default)] if default is not None else []
     return click.option(f"--{dashed}", *aliases, f.name, type=param_type or _param_type(tp, where), default=default,
-                        required=required, show_default=default is not None, help=help_text)
+                        required=required, multiple=repeated, show_default=shown, help=help_text)
 
 
 def config_options(cls: type[Config], *, exclude: Iterable[str] = (), aliases: Mapping[str, list[str]] | None = None,
@@ -122,11 +131,14 @@ def config_options(cls: type[Config], *, exclude: Iterable[str] = (), aliases: M
     if unknown:
         raise TypeError(f"config_options({cls.__name__}): no such field(s) {sorted(unknown)}")
     docs = cls.field_docs()
+    lists = [f.name for f in fields if typing.get_origin(_without_none(hints[f.name])) is list]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {f.name: kwargs.pop(f.name) for f in fields}
+            for name in lists:  # a repeatable option gives one list per use; none only when the default is None
+                values[name] = [item for given in values[name] for item in given] if values[name] else None
             try:
                 cfg = cls(**values)
             except ConfigError as e:
