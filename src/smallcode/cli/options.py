@@ -105,14 +105,15 @@ def _option(cls: type[Config], f: dataclasses.Field[Any], tp: Any, help_text: st
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
     if tp is bool:
-        return click.option(f"--{dashed}/--no-{dashed}", *aliases, f.name, default=default, show_default=True,
-                            help=help_text)
+        more = {"required": True} if required else {"default": default, "show_default": True}
+        return click.option(f"--{dashed}/--no-{dashed}", *aliases, f.name, help=help_text, **more)
     shown = default is not None
     repeated = typing.get_origin(tp) is list
-    if repeated:  # the text a user would type, which the option's type reads back; no use at all: None
+    if repeated and not required:  # the text a user would type, which the option's type reads back
         default = [join_list(default)] if default is not None else []
-    return click.option(f"--{dashed}", *aliases, f.name, type=param_type or _param_type(tp, where), default=default,
-                        required=required, multiple=repeated, show_default=shown, help=help_text)
+    more = {"required": True} if required else {"default": default, "show_default": shown}
+    return click.option(f"--{dashed}", *aliases, f.name, type=param_type or _param_type(tp, where), multiple=repeated,
+                        help=help_text, **more)
 
 
 def config_options(cls: type[Config], *, exclude: Iterable[str] = (), aliases: Mapping[str, list[str]] | None = None,

@@ -85,11 +85,11 @@ class RunConfig(Config):
 
     def __post_init__(self) -> None:
         if self.n < 1:
-            raise ConfigError(f"n: must be >= 1, got {self.n}")
+            raise ConfigError(f"RunConfig.n: must be >= 1, got {self.n}")
         if self.workers < 0:
-            raise ConfigError(f"workers: must be >= 0, got {self.workers}")
+            raise ConfigError(f"RunConfig.workers: must be >= 0, got {self.workers}")
         if self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s: must be > 0, got {self.timeout_s}")
+            raise ConfigError(f"RunConfig.timeout_s: must be > 0, got {self.timeout_s}")
 
     @property
     def n_workers(self) -> int:
