@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 
-from smallcode.config import Config, ConfigError
+from smallcode.config import Config, ConfigError, Partial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,8 @@ class Outer(Config):
     """Exactly two floats."""
     table: dict[str, int] = field(default_factory=dict)
     """A mapping to integers."""
+    inner_changes: Annotated[dict[str, Any], Partial(Inner)] = field(default_factory=dict)
+    """Some of Inner's fields, to apply later."""
     seen: list[str] = field(default_factory=list)
     """Filled by __post_init__, which runs after the base's checks."""
 
@@ -144,6 +146,14 @@ def test_check_partial_checks_names_and_types_without_building() -> None:
         Outer.check_partial({"scael": 3}, "where")
     with pytest.raises(ConfigError, match="where.style"):
         Outer.check_partial({"style": "z"}, "where")
+
+
+def test_a_partial_mapping_is_checked_against_its_config() -> None:
+    assert Outer(inner_changes={"how": "b"}).inner_changes == {"how": "b"}  # "name", required in Inner, may be left out
+    with pytest.raises(ConfigError, match=r"Outer.inner_changes: unknown Inner field\(s\) \['nmae'\]"):
+        Outer.from_dict({"inner_changes": {"nmae": "x"}})
+    with pytest.raises(ConfigError, match="Outer.inner_changes.how must be one of 'a', 'b'; got 'c'"):
+        Outer.from_dict({"inner_changes": {"how": "c"}})
 
 
 def test_field_docs_are_the_strings_under_the_fields() -> None:

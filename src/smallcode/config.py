@@ -4,7 +4,8 @@ A config is a dataclass that subclasses :class:`Config`. However it is made (con
 file, ``key=value`` overrides), the base checks every field against its annotation before the
 config's own ``__post_init__`` runs: a ``Literal`` field holds one of its values, an ``int`` an
 integer (not a bool), a ``str`` a string, a nested config is built from a mapping, and lists, tuples,
-dicts and ``X | None`` are checked element by element. An ``int`` given where a ``float`` is declared
+dicts and ``X | None`` are checked element by element; a mapping marked ``Partial(SomeConfig)`` holds
+some of SomeConfig's fields with their types. An ``int`` given where a ``float`` is declared
 becomes a float; nothing else is converted (``"3"`` is not an int). Unknown and missing keys are
 errors too, so a typo in a recipe is a :class:`ConfigError` naming the class and the field.
 
@@ -38,9 +39,20 @@ class ConfigError(ValueError):
     """A config value or file that cannot work; the message names the field."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Partial:
+    """Marks a mapping of some of ``of``'s fields (``Annotated[dict[str, Any], Partial(ModelConfig)]``).
+
+    The base checks the names and types of such a mapping as ``of`` would, without building one: for
+    overrides applied later to a config that is not known yet (a preset, a checkpoint's).
+    """
+
+    of: type[Config]
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _describe(tp: Any) -> str:
@@ -62,6 +74,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is Any:
         return value
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        partial = next((m for m in tp.__metadata__ if isinstance(m, Partial)), None)
+        return partial.of.check_partial(value, where) if partial else _convert(args[0], value, where)
 
     def wrong() -> ConfigError:
         return ConfigError(f"{where} must be {_describe(tp)}, got {value!r} ({type(value).__name__})")

@@ -2,9 +2,9 @@
 
 Every stage of the recipe is the same loop with a different objective, data source and starting
 point, so one dataclass describes them all; ``configs/`` holds one file per stage. Its sections are
-typed too (``DataConfig``, ``DistillConfig``; ``model_overrides`` is checked against ModelConfig's
-fields), so a typo anywhere in a stage file is an error when the file is loaded, naming the field.
-Relative paths are relative to the directory the command runs in.
+typed too (``DataConfig``, ``DistillConfig``, ``ModelOverrides``), so a typo anywhere in a stage file
+is an error when the file is loaded, naming the field. Relative paths are relative to the directory
+the command runs in.
 
 Not here: loading teachers or checkpoints, or anything that reads the disk beyond the YAML file.
 """
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from smallcode.config import Config, ConfigError
+from smallcode.config import Config, ConfigError, Partial
 from smallcode.model.config import ModelConfig
 
 KLDirection = Literal["forward", "reverse"]
 TeacherMode = Literal["online", "offline"]
+ModelOverrides = Annotated[dict[str, Any], Partial(ModelConfig)]
+"""Some ModelConfig fields, checked by name and type when the stage is loaded, applied when it is built."""
 
 
 @dataclass
@@ -88,9 +90,8 @@ class TrainConfig(Config):
     """What the stage minimises: next-token cross-entropy, or distillation from a teacher."""
     model: str | None = "nano"
     """Preset to build a fresh model from (ignored when ``init`` is given)."""
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    """Fields of the preset (or of the ``init`` checkpoint's config) to change, e.g. ``{d_model: 384}``;
-    names and types are checked against ModelConfig when the config is built."""
+    model_overrides: ModelOverrides = field(default_factory=dict)
+    """Fields of the preset (or of the ``init`` checkpoint's config) to change, e.g. ``{d_model: 384}``."""
     init: str | None = None
     """A checkpoint directory to start from (the distilled student before upcycling, ...)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,7 +142,6 @@ class TrainConfig(Config):
     """Also log the metrics to Weights & Biases (needs ``pip install wandb``; offline unless configured)."""
 
     def __post_init__(self) -> None:
-        self.model_overrides = ModelConfig.check_partial(self.model_overrides, "TrainConfig.model_overrides")
         if self.objective == "distill" and self.distill is None:
             raise ConfigError("TrainConfig.distill is required when objective is distill")
         if self.model is None and self.init is None:
