@@ -71,8 +71,8 @@ def main() -> None:
         # (a) distilled vs scratch, the same student and batches
         scratch = stage("teacher", model="nano-dense", model_overrides={}, lr=3e-3, seed=seed, **common)
         add("a_scratch", run(scratch, out / "student_scratch"))
-        distilled = stage("distill", seed=seed, **common).replace(
-            distill={**stage("distill").distill, "teacher": str(teacher)})
+        distilled = stage("distill", seed=seed, **common)
+        distilled = distilled.replace(distill=distilled.distill.replace(teacher=str(teacher)))
         add("a_distilled", run(distilled, out / "student_distilled"))
         # (b) MoE top-2 of 8 vs dense with the same active parameters, both from scratch
         add("b_moe", run(scratch.replace(model="nano"), out / "moe_scratch"))

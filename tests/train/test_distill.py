@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from smallcode.config import ConfigError
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.train.distill import DistillConfig, DistillObjective, build_distill_objective, kd_loss
+from smallcode.train.config import DistillConfig, TrainConfig
+from smallcode.train.distill import DistillObjective, kd_loss
 from smallcode.train.teacher import Teacher
 
 # Two rows over a vocabulary of 3, given as probabilities so the KLs can be written out by hand.
@@ -160,7 +161,7 @@ def test_config_from_recipe_block() -> None:
     with pytest.raises(ConfigError, match="unknown field"):
         DistillConfig.from_dict({"teacher": "t", "temprature": 2})
     with pytest.raises(ConfigError, match="teacher"):
-        build_distill_objective({"kind": "forward"}, 256, "h", 16)
+        TrainConfig.from_dict({"objective": "distill", "distill": {"kind": "forward"}})
 
 
 # -- the objective --------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from smallcode.data import PrepareConfig, ShardLoader, prepare
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
 from smallcode.tokenizer import train_tokenizer
-from smallcode.train.distill import DistillConfig, DistillObjective, build_distill_objective
+from smallcode.train.config import DistillConfig
+from smallcode.train.distill import DistillObjective, build_distill_objective
 from smallcode.train.teacher import Teacher
 from smallcode.train.teacher_cache import (
     CacheError,
@@ -235,7 +236,7 @@ def test_cli_builds_a_cache_the_trainer_can_open(shards: Path, tmp_path: Path, c
     assert json.loads(text[text.index("{"):])["top_k"] == 4
     # the trainer's entry point checks that the cache was made by the configured teacher
     loader = _loader(shards)
-    objective = build_distill_objective({"teacher": str(ckpt), "mode": "offline", "cache": str(out), "top_k": 4},
+    objective = build_distill_objective(DistillConfig(str(ckpt), mode="offline", cache=str(out), top_k=4),
                                         VOCAB, loader.tokenizer_hash, T)
     sample_ids, input_ids = _batch(loader, 2)
     logprobs, _ = objective.cache.lookup(sample_ids, input_ids)
@@ -244,7 +245,7 @@ def test_cli_builds_a_cache_the_trainer_can_open(shards: Path, tmp_path: Path, c
     torch.testing.assert_close(logprobs, ref, atol=2e-2, rtol=1e-3)
     other = save_checkpoint(SmallCodeLM(model.config), tmp_path / "other", shards / "tokenizer.json")
     with pytest.raises(CacheError, match="built by teacher"):
-        build_distill_objective({"teacher": str(other), "mode": "offline", "cache": str(out), "top_k": 4},
+        build_distill_objective(DistillConfig(str(other), mode="offline", cache=str(out), top_k=4),
                                 VOCAB, loader.tokenizer_hash, T)
     # a teacher with another vocabulary: one line, exit status 1
     small = save_checkpoint(SmallCodeLM(ModelConfig.preset("tiny")), tmp_path / "small", shards / "tokenizer.json")

@@ -13,6 +13,7 @@ from trainer_helpers import Interrupt, dies_at_call, tiny_config, tiny_model_ove
 from smallcode.config import ConfigError
 from smallcode.model.checkpoint import Checkpoint, CheckpointError
 from smallcode.train.checkpoint import latest_checkpoint, save_train_checkpoint
+from smallcode.train.config import DistillConfig, TrainConfig
 from smallcode.train.objectives import next_token_objective
 from smallcode.train.optim import build_optimizer, lr_at
 from smallcode.train.trainer import Trainer, TrainingError, expert_load_stats, read_metrics
@@ -175,6 +176,26 @@ def test_bad_configs_are_refused_with_the_field_named(tmp_path: Path) -> None:
         tiny_config(objective="distill")
     with pytest.raises(ConfigError, match="vocab_size"):
         Trainer(tiny_config(model_overrides={"vocab_size": 77, "n_experts": 1, "top_k": 1}), tmp_path)
+
+
+@pytest.mark.parametrize(("section", "words"), [
+    ("distill: {teacher: t, temprature: 2.0}", ["TrainConfig.distill", "temprature"]),
+    ("distill: {teacher: t, kind: foward}", ["TrainConfig.distill", "DistillConfig.kind", "'forward', 'reverse'"]),
+    ("distill: {kind: forward}", ["TrainConfig.distill", "teacher"]),
+    ("model_overrides: {d_modle: 384}", ["TrainConfig.model_overrides", "d_modle"]),
+    ("model_overrides: {d_model: 384.0}", ["TrainConfig.model_overrides.d_model", "int"]),
+    ("precision: fp8", ["TrainConfig.precision", "'bfloat16'", "'fp8'"]),
+])
+def test_typos_in_a_stage_file_are_refused_when_it_is_loaded(tmp_path: Path, section: str, words: list[str]) -> None:
+    path = tmp_path / "stage.yaml"
+    distill = "" if section.startswith("distill:") else "distill: {teacher: t}\n"
+    path.write_text(f"objective: distill\n{distill}{section}\n")
+    with pytest.raises(ConfigError) as e:
+        TrainConfig.load(path)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    path.write_text("objective: distill\ndistill: {teacher: t, alpha: 1}\nmodel_overrides: {rope_base: 500}\n")
+    cfg = TrainConfig.load(path)
+    assert cfg.distill == DistillConfig(teacher="t", alpha=1.0) and cfg.model_overrides == {"rope_base": 500.0}
 
 
 def test_init_from_a_checkpoint_continues_from_its_weights(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ from typing import Any
 
 import click
 
+from smallcode.cli.options import config_options
+from smallcode.eval.runner import RunConfig
+
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Errors with a message the user can act on become one line, not a traceback."""
@@ -25,23 +28,12 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 @click.group(name="eval")
 def eval_() -> None:
     """CodeBench-E: sandboxed pass@k on HumanEval(+), MBPP(+) and repository problems."""
 
 
 @eval_.command("run")
-@click.option(
-    "--suite",
-    "suites",
-    default="humaneval",
-    show_default=True,
-    help="Comma-separated suites: humaneval, humaneval+, mbpp, mbpp+, mbpp:full, mbpp:sanitized, repo.",
-)
 @click.option(
     "--model",
     "model",
@@ -64,76 +56,38 @@ def eval_() -> None:
     type=click.Path(path_type=Path),
     help="Pre-generated samples (JSONL with task_id and completion) instead of a model.",
 )
-@click.option("--n", default=1, show_default=True, help="Samples per task.")
-@click.option("--temperature", default=0.0, show_default=True)
-@click.option("--top-p", default=0.95, show_default=True)
-@click.option("--max-tokens", default=512, show_default=True)
-@click.option(
-    "--mode",
-    type=click.Choice(["strict", "compat"]),
-    default="strict",
-    show_default=True,
-    help="strict: outputs compared in the harness; compat: the dataset's own checks.",
-)
-@click.option(
-    "--float-atol",
-    default=1e-6,
-    show_default=True,
-    help="Strict float tolerance for tasks that give none (EvalPlus's default); 0 = exact.",
-)
-@click.option("--k", "ks", default="1,10,100", show_default=True, help="pass@k values (those with k <= n).")
-@click.option("--workers", default=0, help="Parallel sandboxes (0 = CPU cores).")
-@click.option("--timeout", "timeout_s", default=3.0, show_default=True, help="Seconds per program.")
-@click.option(
-    "--isolation",
-    type=click.Choice(["auto", "bwrap", "unshare", "rlimits"]),
-    default="auto",
-    show_default=True,
-    help="Sandbox layer (auto = strongest available).",
-)
-@click.option("--limit", type=int, help="Only the first N tasks of each suite.")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help="Suites' data (e.g. shared/data).")
 @click.option(
     "--repo-file",
     type=click.Path(exists=True, dir_okay=False),
     help="A file written by `smallcode eval mine` to use as the repo suite.",
 )
-@click.option("--no-security", is_flag=True, help="Skip the bandit scan.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@config_options(
+    RunConfig,
+    aliases={"suites": ["--suite"], "timeout_s": ["--timeout"], "security_scan": ["--security/--no-security"]},
+    click_types={"data_dir": click.Path(exists=True, file_okay=False)},
+)
 @_user_errors
 def run(
-    suites: str,
+    cfg: RunConfig,
     model: Path | None,
     endpoint: str | None,
     api_key: str | None,
     api: str,
     model_name: str,
     samples_file: Path | None,
-    n: int,
-    temperature: float,
-    top_p: float,
-    max_tokens: int,
-    mode: str,
-    float_atol: float,
-    ks: str,
-    workers: int,
-    timeout_s: float,
-    isolation: str,
-    limit: int | None,
-    data_dir: str | None,
     repo_file: str | None,
-    no_security: bool,
     out: Path,
 ) -> None:
     """Generate (or read) samples, check them in the sandbox, write summary.json and report.md."""
     from smallcode.backends import open_backend
     from smallcode.backends.samples import Samples
-    from smallcode.eval.runner import RunConfig, evaluate, load_tasks
+    from smallcode.eval.runner import evaluate, load_tasks
 
     chosen = [x for x in (model, endpoint, samples_file) if x is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --model, --endpoint, --samples")
-    tasks = load_tasks(_csv(suites), data_dir, limit, repo_file)
+    tasks = load_tasks(cfg.suites, cfg.data_dir, cfg.limit, repo_file)
     kinds = (("samples",) if samples_file is not None else ("endpoint",) if endpoint is not None
              else ("smallcode", "huggingface"))
     opened = open_backend(chosen[0], kinds=kinds, model_name=model_name, api_key=api_key, api=api,  # type: ignore[arg-type]
@@ -146,23 +100,7 @@ def run(
         if missing:
             click.echo(f"note: {len(missing)} of {len(tasks)} tasks have no samples and are not scored", err=True)
         tasks = [t for t in tasks if t.task_id in source]
-        n = opened.n
-    cfg = RunConfig(
-        suites=_csv(suites),
-        n=n,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        mode=mode,
-        workers=workers,
-        timeout_s=timeout_s,
-        isolation=isolation,
-        k=[int(k) for k in _csv(ks)],
-        limit=limit,
-        security_scan=not no_security,
-        float_atol=float_atol,
-        data_dir=data_dir,
-    )
+        cfg = cfg.replace(n=opened.n)
     evaluate(tasks, source, cfg, out, name)
     click.echo((out / "report.md").read_text())
 

@@ -35,16 +35,20 @@ from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError
 from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
-from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
+from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
 from smallcode.eval.tasks.base import Task
 
 
 @dataclass
 class RunConfig(Config):
-    """How to run an evaluation; saved as ``config.json`` in the run directory."""
+    """How to run an evaluation; saved as ``config.json`` in the run directory.
+
+    Each field is also an option of ``smallcode eval run`` whose help is the field's docstring, so the
+    docstrings are written for users.
+    """
 
     suites: list[str] = field(default_factory=lambda: ["humaneval"])
-    """Suite names for ``smallcode.eval.tasks.load_suite``."""
+    """Suites to run: humaneval, humaneval+, mbpp, mbpp+, mbpp:full, mbpp:sanitized, repo."""
     n: int = 1
     """Samples per task."""
     temperature: float = 0.0
@@ -55,42 +59,38 @@ class RunConfig(Config):
     """Longest completion, in tokens."""
     stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))
     """Stop sequences for completion-style generation."""
-    mode: str = "strict"
-    """Verdict mode: ``strict`` (outputs compared in the harness) or ``compat`` (the dataset's checks)."""
+    mode: CheckMode = "strict"
+    """Verdicts: strict (outputs compared in the harness) or compat (the dataset's own checks)."""
     workers: int = 0
     """Parallel sandboxes; 0 = number of CPU cores."""
     timeout_s: float = 3.0
-    """Wall-clock seconds per program, plus ``per_input_s`` per strict input."""
+    """Wall-clock seconds per program, plus per_input_s for each input in strict mode."""
     per_input_s: float = 0.05
     """Extra seconds per input in strict mode (HumanEval+ has hundreds of inputs per task)."""
     float_atol: float = 1e-6
     """Strict mode's float tolerance for tasks that give none (EvalPlus's default); 0 = exact."""
     memory_mb: int = 1024
     """Address-space limit per program, MiB."""
-    isolation: str = "auto"
-    """Sandbox layer: auto, bwrap, unshare, rlimits."""
+    isolation: Isolation = "auto"
+    """Sandbox layer: auto (the strongest available), bwrap, unshare or rlimits."""
     k: list[int] = field(default_factory=lambda: [1, 10, 100])
     """pass@k values to report (those with k <= n)."""
     limit: int | None = None
-    """Only the first ``limit`` tasks of each suite (smoke runs)."""
+    """Only the first N tasks of each suite (smoke runs)."""
     security_scan: bool = True
-    """Run bandit on every sample."""
+    """Scan every sample with bandit."""
     data_dir: str | None = None
-    """Directory with the suites' data files (e.g. shared/data)."""
+    """A directory holding the suites' data files, read instead of the default copies."""
     generate_batch: int = 8
     """Prompts per backend call (samples are saved after each call)."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("strict", "compat"):
-            raise ConfigError(f"mode: must be 'strict' or 'compat', got {self.mode!r}")
-        if self.isolation not in ("auto", "bwrap", "unshare", "rlimits"):
-            raise ConfigError(f"isolation: must be auto, bwrap, unshare or rlimits, got {self.isolation!r}")
         if self.n < 1:
-            raise ConfigError(f"n: must be >= 1, got {self.n}")
+            raise ConfigError(f"RunConfig.n: must be >= 1, got {self.n}")
         if self.workers < 0:
-            raise ConfigError(f"workers: must be >= 0, got {self.workers}")
+            raise ConfigError(f"RunConfig.workers: must be >= 0, got {self.workers}")
         if self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s: must be > 0, got {self.timeout_s}")
+            raise ConfigError(f"RunConfig.timeout_s: must be > 0, got {self.timeout_s}")
 
     @property
     def n_workers(self) -> int:

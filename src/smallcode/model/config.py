@@ -57,12 +57,11 @@ class ModelConfig(Config):
         positive = ["vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "n_experts",
                     "top_k", "window", "max_seq_len"]
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
-        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ModelConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.head_dim is not None and self.head_dim < 1:
             raise ConfigError(f"ModelConfig.head_dim must be None or an integer >= 1, got {self.head_dim!r}")
-        if not isinstance(self.n_global, int) or self.n_global < 0:
+        if self.n_global < 0:
             raise ConfigError(f"ModelConfig.n_global must be an integer >= 0, got {self.n_global!r}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(
@@ -137,7 +136,7 @@ class ModelConfig(Config):
     def preset(cls, name: str, **overrides: object) -> ModelConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; allowed presets: {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[name](), **overrides) if overrides else PRESETS[name]()
+        return PRESETS[name]().replace(**overrides) if overrides else PRESETS[name]()
 
 
 def _mean_visible_keys(seq_len: int, window: int, n_global: int) -> float:

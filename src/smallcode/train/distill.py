@@ -1,4 +1,4 @@
-"""Distillation from a teacher that shares the tokenizer: the loss, its config and the training objective.
+"""Distillation from a teacher that shares the tokenizer: the loss and the training objective.
 
 ``kd_loss(student_logits, teacher, kind, temperature, mask)`` is the pure loss; ``DistillObjective`` plugs
 it into the trainer (``objective(model, batch) -> (total, ce, metrics)``) with the teacher run each step
@@ -21,7 +21,8 @@ et al. do), with ``q = softmax(student / t)`` over the whole vocabulary:
   gives mass to, and a top-k cache lacks it for the others. Any stand-in (a remainder bucket, a floor
   value) would be a guess of the tail; use online mode for reverse KL.
 
-Not here: the training loop, the teacher cache format, loading teachers (``teacher.py``). Student logits
+Not here: the training loop, the teacher cache format, loading teachers (``teacher.py``), the settings
+(``DistillConfig``, the ``distill:`` section of a stage in ``config.py``). Student logits
 are computed whole (N, V) from ``model.trunk`` and ``lm_head``: at the nano size (N = 2048, V = 8192) that
 is small next to the teacher's own (N, V) logits.
 
@@ -30,72 +31,22 @@ Shape legend: B batch, T sequence, N = B*T rows, V vocabulary, k teacher top-k.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Literal
-
 import torch
 import torch.nn.functional as F
 
-from smallcode.config import Config, ConfigError
+from smallcode.config import ConfigError
 from smallcode.model.transformer import SmallCodeLM
+from smallcode.train.config import DistillConfig, KLDirection
 from smallcode.train.objectives import router_terms
 from smallcode.train.teacher import Teacher, TeacherError, load_teacher, teacher_hash
 from smallcode.train.teacher_cache import TeacherCache
 
 IGNORE_INDEX = -100
-Kind = Literal["forward", "reverse"]
-Mode = Literal["online", "offline"]
 TopK = tuple[torch.Tensor, torch.Tensor]
 """A top-k teacher target: (log-probs (N, k) at temperature 1, token ids (N, k))."""
 
 
-@dataclass
-class DistillConfig(Config):
-    teacher: str
-    """The teacher: a smallcode checkpoint directory or a Hugging Face model directory (local path)."""
-    kind: Kind = "forward"
-    """Direction of the KL: forward KL(teacher || student) or reverse KL(student || teacher)."""
-    temperature: float = 1.0
-    """Softmax temperature applied to student and teacher alike; the KL is scaled by its square."""
-    alpha: float = 0.5
-    """Weight of cross-entropy against the labels: total = alpha * ce + (1 - alpha) * kd."""
-    mode: Mode = "online"
-    """online: run the teacher every step; offline: read its top-k log-probs from ``cache``."""
-    cache: str | None = None
-    """Directory of the teacher cache (``smallcode teacher-cache``); required offline, unused online."""
-    top_k: int = 32
-    """Teacher log-probs per token used offline (at most the cache's top_k)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.teacher, str) or not self.teacher:
-            raise ConfigError(f"DistillConfig.teacher must be a path, got {self.teacher!r}")
-        if self.kind not in ("forward", "reverse"):
-            raise ConfigError(f"DistillConfig.kind must be 'forward' or 'reverse', got {self.kind!r}")
-        if self.mode not in ("online", "offline"):
-            raise ConfigError(f"DistillConfig.mode must be 'online' or 'offline', got {self.mode!r}")
-        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature <= 0:
-            raise ConfigError(f"DistillConfig.temperature must be a finite number > 0, got {self.temperature!r}")
-        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"DistillConfig.alpha must be in [0, 1], got {self.alpha!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"DistillConfig.top_k must be an integer >= 1, got {self.top_k!r}")
-        if self.mode == "offline" and not self.cache:
-            raise ConfigError("DistillConfig.cache must name the teacher cache directory when mode is 'offline'")
-        if self.mode == "online" and self.cache is not None:
-            raise ConfigError("DistillConfig.cache is only read when mode is 'offline'; remove it or set mode")
-        if self.mode == "offline" and self.kind == "reverse":
-            raise ConfigError(
-                "DistillConfig: kind 'reverse' needs the teacher's full distribution, which an offline top-k "
-                "cache does not hold; use mode 'online' or kind 'forward'"
-            )
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-def kd_loss(student_logits_NV: torch.Tensor, teacher: torch.Tensor | TopK, kind: Kind = "forward",
+def kd_loss(student_logits_NV: torch.Tensor, teacher: torch.Tensor | TopK, kind: KLDirection = "forward",
             temperature: float = 1.0, mask_N: torch.Tensor | None = None) -> torch.Tensor:
     """Mean KL over the rows where ``mask_N`` is true, times ``temperature**2`` (see the module docstring).
 
@@ -200,12 +151,7 @@ class DistillObjective:
         return total, ce, {"kd_loss": kd.detach(), **metrics}
 
 
-def build_distill_objective(cfg: DistillConfig | dict[str, Any], vocab_size: int, tokenizer_hash: str,
+def build_distill_objective(cfg: DistillConfig, vocab_size: int, tokenizer_hash: str,
                             seq_len: int, device: str | torch.device = "cpu") -> DistillObjective:
-    """The trainer's entry point: a ``distill:`` block of a recipe (or a DistillConfig) -> the objective."""
-    if not isinstance(cfg, DistillConfig):
-        try:
-            cfg = DistillConfig.from_dict(cfg)
-        except TypeError as e:  # a required field (teacher) left out
-            raise ConfigError(f"distill: {e}") from e
+    """The trainer's entry point: a stage's ``distill:`` section -> the objective."""
     return DistillObjective.load(cfg, vocab_size, tokenizer_hash, seq_len, device)

@@ -87,11 +87,12 @@ def estimate_recipe(recipe_path: str | Path, gpus: int | None = None, peak_tflop
         teacher = models.get(spec.teacher_from) if spec.teacher_from else None
         tokens = float(cfg.steps * cfg.batch_size * cfg.data.seq_len * cfg.grad_accum * gpus)
         per_token = m.flops_per_token(cfg.data.seq_len, training=True)
-        if teacher is not None and (cfg.distill or {}).get("mode", "online") == "online":
+        online = cfg.distill is None or cfg.distill.mode == "online"
+        if teacher is not None and online:
             per_token += teacher.flops_per_token(cfg.data.seq_len, training=False)
         flops = per_token * tokens
         hours = flops / (peak_tflops * 1e12 * mfu) / 3600
-        mem = memory_per_gpu(m, cfg, gpus, teacher if (cfg.distill or {}).get("mode", "online") == "online" else None)
+        mem = memory_per_gpu(m, cfg, gpus, teacher if online else None)
         out.append(StageEstimate(spec.name, m, tokens, flops, hours, mem / 2**30))
     return out
 

@@ -27,7 +27,7 @@ from typing import Any
 from smallcode.config import Config, ConfigError
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
-from smallcode.train.config import TrainConfig
+from smallcode.train.config import DistillConfig, TrainConfig
 
 
 @dataclass
@@ -105,7 +105,8 @@ def stage_config(recipe: RecipeConfig, spec: StageSpec, out: Path) -> TrainConfi
         changes["init"] = str(_final(out, spec.init_from))
     cfg = cfg.with_overrides(changes)
     if spec.teacher_from:
-        cfg = cfg.replace(distill={**(cfg.distill or {}), "teacher": str(_final(out, spec.teacher_from))})
+        teacher = str(_final(out, spec.teacher_from))
+        cfg = cfg.replace(distill=cfg.distill.replace(teacher=teacher) if cfg.distill else DistillConfig(teacher))
     return cfg.with_overrides(spec.set) if spec.set else cfg
 
 

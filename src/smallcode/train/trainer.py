@@ -163,7 +163,8 @@ class Trainer:
             return next_token_objective
         from smallcode.train.distill import build_distill_objective
 
-        return build_distill_objective(self.config.distill or {}, self.model.config.vocab_size,
+        assert self.config.distill is not None  # TrainConfig requires it for this objective
+        return build_distill_objective(self.config.distill, self.model.config.vocab_size,
                                        self.source.tokenizer.hash, self.config.data.seq_len, self.info.device)
 
     # ------------------------------------------------------------------ the loop
