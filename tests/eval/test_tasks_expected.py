@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from smallcode.eval.tasks import codec, load_suite
+from smallcode.eval.tasks import codec
 from smallcode.eval.tasks import expected as expected_mod
-from smallcode.eval.tasks.base import Task
 from smallcode.eval.tasks.expected import ExpectedError, cache_key, expected_outputs
-from smallcode.eval.tasks.mbpp import STRICT_UNRELIABLE_FULL, strict_inputs
+from smallcode.tasks import load_suite
+from smallcode.tasks.base import Task
+from smallcode.tasks.mbpp import STRICT_UNRELIABLE_FULL, strict_inputs
 
 
 def _task(reference: str, inputs: tuple, tid: str = "t/0") -> Task:

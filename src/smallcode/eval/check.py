@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from smallcode.eval.sandbox import RunResult, Sandbox, decode, encode
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 CheckMode = Literal["strict", "compat"]
 VerdictStatus = Literal["passed", "failed", "timeout", "memory", "error"]

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from smallcode.eval.tasks import codec
 from smallcode.eval.tasks._run import run_python
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 
 class ExpectedError(RuntimeError):
