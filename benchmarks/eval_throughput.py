@@ -75,7 +75,8 @@ def main() -> None:
 
     from smallcode.tasks import load_suite
 
-    tasks = load_suite("humaneval", Path(args.data_dir) if args.data_dir else None)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    tasks = load_suite("humaneval", data_dir)
     canon = [t.reference for t in tasks]
     samples = [{"task_id": t.task_id, "completion": t.reference} for t in tasks]
     he_s, he_ok, c_s, c_ok, s_s, s_ok, sc_s = [], [], [], [], [], [], []
@@ -145,7 +146,7 @@ def main() -> None:
             "mutants": kinds.count("mutant"),
             "mutants_passing": sum(p for p, k in zip(peer, kinds, strict=True) if k == "mutant"),
         }
-        mbpp = load_suite("mbpp:full", Path(args.data_dir))
+        mbpp = load_suite("mbpp:full", data_dir)
         _, ok, reasons = ours(mbpp, [t.reference for t in mbpp], "compat", args.workers, 10.0, None)
         result["mbpp_full_references"] = {
             "tasks": len(mbpp),
