@@ -31,6 +31,8 @@ def test_tasks_import_neither_eval_nor_train() -> None:
     loaded = smallcode_modules_after("\n".join(f"import {m}" for m in modules))
     assert "smallcode.tasks.fetch" in loaded
     assert not {m for m in loaded if m.startswith(("smallcode.eval", "smallcode.train"))}
+    # a leaf: besides itself, only the package root and the atomic writer
+    assert {m for m in loaded if not m.startswith("smallcode.tasks")} == {"smallcode", "smallcode.fileio"}
 
 
 def test_train_never_imports_eval() -> None:
