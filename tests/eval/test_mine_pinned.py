@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import pytest
 
 from smallcode.eval.check import compat_program
+from smallcode.eval.mining.repo import load_pinned_stdlib, task_sha256, wrong_bodies
+from smallcode.eval.runner import load_tasks
 from smallcode.eval.sandbox import run_python
-from smallcode.eval.tasks import DataFileError, load_suite
-from smallcode.eval.tasks import stdlib_manifest as manifest
-from smallcode.eval.tasks.repo import load_pinned_stdlib, task_sha256, wrong_bodies
+from smallcode.tasks import DataFileError
+from smallcode.tasks.manifest import load_manifest
 
-SAME_PYTHON = manifest.PYTHON.rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
+MANIFEST = load_manifest()
+SAME_PYTHON = MANIFEST.python.rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def test_manifest_is_500_distinct_problems() -> None:
-    ids = [tid for tid, _, _ in manifest.TASKS]
-    assert manifest.COUNT == len(ids) == len(set(ids)) == 500
-    assert all(tid.startswith("repo/") and len(sha) == 64 for tid, sha, _ in manifest.TASKS)
+    ids = [e.task_id for e in MANIFEST.tasks]
+    assert len(ids) == len(set(ids)) == 500
+    assert all(tid.startswith("repo/") and len(e.sha256) == 64 for tid, e in zip(ids, MANIFEST.tasks, strict=True))
 
 
 @pytest.mark.skipif(not SAME_PYTHON, reason="the pinned suite is tied to the Python version that mined it")
 def test_pinned_suite_rebuilds_with_matching_hashes() -> None:
-    tasks = load_suite("repo")
+    tasks = load_tasks(["repo"])
     assert len(tasks) == 500
-    assert [task_sha256(t) for t in tasks] == [sha for _, sha, _ in manifest.TASKS]
+    assert [task_sha256(t) for t in tasks] == [e.sha256 for e in MANIFEST.tasks]
     kinds = {t.meta["checked_by"] for t in tasks}
     assert kinds == {"doctest", "unittest"}
     # A few, each kind: the reference passes its own check and `pass` fails it (whole suite: benchmark).
@@ -36,15 +39,14 @@ def test_pinned_suite_rebuilds_with_matching_hashes() -> None:
         assert not run_python(compat_program(t, wrong_bodies(t)[0]), timeout=60).ok, t.task_id
 
 
-def test_other_python_version_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manifest, "PYTHON", "3.99.0")
+def test_other_python_version_is_a_clear_error() -> None:
     with pytest.raises(DataFileError, match=r"mined from Python 3\.99\.0.*Mine a suite for this interpreter"):
-        load_pinned_stdlib()
+        load_pinned_stdlib(manifest=replace(MANIFEST, python="3.99.0"))
 
 
 @pytest.mark.skipif(not SAME_PYTHON, reason="the pinned suite is tied to the Python version that mined it")
-def test_changed_stdlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    tid, _, tests = manifest.TASKS[0]
-    monkeypatch.setattr(manifest, "TASKS", ((tid, "0" * 64, tests), *manifest.TASKS[1:]))
-    with pytest.raises(DataFileError, match=f"1 of 500 pinned repo problems differ.*{tid}"):
-        load_pinned_stdlib()
+def test_changed_stdlib_is_a_clear_error() -> None:
+    first = MANIFEST.tasks[0]
+    changed = replace(MANIFEST, tasks=(replace(first, sha256="0" * 64), *MANIFEST.tasks[1:]))
+    with pytest.raises(DataFileError, match=f"1 of 500 pinned repo problems differ.*{first.task_id}"):
+        load_pinned_stdlib(manifest=changed)

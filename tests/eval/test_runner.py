@@ -17,7 +17,7 @@ from smallcode.backends.base import BackendError
 from smallcode.config import ConfigError
 from smallcode.eval.report import report_dir
 from smallcode.eval.runner import JsonlLog, RunConfig, evaluate
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 
 def make_tasks(n: int) -> list[Task]:

@@ -27,7 +27,7 @@ def stage_files(root: Path) -> dict[str, str]:
         "distill": {**common, "objective": "distill", "model": "nano-dense", "model_overrides": TINY, "steps": 3,
                     "distill": {"teacher": "filled-in", "kind": "forward", "alpha": 0.5, "mode": "online"}},
         "moe": {**common, "steps": 2, "init": "filled-in"},
-        "finetune": {**common, "steps": 2, "init": "filled-in", "data": {"kind": "mbpp", "path": "x", "seq_len": 512}},
+        "finetune": {**common, "steps": 2, "init": "filled-in", "data": {"kind": "mbpp", "seq_len": 512}},
     }
     paths = {}
     for name, body in stages.items():
@@ -36,12 +36,13 @@ def stage_files(root: Path) -> dict[str, str]:
     return paths
 
 
-def recipe(root: Path, shared_data: Path, stages: list[dict]) -> RecipeConfig:
+def recipe(root: Path, stages: list[dict]) -> RecipeConfig:
+    # no MBPP directory: the fine-tuning stage reads the copy shipped in the package
     return RecipeConfig(out=str(root / "run"), corpus=[str(STDLIB / "json"), str(STDLIB / "email")], vocab_size=320,
-                        val_fraction=0.2, mbpp=str(shared_data), stages=stages)
+                        val_fraction=0.2, stages=stages)
 
 
-def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path, shared_data: Path) -> None:
+def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     files = stage_files(tmp_path)
     stages = [
         {"name": "teacher", "config": files["teacher"]},
@@ -51,15 +52,16 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path, shared_d
         {"name": "finetune", "config": files["finetune"], "init_from": "moe"},
     ]
     # first only the teacher, as if the run had been stopped there
-    run_recipe(recipe(tmp_path, shared_data, stages[:1]), progress=False)
+    run_recipe(recipe(tmp_path, stages[:1]), progress=False)
     out = tmp_path / "run"
     teacher_metrics = (out / "teacher" / "metrics.jsonl").read_text()
-    report = run_recipe(recipe(tmp_path, shared_data, stages), progress=False)
+    report = run_recipe(recipe(tmp_path, stages), progress=False)
     assert (out / "teacher" / "metrics.jsonl").read_text() == teacher_metrics  # not trained again
     text = report.read_text()
     for name in ("teacher", "student", "upcycled", "moe", "finetune"):
         assert f"| {name} |" in text
     assert "MBPP validation" in text and "corpus validation" in text
+    assert "--suite humaneval,mbpp --out" in text  # the packaged data: no --data-dir to pass
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     # the chain is what the recipe says: the student learnt from the teacher, moe started from the upcycled student
     student_rows = [r for r in read_metrics(out / "student" / "metrics.jsonl") if r["type"] == "train"]
@@ -76,7 +78,7 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path, shared_d
                                    atol=1e-5, rtol=1e-5)
     # a finished recipe runs again as a no-op
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
-    run_recipe(recipe(tmp_path, shared_data, stages), progress=False)
+    run_recipe(recipe(tmp_path, stages), progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
 
 
@@ -85,6 +87,30 @@ def test_stage_references_must_point_backwards(tmp_path: Path) -> None:
         RecipeConfig(stages=[{"name": "a", "config": "x.yaml", "init_from": "b"}, {"name": "b", "config": "y.yaml"}])
     with pytest.raises(ConfigError, match="either config"):
         RecipeConfig(stages=[{"name": "a"}])
+
+
+def test_mbpp_data_default_to_the_package_and_can_be_overridden(tmp_path: Path, shared_data: Path) -> None:
+    from smallcode.train.recipe import stage_config
+
+    files = stage_files(tmp_path)
+    spec = {"name": "finetune", "config": files["finetune"]}
+    assert RecipeConfig().mbpp is None
+    default = recipe(tmp_path, [spec])
+    packaged = stage_config(default, default.stages[0], tmp_path)
+    assert packaged.data.kind == "mbpp" and packaged.data.path == ""
+    chosen = RecipeConfig(mbpp=str(shared_data), stages=[spec])
+    assert stage_config(chosen, chosen.stages[0], tmp_path).data.path == str(shared_data)
+
+
+@pytest.mark.parametrize("scale", ["nano", "smallcode-16b-a4b"])
+def test_the_shipped_recipes_need_no_data_directory(scale: str) -> None:
+    from smallcode.train.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = RecipeConfig.load(root / "configs" / scale / "recipe.yaml")
+    assert cfg.mbpp is None
+    finetune = TrainConfig.load(root / next(s for s in cfg.stages if s.name == "finetune").config)
+    assert finetune.data.kind == "mbpp" and finetune.data.path == ""
 
 
 def test_the_shipped_nano_recipe_is_consistent() -> None:

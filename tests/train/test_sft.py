@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
 import sysconfig
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from smallcode.eval.tasks.mbpp import load_mbpp
 from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.tasks.mbpp import load_mbpp
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 from smallcode.train.objectives import next_token_objective
 from smallcode.train.sft import (
@@ -120,14 +122,15 @@ def test_write_and_read_back(tmp_path: Path) -> None:
 
 
 def test_mbpp_pairs_follow_the_evaluation_prompt(shared_data: Path) -> None:
-    train, val = load_mbpp_train(shared_data), load_mbpp_validation(shared_data)
+    train, val = load_mbpp_train(), load_mbpp_validation()  # the package's copy of MBPP
     assert len(train) == 374 and len(val) == 90
+    assert train == load_mbpp_train(shared_data) and val == load_mbpp_validation(shared_data)  # the override
     ids = lambda pairs: {int(p["task_id"].split("/")[1]) for p in pairs}  # noqa: E731
     assert ids(train) == set(range(601, 975)) and ids(val) == set(range(511, 601))
-    test_ids = {int(t.task_id.split("/")[1]) for t in load_mbpp(shared_data, "test")}
+    test_ids = {int(t.task_id.split("/")[1]) for t in load_mbpp(split="test")}
     assert len(test_ids) == 500 and not (ids(train) | ids(val)) & test_ids
     # the prompt is the evaluation's prompt, byte for byte
-    eval_prompts = {t.task_id: t.prompt for t in load_mbpp(shared_data, "train")}
+    eval_prompts = {t.task_id: t.prompt for t in load_mbpp(split="train")}
     assert all(p["prompt"] == eval_prompts[p["task_id"]] for p in train)
     # and both are the documented template, rebuilt here from the raw file
     raw = {r["task_id"]: r for r in map(json.loads, (shared_data / "mbpp" / "mbpp.jsonl").read_text().splitlines())}
@@ -140,6 +143,17 @@ def test_mbpp_pairs_follow_the_evaluation_prompt(shared_data: Path) -> None:
             warnings.simplefilter("ignore", SyntaxWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             ast.parse(p["prompt"] + p["completion"])  # prompt + completion is the program the eval runs
+
+
+def test_mbpp_pairs_need_no_data_directory(offline_python: Callable[..., subprocess.CompletedProcess]) -> None:
+    # A fresh install: no ../shared, no data directory, HOME and the working directory elsewhere.
+    code = ("import json; from smallcode.train.sft import load_mbpp_train, load_mbpp_validation; "
+            "t, v = load_mbpp_train(), load_mbpp_validation(); "
+            "print(json.dumps([len(t), len(v), t[0]['task_id'], t[0]['completion']]))")
+    proc = offline_python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    first = load_mbpp_train()[0]
+    assert json.loads(proc.stdout) == [374, 90, first["task_id"], first["completion"]]
 
 
 def test_overflow_is_dropped_or_truncated_and_counted(tok: CodeTokenizer) -> None:

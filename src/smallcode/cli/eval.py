@@ -125,10 +125,7 @@ def report(run_dir: Path) -> None:
 @_user_errors
 def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout_s: float) -> None:
     """Build function-completion problems from local Python code (doctests and the repo's tests)."""
-    try:
-        from smallcode.eval.tasks import mine_repo  # type: ignore[attr-defined]
-    except ImportError:
-        from smallcode.eval.tasks.repo import mine_repo
+    from smallcode.eval.mining import mine_repo
 
     path = mine_repo(source, out, limit=limit, workers=workers, timeout_s=timeout_s)
     click.echo(f"wrote {path}")

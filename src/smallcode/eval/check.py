@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from smallcode.eval import values
 from smallcode.eval.sandbox import RunResult, Sandbox
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 CheckMode = Literal["strict", "compat"]
 VerdictStatus = Literal["passed", "failed", "timeout", "memory", "error"]

@@ -27,8 +27,8 @@ from typing import Any
 from smallcode.eval import values
 from smallcode.eval.check import encoded_inputs, strict_program, strict_timeout
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox
-from smallcode.eval.tasks.base import Task
 from smallcode.fileio import atomic_write_bytes
+from smallcode.tasks.base import Task
 
 REFERENCE_TIMEOUT_FACTOR = 10.0
 """The reference (trusted to finish) gets this many times the candidate's configured limit."""

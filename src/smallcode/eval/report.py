@@ -15,7 +15,7 @@ from typing import Any
 
 from smallcode.eval.passk import mean_pass_at_k
 from smallcode.eval.security import summarise
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 
 def summarise_results(

@@ -36,7 +36,7 @@ from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
-from smallcode.eval.tasks.base import Task
+from smallcode.tasks.base import Task
 
 
 @dataclass
@@ -330,15 +330,24 @@ def _security(out: Path, tasks: Iterable[Task], rows: list[dict[str, Any]]) -> d
 
 
 def load_tasks(
-    suites: list[str], data_dir: str | Path | None, limit: int | None = None, repo_file: str | Path | None = None
+    suites: list[str], data_dir: str | Path | None = None, limit: int | None = None,
+    repo_file: str | Path | None = None,
 ) -> list[Task]:
-    """Tasks of the named suites, via the suites package (``load_suite``); ``repo_file`` is a mined
-    problem file to use as the ``repo`` suite instead of the pinned standard-library one."""
-    from smallcode.eval.tasks import load_suite
+    """Tasks of the named suites: the one place a suite name is turned into tasks.
+
+    The data suites come from :func:`smallcode.tasks.load_suite` (the package's data, or ``data_dir``
+    when given); ``repo`` from :mod:`smallcode.eval.mining`: the tasks of ``repo_file`` (a file written
+    by ``smallcode eval mine``) when given, else the pinned standard-library problems.
+    """
+    from smallcode.tasks import load_suite
 
     tasks: list[Task] = []
     for name in suites:
-        where = repo_file if name == "repo" and repo_file else data_dir
-        got = load_suite(name, Path(where) if where else None)
+        if name == "repo":
+            from smallcode.eval.mining import load_repo_suite
+
+            got = load_repo_suite(Path(repo_file) if repo_file else None)
+        else:
+            got = load_suite(name, Path(data_dir) if data_dir else None)
         tasks.extend(got[:limit] if limit else got)
     return tasks

@@ -11,7 +11,8 @@
 Each step is skipped when its output is complete and resumed from its newest checkpoint when it is
 not, so an interrupted recipe is continued by running the same command again. A stage names the
 stages it builds on (``init_from``, ``teacher_from``, ``upcycle_from``); the runner fills in
-those paths and the shard/tokenizer/MBPP paths, so the stage files stay ordinary training configs.
+those paths and the shard and tokenizer paths (and MBPP's, when the recipe overrides the packaged
+copy), so the stage files stay ordinary training configs.
 One process; the flagship's stages run one by one under torchrun (see ``configs/``).
 """
 
@@ -66,8 +67,9 @@ class RecipeConfig(Config):
     """Tokenizer vocabulary (must equal the models' vocab_size)."""
     val_fraction: float = 0.02
     """Share of documents held out for validation."""
-    mbpp: str = "../shared/data"
-    """Directory holding ``mbpp/mbpp.jsonl`` for the fine-tuning stage."""
+    mbpp: str | None = None
+    """MBPP for the fine-tuning stage: None for the copy shipped in the package, or a directory laid
+    out like the releases (``mbpp/mbpp.jsonl``) to read instead."""
     stages: list[StageSpec] = field(default_factory=list)
     """The stages in order."""
     gpus: int = 1
@@ -99,7 +101,7 @@ def stage_config(recipe: RecipeConfig, spec: StageSpec, out: Path) -> TrainConfi
         changes["data.path"] = str(out / "shards")
     else:
         changes["data.tokenizer"] = str(out / "tokenizer" / TOKENIZER_FILE)
-        if cfg.data.kind == "mbpp":
+        if cfg.data.kind == "mbpp" and recipe.mbpp is not None:
             changes["data.path"] = recipe.mbpp
     if spec.init_from:
         changes["init"] = str(_final(out, spec.init_from))
@@ -190,6 +192,7 @@ def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Pa
                      val_text, times.get(spec.name, 0.0)))
     total = sum(times.values())
     last = _final(out, recipe.stages[-1].name) if recipe.stages else out / "<checkpoint>"
+    data_dir = f"--data-dir {recipe.mbpp} " if recipe.mbpp is not None else ""
     lines = [
         "# smallcode recipe report", "",
         f"Run directory `{out}`; total wall time of the steps {total / 60:.1f} min "
@@ -201,8 +204,7 @@ def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Pa
         "## What to run next", "",
         f"- Generate: `smallcode generate {last} \"def fibonacci(n):\"`",
         f"- Fill in the middle: `smallcode complete {last} --prefix-file a.py --suffix-file b.py`",
-        f"- Evaluate: `smallcode eval run --model {last} --suite humaneval,mbpp --data-dir {recipe.mbpp} "
-        f"--out {out}/eval`",
+        f"- Evaluate: `smallcode eval run --model {last} --suite humaneval,mbpp {data_dir}--out {out}/eval`",
         "- Scale up: the same stages for the flagship are in `configs/smallcode-16b-a4b/` (torchrun + FSDP2).",
     ]
     report = out / "report.md"

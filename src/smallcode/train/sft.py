@@ -34,8 +34,9 @@ that epoch.
 
 ``load_mbpp_train`` / ``load_mbpp_validation`` turn MBPP's train (task ids 601-974) and validation
 (511-600) splits into prompt/completion pairs whose prompt is the very prompt the evaluation gives
-the model (``smallcode.eval.tasks.mbpp``: a docstring holding the problem text and the task's
-asserts) and whose completion is the reference code, so fine-tuning and evaluation agree.
+the model (``smallcode.tasks.mbpp``: a docstring holding the problem text and the task's asserts)
+and whose completion is the reference code, so fine-tuning and evaluation agree. MBPP ships with
+the package; a data directory is an optional override.
 
 The matching objective is ``smallcode.train.objectives.next_token_objective``: its labels already
 carry -100 wherever no loss is taken. This module does not run training, pack rows, or template prompts
@@ -266,20 +267,22 @@ class SFTLoader:
 
 
 # ----------------------------------------------------------------------------- MBPP
-def _mbpp_pairs(data_dir: str | Path, split: Literal["train", "validation"]) -> list[dict]:
-    from smallcode.eval.tasks.mbpp import load_mbpp
+def _mbpp_pairs(data_dir: str | Path | None, split: Literal["train", "validation"]) -> list[dict]:
+    from smallcode.tasks.mbpp import load_mbpp
 
+    # An empty path (a config that names none) means the package's copy, as None does.
     return [{"task_id": t.task_id, "prompt": t.prompt, "completion": t.reference}
-            for t in load_mbpp(Path(data_dir), split)]
+            for t in load_mbpp(Path(data_dir) if data_dir else None, split)]
 
 
-def load_mbpp_train(data_dir: str | Path) -> list[dict]:
+def load_mbpp_train(data_dir: str | Path | None = None) -> list[dict]:
     """MBPP's training split (task ids 601-974, 374 tasks) as prompt/completion pairs.
 
     ``prompt`` is the evaluation's MBPP prompt: a triple-quoted docstring holding the problem text
     and then the task's asserts, one a line, followed by a newline. ``completion`` is the reference
-    code with Windows line ends made plain newlines, ending in one. ``data_dir`` holds
-    ``mbpp/mbpp.jsonl`` (checked against its pinned sha256). Each pair also carries its ``task_id``.
+    code with Windows line ends made plain newlines, ending in one. The data are the package's copy
+    of ``mbpp.jsonl``, or ``data_dir/mbpp/mbpp.jsonl`` when given (checked against the pinned sha256
+    either way). Each pair also carries its ``task_id``.
     Note: 104 of the 374 references hold one of the evaluation's default stop sequences
     (``"\\ndef"``, ``"\\nclass"``, ``"\\n#"``, ...: a helper or a class before the function, a comment)
     where a generation would be cut; we keep the whole reference, the program the dataset checks.
@@ -287,6 +290,6 @@ def load_mbpp_train(data_dir: str | Path) -> list[dict]:
     return _mbpp_pairs(data_dir, "train")
 
 
-def load_mbpp_validation(data_dir: str | Path) -> list[dict]:
+def load_mbpp_validation(data_dir: str | Path | None = None) -> list[dict]:
     """MBPP's validation split (task ids 511-600, 90 tasks), in the form of ``load_mbpp_train``."""
     return _mbpp_pairs(data_dir, "validation")

@@ -1,18 +1,19 @@
 """HumanEval+ and MBPP+ (EvalPlus): the base tasks plus EvalPlus's extra test inputs.
 
-Reads the releases kept under a data directory (``humanevalplus/HumanEvalPlus-v0.1.0.jsonl``,
-``mbppplus/MbppPlus-prerelease-767efcc.jsonl``), each checked against its pinned sha256. Task ids are
-normalised to the current upstream form (``HumanEval/0``; MBPP+ already uses ``Mbpp/2``) and the
-original id is kept in ``meta``. ``inputs`` are the base inputs followed by the plus inputs
-(``meta["n_base"]`` says where the plus ones start), less a few listed in ``UNUSABLE_INPUTS`` whose
-reference result is too large to be an expected value; four MBPP+ tasks whose reference returns objects
-rather than data (``COMPAT_ONLY``) carry no inputs. JSON has no tuples, sets or complex numbers, so
-MBPP+ inputs are rebuilt into the types the reference solution expects (see :func:`mbpp_plus_args`).
+Reads the package's copies of the releases, or the ones under ``data_dir`` when given
+(``humanevalplus/HumanEvalPlus-v0.1.0.jsonl``, ``mbppplus/MbppPlus-prerelease-767efcc.jsonl``), each
+checked against its pinned sha256. Task ids are normalised to the current upstream form
+(``HumanEval/0``; MBPP+ already uses ``Mbpp/2``) and the original id is kept in ``meta``. ``inputs``
+are the base inputs followed by the plus inputs (``meta["n_base"]`` says where the plus ones start),
+less a few listed in ``UNUSABLE_INPUTS`` whose reference result is too large to be an expected value;
+four MBPP+ tasks whose reference returns objects rather than data (``COMPAT_ONLY``) carry no inputs.
+JSON has no tuples, sets or complex numbers, so MBPP+ inputs are rebuilt into the types the reference
+solution expects (see :func:`mbpp_plus_args`).
 
-Expected outputs are not stored in the releases and not computed here: :mod:`smallcode.eval.expected`
-runs the reference solution on the inputs in the sandbox and caches the result. ``compat`` checking uses
-the original dataset checks (HumanEval's ``check``, MBPP's asserts); only ``strict`` sees the plus inputs.
-This module does not implement the v0.1.10 / v0.2.0 fixes (see the PROVENANCE.md files); expect small
+Expected outputs are not stored in the releases and not computed here: the evaluation runs the
+reference solution on the inputs in the sandbox and caches the result. ``compat`` checking uses the
+original dataset checks (HumanEval's ``check``, MBPP's asserts); only ``strict`` sees the plus inputs.
+This module does not implement the v0.1.10 / v0.2.0 fixes (see ``data/NOTICE`` for the versions); expect small
 differences from numbers published on those versions.
 """
 
@@ -22,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smallcode.eval.tasks.base import Task
-from smallcode.eval.tasks.pinned import HUMANEVAL_PLUS, MBPP_PLUS, DataFileError, parse_jsonl, verified_bytes
+from smallcode.tasks.base import Task
+from smallcode.tasks.pinned import HUMANEVAL_PLUS, MBPP_PLUS, DataFileError, parse_jsonl, pinned_bytes
 
 _HE_FIELDS = (
     "task_id",
@@ -49,10 +50,10 @@ _MBPP_FIELDS = (
 )
 
 
-def read_humanevalplus(data_dir: Path) -> list[dict]:
+def read_humanevalplus(data_dir: Path | None = None) -> list[dict]:
     """Raw HumanEval+ v0.1.0 records with ids normalised to ``HumanEval/N`` (original in ``orig_task_id``)."""
-    path = Path(data_dir) / HUMANEVAL_PLUS.relpath
-    records = parse_jsonl(path, verified_bytes(path, HUMANEVAL_PLUS), _HE_FIELDS, HUMANEVAL_PLUS.records)
+    path, data = pinned_bytes(HUMANEVAL_PLUS, data_dir)
+    records = parse_jsonl(path, data, _HE_FIELDS, HUMANEVAL_PLUS.records)
     for lineno, rec in enumerate(records, start=1):
         tid = rec["task_id"]
         if not (isinstance(tid, str) and tid.startswith("HumanEval_") and tid[10:].isdigit()):
@@ -62,10 +63,10 @@ def read_humanevalplus(data_dir: Path) -> list[dict]:
     return records
 
 
-def read_mbppplus(data_dir: Path) -> list[dict]:
+def read_mbppplus(data_dir: Path | None = None) -> list[dict]:
     """Raw MBPP+ records (399 tasks of the pre-release snapshot)."""
-    path = Path(data_dir) / MBPP_PLUS.relpath
-    return parse_jsonl(path, verified_bytes(path, MBPP_PLUS), _MBPP_FIELDS, MBPP_PLUS.records)
+    path, data = pinned_bytes(MBPP_PLUS, data_dir)
+    return parse_jsonl(path, data, _MBPP_FIELDS, MBPP_PLUS.records)
 
 
 def _args(path_hint: str, inputs: Any) -> list[list[Any]]:
@@ -95,7 +96,8 @@ def _usable(task_id: str, inputs: list) -> tuple[list, list[int]]:
     return [a for i, a in enumerate(inputs) if i not in drop], sorted(drop)
 
 
-def load_humanevalplus(data_dir: Path) -> list[Task]:
+def load_humanevalplus(data_dir: Path | None = None) -> list[Task]:
+    """HumanEval+ v0.1.0 as tasks: base then plus inputs for strict mode, HumanEval's check for compat."""
     tasks = []
     for rec in read_humanevalplus(data_dir):
         base = _args(f"{rec['orig_task_id']} base_input", rec["base_input"])
@@ -205,7 +207,8 @@ def mbpp_plus_args(task_number: int, args: list) -> tuple:
     return rule(args) if rule else tuple(args)
 
 
-def load_mbppplus(data_dir: Path) -> list[Task]:
+def load_mbppplus(data_dir: Path | None = None) -> list[Task]:
+    """MBPP+ as tasks: base then plus inputs (rebuilt into their types) for strict, MBPP's asserts for compat."""
     tasks = []
     for rec in read_mbppplus(data_dir):
         tid = rec["task_id"]

@@ -1,6 +1,7 @@
 """MBPP (Mostly Basic Python Problems): the full 974, the standard 500-task test split, the 427 sanitized.
 
-Reads ``mbpp/mbpp.jsonl`` and ``mbpp/sanitized-mbpp.json`` under a data directory (pinned sha256).
+Reads the package's copies of ``mbpp/mbpp.jsonl`` and ``mbpp/sanitized-mbpp.json``, or the ones under
+``data_dir`` when given (pinned sha256 either way).
 Splits follow the upstream README: tasks 11-510 are ``test``, 1-10 ``prompt`` (few-shot), 511-600
 ``validation``, 601-974 ``train``; ``full`` is all 974 and ``sanitized`` the hand-checked 427.
 
@@ -13,7 +14,7 @@ assert (``math.isclose``, ``set(f(x)) == ...``, bare ``assert f(x)``, names from
 ``compat`` only, with the reason in ``meta["strict_skip"]``; so does a task whose reference returns a
 different type than its asserts spell out (``STRICT_UNRELIABLE_*``). The literal each assert expects is kept
 in ``meta["assert_expected"]`` so a reference solution can be checked against its own tests; the
-strict expected values themselves come from running the reference (``expected.py``), never from here.
+strict expected values themselves come from running the reference in the evaluation, never from here.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from smallcode.eval.tasks.base import Task
-from smallcode.eval.tasks.pinned import MBPP_FULL, MBPP_SANITIZED, DataFileError, parse_jsonl, verified_bytes
+from smallcode.tasks.base import Task
+from smallcode.tasks.pinned import MBPP_FULL, MBPP_SANITIZED, DataFileError, parse_jsonl, pinned_bytes
 
 MbppSplit = Literal["full", "test", "sanitized", "prompt", "validation", "train"]
 SPLITS: tuple[str, ...] = ("full", "test", "sanitized", "prompt", "validation", "train")
@@ -72,15 +73,17 @@ _FULL_FIELDS = ("text", "code", "task_id", "test_setup_code", "test_list", "chal
 _SAN_FIELDS = ("prompt", "code", "task_id", "test_imports", "test_list")
 
 
-def read_mbpp_full(data_dir: Path) -> list[dict]:
-    path = Path(data_dir) / MBPP_FULL.relpath
-    return parse_jsonl(path, verified_bytes(path, MBPP_FULL), _FULL_FIELDS, MBPP_FULL.records)
+def read_mbpp_full(data_dir: Path | None = None) -> list[dict]:
+    """The 974 raw MBPP records (the package's, or ``data_dir``'s)."""
+    path, data = pinned_bytes(MBPP_FULL, data_dir)
+    return parse_jsonl(path, data, _FULL_FIELDS, MBPP_FULL.records)
 
 
-def read_mbpp_sanitized(data_dir: Path) -> list[dict]:
-    path = Path(data_dir) / MBPP_SANITIZED.relpath
+def read_mbpp_sanitized(data_dir: Path | None = None) -> list[dict]:
+    """The 427 raw records of the sanitized split (the package's, or ``data_dir``'s)."""
+    path, data = pinned_bytes(MBPP_SANITIZED, data_dir)
     try:
-        records = json.loads(verified_bytes(path, MBPP_SANITIZED).decode("utf-8"))
+        records = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataFileError(f"{path}: not a JSON array ({e})") from e
     if not isinstance(records, list) or len(records) != MBPP_SANITIZED.records:
@@ -175,7 +178,7 @@ def _task(tid: int, text: str, code: str, tests: list[str], setup: str, split: s
     )
 
 
-def load_mbpp(data_dir: Path, split: MbppSplit = "test") -> list[Task]:
+def load_mbpp(data_dir: Path | None = None, split: MbppSplit = "test") -> list[Task]:
     """MBPP tasks of one split; ``test`` (500 tasks) is the split published numbers use."""
     if split not in SPLITS:
         raise ValueError(f"unknown MBPP split {split!r}; choose one of {', '.join(SPLITS)}")

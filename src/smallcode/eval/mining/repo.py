@@ -23,10 +23,11 @@ passes (twice, to drop flaky ones) and the trivially wrong bodies ``pass`` and `
 the same rule decides whether strict inputs are kept.
 
 The pinned suite (``load_pinned_stdlib``) is 500 such tasks from the standard library, listed with a
-content hash each in :mod:`smallcode.eval.tasks.stdlib_manifest`. Loading rebuilds them from the
-running interpreter's stdlib and refuses (naming the tasks) when any hash differs, and refuses outright
-on another Python minor version: results are comparable only where the hashes match. Elsewhere, mine
-a suite of your own (``smallcode eval mine --source stdlib --out FILE``) and compare runs that use it.
+content hash each in the package's ``tasks/data/repo_manifest.json`` (:mod:`smallcode.tasks.manifest`).
+Loading rebuilds them from the running interpreter's stdlib and refuses (naming the tasks) when any
+hash differs, and refuses outright on another Python minor version: results are comparable only where
+the hashes match. Elsewhere, mine a suite of your own (``smallcode eval mine --source stdlib --out
+FILE``) and compare runs that use it.
 
 Not done: unit-test problems for non-stdlib sources (their checks would import the real package,
 which the sandbox cannot see); relative imports in a doctest-mined module (such modules fail their
@@ -45,7 +46,6 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 import threading
 import tokenize
 import warnings
@@ -56,9 +56,10 @@ from pathlib import Path
 from typing import Any
 
 from smallcode.eval import values
-from smallcode.eval.tasks.base import Task
-from smallcode.eval.tasks.pinned import DataFileError
 from smallcode.fileio import atomic_write_text
+from smallcode.tasks.base import Task
+from smallcode.tasks.manifest import MANIFEST, ManifestEntry, RepoManifest, load_manifest
+from smallcode.tasks.pinned import DataFileError
 
 SUITE = "repo"
 FORMAT_VERSION = 1
@@ -620,11 +621,11 @@ def mine_candidates(
         # The checks import the real module inside the sandbox, which sees only system paths.
         raise ValueError("unit-test mining (test_modules) is supported for the standard library only")
     if test_modules is None and str(source) == "stdlib":
-        from smallcode.eval.tasks.repo_tests import STDLIB_TEST_MODULES
+        from smallcode.eval.mining.repo_tests import STDLIB_TEST_MODULES
 
         test_modules = STDLIB_TEST_MODULES
     if test_modules:
-        from smallcode.eval.tasks import repo_tests
+        from smallcode.eval.mining import repo_tests
 
         by_fn = repo_tests.tests_by_function(repo_tests.trace_tests_of(test_modules, progress=progress))
         have = {(c.module, c.qualname) for c in found}
@@ -760,26 +761,26 @@ def load_mined(path: Path) -> list[Task]:
     return tasks
 
 
-def load_pinned_stdlib(progress: bool = False) -> list[Task]:
-    """The pinned 500 standard-library problems, rebuilt from this interpreter's stdlib and hash-checked."""
-    from smallcode.eval.tasks import stdlib_manifest as manifest
-
+def load_pinned_stdlib(progress: bool = False, manifest: RepoManifest | None = None) -> list[Task]:
+    """The pinned 500 standard-library problems, rebuilt from this interpreter's stdlib and hash-checked
+    against ``manifest`` (the package's ``repo_manifest.json`` by default)."""
+    manifest = manifest or load_manifest()
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if manifest.PYTHON.rsplit(".", 1)[0] != here:
+    if manifest.python.rsplit(".", 1)[0] != here:
         raise DataFileError(
-            f"the pinned repo suite was mined from Python {manifest.PYTHON}'s standard library; this is "
+            f"the pinned repo suite was mined from Python {manifest.python}'s standard library; this is "
             f"Python {sys.version.split()[0]}, whose stdlib differs, so its problems would not be the pinned "
             "ones. Mine a suite for this interpreter (smallcode eval mine --source stdlib --out FILE) and "
             "evaluate with that file; compare only with runs that used the same file."
         )
-    if any(tests for _, _, tests in manifest.TASKS) and importlib.util.find_spec("test.support") is None:
+    if any(e.tests for e in manifest.tasks) and importlib.util.find_spec("test.support") is None:
         raise DataFileError(
             "the pinned repo suite checks most problems with CPython's own unit tests, and this Python has "
             "no 'test' package (on Debian/Ubuntu: apt install libpython3.X-testsuite)"
         )
-    wanted = {tid: sha for tid, sha, _ in manifest.TASKS}
+    wanted = {e.task_id: e.sha256 for e in manifest.tasks}
     by_module = dict(_module_files("stdlib")[1])
-    doc_modules = sorted({tid.split("/")[1] for tid, _, tests in manifest.TASKS if not tests})
+    doc_modules = sorted({e.module for e in manifest.tasks if not e.tests})
     built: dict[str, Task] = {}
 
     def keep_if_pinned(c: Candidate) -> None:
@@ -796,13 +797,13 @@ def load_pinned_stdlib(progress: bool = False) -> list[Task]:
         if module in by_module:
             for c in module_candidates(module, by_module[module]):
                 keep_if_pinned(c)
-    for tid, _, tests in manifest.TASKS:
-        if tests:
-            _, module, qualname = tid.split("/", 2)
-            c = test_candidate(module, by_module[module], qualname, tests) if module in by_module else None
+    for e in manifest.tasks:
+        if e.tests:
+            _, module, qualname = e.task_id.split("/", 2)
+            c = test_candidate(module, by_module[module], qualname, e.tests) if module in by_module else None
             if c is not None:
                 keep_if_pinned(c)
-    order = [tid for tid, _, _ in manifest.TASKS]
+    order = [e.task_id for e in manifest.tasks]
     bad = [tid for tid in order if tid not in built]
     if bad:
         raise DataFileError(
@@ -814,23 +815,23 @@ def load_pinned_stdlib(progress: bool = False) -> list[Task]:
     return [built[tid] for tid in order]
 
 
-def write_manifest(tasks: list[Task], path: Path) -> None:
-    """Write the pinned-suite manifest module (task ids and content hashes) for ``tasks``."""
-    entries = "".join(f"    ({t.task_id!r}, {task_sha256(t)!r}, {tuple(t.meta.get('tests', ()))!r}),\n" for t in tasks)
-    text = (
-        '"""Pinned manifest of the ``repo`` suite: standard-library problems and their content hashes.\n\n'
-        "Generated by ``benchmarks/reference_solutions.py --pin`` (``repo.write_manifest``); do not edit.\n"
-        '"""\n\n'
-        "# ruff: noqa: E501  (generated data: one task per line)\n\n"
-        f"PYTHON = {'.'.join(map(str, sys.version_info[:3]))!r}\n"
-        f"COUNT = {len(tasks)}\n"
-        "# (task id, sha256 of the task's content, unit tests that check it (empty: its doctests check it))\n"
-        f"TASKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (\n{entries})\n"
-    )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def load_repo_suite(mined: Path | None = None) -> list[Task]:
+    """The ``repo`` suite: the tasks of a file written by :func:`mine_repo`, or the pinned stdlib problems."""
+    return load_mined(Path(mined)) if mined is not None else load_pinned_stdlib()
 
 
-__all__ = ["Candidate", "load_mined", "load_pinned_stdlib", "mine_repo", "task_sha256", "write_manifest"]
+def write_manifest(tasks: list[Task], path: Path = MANIFEST) -> None:
+    """Pin ``tasks`` as the ``repo`` suite: write their ids and content hashes as the manifest at ``path``."""
+    entries = tuple(ManifestEntry(t.task_id, task_sha256(t), tuple(t.meta.get("tests", ()))) for t in tasks)
+    RepoManifest(python=".".join(map(str, sys.version_info[:3])), tasks=entries).write(path)
+
+
+__all__ = [
+    "Candidate",
+    "load_mined",
+    "load_pinned_stdlib",
+    "load_repo_suite",
+    "mine_repo",
+    "task_sha256",
+    "write_manifest",
+]

@@ -13,7 +13,7 @@ own test suite exercises. Two steps:
    the candidate. The program imports the real module and takes its globals, so the candidate's body
    sees the same classes and helpers as the original (the original function itself is left out).
 
-The miner (:mod:`smallcode.eval.tasks.repo`) then keeps a candidate only if the harness passes the
+The miner (:mod:`smallcode.eval.mining.repo`) then keeps a candidate only if the harness passes the
 original body and fails ``pass`` / ``return None``, exactly as for doctest problems. Only importable
 modules can be mined this way (the sandbox must be able to import them); no strict inputs.
 """

@@ -1,0 +1,93 @@
+"""Code tasks and their prompt formats: the suites that evaluation scores and fine-tuning trains on.
+
+Every loader returns :class:`~smallcode.tasks.base.Task`. ``load_suite(name, data_dir=None)`` loads
+one suite by name:
+
+* ``humaneval``: the 164 HumanEval tasks; strict inputs from HumanEval+ v0.1.0's base inputs.
+* ``humaneval+``: HumanEval+ v0.1.0 (base + plus inputs).
+* ``mbpp``: the standard 500-task test split; ``mbpp:full`` (974), ``mbpp:sanitized`` (427), also
+  ``mbpp:test``, ``mbpp:prompt``, ``mbpp:validation``, ``mbpp:train``.
+* ``mbpp+``: MBPP+ (399 tasks of the pre-release snapshot).
+
+Their data ship with the package (``data/``, each file pinned by sha256; see ``data/NOTICE``);
+``data_dir`` is an optional override, a directory laid out like the releases
+(``humanevalplus/``, ``mbpp/``, ``mbppplus/``). Nothing here touches the network
+(:mod:`smallcode.tasks.fetch` downloads the releases on request only).
+
+The ``repo`` suite is mined from the standard library by :mod:`smallcode.eval.mining`, which this
+package must not import (``train`` uses it and never imports ``eval``); an evaluation loads every
+suite, ``repo`` included, with ``smallcode.eval.runner.load_tasks``. Here only its pinned manifest is
+read (:func:`repo_modules`), so that the training corpus can hold those modules out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from smallcode.tasks.base import Task
+from smallcode.tasks.manifest import repo_modules
+from smallcode.tasks.pinned import DataFileError
+
+DATA_SUITES: tuple[str, ...] = (
+    "humaneval",
+    "humaneval+",
+    "mbpp",
+    "mbpp:full",
+    "mbpp:sanitized",
+    "mbpp:test",
+    "mbpp:prompt",
+    "mbpp:validation",
+    "mbpp:train",
+    "mbpp+",
+)
+"""Suites whose data ship with the package, loaded by :func:`load_suite`."""
+SUITES: tuple[str, ...] = (*DATA_SUITES, "repo")
+"""Every suite name an evaluation accepts."""
+
+__all__ = ["DATA_SUITES", "SUITES", "DataFileError", "Task", "load_suite", "reference_texts", "repo_modules"]
+
+
+def load_suite(name: str, data_dir: Path | None = None) -> list[Task]:
+    """All tasks of suite ``name`` (see the module docstring), in dataset order."""
+    data_dir = Path(data_dir) if data_dir is not None else None
+    if name == "humaneval":
+        from smallcode.tasks.humaneval import load_humaneval
+
+        return load_humaneval(data_dir)
+    if name == "humaneval+":
+        from smallcode.tasks.evalplus import load_humanevalplus
+
+        return load_humanevalplus(data_dir)
+    if name == "mbpp" or name.startswith("mbpp:"):
+        from smallcode.tasks.mbpp import SPLITS, load_mbpp
+
+        split = name.partition(":")[2] or "test"
+        if split not in SPLITS:
+            raise ValueError(f"unknown suite {name!r}; MBPP splits: {', '.join(SPLITS)}")
+        return load_mbpp(data_dir, split)  # type: ignore[arg-type]
+    if name == "mbpp+":
+        from smallcode.tasks.evalplus import load_mbppplus
+
+        return load_mbppplus(data_dir)
+    if name == "repo":
+        raise ValueError(
+            "suite 'repo' is mined from the standard library: load it with "
+            "smallcode.eval.runner.load_tasks(['repo'], ...) (or smallcode.eval.mining)"
+        )
+    raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+
+
+def reference_texts(suites: Sequence[str], data_dir: Path | None = None) -> list[str]:
+    """Every prompt, reference solution and test of the named data suites, each text once, in order.
+
+    What a training corpus is decontaminated against: a document sharing a long n-gram with one of
+    these texts has seen the benchmark.
+    """
+    texts: dict[str, None] = {}
+    for name in suites:
+        for task in load_suite(name, data_dir):
+            for text in (task.prompt, task.reference, task.test):
+                if text.strip():
+                    texts[text] = None
+    return list(texts)
