@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smallcode.data.discover import DataError
+from smallcode.corpus import DataError
 from smallcode.data.fim import apply_fim
 from smallcode.data.shards import TOKENIZER_COPY, open_shard, read_index, split_shards
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
