@@ -102,6 +102,12 @@ def test_prepare_drops_a_copied_solution_and_names_the_task(
         for m in json.loads((out / f"{shard['name']}.json").read_text())["sources"]
     }
     assert str(extra / "twelve.py") in sources and str(extra / "copied.py") not in sources
+    # Worker processes see the same index.
+    two = fast_config.replace(workers=2)
+    assert prepare([small_corpus], data_tokenizer, tmp_path / "two", two, progress=False, references=refs)[
+        "dropped"
+    ]["decontaminated"] == 2
+    assert _removed(tmp_path / "two") == removed
 
     # Switched off, nothing is checked (and no benchmark text is looked up).
     off = fast_config.replace(decontaminate=False)

@@ -1,11 +1,12 @@
 """Exact and near-duplicate removal.
 
 Exact duplicates: identical UTF-8 content (sha256). Near duplicates: MinHash signatures of
-word shingles (computed here with numpy, several times faster than hashing each shingle in
+word shingles (hashed with numpy, all shingles of a document at once, rather than one by one in
 Python), indexed by ``datasketch``'s LSH; a candidate found by LSH is confirmed by its
 estimated Jaccard similarity before the document is dropped. The first document in corpus
 order is kept, so the result is deterministic. Signatures are computed by
 :func:`minhash_signature` (run in worker processes); the index itself lives in one process.
+The hashing of runs of words (:func:`ngram_hashes`) is also what decontamination compares.
 """
 
 from __future__ import annotations
