@@ -8,8 +8,8 @@ over the pre-tokenisation scheme of :mod:`smallcode.tokenizer.pretokenize`, and 
 ``tokenizer.json`` into ``out``; it returns that file's path. The special tokens of
 :mod:`smallcode.tokenizer.specials` take the first ids, then the 256 byte tokens, then merges.
 
-It does not deduplicate or filter generated files: that is the data pipeline's job, and the
-tokenizer only needs representative text.
+It does not deduplicate, decontaminate or filter generated files: that is the data pipeline's
+job, and the tokenizer only needs representative text.
 """
 
 from __future__ import annotations
