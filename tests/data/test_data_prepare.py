@@ -148,14 +148,14 @@ def test_unreadable_and_vanished_files_are_errors_naming_them(
     small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     victim = small_corpus / "pkg1" / "mod04.py"
-    real = prepare_module.discover_files
+    real = prepare_module.discover
 
-    def discover_then_vanish(specs, extensions):  # noqa: ANN001, ANN202
-        files = real(specs, extensions)
+    def discover_then_vanish(specs, extensions, held_out_modules):  # noqa: ANN001, ANN202
+        found = real(specs, extensions, held_out_modules)
         victim.unlink()
-        return files
+        return found
 
-    monkeypatch.setattr(prepare_module, "discover_files", discover_then_vanish)
+    monkeypatch.setattr(prepare_module, "discover", discover_then_vanish)
     for workers in (1, 2):
         victim.write_text("x = 1\n")
         with pytest.raises(DataError, match=rf"{victim}: file vanished"):

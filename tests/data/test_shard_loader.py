@@ -12,6 +12,7 @@ from data_helpers import make_module  # tests/data/data_helpers.py
 
 from smallcode.data import DataError, PrepareConfig, ShardLoader, prepare, verify_directory
 from smallcode.data.fim import apply_fim, fim_document
+from smallcode.data.shards import ShardInfo, dtype_for_vocab, open_shard, write_shard
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 B, T = 4, 32
@@ -199,3 +200,13 @@ def test_truncated_corrupt_and_unfinished_shards(shard_dir: Path, tmp_path: Path
         ShardLoader(shard_dir, 10_000, T, seed=0)
     with pytest.raises(ValueError, match="rank 2"):
         ShardLoader(shard_dir, B, T, seed=0, rank=2, world_size=2)
+
+
+def test_large_vocabularies_get_uint32_shards(tmp_path: Path) -> None:
+    assert dtype_for_vocab(65536) == "uint16" and dtype_for_vocab(65537) == "uint32"
+    tokens = np.array([0, 70_000, 4_000_000_000], dtype="uint32")
+    entry = write_shard(tmp_path, "train-00000", tokens, [], "h" * 64)
+    arr = open_shard(
+        ShardInfo(tmp_path / "train-00000.bin", entry["tokens"], entry["sha256"]), "uint32", "h" * 64, True
+    )
+    assert arr.tolist() == tokens.tolist()

@@ -41,3 +41,19 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tokenizer", "stats", "--tokenizer", str(tmp_path), "--files", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no tokenizer file" in err and "Traceback" not in err
+
+
+def test_hold_out_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from smallcode import corpus
+
+    root = tmp_path / "stdlib"  # a small stand-in for the embedded corpus and its held-out set
+    root.mkdir()
+    for name in ("textwrap", "glob", "shlex"):
+        (root / f"{name}.py").write_text(f"{name}_value = 1\n" * 20)
+    monkeypatch.setattr(corpus, "default_corpus", lambda: [root])
+    monkeypatch.setattr(corpus, "default_held_out_modules", lambda: frozenset({"textwrap"}))
+    for flag, held, documents in [([], 1, 2), (["--no-hold-out"], 0, 3)]:
+        out = tmp_path / f"tok{held}"
+        assert main(["tokenizer", "train", "--vocab-size", "300", "--out", str(out), *flag]) == 0
+        assert f"{documents} documents" in capsys.readouterr().out
+        assert json.loads((out / "train_report.json").read_text())["held_out"] == held

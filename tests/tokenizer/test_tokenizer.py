@@ -172,6 +172,24 @@ def test_train_reads_dirs_globs_and_jsonl_and_counts_skips(tmp_path: Path) -> No
     assert tok.decode(tok.encode("beta_gamma")) == "beta_gamma"
 
 
+def test_embedded_corpus_holds_out_the_given_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tokenizer, like data prepare, does not train on the modules the repo suite is mined from."""
+    from smallcode import corpus
+
+    root = tmp_path / "stdlib"  # a small stand-in for the embedded corpus
+    for i, rel in enumerate(["textwrap.py", "json/__init__.py", "json/decoder.py", "glob.py"]):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"value_{i} = {i}\n" * 20)
+    monkeypatch.setattr(corpus, "default_corpus", lambda: [root])
+    held = frozenset({"textwrap", "json.decoder"})
+    train_tokenizer(None, 300, tmp_path / "a", show_progress=False, held_out_modules=held)
+    report = json.loads((tmp_path / "a" / "train_report.json").read_text())
+    assert (report["documents"], report["held_out"]) == (2, 2)
+    train_tokenizer(None, 300, tmp_path / "b", show_progress=False, held_out_modules=frozenset())
+    report = json.loads((tmp_path / "b" / "train_report.json").read_text())
+    assert (report["documents"], report["held_out"]) == (4, 0)
+
+
 def test_bad_inputs_name_the_file(tmp_path: Path, tiny_corpus: tuple) -> None:
     with pytest.raises(ValueError, match="too small"):
         train_tokenizer(tiny_corpus[0], 100, tmp_path / "x", show_progress=False)

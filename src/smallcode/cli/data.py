@@ -46,9 +46,10 @@ def prepare_cmd(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Filter, deduplicate, split, tokenise and pack a corpus into shards."""
+    """Filter, decontaminate, deduplicate, split, tokenise and pack a corpus into shards."""
     from smallcode.data.build import prepare
     from smallcode.data.config import PrepareConfig
+    from smallcode.data.shards import REMOVED_FILE
 
     cfg = PrepareConfig.load(config_path) if config_path else PrepareConfig()
     if overrides:
@@ -60,6 +61,10 @@ def prepare_cmd(
     click.echo(f"{out}: {s['files']} files, {s['documents']} documents, kept {s['kept']}")
     click.echo(
         f"  dropped: {dropped}; exact duplicates {s['exact_duplicates']}, near duplicates {s['near_duplicates']}"
+    )
+    click.echo(
+        f"  held out {s['held_out']} file(s) of the repo suite's modules, "
+        f"decontaminated {s['dropped']['decontaminated']} document(s); listed in {out / REMOVED_FILE}"
     )
     for split in ("train", "validation"):
         d = s[split]

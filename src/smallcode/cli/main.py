@@ -70,7 +70,7 @@ def _is_user_error(e: Exception) -> bool:
                          ("smallcode.train.teacher", "TeacherError"),
                          ("smallcode.train.teacher_cache", "CacheError"),
                          ("smallcode.train.sft", "SFTDataError"),
-                         ("smallcode.data.discover", "DataError")):
+                         ("smallcode.corpus", "DataError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True

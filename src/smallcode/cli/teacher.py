@@ -16,7 +16,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from smallcode.data.discover import DataError
+        from smallcode.corpus import DataError
         from smallcode.model.checkpoint import CheckpointError
         from smallcode.tokenizer.code_tokenizer import TokenizerError
         from smallcode.train.teacher import TeacherError

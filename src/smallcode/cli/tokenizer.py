@@ -20,7 +20,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from smallcode.data.discover import DataError
+        from smallcode.corpus import DataError
         from smallcode.tokenizer.code_tokenizer import TokenizerError
 
         try:
@@ -54,22 +54,38 @@ def tokenizer() -> None:
     "--out", type=click.Path(path_type=Path), required=True, help="directory to write tokenizer.json into"
 )
 @click.option("--scheme", default=None, help="pre-tokenisation scheme (default: the measured best)")
+@click.option(
+    "--hold-out/--no-hold-out",
+    default=True,
+    show_default=True,
+    help="leave the repo suite's modules out of the embedded corpus (explicit corpora are taken as given)",
+)
 @user_errors
 def train_cmd(
-    corpus: tuple[str, ...], more_corpus: tuple[str, ...], vocab_size: int, out: Path, scheme: str | None
+    corpus: tuple[str, ...],
+    more_corpus: tuple[str, ...],
+    vocab_size: int,
+    out: Path,
+    scheme: str | None,
+    hold_out: bool,
 ) -> None:
     """Train a byte-level BPE tokenizer for code."""
     from smallcode.tokenizer import load_tokenizer, train_tokenizer
     from smallcode.tokenizer.pretokenize import DEFAULT_SCHEME
 
     path = train_tokenizer(
-        list(corpus + more_corpus) or None, vocab_size, out, scheme=scheme or DEFAULT_SCHEME
+        list(corpus + more_corpus) or None,
+        vocab_size,
+        out,
+        scheme=scheme or DEFAULT_SCHEME,
+        held_out_modules=None if hold_out else frozenset(),
     )
     tok = load_tokenizer(path)
     report = json.loads((out / "train_report.json").read_text())
     click.echo(
         f"wrote {path}: vocab {tok.vocab_size}, {report['documents']} documents ({report['bytes']} bytes), "
-        f"skipped {report['binary']} binary and {report['non_utf8']} non-UTF-8; hash {tok.hash[:16]}"
+        f"skipped {report['binary']} binary and {report['non_utf8']} non-UTF-8, "
+        f"held out {report['held_out']} file(s); hash {tok.hash[:16]}"
     )
 
 

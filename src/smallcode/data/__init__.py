@@ -1,4 +1,4 @@
-"""smallcode's data pipeline: corpus discovery, filtering, dedup, split, packing, resumable loading.
+"""smallcode's data pipeline: filtering, decontamination, dedup, split, packing, resumable loading.
 
 Public interface:
 
@@ -6,10 +6,11 @@ Public interface:
   directory (see :mod:`smallcode.data.build` and, for the format, :mod:`smallcode.data.shards`);
 * ``ShardLoader(dir, batch_size, seq_len, seed, rank=0, world_size=1, fim_rate=0.0, ...)`` with
   ``batch(step) -> torch.LongTensor (B, T+1)`` and ``validation()`` (see :mod:`smallcode.data.loader`);
-* ``PrepareConfig``, ``DataError`` (every bad-input error; its message names the file).
+* ``PrepareConfig``, ``DataError`` (every bad-input error; its message names the file; defined
+  with corpus discovery in :mod:`smallcode.corpus`).
 
-Attributes are imported on first use so that ``smallcode.tokenizer`` can use corpus discovery
-without importing torch.
+Attributes are imported on first use, so that reading a ``PrepareConfig`` or a shard index does
+not import torch (which only the loader needs).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ _EXPORTS = {
     "prepare": "smallcode.data.build",
     "ShardLoader": "smallcode.data.loader",
     "PrepareConfig": "smallcode.data.config",
-    "DataError": "smallcode.data.discover",
-    "default_corpus": "smallcode.data.discover",
+    "DataError": "smallcode.corpus",
     "verify_directory": "smallcode.data.shards",
     "read_index": "smallcode.data.shards",
 }

@@ -1,32 +1,38 @@
-"""``prepare``: raw source files -> filtered, deduplicated, split, tokenised, packed shards.
+"""``prepare``: raw source files -> filtered, decontaminated, deduplicated, split, packed shards.
 
 Stages (each timed in the summary):
 
-1. discover files (:mod:`smallcode.data.discover`);
-2. read, filter (:mod:`smallcode.data.filters`), hash and MinHash every document in worker
-   processes, in corpus order;
+1. discover files (:mod:`smallcode.corpus`); with the embedded corpus, the modules of the ``repo``
+   suite's problems are held out (``hold_out_repo_modules``);
+2. read, filter (:mod:`smallcode.data.filters`), check against the benchmarks' texts
+   (:mod:`smallcode.data.decontaminate`), hash and MinHash every document in worker processes, in
+   corpus order;
 3. drop exact then near duplicates (:mod:`smallcode.data.dedup`), keeping the first;
 4. split train / validation by content hash (the same file lands in the same split whatever
    else is in the corpus);
 5. tokenise with ``encode_batch`` (spread over all cores by ``tokenizers``) and pack into
    shards (:mod:`smallcode.data.shards`), each document followed by end-of-text.
 
-The output directory is built under a temporary name and renamed into place at the end, so it
-either holds a finished, indexed dataset or does not exist. Unreadable or vanished files stop
-the run with an error naming them. The kept texts of one run are held in memory (fine for
-corpora of a few GB); the loader is the part built to scale past RAM. FIM is not applied here:
-the loader applies it when batches are built, so its rate can change without re-preparing.
+Every held-out file and every decontaminated document is listed, with the module or the benchmark
+text it matched, in ``removed.jsonl`` beside the shards; the summary counts them (``held_out``,
+``dropped["decontaminated"]``). The output directory is built under a temporary name and renamed
+into place at the end, so it either holds a finished, indexed dataset or does not exist.
+Unreadable or vanished files stop the run with an error naming them. The kept texts of one run are
+held in memory (fine for corpora of a few GB); the loader is the part built to scale past RAM.
+FIM is not applied here: the loader applies it when batches are built, so its rate can change
+without re-preparing.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,19 +40,21 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from smallcode.corpus import EMBEDDED_LABEL, DataError, discover, read_raw_document
 from smallcode.data.config import PrepareConfig
+from smallcode.data.decontaminate import Contamination, ContaminationIndex, default_references
 from smallcode.data.dedup import NearDuplicateIndex, content_hash, minhash_signature
-from smallcode.data.discover import DataError, discover_files, read_raw_document
 from smallcode.data.filters import DROP_REASONS, classify
 from smallcode.data.shards import (
     FORMAT_VERSION,
     INDEX_FILE,
+    REMOVED_FILE,
     TOKENIZER_COPY,
     atomic_write_json,
     dtype_for_vocab,
     write_shard,
 )
-from smallcode.fileio import atomic_write_bytes
+from smallcode.fileio import atomic_write_bytes, atomic_write_text
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 
 
@@ -59,14 +67,16 @@ class _Doc:
     text: str | None = None
     sha256: str | None = None
     signature: np.ndarray | None = None
+    contamination: Contamination | None = None
 
 
 _CFG: PrepareConfig | None = None
+_CONTAMINATION: ContaminationIndex | None = None
 
 
-def _init_worker(cfg: PrepareConfig) -> None:
-    global _CFG
-    _CFG = cfg
+def _init_worker(cfg: PrepareConfig, contamination: ContaminationIndex | None) -> None:
+    global _CFG, _CONTAMINATION
+    _CFG, _CONTAMINATION = cfg, contamination
 
 
 def _process_file(path: Path) -> list[_Doc]:
@@ -78,6 +88,10 @@ def _process_file(path: Path) -> list[_Doc]:
         if text is None:
             out.append(_Doc(str(raw.source), reason))
             continue
+        hit = _CONTAMINATION.match(text) if _CONTAMINATION is not None else None
+        if hit is not None:
+            out.append(_Doc(str(raw.source), "decontaminated", contamination=hit))
+            continue
         sig = minhash_signature(text, cfg.num_perm, cfg.shingle_words) if cfg.near_dedup else None
         out.append(_Doc(str(raw.source), None, text, content_hash(text), sig))
     return out
@@ -88,19 +102,22 @@ def in_validation(sha256_hex: str, val_fraction: float) -> bool:
     return int(sha256_hex[:16], 16) / float(1 << 64) < val_fraction
 
 
-def _scan(files: list[Path], cfg: PrepareConfig, progress: bool) -> list[_Doc]:
+def _scan(
+    files: list[Path], cfg: PrepareConfig, contamination: ContaminationIndex | None, progress: bool
+) -> list[_Doc]:
     workers = cfg.workers or os.cpu_count() or 1
     bar = tqdm(total=len(files), desc="read+filter+minhash", unit="file", disable=not progress)
     docs: list[_Doc] = []
     if workers > 1 and len(files) > 1:
-        # fork: workers inherit the imported modules; nothing here has started threads yet.
+        # fork: workers inherit the imported modules and the contamination index without copying
+        # it through a pipe; nothing here has started threads yet.
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, contamination)) as pool:
             for result in pool.imap(_process_file, files, chunksize=8):
                 docs.extend(result)
                 bar.update()
     else:
-        _init_worker(cfg)
+        _init_worker(cfg, contamination)
         for f in files:
             docs.extend(_process_file(f))
             bar.update()
@@ -162,8 +179,17 @@ def prepare(
     config: PrepareConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    references: Mapping[str, str] | None = None,
+    held_out_modules: Set[str] | None = None,
 ) -> dict[str, Any]:
-    """Build a shard directory at ``out`` from ``corpus`` (None: the embedded corpus); return the summary."""
+    """Build a shard directory at ``out`` from ``corpus`` (None: the embedded corpus); return the summary.
+
+    ``references``: the labelled benchmark texts documents are checked against (None: those of
+    ``config.decontaminate_suites``, see :func:`~smallcode.data.decontaminate.default_references`);
+    ``held_out_modules``: the modules left out of the embedded corpus (None: the ``repo`` suite's,
+    see :func:`smallcode.corpus.default_held_out_modules`). Either is unused when its config switch
+    is off.
+    """
     cfg = config or PrepareConfig()
     out = Path(out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
@@ -172,17 +198,25 @@ def prepare(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    files = discover_files(corpus, cfg.extensions)
+    found = discover(corpus, cfg.extensions, held_out_modules if cfg.hold_out_repo_modules else frozenset())
+    files = found.files
     if not files:
         raise DataError(f"corpus {list(corpus or [])} holds no file with extensions {cfg.extensions}")
     seconds["discover"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    docs = _scan(files, cfg, progress)
+    contamination = None
+    if cfg.decontaminate:
+        refs = default_references(cfg.decontaminate_suites) if references is None else references
+        contamination = ContaminationIndex(refs, cfg.decontaminate_ngram)
+    docs = _scan(files, cfg, contamination, progress)
     seconds["read_filter_minhash"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
+    dropped: Counter[str] = Counter({r: 0 for r in (*DROP_REASONS, "decontaminated")})
+    removed: list[dict[str, Any]] = [
+        {"source": str(p), "reason": "held_out", "module": m} for p, m in sorted(found.held_out.items())
+    ]
     seen: dict[str, str] = {}
     near = NearDuplicateIndex(cfg.near_dup_threshold, cfg.num_perm) if cfg.near_dedup else None
     exact_dups, near_dups, examples = 0, 0, []
@@ -190,6 +224,15 @@ def prepare(
     for doc in docs:
         if doc.reason is not None:
             dropped[doc.reason] += 1
+            if doc.contamination is not None:
+                removed.append(
+                    {
+                        "source": doc.source,
+                        "reason": doc.reason,
+                        "match": doc.contamination.reference,
+                        "ngram": doc.contamination.ngram,
+                    }
+                )
             continue
         assert doc.sha256 is not None
         if doc.sha256 in seen:
@@ -225,6 +268,7 @@ def prepare(
             "documents": len(docs),
             "kept": len(kept),
             "dropped": dict(dropped),
+            "held_out": len(found.held_out),
             "exact_duplicates": exact_dups,
             "near_duplicates": near_dups,
             "near_duplicate_examples": examples,
@@ -236,6 +280,7 @@ def prepare(
             "workers": cfg.workers or os.cpu_count() or 1,
         }
         atomic_write_bytes(tmp / TOKENIZER_COPY, tok.to_json().encode("utf-8"))
+        atomic_write_text(tmp / REMOVED_FILE, "".join(json.dumps(r) + "\n" for r in removed))
         index = {
             "format_version": FORMAT_VERSION,
             "tokenizer_hash": tok.hash,
@@ -245,7 +290,7 @@ def prepare(
             "splits": splits,
             "summary": summary,
             "config": cfg.to_dict(),
-            "corpus": [str(c) for c in corpus] if corpus else ["<embedded: standard library>"],
+            "corpus": [str(c) for c in corpus] if corpus else [EMBEDDED_LABEL],
         }
         atomic_write_json(tmp / INDEX_FILE, index)
         # Swap the finished directory into place; an old one is removed only after that.

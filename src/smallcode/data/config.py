@@ -37,6 +37,14 @@ class PrepareConfig(Config):
     """Case-insensitive phrases that, within the head of a file, mark it as generated."""
     generated_head_bytes: int = 1024
     """How many leading bytes are searched for ``generated_markers``."""
+    hold_out_repo_modules: bool = True
+    """With the embedded corpus, leave out the standard-library modules the ``repo`` suite's problems come from."""
+    decontaminate: bool = True
+    """Drop documents sharing ``decontaminate_ngram`` consecutive tokens with a benchmark's prompt, solution or test."""
+    decontaminate_suites: list[str] = field(default_factory=lambda: ["humaneval", "mbpp:full"])
+    """The suites (named as ``smallcode eval run --suite`` names them) whose texts documents are checked against."""
+    decontaminate_ngram: int = 13
+    """Length of the shared run, in words (punctuation and layout ignored; see ``smallcode.data.decontaminate``)."""
     near_dedup: bool = True
     """Remove near-duplicates (MinHash LSH) after exact duplicates."""
     near_dup_threshold: float = 0.85
@@ -66,6 +74,7 @@ class PrepareConfig(Config):
             "shingle_words",
             "shard_tokens",
             "encode_batch_docs",
+            "decontaminate_ngram",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")

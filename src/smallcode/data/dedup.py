@@ -1,11 +1,12 @@
 """Exact and near-duplicate removal.
 
 Exact duplicates: identical UTF-8 content (sha256). Near duplicates: MinHash signatures of
-word shingles (computed here with numpy, several times faster than hashing each shingle in
+word shingles (hashed with numpy, all shingles of a document at once, rather than one by one in
 Python), indexed by ``datasketch``'s LSH; a candidate found by LSH is confirmed by its
 estimated Jaccard similarity before the document is dropped. The first document in corpus
 order is kept, so the result is deterministic. Signatures are computed by
 :func:`minhash_signature` (run in worker processes); the index itself lives in one process.
+The hashing of runs of words (:func:`ngram_hashes`) is also what decontamination compares.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,21 +48,32 @@ def _permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def token_hashes(tokens: Sequence[str]) -> np.ndarray:
+    """A 32-bit hash (uint64 array) of each token; crc32 is the same in every process (unlike hash())."""
+    return np.fromiter((zlib.crc32(t.encode("utf-8")) for t in tokens), dtype=np.uint64, count=len(tokens))
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit hash of each run of ``n`` consecutive token hashes (none when there are fewer)."""
+    m = hashes.size - n + 1
+    if m < 1 or n < 1:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.zeros(m, dtype=np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        # Polynomial in the token hashes with wrap-around uint64 arithmetic, order-sensitive.
+        for k in range(n):
+            h = h * mult + hashes[k : k + m] + np.uint64(k + 1)
+    return h
+
+
 def shingle_hashes(text: str, n: int) -> np.ndarray:
     """32-bit hashes of the ``n``-word shingles of a text (the same shingles as :func:`shingles`)."""
     words = _WORD.findall(text)
     if not words:
         words = [""]
-    # crc32 is deterministic across processes (unlike hash()) and runs in C.
-    wh = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
-    m = max(1, len(words) - n + 1)
-    h = np.zeros(m, dtype=np.uint64)
-    mult = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        # Polynomial in the word hashes with wrap-around uint64 arithmetic, order-sensitive.
-        for k in range(min(n, len(words))):
-            h = h * mult + wh[k : k + m] + np.uint64(k + 1)
-        return (h ^ (h >> np.uint64(32))) & _MASK32
+    h = ngram_hashes(token_hashes(words), min(n, len(words)))
+    return (h ^ (h >> np.uint64(32))) & _MASK32
 
 
 def minhash_signature(text: str, num_perm: int, n_words: int) -> np.ndarray:

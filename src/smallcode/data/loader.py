@@ -9,13 +9,9 @@ Interface (the training loop relies on it)::
 
 A split is one virtual token stream (its shards in order, each document followed by EOT).
 Sample ``i`` is the window ``stream[i*T : i*T + T + 1]``, so consecutive samples share one token
-and every token is a target exactly once per epoch. Epoch ``e`` visits the samples in the order
-of a permutation drawn from ``(seed, e)``; step ``k`` takes the ``k``-th block of ``B*W`` samples
-of that order and rank ``r`` the ``r``-th ``B`` of them. ``batch(step)`` is therefore a pure
-function of ``(seed, step, rank, world_size)`` (and of ``fim_rate``/``fim_spm_rate``): a run
-restarted at step ``k`` sees exactly the batches an uninterrupted run would, and within an
-epoch no sample is used twice across ranks. Samples left over after the last full global batch
-of an epoch are skipped in that epoch (a different set each epoch).
+and every token is a target exactly once per epoch. Which samples a step and a rank take is
+:class:`BatchSchedule`'s (explained there), so ``batch(step)`` is a pure function of ``(seed, step,
+rank, world_size)`` (and of ``fim_rate``/``fim_spm_rate``).
 
 Shards are opened with ``np.memmap`` and only the windows asked for are read, so the corpus
 may be larger than RAM. When FIM is on, batch building decodes and re-encodes documents with the
@@ -32,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smallcode.data.discover import DataError
+from smallcode.corpus import DataError
 from smallcode.data.fim import apply_fim
 from smallcode.data.shards import TOKENIZER_COPY, open_shard, read_index, split_shards
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
@@ -76,8 +72,11 @@ class BatchSchedule:
 
     Epoch ``e`` visits ``range(n_samples)`` in a permutation drawn from ``(seed, e)``; step ``k`` of an
     epoch takes the ``k``-th block of ``batch_size * world_size`` samples and rank ``r`` the ``r``-th
-    ``batch_size`` of them. Samples after the last full block are skipped in that epoch. Shared by the
-    shard loader and the fine-tuning loader so that both resume and shard across ranks alike.
+    ``batch_size`` of them. Samples after the last full block are skipped in that epoch (a different
+    set each epoch). So a run restarted at step ``k`` sees exactly the batches an uninterrupted run
+    would, and within an epoch no sample is used twice across ranks. Shared by the shard loader and
+    the fine-tuning loader (``smallcode.train.sft``) so that both resume and shard across ranks alike;
+    this is the one place the schedule is explained.
     """
 
     def __init__(self, n_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:

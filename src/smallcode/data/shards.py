@@ -5,6 +5,7 @@ A prepared directory holds::
     index.json             written last: format version, tokenizer hash, dtype, splits -> shards,
                            the prepare summary and config. A directory without it is incomplete.
     tokenizer.json         a copy of the tokenizer used (the loader needs it for FIM)
+    removed.jsonl          one line per held-out file or decontaminated document, and why
     train-00000.bin        token ids, little-endian ``dtype``, documents each followed by EOT
     train-00000.json       that shard's header: tokenizer hash, dtype, token count, sha256 of the
                            .bin, and the source manifest (source, content sha256, offset, tokens)
@@ -26,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from smallcode.data.discover import DataError
+from smallcode.corpus import DataError
 from smallcode.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 TOKENIZER_COPY = "tokenizer.json"
+REMOVED_FILE = "removed.jsonl"
 SPLITS = ("train", "validation")
 
 

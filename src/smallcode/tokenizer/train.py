@@ -1,25 +1,27 @@
 """Training smallcode's byte-level BPE tokenizer with Hugging Face ``tokenizers``.
 
 ``train_tokenizer(corpus, vocab_size, out) -> Path`` reads the corpus (directories, globs,
-files, JSONL; the embedded standard-library corpus when empty), skips binary and non-UTF-8
-documents (counted, and reported in ``train_report.json`` beside the tokenizer), trains BPE
+files, JSONL; the embedded standard-library corpus when empty, without the modules held out for
+the ``repo`` suite, see :mod:`smallcode.corpus`), skips binary and non-UTF-8 documents (counted,
+and reported in ``train_report.json`` beside the tokenizer with the held-out files), trains BPE
 over the pre-tokenisation scheme of :mod:`smallcode.tokenizer.pretokenize`, and saves
 ``tokenizer.json`` into ``out``; it returns that file's path. The special tokens of
 :mod:`smallcode.tokenizer.specials` take the first ids, then the 256 byte tokens, then merges.
 
-It does not deduplicate or filter generated files: that is the data pipeline's job, and the
-tokenizer only needs representative text.
+It does not deduplicate, decontaminate or filter generated files: that is the data pipeline's
+job, and the tokenizer only needs representative text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from smallcode.corpus import EMBEDDED_LABEL, discover, iter_raw_documents
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import specials
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE, CodeTokenizer
@@ -69,15 +71,19 @@ def iter_corpus_texts(
     corpus: Sequence[str | Path] | None,
     counts: dict[str, int] | None = None,
     extensions: Sequence[str] = (".py",),
+    held_out_modules: Set[str] | None = None,
 ) -> Iterator[str]:
-    """Decoded documents of a corpus; binary and non-UTF-8 ones are counted in ``counts`` and skipped."""
-    # Imported here: smallcode.data imports this package, and discovery is all we need of it.
-    from smallcode.data.discover import discover_files, iter_raw_documents
+    """Decoded documents of a corpus; binary and non-UTF-8 ones are counted in ``counts`` and skipped.
 
+    ``held_out_modules`` is :func:`smallcode.corpus.discover`'s (the embedded corpus only); the
+    number of files it left out is ``counts["held_out"]``.
+    """
     counts = counts if counts is not None else {}
-    for key in ("documents", "bytes", "binary", "non_utf8"):
+    for key in ("documents", "bytes", "binary", "non_utf8", "held_out"):
         counts.setdefault(key, 0)
-    for doc in iter_raw_documents(discover_files(corpus, extensions)):
+    found = discover(corpus, extensions, held_out_modules)
+    counts["held_out"] += len(found.held_out)
+    for doc in iter_raw_documents(found.files):
         if b"\x00" in doc.data:
             counts["binary"] += 1
             continue
@@ -100,8 +106,13 @@ def train_tokenizer(
     show_progress: bool = True,
     restyle_rates: dict[str, float] | None = None,
     max_token_length: int | None = None,
+    held_out_modules: Set[str] | None = None,
 ) -> Path:
-    """Train on ``corpus`` (None or empty: the embedded corpus) and save into directory ``out``."""
+    """Train on ``corpus`` (None or empty: the embedded corpus) and save into directory ``out``.
+
+    ``held_out_modules``: modules left out of the embedded corpus (None: the ``repo`` suite's,
+    an empty set: none); explicit corpora are taken as given.
+    """
     if vocab_size < MIN_VOCAB:
         raise ValueError(f"vocab_size {vocab_size} too small: specials and bytes alone need {MIN_VOCAB}")
     tok = build_untrained(scheme)
@@ -116,7 +127,7 @@ def train_tokenizer(
     )
     counts: dict[str, int] = {}
     rates = STYLE_RATES if restyle_rates is None else restyle_rates
-    texts = (restyle(t, rates) for t in iter_corpus_texts(corpus, counts))
+    texts = (restyle(t, rates) for t in iter_corpus_texts(corpus, counts, held_out_modules=held_out_modules))
     tok.train_from_iterator(texts, trainer=trainer)
     if counts["documents"] == 0:
         raise ValueError("the corpus holds no UTF-8 text document; nothing to train on")
@@ -129,7 +140,7 @@ def train_tokenizer(
         "scheme": scheme,
         "restyle_rates": rates,
         "hash": code_tok.hash,
-        "corpus": [str(c) for c in corpus] if corpus else ["<embedded: standard library>"],
+        "corpus": [str(c) for c in corpus] if corpus else [EMBEDDED_LABEL],
         **counts,
     }
     atomic_write_text(out / "train_report.json", json.dumps(report, indent=2) + "\n")

@@ -25,12 +25,9 @@ example left with no target at all is dropped either way. ``SFTStats`` reports t
 
 ``SFTLoader`` puts one example per row, padded at the end: the model has no document mask, so two
 examples packed into one row would attend to each other. Padding sits after every real token and
-the attention is causal, so it changes no logit a label looks at; its labels are -100. Batches are
-a pure function of ``(seed, step, rank, world_size)`` through the shard loader's own
-``smallcode.data.loader.BatchSchedule``: epoch ``e`` visits the examples in a permutation drawn from
-``(seed, e)``, step ``k`` takes the ``k``-th block of ``batch_size * world_size`` of them and rank
-``r`` the ``r``-th ``batch_size``; the examples after the last full block of an epoch are skipped in
-that epoch.
+the attention is causal, so it changes no logit a label looks at; its labels are -100. Which
+examples a step and a rank take is the shard loader's ``smallcode.data.loader.BatchSchedule`` (see
+its docstring), with examples as the samples.
 
 ``load_mbpp_train`` / ``load_mbpp_validation`` turn MBPP's train (task ids 601-974) and validation
 (511-600) splits into prompt/completion pairs whose prompt is the very prompt the evaluation gives

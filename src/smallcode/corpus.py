@@ -1,13 +1,19 @@
-"""Corpus discovery: from command-line corpus specs to a sorted list of documents.
+"""Corpus discovery: from corpus specs to a sorted list of source files, and reading their documents.
 
 A corpus spec is a directory (walked recursively for files with the wanted extensions), a glob
 pattern, a single source file, or a ``.jsonl`` file whose lines are JSON objects holding one
 document each. With no spec, the embedded corpus is used: the running interpreter's own
-standard-library sources (``site-packages`` excluded), which every machine has.
+standard-library sources (``site-packages`` excluded), which every machine has, minus the modules
+the ``repo`` evaluation suite takes its problems from (held out, so that suite is never scored on
+text the model trained on). Explicit specs are taken as given: nothing is held out of them.
 
 Reading is strict: a file that cannot be read or vanished since discovery raises
 :class:`DataError` naming it; it is never skipped silently. Deciding whether a readable file is
-*wanted* (binary, non-UTF-8, generated, oversized) is the job of :mod:`smallcode.data.filters`.
+*wanted* (binary, non-UTF-8, generated, oversized, contaminated) is the data pipeline's job.
+
+A leaf: the tokenizer and the data pipeline both build on this module, and it imports neither of
+them; the held-out module names come from :mod:`smallcode.tasks` (see
+:func:`default_held_out_modules`).
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from __future__ import annotations
 import glob
 import json
 import sysconfig
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence, Set
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Directories never entered when walking a corpus directory: caches, VCS data, installed
@@ -26,6 +32,7 @@ SKIP_DIRS = frozenset(
 )
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".py",)
 JSONL_TEXT_FIELDS: tuple[str, ...] = ("text", "content", "code")
+EMBEDDED_LABEL = "<embedded: standard library>"
 
 
 class DataError(ValueError):
@@ -51,9 +58,43 @@ class RawDocument:
     data: bytes
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """The files of a corpus, and the files of the embedded corpus left out of it (file -> module)."""
+
+    files: list[Path]
+    held_out: dict[Path, str] = field(default_factory=dict)
+
+
 def default_corpus() -> list[Path]:
     """The embedded corpus: the standard-library source directory of the running interpreter."""
     return [Path(sysconfig.get_paths()["stdlib"])]
+
+
+def default_held_out_modules() -> frozenset[str]:
+    """The modules held out of the embedded corpus unless told otherwise: those of the ``repo`` suite.
+
+    The one place that default is looked up; everything else takes the set as a parameter.
+    """
+    from smallcode.tasks import repo_modules
+
+    return repo_modules()
+
+
+def module_files(root: Path, module: str) -> list[Path]:
+    """The source file of a dotted module name under ``root``: ``a/b.py``, or ``a/b/__init__.py``.
+
+    Only the module's own file: the submodules of a package are modules of their own. Empty when
+    this interpreter's library has no such pure-Python module.
+    """
+    base = root.joinpath(*module.split("."))
+    candidates = [base.with_name(base.name + ".py"), base / "__init__.py"]
+    return [p for p in candidates if p.is_file()]
+
+
+def held_out_files(root: Path, modules: Set[str]) -> dict[Path, str]:
+    """Every file under ``root`` that one of ``modules`` lives in, mapped to that module's name."""
+    return {path: m for m in sorted(modules) for path in module_files(root, m)}
 
 
 def _walk(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
@@ -65,15 +106,24 @@ def _walk(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
             yield p
 
 
-def discover_files(
-    specs: Sequence[str | Path] | None, extensions: Sequence[str] = DEFAULT_EXTENSIONS
-) -> list[Path]:
+def discover(
+    specs: Sequence[str | Path] | None,
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    held_out_modules: Set[str] | None = None,
+) -> Discovery:
     """Expand corpus specs into a sorted, de-duplicated list of files (JSONL files kept as such).
 
     An explicitly named file is kept whatever its extension; a spec matching nothing is an error,
-    because a typo must not silently shrink the corpus.
+    because a typo must not silently shrink the corpus. With no spec, the embedded corpus is walked
+    without the files of ``held_out_modules`` (None: :func:`default_held_out_modules`; an empty set
+    holds nothing out); with specs, ``held_out_modules`` is not used.
     """
-    specs = list(specs) if specs else default_corpus()
+    held: dict[Path, str] = {}
+    if not specs:
+        specs = default_corpus()
+        modules = default_held_out_modules() if held_out_modules is None else held_out_modules
+        for root in specs:
+            held.update(held_out_files(root, modules))
     found: set[Path] = set()
     for spec in specs:
         path = Path(spec)
@@ -91,7 +141,8 @@ def discover_files(
             found.update(files)
         else:
             raise DataError(f"corpus path {spec}: no such file or directory")
-    return sorted(found)
+    held = {p: m for p, m in held.items() if p in found}
+    return Discovery(sorted(found - held.keys()), held)
 
 
 def read_bytes(path: Path) -> bytes:
