@@ -141,9 +141,12 @@ def test_package_data_is_declared_and_attributed() -> None:
 
 
 def test_reference_texts_hold_prompts_solutions_and_tests() -> None:
-    texts = reference_texts(["humaneval", "mbpp:full", "mbpp"])
+    labelled = reference_texts(["humaneval", "mbpp:full", "mbpp"])
+    texts = list(labelled.values())
     he, mbpp = load_suite("humaneval"), load_suite("mbpp:full")
-    assert he[0].prompt in texts and he[0].reference in texts and he[0].test in texts
+    assert labelled[f"{he[0].task_id}:prompt"] == he[0].prompt
+    assert labelled[f"{he[0].task_id}:reference"] == he[0].reference
+    assert labelled[f"{he[0].task_id}:test"] == he[0].test
     assert mbpp[-1].reference in texts and mbpp[-1].test in texts
     assert len(texts) == len(set(texts))  # mbpp is part of mbpp:full: each text once
     assert all(t.strip() for t in texts)

@@ -98,12 +98,10 @@ class ContaminationIndex:
 
 
 def default_references(suites: Sequence[str]) -> dict[str, str]:
-    """The benchmark texts (prompts, reference solutions, tests) of ``suites``, labelled by suite.
+    """The benchmark texts (prompts, reference solutions, tests) of ``suites``, labelled by task id.
 
     The one place they are looked up; everything else takes them as a parameter.
     """
     from smallcode.tasks import reference_texts
 
-    return {
-        f"{suite}#{i}": text for suite in suites for i, text in enumerate(reference_texts([suite]))
-    }
+    return reference_texts(suites)

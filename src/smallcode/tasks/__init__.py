@@ -78,16 +78,18 @@ def load_suite(name: str, data_dir: Path | None = None) -> list[Task]:
     raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
 
 
-def reference_texts(suites: Sequence[str], data_dir: Path | None = None) -> list[str]:
-    """Every prompt, reference solution and test of the named data suites, each text once, in order.
+def reference_texts(suites: Sequence[str], data_dir: Path | None = None) -> dict[str, str]:
+    """Every prompt, reference solution and test of the named data suites, each text once, in order,
+    labelled ``"<task_id>:<prompt|reference|test>"`` (the first task that has a text names it).
 
     What a training corpus is decontaminated against: a document sharing a long n-gram with one of
-    these texts has seen the benchmark.
+    these texts has seen the benchmark, and the label says which task.
     """
-    texts: dict[str, None] = {}
+    texts: dict[str, str] = {}
     for name in suites:
         for task in load_suite(name, data_dir):
-            for text in (task.prompt, task.reference, task.test):
-                if text.strip():
-                    texts[text] = None
-    return list(texts)
+            for part in ("prompt", "reference", "test"):
+                text = getattr(task, part)
+                if text.strip() and text not in texts:
+                    texts[text] = f"{task.task_id}:{part}"
+    return {label: text for text, label in texts.items()}
