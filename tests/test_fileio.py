@@ -49,7 +49,8 @@ def test_a_private_file_is_created_private_and_has_its_mode_before_the_rename(tm
     real_open, real_fsync = os.open, os.fsync
 
     def open_spy(path, flags, mode=0o777):  # noqa: ANN001, ANN202 - os.open's signature
-        created.append(mode)
+        if flags & os.O_CREAT:
+            created.append(mode)
         return real_open(path, flags, mode)
 
     def fsync_spy(fd: int) -> None:

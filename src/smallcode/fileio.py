@@ -38,8 +38,14 @@ def _temp_name(target: Path, kind: str) -> Path:
     return target.with_name(f".{target.name}.{kind}-{secrets.token_hex(6)}")
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview, mode: int | None = None) -> None:
-    """Replace ``path`` by ``data`` in one rename; ``mode`` (e.g. ``0o600``) is set before the rename."""
+@contextmanager
+def atomic_file(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a new, empty temporary file beside ``path``; when the block succeeds it is fsync'd and
+    renamed over ``path``, when it fails it is removed.
+
+    For writers that need a path rather than bytes (a C compiler's ``-o``); ``atomic_write_bytes``
+    is this with a Python write. ``mode`` (e.g. ``0o600``) is set before anything is written.
+    """
     path = Path(path)
     while True:
         tmp = _temp_name(path, "tmp")
@@ -50,16 +56,25 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, mode: int | None = 
         except FileExistsError:
             continue
     try:
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.close(fd)
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview, mode: int | None = None) -> None:
+    """Replace ``path`` by ``data`` in one rename; ``mode`` (e.g. ``0o600``) is set before the rename."""
+    with atomic_file(path, mode) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:

@@ -28,8 +28,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence, Set
@@ -49,13 +47,12 @@ from smallcode.data.shards import (
     FORMAT_VERSION,
     INDEX_FILE,
     REMOVED_FILE,
-    TOKENIZER_COPY,
-    atomic_write_json,
     dtype_for_vocab,
     write_shard,
 )
-from smallcode.fileio import atomic_write_bytes, atomic_write_text
+from smallcode.fileio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
 
 @dataclass
@@ -254,8 +251,8 @@ def prepare(
     dtype = dtype_for_vocab(tok.vocab_size)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    # Built under a temporary name and swapped into place; an old directory is removed only after that.
+    with atomic_dir(out) as tmp:
         t = time.perf_counter()
         splits = {
             "train": _pack("train", train, tok, cfg, tmp, dtype, progress),
@@ -279,7 +276,7 @@ def prepare(
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "workers": cfg.workers or os.cpu_count() or 1,
         }
-        atomic_write_bytes(tmp / TOKENIZER_COPY, tok.to_json().encode("utf-8"))
+        atomic_write_bytes(tmp / TOKENIZER_FILE, tok.to_json().encode("utf-8"))
         atomic_write_text(tmp / REMOVED_FILE, "".join(json.dumps(r) + "\n" for r in removed))
         index = {
             "format_version": FORMAT_VERSION,
@@ -292,16 +289,5 @@ def prepare(
             "config": cfg.to_dict(),
             "corpus": [str(c) for c in corpus] if corpus else [EMBEDDED_LABEL],
         }
-        atomic_write_json(tmp / INDEX_FILE, index)
-        # Swap the finished directory into place; an old one is removed only after that.
-        trash = None
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(trash)
-        tmp.rename(out)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / INDEX_FILE, index, indent=1)
     return summary

@@ -30,8 +30,9 @@ import torch
 
 from smallcode.corpus import DataError
 from smallcode.data.fim import apply_fim
-from smallcode.data.shards import TOKENIZER_COPY, open_shard, read_index, split_shards
+from smallcode.data.shards import open_shard, read_index, split_shards
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
 # Salt separating the FIM random stream from the permutation stream.
 _FIM_STREAM = 0x46494D
@@ -170,10 +171,10 @@ class ShardLoader:
     def tokenizer(self) -> CodeTokenizer:
         """The tokenizer stored with the shards (checked against the index hash)."""
         if self._tok is None:
-            tok = load_tokenizer(self.directory / TOKENIZER_COPY)
+            tok = load_tokenizer(self.directory / TOKENIZER_FILE)
             if tok.hash != self.tokenizer_hash:
                 raise DataError(
-                    f"{self.directory / TOKENIZER_COPY}: hash differs from {self.directory}/index.json"
+                    f"{self.directory / TOKENIZER_FILE}: hash differs from {self.directory}/index.json"
                 )
             self._tok = tok
         return self._tok

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from smallcode.corpus import DataError
-from smallcode.fileio import atomic_write_bytes
+from smallcode.fileio import atomic_write_bytes, atomic_write_json
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
-TOKENIZER_COPY = "tokenizer.json"
 REMOVED_FILE = "removed.jsonl"
 SPLITS = ("train", "validation")
 
@@ -40,10 +39,6 @@ SPLITS = ("train", "validation")
 def dtype_for_vocab(vocab_size: int) -> str:
     """uint16 when every id fits, else uint32."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
-
 
 def write_shard(
     directory: Path, name: str, tokens: np.ndarray, manifest: list[dict[str, Any]], tokenizer_hash: str
@@ -61,7 +56,7 @@ def write_shard(
         "sources": manifest,
     }
     atomic_write_bytes(directory / f"{name}.bin", memoryview(data).cast("B"))
-    atomic_write_json(directory / f"{name}.json", header)
+    atomic_write_json(directory / f"{name}.json", header, indent=1)
     return {"name": name, "tokens": int(tokens.size), "documents": len(manifest), "sha256": digest}
 
 

@@ -7,7 +7,6 @@ Everything is computed from the run directory's ``results.jsonl`` (and ``securit
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from smallcode.eval.passk import mean_pass_at_k
 from smallcode.eval.security import summarise
+from smallcode.fileio import atomic_write_text
 from smallcode.tasks.base import Task
 
 
@@ -103,12 +103,6 @@ def _ks(summary: Mapping[str, Any]) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("@")[1]))
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_reports(
     out: Path,
     tasks: Iterable[Task] | None,
@@ -123,8 +117,8 @@ def write_reports(
     summary = summarise_results(rows, ks, security)
     summary["backend"] = backend
     summary["sandbox"] = sandbox
-    _write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write(out / "report.md", markdown(summary, backend, config, sandbox))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown(summary, backend, config, sandbox))
     return summary
 
 

@@ -36,6 +36,7 @@ from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
+from smallcode.fileio import atomic_write_text
 from smallcode.tasks.base import Task
 
 
@@ -141,15 +142,6 @@ class JsonlLog:
         self._f.close()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ---- the run ----------------------------------------------------------------------------------
 
 SampleSource = Backend | dict[str, list[str]]
@@ -212,7 +204,7 @@ def evaluate(
         if changed:
             raise ConfigError(f"{out}: existing run used different {changed}; use another --out to compare")
     else:
-        _atomic_write(cfg_path, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(cfg_path, json.dumps(meta, indent=2) + "\n")
 
     samples = JsonlLog(out / "samples.jsonl")
     try:
@@ -325,7 +317,7 @@ def _security(out: Path, tasks: Iterable[Task], rows: list[dict[str, Any]]) -> d
     }
     if todo:
         cached.update(scan(todo))
-        _atomic_write(path, json.dumps(cached) + "\n")
+        atomic_write_text(path, json.dumps(cached) + "\n")
     return cached
 
 

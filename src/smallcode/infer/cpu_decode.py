@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smallcode.fileio import atomic_file
 from smallcode.model.moe import Experts, MoE, MoEStats
 from smallcode.model.transformer import SmallCodeLM
 
@@ -95,15 +96,9 @@ def _build(cc: list[str], flags: list[str], out_dir: Path) -> Path:
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".few_rows-", suffix=".so")
-    os.close(fd)
-    try:
-        subprocess.run([*cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp, "-lm"], check=True,
+    with atomic_file(target) as tmp:
+        subprocess.run([*cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(tmp), "-lm"], check=True,
                        capture_output=True, text=True, timeout=120)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

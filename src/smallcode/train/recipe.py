@@ -19,14 +19,13 @@ One process; the flagship's stages run one by one under torchrun (see ``configs/
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smallcode.config import Config, ConfigError
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import atomic_dir, atomic_write_text
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import DistillConfig, TrainConfig
 
@@ -136,10 +135,8 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
     tok_dir = out / "tokenizer"
     if not (tok_dir / TOKENIZER_FILE).is_file():
         def build_tokenizer() -> None:
-            tmp = out / ".tokenizer.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            train_tokenizer(recipe.corpus, recipe.vocab_size, tmp, show_progress=progress)
-            tmp.rename(tok_dir)
+            with atomic_dir(tok_dir) as tmp:
+                train_tokenizer(recipe.corpus, recipe.vocab_size, tmp, show_progress=progress)
 
         _say(progress, f"[recipe] training the tokenizer ({recipe.vocab_size} tokens)")
         timed("tokenizer", build_tokenizer)

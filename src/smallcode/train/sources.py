@@ -21,7 +21,6 @@ import torch
 
 from smallcode.config import ConfigError
 from smallcode.data import ShardLoader
-from smallcode.data.shards import TOKENIZER_COPY
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import DataConfig
@@ -53,7 +52,7 @@ class ShardSource:
         self.loader = ShardLoader(directory, batch_size, seq_len, seed, rank=rank, world_size=world_size,
                                   fim_rate=fim_rate)
         self.tokenizer = self.loader.tokenizer
-        self.tokenizer_file = Path(directory) / TOKENIZER_COPY
+        self.tokenizer_file = Path(directory) / TOKENIZER_FILE
         self.batch_size = batch_size
 
     def batch(self, index: int) -> Batch:
