@@ -50,9 +50,11 @@ def test_upcycled_equals_parent_with_a_short_window_and_tied_embeddings() -> Non
 
 
 def test_upcycled_equals_parent_when_decoding_token_by_token() -> None:
-    # the cached, few-token path of the experts (one expert at a time) must agree as well
+    # cached decoding through the engine's decode modules (one-token and few-row expert paths) agrees too
+    from smallcode.infer.cpu_decode import prepare_for_decoding
+
     dense, tokens = dense_model(), torch.randint(0, 256, (2, 20))
-    moe = upcycle(dense, 4, 2).eval()
+    moe = prepare_for_decoding(upcycle(dense, 4, 2).eval())
     with torch.inference_mode():
         cache = moe.new_cache(2)
         steps = [moe(tokens[:, i : i + 1], cache).logits for i in range(tokens.shape[1])]

@@ -81,7 +81,8 @@ class RunConfig(Config):
     security_scan: bool = True
     """Scan every sample with bandit."""
     data_dir: str | None = None
-    """A directory holding the suites' data files, read instead of the default copies."""
+    """Override for the suites' data: a directory laid out like the releases (humanevalplus/, mbpp/,
+    mbppplus/); by default the copies shipped in the package are read."""
     generate_batch: int = 8
     """Prompts per backend call (samples are saved after each call)."""
 

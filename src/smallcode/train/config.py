@@ -30,7 +30,8 @@ class DataConfig(Config):
     """``shards``: a ``smallcode data prepare`` directory; ``jsonl``: prompt/completion or chat
     examples (loss on completions only); ``mbpp``: MBPP's training split from an MBPP data directory."""
     path: str = ""
-    """The shard directory, the JSONL file, or the directory holding ``mbpp.jsonl``."""
+    """The shard directory, or the JSONL file; for ``mbpp`` an optional directory holding ``mbpp/mbpp.jsonl``
+    (empty: the copy shipped in the package)."""
     validation_path: str | None = None
     """JSONL only: held-out examples for the validation loss (none: no validation)."""
     tokenizer: str | None = None
