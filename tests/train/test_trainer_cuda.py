@@ -1,6 +1,6 @@
 """The trainer on a CUDA GPU: bf16 autocast, compiled blocks, FSDP2/DDP under torchrun, resume.
 
-CI has no GPU, so these skip there; they ran on a lent H200 (see the README's training section).
+CI has no GPU, so these skip there; they ran on a lent H200 (see docs/training.md, "On a GPU").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 BPE never merges across a pre-token boundary, so the scheme decides which tokens can exist
 (e.g. whether "newline + indentation" can become one token). Each scheme is a named regex;
 :func:`build_pre_tokenizer` turns a name into a ``tokenizers`` pre-tokenizer. The schemes were
-compared by ``benchmarks/tokenizer_compression.py --compare-pretokenizers`` (figures in README);
+compared by ``benchmarks/tokenizer_compression.py --compare-pretokenizers`` (figures in docs/data.md);
 ``DEFAULT_SCHEME`` is the one that won. This module does not train anything.
 """
 
@@ -42,7 +42,7 @@ _CODE = (
     r"""|\s+"""
 )
 
-# The same without the one-character prefix on identifiers (measured worse: see README).
+# The same without the one-character prefix on identifiers (measured worse: see docs/data.md).
 _CODE_PLAIN = (
     r"""(?:\r?\n|\r)+[ \t]*"""
     r"""| ?[\p{L}_][\p{L}\p{M}\p{N}_]*"""
