@@ -44,3 +44,30 @@ def test_bad_requests_print_one_line(ckpt, capsys, args: list[str], message: str
 def test_missing_checkpoint(tmp_path, capsys) -> None:
     assert cli_main(["generate", str(tmp_path / "nope"), "x"]) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+def test_sampling_options_are_the_sampling_params_fields() -> None:
+    import dataclasses
+
+    import click
+
+    from smallcode.cli.generate import complete, generate
+
+    docs = SamplingParams.field_docs()
+    for command in (generate, complete):
+        options = {p.name: p for p in command.params if isinstance(p, click.Option)}
+        for f in dataclasses.fields(SamplingParams):
+            if f.name == "ignore_eos":  # a benchmark switch, not a user's option
+                assert f.name not in options
+                continue
+            assert options[f.name].help == docs[f.name], f.name
+
+
+def test_stop_sequences_reach_the_engine(ckpt, capsys) -> None:
+    full = Engine.from_checkpoint(ckpt).generate("import json\n", SamplingParams(max_tokens=12))[0].text
+    # two characters from the middle that need no escaping on a command line (no blanks, commas, backslashes)
+    stop = next(full[i:i + 2] for i in range(len(full) // 2, len(full) - 1)
+                if not any(c.isspace() or c in ",\\" for c in full[i:i + 2]))
+    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12", "--stop", stop]) == 0
+    expected = Engine.from_checkpoint(ckpt).generate("import json\n", SamplingParams(max_tokens=12, stop=[stop]))[0].text
+    assert capsys.readouterr().out == expected + "\n" and len(expected) < len(full)

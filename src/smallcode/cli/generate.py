@@ -7,38 +7,23 @@ from pathlib import Path
 
 import click
 
+from smallcode.cli.options import config_options
 from smallcode.infer.sampling import SamplingParams
 
-
-def sampling_options(f):  # noqa: ANN001, ANN201 - a click decorator
-    for opt in reversed([
-        click.option("--max-tokens", type=int, default=256, show_default=True),
-        click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy"),
-        click.option("--top-k", type=int, default=0, show_default=True),
-        click.option("--top-p", type=float, default=1.0, show_default=True),
-        click.option("--seed", type=int, default=None),
-        click.option("--stop", multiple=True, help="Stop sequence (repeatable)."),
-        click.option("--device", default="cpu", show_default=True),
-    ]):
-        f = opt(f)
-    return f
-
-
-def _params(max_tokens: int, temperature: float, top_k: int, top_p: float, seed: int | None,
-            stop: tuple[str, ...]) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                          stop=list(stop))
+# The sampling options are SamplingParams' fields (name, type, default, help written once, there).
+sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params")
+device_option = click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
 
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("prompt")
 @sampling_options
-def generate(checkpoint: Path, prompt: str, device: str, **sampling: object) -> None:
+@device_option
+def generate(checkpoint: Path, prompt: str, device: str, params: SamplingParams) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
     from smallcode.infer.engine import Engine
 
-    params = _params(**sampling)  # type: ignore[arg-type]
     engine = Engine.from_checkpoint(checkpoint, device=device)
     for delta in engine.stream(prompt, params):
         sys.stdout.write(delta)
@@ -51,11 +36,12 @@ def generate(checkpoint: Path, prompt: str, device: str, **sampling: object) -> 
 @click.option("--prefix-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--suffix-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @sampling_options
-def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, **sampling: object) -> None:
+@device_option
+def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, params: SamplingParams
+             ) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
     from smallcode.infer.engine import Engine
 
-    params = _params(**sampling)  # type: ignore[arg-type]
     engine = Engine.from_checkpoint(checkpoint, device=device)
     suffix = suffix_file.read_text() if suffix_file else ""
     click.echo(engine.complete(prefix_file.read_text(), suffix, params)[0].text)

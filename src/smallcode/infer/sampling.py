@@ -32,15 +32,16 @@ class SamplingParams(Config):
     """Keep going past end-of-text (benchmarks that need exactly max_tokens tokens)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        # Types (an int, not a bool or a string; a list of strings) are checked by Config; ranges here.
+        if self.max_tokens < 1:
             raise ConfigError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if not self.temperature >= 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0, got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if any(not isinstance(s, str) or not s for s in self.stop):
+        if not all(self.stop):
             raise ConfigError(f"stop sequences must be non-empty strings, got {self.stop!r}")
 
 

@@ -75,7 +75,6 @@ class RecipeConfig(Config):
     """Processes the stages are planned for (``smallcode estimate``); torchrun decides the real count."""
 
     def __post_init__(self) -> None:
-        self.stages = [s if isinstance(s, StageSpec) else StageSpec.from_dict(s) for s in self.stages]
         seen: set[str] = set()
         for s in self.stages:
             for ref in (s.init_from, s.teacher_from, s.upcycle_from):
