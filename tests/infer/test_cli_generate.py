@@ -64,10 +64,11 @@ def test_sampling_options_are_the_sampling_params_fields() -> None:
 
 
 def test_stop_sequences_reach_the_engine(ckpt, capsys) -> None:
-    full = Engine.from_checkpoint(ckpt).generate("import json\n", SamplingParams(max_tokens=12))[0].text
+    engine = Engine.from_checkpoint(ckpt)
+    full = engine.generate("import json\n", SamplingParams(max_tokens=12))[0].text
     # two characters from the middle that need no escaping on a command line (no blanks, commas, backslashes)
     stop = next(full[i:i + 2] for i in range(len(full) // 2, len(full) - 1)
                 if not any(c.isspace() or c in ",\\" for c in full[i:i + 2]))
     assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12", "--stop", stop]) == 0
-    expected = Engine.from_checkpoint(ckpt).generate("import json\n", SamplingParams(max_tokens=12, stop=[stop]))[0].text
+    expected = engine.generate("import json\n", SamplingParams(max_tokens=12, stop=[stop]))[0].text
     assert capsys.readouterr().out == expected + "\n" and len(expected) < len(full)
