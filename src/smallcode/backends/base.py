@@ -1,11 +1,13 @@
 """The ``Backend`` protocol that everything needing completions takes, and helpers every backend uses.
 
-Deliberately tiny: a name and one batched ``generate``. Nothing about tasks, prompts formats or
-scoring lives here.
+Deliberately tiny: a name and one batched ``generate``; a backend that times its own requests also
+offers ``generate_timed`` (:class:`TimedBackend`). Nothing about tasks, prompts formats or scoring
+lives here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 # The stop sequences of the Codex paper for function completion: a new top-level statement ends
@@ -32,6 +34,34 @@ class Backend(Protocol):
         stop: list[str],
     ) -> list[list[str]]:
         """``n`` completions for each prompt (same order), each cut at the first stop sequence."""
+        ...
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One completion and how long its own request took (from sending it to the last text)."""
+
+    text: str
+    seconds: float
+    """Wall time of the request that produced this completion, to its last piece of text."""
+    ttft_s: float | None
+    """Wall time to the first piece of this completion's text; None when the answer was not streamed."""
+
+
+@runtime_checkable
+class TimedBackend(Backend, Protocol):
+    """A backend that times each completion's own request (an endpoint answering one prompt per request)."""
+
+    def generate_timed(
+        self,
+        prompts: list[str],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        stop: list[str],
+    ) -> list[list[Timed]]:
+        """What ``generate`` returns, each completion with its timing."""
         ...
 
 
