@@ -19,7 +19,6 @@ import pytest
 from smallcode.backends.base import Backend, BackendError, TimedBackend, truncate_at_stop
 from smallcode.backends.openai import OpenAIBackend, extract_code
 
-
 SSE = "text/event-stream"
 
 
