@@ -3,7 +3,7 @@
 A run lives in one directory::
 
     config.json      the RunConfig and the backend's name
-    samples.jsonl    one row per generated sample {task_id, sample, completion}
+    samples.jsonl    one row per generated sample {task_id, sample, completion, gen_s[, ttft_s]}
     results.jsonl    one row per checked sample {task_id, suite, sample, status, reason, passed, mode}
     expected.json    strict mode's expected outputs per task (mode 0600; the sandbox cannot see it)
     security.json    bandit's worst severity per sample
@@ -14,6 +14,12 @@ Rows are appended and fsync'd one by one, so a run killed at any point resumes w
 finished samples are neither regenerated nor re-checked, and a half-written last line (the kill
 landed mid-write) is cut off. Checks run on ``workers`` threads, each with its own sandbox zygote.
 
+Latency: ``gen_s`` is the wall time a sample took to generate. A backend that times its own
+requests (:class:`~smallcode.backends.base.TimedBackend`: an endpoint) gives each sample's request
+time, and ``ttft_s``, its time to first text, when the answer was streamed. For any other backend
+``gen_s`` is the wall time of the batched call that produced the sample (every prompt of the call
+generated together), which is what each of its samples waited. Pre-generated samples carry none.
+
 Deliberately not here: the verdict logic (``check.py``), isolation (``sandbox/``), the loaders
 (``tasks/``), the model calls (``smallcode.backends``).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -31,7 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError
+from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError, Timed, TimedBackend
 from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
@@ -163,17 +170,26 @@ def _generate(tasks: list[Task], source: SampleSource, cfg: RunConfig, log: Json
     bar = tqdm(total=len(todo), desc="generate", unit="task", disable=not progress)
     for start in range(0, len(todo), max(1, cfg.generate_batch)):
         batch = todo[start : start + cfg.generate_batch]
+        args = ([t.prompt for t in batch], cfg.n, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop)
         try:
-            outs = source.generate(
-                [t.prompt for t in batch], cfg.n, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop
-            )
+            if isinstance(source, TimedBackend):
+                outs = source.generate_timed(*args)
+            else:
+                t0 = time.perf_counter()
+                texts = source.generate(*args)
+                call_s = time.perf_counter() - t0
+                outs = [[Timed(c, call_s, None) for c in comps] for comps in texts]
         except BackendError as e:
             bar.close()
             done = len(log.rows)
             raise BackendError(f"{e} ({done} samples finished before this are kept in {log.path})") from e
         for t, comps in zip(batch, outs, strict=True):
             for i in range(have.get(t.task_id, 0), cfg.n):
-                log.append({"task_id": t.task_id, "sample": i, "completion": comps[i]})
+                c = comps[i]
+                row = {"task_id": t.task_id, "sample": i, "completion": c.text, "gen_s": round(c.seconds, 6)}
+                if c.ttft_s is not None:
+                    row["ttft_s"] = round(c.ttft_s, 6)
+                log.append(row)
         bar.update(len(batch))
     bar.close()
 
@@ -301,7 +317,8 @@ def evaluate(
     security = None
     if cfg.security_scan:
         security = _security(out, tasks, rows)
-    return write_reports(out, tasks, results.rows, cfg.k, security, backend_name, cfg.to_dict(), meta["sandbox"])
+    return write_reports(out, tasks, results.rows, cfg.k, security, backend_name, cfg.to_dict(), meta["sandbox"],
+                         samples=rows)
 
 
 def _security(out: Path, tasks: Iterable[Task], rows: list[dict[str, Any]]) -> dict[str, str | None]:
