@@ -113,6 +113,25 @@ class _ClientGone(Exception):
     """The client disconnected; its handles are cancelled."""
 
 
+# The scheduler ends a handle with finish_reason "error" when the model loop failed on its row (the
+# loop itself survives); the client gets a 500, or an error event at the end of a stream.
+_LOOP_ERROR = "the model failed while generating this completion; the server keeps serving other requests"
+
+
+def _loop_error() -> APIError:
+    return APIError(500, _LOOP_ERROR, code="generation_failed", type="server_error")
+
+
+def _error_event() -> str:
+    return _sse({"error": {"message": _LOOP_ERROR, "type": "server_error", "param": None,
+                           "code": "generation_failed"}})
+
+
+def _raise_if_failed(choices: list[_Choice]) -> None:
+    if any(c.finish == "error" for c in choices):
+        raise _loop_error()
+
+
 class Service:
     """Turns parsed requests into scheduler submissions and their events into responses."""
 
@@ -286,6 +305,14 @@ async def _collect(handle: Any, choice: _Choice, on_text: Callable[[_Choice], bo
         if event.finish_reason is not None:
             choice.finish = event.finish_reason
             return
+
+
+async def _collect_all(handles: list[Any]) -> list[_Choice]:
+    """Every handle run to its end; a 500 if the model loop failed on any of them."""
+    choices = [_Choice() for _ in handles]
+    await asyncio.gather(*(_collect(h, c) for h, c in zip(handles, choices, strict=True)))
+    _raise_if_failed(choices)
+    return choices
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -470,6 +497,9 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                                                          "finish_reason": None}], **usage_field})
                 offsets = [len(t) for t in echo]
                 async for i, ev in _merged(handles):
+                    if ev.finish_reason == "error":
+                        yield _error_event()
+                        break
                     lp = None
                     if ev.logprobs is not None and body.logprobs is not None:
                         lp = _completion_logprobs(ev.logprobs, k, offsets[i])
@@ -478,13 +508,13 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                     if ev.text or finish or lp:
                         yield _sse({**head, "choices": [{"index": i, "text": ev.text, "logprobs": lp,
                                                          "finish_reason": finish}], **usage_field})
-                if include_usage:
-                    yield _sse({**head, "choices": [], "usage": _usage(handles, body.n)})
+                else:
+                    if include_usage:
+                        yield _sse({**head, "choices": [], "usage": _usage(handles, body.n)})
                 yield "data: [DONE]\n\n"
 
             return _stream(events())
-        choices = [_Choice() for _ in handles]
-        await _guarded(request, handles, asyncio.gather(*(_collect(h, c) for h, c in zip(handles, choices))))
+        choices = await _guarded(request, handles, _collect_all(handles))
         out = []
         for i, c in enumerate(choices):
             lp = None
@@ -511,19 +541,22 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                     yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                       "logprobs": None, "finish_reason": None}], **usage_field})
                 async for i, ev in _merged(handles):
+                    if ev.finish_reason == "error":
+                        yield _error_event()
+                        break
                     lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and body.logprobs else None
                     finish = _OPENAI_FINISH.get(ev.finish_reason) if ev.finish_reason else None
                     if ev.text or finish or lp:
                         delta = {"content": ev.text} if ev.text else {}
                         yield _sse({**chunk, "choices": [{"index": i, "delta": delta, "logprobs": lp,
                                                           "finish_reason": finish}], **usage_field})
-                if include_usage:
-                    yield _sse({**chunk, "choices": [], "usage": _usage(handles, body.n)})
+                else:
+                    if include_usage:
+                        yield _sse({**chunk, "choices": [], "usage": _usage(handles, body.n)})
                 yield "data: [DONE]\n\n"
 
             return _stream(events())
-        choices = [_Choice() for _ in handles]
-        await _guarded(request, handles, asyncio.gather(*(_collect(h, c) for h, c in zip(handles, choices))))
+        choices = await _guarded(request, handles, _collect_all(handles))
         out = [{"index": i, "message": {"role": "assistant", "content": c.text},
                 "logprobs": _chat_logprobs(c.logprobs or [], k) if body.logprobs else None,
                 "finish_reason": _OPENAI_FINISH.get(c.finish or "length")} for i, c in enumerate(choices)]
@@ -553,6 +586,9 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
             async def events() -> AsyncIterator[str]:
                 choice, shown = _Choice(), 0
                 async for _, ev in _merged([handle]):
+                    if ev.finish_reason == "error":  # llama.cpp's streams have no [DONE]: the error ends it
+                        yield _error_event()
+                        return
                     choice.text += ev.text
                     choice.token_ids = (choice.token_ids or []) + list(ev.token_ids)
                     if cut_at is not None and cut_at(choice):
@@ -573,6 +609,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
             return _stream(events())
         choice = _Choice()
         await _guarded(request, [handle], _collect(handle, choice, cut_at))
+        _raise_if_failed([choice])
         return final(choice)
 
     return app
