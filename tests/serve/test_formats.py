@@ -6,9 +6,11 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
 
 from smallcode.serve.formats import FormatError, hf_prompt_format, prompt_format
+from smallcode.serve.scheduler import RequestHandle
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 PREFIX = "def area(r):\n    return "
@@ -151,3 +153,39 @@ def test_generation_config_stop_ids_are_added_once() -> None:
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     fmt = hf_prompt_format(tok, extra_stop_ids=[im_end, 7])
     assert fmt.stop_ids.count(im_end) == 1 and 7 in fmt.stop_ids
+
+
+def test_ours_through_the_app_reuses_the_prompt_as_the_user_types(ours: CodeTokenizer) -> None:
+    from fastapi.testclient import TestClient
+
+    from smallcode.infer import Engine
+    from smallcode.model import ModelConfig, SmallCodeLM
+    from smallcode.serve.app import create_app
+    from smallcode.serve.scheduler import Scheduler
+
+    torch.manual_seed(0)
+    engine = Engine(SmallCodeLM(ModelConfig.preset("tiny", vocab_size=512)), ours)
+    scheduler = Scheduler(engine, max_batch=2, prefill_chunk=16)
+    fmt = prompt_format(ours)
+    seen: list[tuple[list[int], RequestHandle]] = []
+    submit = scheduler.submit
+
+    def spy(ids: list[int], *args: object, **kwargs: object) -> RequestHandle:
+        handle = submit(ids, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append((list(ids), handle))
+        return handle
+
+    scheduler.submit = spy  # type: ignore[method-assign]
+    try:
+        client = TestClient(create_app(scheduler, fmt, model_name="tiny"))
+        extra = [{"filename": name, "text": text} for name, text in EXTRA]
+        for typed in ("", "3.1"):
+            r = client.post("/infill", json={"input_prefix": PREFIX + typed, "input_suffix": SUFFIX,
+                                             "input_extra": extra, "n_predict": 2})
+            assert r.status_code == 200, r.text
+    finally:
+        scheduler.close()
+    (first, _), (second, handle) = seen
+    assert first == fmt.fim(PREFIX, SUFFIX, EXTRA) and second == fmt.fim(PREFIX + "3.1", SUFFIX, EXTRA)
+    # All but the last few tokens of the second prompt come from the first one's cache.
+    assert handle.cached_tokens >= len(first) - 8

@@ -236,7 +236,7 @@ class HFFormat(PromptFormat):
         return self._text(text)
 
 
-def hf_prompt_format(tokenizer: Any, extra_stop_ids: Sequence[int] = ()) -> PromptFormat:
+def hf_prompt_format(tokenizer: Any, extra_stop_ids: Sequence[int] = ()) -> HFFormat:
     """The prompt format of a transformers tokenizer; ``extra_stop_ids`` adds end tokens the model's
     generation config names. FIM raises ``FormatError`` when no known family's tokens are present."""
     return HFFormat(tokenizer, extra_stop_ids)
