@@ -74,7 +74,7 @@ class SlowModel:
         self.open = threading.Event()
         self.open.set()
         self.entered = threading.Event()
-        self.fail_next_decode = False
+        self.fail_next_decode = self.fail_next_prefill = False
 
     def __call__(self, input_ids: torch.Tensor, *args: object, **kwargs: object):
         self.entered.set()
@@ -82,6 +82,9 @@ class SlowModel:
         time.sleep(self.delay)
         if self.fail_next_decode and input_ids.shape[1] == 1:
             self.fail_next_decode = False
+            raise RuntimeError("injected failure")
+        if self.fail_next_prefill and input_ids.shape[1] > 1:
+            self.fail_next_prefill = False
             raise RuntimeError("injected failure")
         return self.model(input_ids, *args, **kwargs)
 
@@ -115,7 +118,8 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.001)
 
 
-def mixed_requests(engine: Engine) -> list[tuple[list[int], SamplingParams]]:
+@pytest.fixture(scope="module")
+def mixed(engine: Engine) -> tuple[list[tuple[list[int], SamplingParams]], list[Completion]]:
     """16 requests: greedy, seeded sampling, stop strings (taken from the greedy text so they hit),
     different lengths, and two prompts asked twice (as the n samples of one API request are)."""
     out = []
@@ -132,13 +136,12 @@ def mixed_requests(engine: Engine) -> list[tuple[list[int], SamplingParams]]:
         else:
             params = SamplingParams(max_tokens=10, temperature=1.2, top_p=0.9, seed=7, ignore_eos=True)
         out.append((ids, params))
-    return out
+    return out, [alone(engine, ids, p) for ids, p in out]
 
 
 @pytest.mark.parametrize("max_batch", [16, 5])
-def test_concurrent_requests_get_what_they_get_alone(engine: Engine, scheduler_factory, max_batch: int) -> None:
-    requests = mixed_requests(engine)
-    expected = [alone(engine, ids, p) for ids, p in requests]
+def test_concurrent_requests_get_what_they_get_alone(engine: Engine, mixed, scheduler_factory, max_batch: int) -> None:
+    requests, expected = mixed
     assert any(c.finish_reason == "stop" for c in expected)
     sched = scheduler_factory(engine, max_batch=max_batch, prefill_chunk=4)
 
@@ -292,6 +295,18 @@ def test_queue_full_is_refused(slow_engine, scheduler_factory) -> None:
     assert drain(running)[0] == want and drain(waiting)[0] == want
 
 
+def test_free_rows_count_as_room(slow_engine, scheduler_factory) -> None:
+    engine, slow = slow_engine
+    sched = scheduler_factory(engine, max_batch=4, max_queue=0)
+    slow.open.clear()  # nothing finishes, nothing more is admitted while the loop is held
+    ids, params = engine.tokenizer.encode(CODE[0]), SamplingParams(max_tokens=2)
+    handles = [sched.submit(ids, params) for _ in range(4)]  # a burst of max_batch fits
+    with pytest.raises(QueueFull):
+        sched.submit(ids, params)
+    slow.open.set()
+    assert all(drain(h)[2][-1].finish_reason is not None for h in handles)
+
+
 def test_time_limit_ends_with_timeout(slow_engine, scheduler_factory) -> None:
     engine, slow = slow_engine
     slow.delay = 0.02
@@ -332,6 +347,16 @@ def test_an_error_in_the_loop_ends_those_requests_and_the_loop_goes_on(slow_engi
     assert events[-1].finish_reason == "error"
     assert drain(sched.submit(ids, params))[0] == alone(engine, ids, params).token_ids
     assert sched.metrics.value("smallcode_requests_total", outcome="error") == 1
+    # a prompt that fails to prefill ends alone; the rows already decoding carry on
+    long_params = SamplingParams(max_tokens=30, ignore_eos=True)
+    running = sched.submit(ids, long_params)
+    it = iter(running)
+    next(it)
+    slow.fail_next_prefill = True
+    assert drain(sched.submit(engine.tokenizer.encode(CODE[1]), params))[2][-1].finish_reason == "error"
+    got = [t for e in it for t in e.token_ids]
+    assert alone(engine, ids, long_params).token_ids[1:] == got
+    assert sched.metrics.value("smallcode_requests_total", outcome="error") == 2
 
 
 def test_close_finishes_pending_handles(slow_engine, scheduler_factory) -> None:
