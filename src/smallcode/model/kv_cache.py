@@ -157,6 +157,30 @@ class KVCache:
         out.slot_pos, out.length = self.slot_pos[idx], self.length[idx]
         return out
 
+    def clone(self) -> KVCache:
+        """An independent copy (a stored prompt's cache stays as it was while a copy decodes on)."""
+        return self.select(list(range(self.batch)))
+
+    def can_truncate(self, length: int) -> bool:
+        """Whether every row can go back to ``length`` positions: the cache still holds all that the
+        query at ``length`` sees (the global slots and the ``window - 1`` positions before it), i.e.
+        the ring has not yet overwritten them with later positions."""
+        if not 0 < length <= int(self.length.min()):
+            return False
+        lo = max(self.n_global, length - self.window + 1)
+        held = ((self.slot_pos >= lo) & (self.slot_pos < length)).sum(dim=1)
+        return bool((held == max(0, length - lo)).all())
+
+    def truncate(self, length: int) -> KVCache:
+        """A copy of this cache holding only positions ``< length`` of each row, as if the later
+        ones had never been fed (see ``can_truncate``)."""
+        if not self.can_truncate(length):
+            raise ValueError(f"cannot go back to {length} positions: the ring has overwritten what they see")
+        out = self.clone()
+        out.slot_pos = out.slot_pos.masked_fill(out.slot_pos >= length, -1)
+        out.length = torch.full_like(out.length, length)
+        return out
+
     @staticmethod
     def stack(caches: list[KVCache]) -> KVCache:
         """Rows of several caches (same config) in one cache; rings are padded to the largest."""
