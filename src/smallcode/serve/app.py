@@ -389,9 +389,18 @@ def _completion_logprobs(items: list[Any], k: int, offset: int) -> dict[str, Any
     return {
         "tokens": [item.token for item in items],
         "token_logprobs": [item.logprob for item in items],
-        "top_logprobs": [dict(item.top[:k]) for item in items],
+        "top_logprobs": [_by_text(item.top[:k]) for item in items],
         "text_offset": offsets,
     }
+
+
+def _by_text(top: list[tuple[str, float]]) -> dict[str, float]:
+    """OpenAI's ``{text: logprob}``; tokens that decode alike (pieces of one UTF-8 character) keep the
+    best one's logprob, so the chosen token's entry is never overwritten by a less likely one."""
+    out: dict[str, float] = {}
+    for text, logprob in top:
+        out.setdefault(text, logprob)
+    return out
 
 
 def _chat_logprobs(items: list[Any], k: int) -> dict[str, Any]:

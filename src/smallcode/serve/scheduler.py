@@ -50,7 +50,8 @@ MAX_LOGPROBS = 20
 
 
 class QueueFull(RuntimeError):
-    """``submit`` found the waiting queue full (or the scheduler closed); try again later."""
+    """``submit`` found every row busy and ``max_queue`` requests waiting (or the scheduler closed);
+    try again later."""
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
@@ -212,6 +213,8 @@ class Scheduler:
         self._decoding: list[_Request] = []
         """Rows of ``_cache``, in order."""
         self._cache: KVCache | None = None
+        self._rows = 0
+        """Running requests as of the last admission (exact or an overestimate): ``submit``'s view."""
         self._request_s = 1.0
         """Running average of a request's duration, for the Retry-After hint."""
         self._thread = threading.Thread(target=self._loop, name="smallcode-scheduler", daemon=True)
@@ -239,10 +242,11 @@ class Scheduler:
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down", retry_after_s=1.0)
-            if len(self._waiting) >= self.max_queue:
+            # Rows not yet taken count as room: a burst of max_batch submits into an idle server fits.
+            if len(self._waiting) + self._rows >= self.max_batch + self.max_queue:
                 self.metrics.requests.labels(outcome="rejected").inc()
                 waits = (len(self._waiting) + 1) / self.max_batch
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting",
+                raise QueueFull(f"{self._rows} requests are running and {len(self._waiting)} waiting",
                                 retry_after_s=round(min(60.0, max(1.0, waits * self._request_s)), 1))
             self._waiting.append(request)
             self.metrics.queue_depth.set(len(self._waiting))
@@ -274,7 +278,8 @@ class Scheduler:
                     for request in self._prefilling + self._decoding:
                         self._finish(request, "error")
                     self._prefilling, self._decoding, self._cache = [], [], None
-                self.metrics.batch_size.set(len(self._prefilling) + len(self._decoding))
+                self._rows = len(self._prefilling) + len(self._decoding)  # only this thread writes it
+                self.metrics.batch_size.set(self._rows)
             self._shutdown()
 
     def _admit(self, now: float) -> None:
@@ -284,6 +289,7 @@ class Scheduler:
             self._waiting = still
         while self._waiting and len(self._prefilling) + len(self._decoding) < self.max_batch:
             self._prefilling.append(self._waiting.popleft())
+        self._rows = len(self._prefilling) + len(self._decoding)
         self.metrics.queue_depth.set(len(self._waiting))
 
     def _step(self) -> None:
@@ -295,15 +301,14 @@ class Scheduler:
         if self._prefilling:
             request = self._prefilling[0]
             try:
-                done = self._prefill_piece(request)
-            except Exception:  # this prompt's problem; the decode batch is untouched
-                log.exception("prefill failed")
-                self._prefilling.pop(0)
-                self._finish(request, "error")
-            else:
-                if done:
+                if self._prefill_piece(request):
                     self._prefilling.pop(0)
                     self._start_decoding(request)
+            except Exception:  # this prompt's problem; the decode batch is untouched (it joins last)
+                log.exception("prefill failed")
+                if self._prefilling and self._prefilling[0] is request:
+                    self._prefilling.pop(0)
+                self._finish(request, "error")
         if self._decoding:
             self._decode()
 
@@ -408,6 +413,8 @@ class Scheduler:
 
     def _finish(self, request: _Request, reason: str, text: str = "", token_ids: list[int] | None = None,
                 logprobs: list[TokenLogprob] | None = None) -> None:
+        if request.handle.finish_reason is not None:  # already ended (an error after its last token)
+            return
         if request.logprobs and logprobs is None:
             logprobs = []
         request.prefill = None
