@@ -96,9 +96,13 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
             server.should_exit = True
 
     threading.Thread(target=load_then_attach, name="load-model", daemon=True).start()
-    server.run()
-    scheduler = app.state.service.scheduler
-    if scheduler is not None:
-        scheduler.close()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it stopped on; for a server that is a clean stop
+        pass
+    finally:
+        scheduler = app.state.service.scheduler
+        if scheduler is not None:
+            scheduler.close()
     if failure:
         raise failure[0]
