@@ -16,8 +16,9 @@ prompt is the 1,000 tokens before the cursor and the 200 tokens after that line.
 Measured:
 - ``load``: 1, 4 and 16 concurrent clients, each sending its requests one after another, every
   request a different file and position (no prompt reuse between them): TTFT p50/p95 and completion
-  tokens/s over the level's wall time. Once with continuous batching (the default server) and once
-  with ``batching=False`` (one request at a time: the baseline).
+  tokens/s over the level's wall time. With continuous batching (the default server) and with
+  ``batching=False`` (one request at a time: the baseline); both servers run side by side and take
+  turns level by level on the same requests, so that the machine's load moves both alike.
 - ``keystroke``: one client primes the server with a request at the cursor, then types the line
   a few characters per request (the suffix unchanged), as an editor does: TTFT p50/p95 and the
   prompt tokens served from the cache, with prompt reuse (the default cache), without it
@@ -26,6 +27,9 @@ Measured:
   previous prompt is the start of the next one and only the typed characters are new; in PSM the
   suffix follows the prefix, so everything after the cursor (the 200 suffix tokens) is prefilled
   again at every keystroke.
+
+- ``model``: the model alone in this process, no server: prefill of one prompt and a decode step at
+  batch 1 and 16, and from them the best ratio any scheduler can reach at 16 clients.
 
 Targets (issue #14, printed next to the figures): keystroke TTFT p50 <= 30 ms on 2 cores, and at
 16 clients >= 3x the one-at-a-time throughput. llama-cpp-python's server is not measured: smallcode
@@ -46,6 +50,7 @@ import statistics
 import sysconfig
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -265,24 +270,31 @@ async def load_level(url: str, docs: list[Doc], clients: int, per_client: int, m
             "prompt_tokens_mean": round(statistics.mean(s.evaluated for s in samples), 1)}
 
 
-async def keystrokes(url: str, docs: list[Doc], keys: int, chars: int, max_tokens: int,
-                     progress: Any) -> dict[str, Any]:
-    """Per doc: a priming request at the cursor, then ``keys`` requests, each ``chars`` more characters typed."""
+async def keystrokes(urls: dict[str, str], docs: list[Doc], keys: int, chars: int, max_tokens: int,
+                     progress: Any) -> dict[str, dict[str, Any]]:
+    """Per doc and per server in turn: a priming request at the cursor, then ``keys`` requests, each
+    ``chars`` more characters typed. The servers take turns doc by doc, so that a change in the
+    machine's load hits them alike."""
     import httpx
 
-    samples: list[Sample] = []
+    samples: dict[str, list[Sample]] = {name: [] for name in urls}
     async with httpx.AsyncClient(timeout=600) as client:
         for d in docs:
-            await infill(client, url, d.prefix, d.suffix, max_tokens)
-            for k in range(1, keys + 1):
-                samples.append(await infill(client, url, d.prefix + d.line_rest[: k * chars], d.suffix, max_tokens))
+            for name, url in urls.items():
+                await infill(client, url, d.prefix, d.suffix, max_tokens)
+                for k in range(1, keys + 1):
+                    typed = d.prefix + d.line_rest[: k * chars]
+                    samples[name].append(await infill(client, url, typed, d.suffix, max_tokens))
             progress.update(1)
-    ttfts = [s.ttft_s * 1000 for s in samples]
-    return {"requests": len(samples), "ttft_p50_ms": round(pct(ttfts, 50), 1),
-            "ttft_p95_ms": round(pct(ttfts, 95), 1),
-            "prompt_tokens_mean": round(statistics.mean(s.evaluated for s in samples), 1),
-            "cached_tokens_mean": round(statistics.mean(s.cached for s in samples), 1),
-            "prefilled_tokens_mean": round(statistics.mean(s.evaluated - s.cached for s in samples), 1)}
+    out = {}
+    for name, got in samples.items():
+        ttfts = [s.ttft_s * 1000 for s in got]
+        out[name] = {"requests": len(got), "ttft_p50_ms": round(pct(ttfts, 50), 1),
+                     "ttft_p95_ms": round(pct(ttfts, 95), 1),
+                     "prompt_tokens_mean": round(statistics.mean(s.evaluated for s in got), 1),
+                     "cached_tokens_mean": round(statistics.mean(s.cached for s in got), 1),
+                     "prefilled_tokens_mean": round(statistics.mean(s.evaluated - s.cached for s in got), 1)}
+    return out
 
 
 # ----------------------------------------------------------------------------- the model alone
@@ -290,7 +302,8 @@ def model_costs(options: ServerOptions, docs: list[Doc], max_tokens: int, batch:
     """What the model itself costs, in this process with no server: prefill of one prompt (in the
     scheduler's pieces) and one decode step at batch 1 and at ``batch``. From them, the best
     throughput ratio any scheduler can reach at ``batch`` clients (prefill cannot be shared between
-    different prompts, so it is paid once per request either way)."""
+    different prompts, so it is paid once per request either way). The fastest time of each is taken:
+    the model's cost when nothing else wants the cores."""
     import torch
 
     from smallcode.infer.engine import Engine, Prefill
@@ -324,8 +337,8 @@ def model_costs(options: ServerOptions, docs: list[Doc], max_tokens: int, batch:
                 t0 = time.perf_counter()
                 engine.decode_step(cache, [10] * b)
                 times.append(time.perf_counter() - t0)
-            step_s[b] = statistics.median(times)
-    p = statistics.median(prefill_s)
+            step_s[b] = min(times)
+    p = min(prefill_s)
     one_at_a_time = batch * (p + max_tokens * step_s[1])
     batched = batch * p + max_tokens * step_s[batch]
     return {"prompt_tokens": round(statistics.mean(len(x) for x in prompts)), "prefill_ms": round(p * 1000, 1),
@@ -385,32 +398,33 @@ def main() -> None:
             "targets": {"keystroke_ttft_p50_ms": TARGET_KEYSTROKE_TTFT_MS, "speedup_at_16": TARGET_SPEEDUP_16},
         }
 
-        def run_load(name: str, options: ServerOptions) -> None:
-            total = sum(c * per_level[c] for c in levels)
-            with Server(options) as url, tqdm(total=total, desc=f"load, {name}", unit="req") as bar:
+        def servers(configs: dict[str, ServerOptions], stack: ExitStack) -> dict[str, str]:
+            urls = {name: stack.enter_context(Server(options)) for name, options in configs.items()}
+            for url in urls.values():
                 asyncio.run(infill_warmup(url))
-                rows = []
+            return urls
+
+        if args.only in (None, "load"):
+            # Both servers run at once and take turns level by level, on the same requests.
+            configs = {"batched": base, "one_at_a_time": replace(base, batching=False)}
+            with ExitStack() as stack, tqdm(total=2 * n_load, desc="load", unit="req") as bar:
+                urls = servers(configs, stack)
                 offset = 0
                 for c in levels:
                     n = c * per_level[c]
-                    rows.append(asyncio.run(load_level(url, load_docs[offset:offset + n], c, per_level[c],
-                                                       args.max_tokens, bar)))
+                    for name, url in urls.items():
+                        row = asyncio.run(load_level(url, load_docs[offset:offset + n], c, per_level[c],
+                                                     args.max_tokens, bar))
+                        result.setdefault(f"load_{name}", []).append(row)
                     offset += n
-            result[f"load_{name}"] = rows
-
-        def run_keys(name: str, options: ServerOptions) -> None:
-            with Server(options) as url, tqdm(total=len(key_docs), desc=f"keystroke, {name}", unit="file") as bar:
-                asyncio.run(infill_warmup(url))
-                result[f"keystroke_{name}"] = asyncio.run(
-                    keystrokes(url, key_docs, args.keys, args.chars, args.keystroke_max_tokens, bar))
-
-        if args.only in (None, "load"):
-            run_load("batched", base)
-            run_load("one_at_a_time", replace(base, batching=False))
         if args.only in (None, "keystroke"):
-            run_keys("reuse_spm", base)
-            run_keys("no_reuse", replace(base, prompt_cache_mb=0))
-            run_keys("reuse_psm", replace(base, layout="psm"))
+            configs = {"reuse_spm": base, "no_reuse": replace(base, prompt_cache_mb=0),
+                       "reuse_psm": replace(base, layout="psm")}
+            with ExitStack() as stack, tqdm(total=len(key_docs), desc="keystroke", unit="file") as bar:
+                urls = servers(configs, stack)
+                got = asyncio.run(keystrokes(urls, key_docs, args.keys, args.chars, args.keystroke_max_tokens, bar))
+            for name, row in got.items():
+                result[f"keystroke_{name}"] = row
         if args.only in (None, "model"):
             print("timing the model alone ...", flush=True)
             result["model_alone"] = model_costs(base, load_docs or docs, args.max_tokens, max(levels), reps=20)
