@@ -39,7 +39,9 @@ Last figures (2 cores shared with other jobs, load average 1.8-3.5; details and 
 docs/serving.md#measured): keystroke TTFT p50 16.7 ms with prompt reuse (2 tokens prefilled), 492.1
 ms without, 144.1 ms in the PSM layout (438 prefilled); at 16 clients 213.9 vs 121.3 tokens/s
 batched vs one at a time (1.76x; 2.68x with 512-token completions). The model alone bounds the
-ratio at 2.0x for these requests: 16 prefills of 161 ms are 76% of the best batched schedule.
+ratio at 2.0x for these requests: 16 prefills of 161 ms are 76% of the best batched schedule. The
+HTTP path costs little: 16 requests straight to a Scheduler vs through the server, taking turns,
+243-271 vs 255-261 tokens/s (one more round hit by outside load).
 """
 
 from __future__ import annotations
