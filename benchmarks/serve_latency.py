@@ -26,7 +26,9 @@ Measured:
   server's suffix-prefix-middle (SPM). In SPM the suffix comes first and the prefix last, so the
   previous prompt is the start of the next one and only the typed characters are new; in PSM the
   suffix follows the prefix, so everything after the cursor (the 200 suffix tokens) is prefilled
-  again at every keystroke.
+  again at every keystroke. Last, the default server's keystroke requests again while
+  ``--busy-clients`` other clients keep sending cold prompts: prefill is first come, first served,
+  so a request with two tokens to feed waits for theirs.
 
 - ``model``: the model alone in this process, no server: prefill of one prompt and a decode step at
   batch 1 and 16, and from them the best ratio any scheduler can reach at 16 clients.
@@ -303,6 +305,38 @@ async def keystrokes(urls: dict[str, str], docs: list[Doc], keys: int, chars: in
     return out
 
 
+async def keystrokes_busy(url: str, cold: list[Doc], docs: list[Doc], clients: int, keys: int, chars: int,
+                          max_tokens: int, progress: Any) -> dict[str, Any]:
+    """The keystroke requests of :func:`keystrokes` on one server while ``clients`` other clients
+    keep sending cold prompts (``cold``, distinct files, 64 tokens each): how long a request that
+    has almost nothing to prefill waits behind prompts that have everything to prefill."""
+    import httpx
+
+    samples: list[Sample] = []
+    done = False
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 1)) as client:
+
+        async def cold_client(mine: list[Doc]) -> None:
+            for d in mine:
+                if done:
+                    return
+                await infill(client, url, d.prefix, d.suffix, 64)
+
+        others = [asyncio.create_task(cold_client(cold[i::clients])) for i in range(clients)]
+        await asyncio.sleep(1.0)  # let the others fill the server first
+        for d in docs:
+            await infill(client, url, d.prefix, d.suffix, max_tokens)
+            for k in range(1, keys + 1):
+                samples.append(await infill(client, url, d.prefix + d.line_rest[: k * chars], d.suffix, max_tokens))
+            progress.update(1)
+        done = True
+        await asyncio.gather(*others)
+    ttfts = [s.ttft_s * 1000 for s in samples]
+    return {"requests": len(samples), "other_clients": clients, "ttft_p50_ms": round(pct(ttfts, 50), 1),
+            "ttft_p95_ms": round(pct(ttfts, 95), 1),
+            "prefilled_tokens_mean": round(statistics.mean(s.evaluated - s.cached for s in samples), 1)}
+
+
 # ----------------------------------------------------------------------------- the model alone
 def model_costs(options: ServerOptions, docs: list[Doc], max_tokens: int, batch: int, reps: int) -> dict[str, Any]:
     """What the model itself costs, in this process with no server: prefill of one prompt (in the
@@ -368,6 +402,8 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=4, help="requests per file in the keystroke test")
     p.add_argument("--chars", type=int, default=3, help="characters typed between two requests")
     p.add_argument("--keystroke-max-tokens", type=int, default=16)
+    p.add_argument("--busy-clients", type=int, default=8,
+                   help="other clients sending cold prompts during the last keystroke test (0: skip it)")
     p.add_argument("--only", choices=["load", "keystroke", "model"], help="run one part only")
     p.add_argument("--out", type=Path, help="also write the JSON result here")
     args = p.parse_args()
@@ -393,8 +429,11 @@ def main() -> None:
         per_level = {c: max(args.rounds, -(-8 // c)) for c in levels}
         # Different documents for each level and for the keystroke test: no prompt is ever seen twice.
         n_load = sum(c * per_level[c] for c in levels)
-        docs = make_docs(tokenizer, n_load + args.keystroke_docs, args.prefix_tokens, args.suffix_tokens, seed=0)
-        load_docs, key_docs = docs[:n_load], docs[n_load:]
+        n_busy = 4 * args.busy_clients if args.busy_clients else 0
+        docs = make_docs(tokenizer, n_load + args.keystroke_docs + n_busy, args.prefix_tokens, args.suffix_tokens,
+                         seed=0)
+        load_docs, key_docs = docs[:n_load], docs[n_load:n_load + args.keystroke_docs]
+        busy_docs = docs[n_load + args.keystroke_docs:]
         base = ServerOptions(tokenizer=tok_dir, checkpoint=args.checkpoint, threads=args.threads)
         result: dict[str, Any] = {
             "model": args.checkpoint or "nano (random weights)", "threads": args.threads,
@@ -431,6 +470,12 @@ def main() -> None:
                 got = asyncio.run(keystrokes(urls, key_docs, args.keys, args.chars, args.keystroke_max_tokens, bar))
             for name, row in got.items():
                 result[f"keystroke_{name}"] = row
+            if args.busy_clients:
+                with Server(base) as url, tqdm(total=len(key_docs), desc="keystroke, busy", unit="file") as bar:
+                    asyncio.run(infill_warmup(url))
+                    result["keystroke_reuse_spm_busy"] = asyncio.run(keystrokes_busy(
+                        url, busy_docs, key_docs, args.busy_clients, args.keys, args.chars, args.keystroke_max_tokens,
+                        bar))
         if args.only in (None, "model"):
             print("timing the model alone ...", flush=True)
             result["model_alone"] = model_costs(base, load_docs or docs, args.max_tokens, max(levels), reps=20)
@@ -469,6 +514,10 @@ def main() -> None:
             table.add_row(label, f"{row['ttft_p50_ms']:.1f}", f"{row['ttft_p95_ms']:.1f}",
                           f"{row['prompt_tokens_mean']:.0f}", f"{row['cached_tokens_mean']:.0f}",
                           f"{row['prefilled_tokens_mean']:.0f}")
+        if "keystroke_reuse_spm_busy" in result:
+            row = result["keystroke_reuse_spm_busy"]
+            table.add_row(f"reuse, SPM, {row['other_clients']} other clients", f"{row['ttft_p50_ms']:.1f}",
+                          f"{row['ttft_p95_ms']:.1f}", "", "", f"{row['prefilled_tokens_mean']:.0f}")
         console.print(table)
         console.print(f"target: keystroke TTFT p50 <= {TARGET_KEYSTROKE_TTFT_MS:g} ms "
                       f"(measured {result['keystroke_reuse_spm']['ttft_p50_ms']:.1f})")
