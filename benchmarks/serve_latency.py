@@ -37,13 +37,14 @@ Targets (issue #14, printed next to the figures): keystroke TTFT p50 <= 30 ms on
 16 clients >= 3x the one-at-a-time throughput. llama-cpp-python's server is not measured: smallcode
 has no GGUF export, and llama-cpp-python is not installed here (``--llama-cpp`` is not offered).
 
-Last figures (2 cores shared with other jobs, load average 1.8-3.5; details and the analysis in
-docs/serving.md#measured): keystroke TTFT p50 16.7 ms with prompt reuse (2 tokens prefilled), 492.1
-ms without, 144.1 ms in the PSM layout (438 prefilled); at 16 clients 213.9 vs 121.3 tokens/s
-batched vs one at a time (1.76x; 2.68x with 512-token completions). The model alone bounds the
-ratio at 2.0x for these requests: 16 prefills of 161 ms are 76% of the best batched schedule. The
-HTTP path costs little: 16 requests straight to a Scheduler vs through the server, taking turns,
-243-271 vs 255-261 tokens/s (one more round hit by outside load).
+Last figures (2 cores shared with other jobs, load average 2.2-3.0; details and the analysis in
+docs/serving.md#measured): keystroke TTFT p50 15.4 ms with prompt reuse (2 tokens prefilled), 339.2
+ms without, 135.3 ms in the PSM layout (438 prefilled), 22.2 ms (p95 333.0) with 8 other clients
+sending cold prompts; at 16 clients 226.0 vs 116.8 tokens/s batched vs one at a time (1.93x; other
+runs 1.76x, 2.15x, 1.61x; 2.68x with 512-token completions). The model alone bounds the ratio at
+1.89x for these requests: 16 prefills of 148 ms are 77% of the best batched schedule. The HTTP path
+costs little: 16 requests straight to a Scheduler vs through the server, taking turns, 243-271 vs
+255-261 tokens/s (one more round hit by outside load).
 """
 
 from __future__ import annotations
