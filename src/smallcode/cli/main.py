@@ -27,6 +27,7 @@ VERBS: dict[str, str] = {
     "recipe": "smallcode.cli.recipe:recipe",
     "estimate": "smallcode.cli.estimate:estimate",
     "upcycle": "smallcode.cli.upcycle:upcycle",
+    "export": "smallcode.cli.export:export",
 }
 
 
