@@ -162,6 +162,10 @@ def test_tokenizer_gives_our_ids(kind: str, exports: dict, tokenizer: CodeTokeni
     prefix, suffix = "def load(path):\n    with open(path) as f:\n", "\n    return data\n"
     fim = tok(f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>")["input_ids"]
     assert fim == tokenizer.fim_prompt(prefix, suffix)
+    if getattr(tokenizer, "file_sep_id", None) is not None:  # a tokenizer with <|file_sep|>: files as context
+        files = [("util.py", "def helper():\n    return 1\n")]
+        text = f"<|file_sep|>util.py\n{files[0][1]}<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
+        assert tok(text)["input_ids"] == tokenizer.fim_prompt(prefix, suffix, files=files)
     messages = [{"role": "system", "content": "You write Python."},
                 {"role": "user", "content": "Read a JSON file."}]
     chat = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
