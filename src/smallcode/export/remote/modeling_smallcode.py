@@ -25,12 +25,17 @@ D head width, N tokens, E experts.
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_smallcode import SmallCodeConfig
+
+if int(transformers.__version__.split(".")[0]) < 5:
+    # transformers 4 passes the cache as past_key_values and expects it back there: refuse rather than misdecode
+    raise ImportError(f"modeling_smallcode needs transformers >= 5, found {transformers.__version__}")
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, n_global: int) -> torch.Tensor:
