@@ -21,13 +21,10 @@ def export() -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 def hf(checkpoint: Path, out: Path, force: bool) -> None:
     """Write CHECKPOINT as a Hugging Face transformers model directory OUT (weights, config, tokenizer)."""
-    from smallcode.export.hf import ExportError, export_hf, hf_kind
+    from smallcode.export.hf import export_hf, hf_kind
     from smallcode.model.checkpoint import Checkpoint
 
-    try:
-        export_hf(checkpoint, out, force=force)
-    except ExportError as e:
-        raise click.ClickException(str(e)) from e
+    export_hf(checkpoint, out, force=force)  # ExportError: one line from cli.main, like every verb
     kind = hf_kind(Checkpoint.open(checkpoint).config)
     remote = " (AutoModelForCausalLM with trust_remote_code=True)" if kind == "SmallCodeForCausalLM" else ""
     click.echo(f"wrote {out}: loads as {kind}{remote}")

@@ -71,7 +71,8 @@ def _is_user_error(e: Exception) -> bool:
                          ("smallcode.train.teacher", "TeacherError"),
                          ("smallcode.train.teacher_cache", "CacheError"),
                          ("smallcode.train.sft", "SFTDataError"),
-                         ("smallcode.corpus", "DataError")):
+                         ("smallcode.corpus", "DataError"),
+                         ("smallcode.export.hf", "ExportError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True
