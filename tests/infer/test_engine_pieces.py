@@ -10,6 +10,7 @@ from infer_helpers import make_model  # type: ignore[import-not-found]
 from smallcode.infer import Engine, SamplingParams
 from smallcode.infer.engine import Prefill, PromptCache
 from smallcode.infer.sampling import choose, sample
+from smallcode.model.kv_cache import KVCache
 
 IDS = list(range(40, 80))
 
@@ -52,6 +53,19 @@ def test_a_wrapped_ring_goes_back_only_as_far_as_it_holds(infer_tokenizer) -> No
     with torch.no_grad():
         got = engine.model(torch.tensor([[5]]), cache.truncate(29)).logits[:, -1]
     torch.testing.assert_close(got, cold_logits(engine, IDS[:29] + [5]), atol=1e-4, rtol=1e-4)
+
+
+def test_spare_slots_let_a_wrapped_ring_go_back_further(infer_tokenizer) -> None:
+    engine = Engine(make_model(window=8, n_global=2), infer_tokenizer)
+    p = engine.model.lm_head.weight
+    cache = KVCache(engine.config, 1, dtype=p.dtype, initial_slots=4, spare=3)
+    with torch.no_grad():
+        engine.model(torch.tensor([IDS[:30]]), cache)
+    assert cache.ring == 11  # the window and the spare slots
+    assert cache.can_truncate(26) and not cache.can_truncate(25)  # back by spare + 1 at most
+    with torch.no_grad():
+        got = engine.model(torch.tensor([[5, 6]]), cache.truncate(26)).logits[:, -1]
+    torch.testing.assert_close(got, cold_logits(engine, IDS[:26] + [5, 6]), atol=1e-4, rtol=1e-4)
 
 
 def test_prompt_cache_lookup(engine: Engine) -> None:

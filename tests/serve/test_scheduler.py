@@ -195,13 +195,31 @@ def test_prompt_reuse_is_exact(tokenizer: CodeTokenizer, scheduler_factory, wind
         cached.append(h.cached_tokens)
     assert cached[0] == 0
     assert cached[1] == len(base)  # an extension feeds only its new tokens
-    assert len(base) - 8 <= cached[2] <= len(base) - 2  # the tail snapshot (or a truncation) is reused
+    assert cached[2] == len(base) - 2  # truncated to what they share (spare slots, if the ring wrapped)
     assert cached[3] == len(base)  # the same prompt again: no prefill at all
     m = sched.metrics
     assert m.value("smallcode_prompt_cache_reused_tokens_total") == sum(cached)
     assert m.value("smallcode_prompt_cache_hits_total") == 3
     assert m.value("smallcode_prompt_cache_misses_total") == 1
     assert m.value("smallcode_prompt_cache_bytes") > 0
+
+
+def test_typing_at_the_cursor_reuses_all_but_the_last_tokens(tokenizer: CodeTokenizer, scheduler_factory) -> None:
+    # SPM layout: suffix, then prefix, then the middle token. Each keystroke re-tokenizes the word
+    # being typed (the last prefix token changes or one is added) in front of the middle token.
+    engine = make_engine(tokenizer, window=8, n_global=2)
+    middle, context = 3, tokenizer.encode("\n".join(CODE))
+    params = SamplingParams(max_tokens=4)
+    sched = scheduler_factory(engine, prefill_chunk=16)
+    word = [40]
+    for step in range(8):
+        word = word[:-1] + [41 + step] if step % 2 else word + [50 + step]
+        ids = context + word + [middle]
+        h = sched.submit(ids, params)
+        assert drain(h)[0] == alone(engine, ids, params).token_ids
+        if step:
+            assert h.cached_tokens >= len(ids) - 3
+    assert sched.metrics.value("smallcode_prompt_cache_misses_total") == 1
 
 
 def test_n_samples_of_one_prompt_prefill_it_once(engine: Engine, scheduler_factory) -> None:

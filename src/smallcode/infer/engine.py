@@ -169,10 +169,12 @@ class Prefill:
     decode steps for other requests in between and stop between pieces.
 
     With a ``PromptCache`` it starts from the longest reusable cache and stores snapshots as it
-    goes: at multiples of ``chunk`` (prompts that share a start), ``tail`` tokens before the end (a
-    prompt that differs only in its last few tokens: one more keystroke at the cursor) and at the
-    end. Without ``chunk`` the whole prompt is one step (the model splits it into window-sized
-    pieces itself).
+    goes: at multiples of ``chunk`` (prompts that share a start), ``tail`` tokens before the end and
+    at the end. Its cache then keeps ``tail`` spare ring slots, so that a later prompt differing
+    only in its last few tokens (one more keystroke at the cursor re-tokenizes the word being typed
+    and moves the FIM middle token) can truncate this one even after the ring has wrapped; the tail
+    snapshot covers larger changes. Without ``chunk`` the whole prompt is one step (the model
+    splits it into window-sized pieces itself).
     """
 
     def __init__(self, engine: Engine, ids: list[int], *, extra_slots: int = 0, chunk: int | None = None,
@@ -184,7 +186,10 @@ class Prefill:
         if hit is not None:
             self.cache, self.pos, self.logits = hit
         else:
-            self.cache, self.pos = engine.model.new_cache(1, initial_slots=len(ids) + extra_slots), 0
+            p = engine.model.lm_head.weight
+            self.cache = KVCache(engine.config, 1, device=p.device, dtype=p.dtype,
+                                 initial_slots=len(ids) + extra_slots, spare=tail if prompt_cache is not None else 0)
+            self.pos = 0
         self.cached_tokens = self.pos
         """Prompt tokens taken from the prompt cache instead of being fed."""
         self.steps = 0
