@@ -131,8 +131,13 @@ class PromptCache:
         and the last logits when ``k == len(ids)`` (nothing left to prefill); None when nothing helps."""
         query = torch.tensor(ids, dtype=torch.long)
         best: tuple[int, tuple[int, ...]] | None = None
-        for key, entry in self._entries.items():
+        # Longest possible overlap first, so that once an entry gives k, every entry that cannot beat
+        # k is skipped: a typing session leaves hundreds of entries, most of them shorter than k.
+        for key in sorted(self._entries, key=lambda k: -min(len(k), len(ids))):
             n = min(len(key), len(ids))
+            if best is not None and n <= best[0]:
+                break
+            entry = self._entries[key]
             diff = (entry.ids[:n] != query[:n]).nonzero()
             common = int(diff[0]) if len(diff) else n
             if common == len(key) == len(ids) and entry.logits is not None:
