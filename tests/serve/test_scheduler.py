@@ -145,11 +145,14 @@ def test_concurrent_requests_get_what_they_get_alone(engine: Engine, mixed, sche
     assert any(c.finish_reason == "stop" for c in expected)
     sched = scheduler_factory(engine, max_batch=max_batch, prefill_chunk=4)
 
+    threads = threading.active_count()
+
     async def consume() -> list[tuple[list[int], str, str | None]]:
         handles = [sched.submit(ids, p) for ids, p in requests]
 
         async def one(h: RequestHandle) -> tuple[list[int], str, str | None]:
             events = [e async for e in h]
+            assert threading.active_count() == threads  # no thread parked per waiting stream
             return [t for e in events for t in e.token_ids], "".join(e.text for e in events), events[-1].finish_reason
 
         return await asyncio.gather(*(one(h) for h in handles))
