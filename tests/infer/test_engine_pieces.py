@@ -133,12 +133,7 @@ def test_choose_with_mixed_params_equals_per_row_sample() -> None:
     for b, p in enumerate(params):
         alone = sample(logits[b:b + 1], p, [torch.Generator().manual_seed(b)])
         assert int(tokens[b]) == int(alone[0])
+    # logprobs are the model's own, whatever a row is sampled with
     assert logp is not None
-    for b in (0, 4):  # greedy rows: the model's own distribution
-        torch.testing.assert_close(logp[b], logits[b].log_softmax(-1))
-    # a top-k row: exactly k tokens possible, their probabilities summing to one
-    assert int(torch.isfinite(logp[1]).sum()) == 5
-    torch.testing.assert_close(logp[1].logsumexp(-1), torch.tensor(0.0))
-    kept = torch.isfinite(logp[1])
-    assert set(kept.nonzero().flatten().tolist()) == set(logits[1].topk(5).indices.tolist())
-    torch.testing.assert_close(logp[1][kept], (logits[1][kept] / 0.7).log_softmax(-1))
+    torch.testing.assert_close(logp, logits.log_softmax(-1))
+    assert choose(logits, params, gens)[1] is None

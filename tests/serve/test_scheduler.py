@@ -340,13 +340,16 @@ def test_time_limit_ends_with_timeout(slow_engine, scheduler_factory) -> None:
     assert sched.metrics.value("smallcode_requests_total", outcome="timeout") == 1
 
 
-def test_logprobs_match_the_reference_logits(engine: Engine, scheduler_factory) -> None:
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_logprobs_match_the_reference_logits(engine: Engine, scheduler_factory, temperature: float) -> None:
     sched = scheduler_factory(engine)
     prompt = engine.tokenizer.encode(CODE[4])
-    ids, _, events = drain(sched.submit(prompt, SamplingParams(max_tokens=6), logprobs=3))
+    params = SamplingParams(max_tokens=6, temperature=temperature, top_k=20, seed=3, ignore_eos=True)
+    ids, _, events = drain(sched.submit(prompt, params, logprobs=3))
     logprobs = [lp for e in events for lp in (e.logprobs or [])]
     assert len(logprobs) == len(ids) == 6
     decode = engine.tokenizer.decode
+    # the model's own log-probabilities, before temperature and top-k, whatever the request samples with
     with torch.no_grad():
         for i, (token, lp) in enumerate(zip(ids, logprobs, strict=True)):
             ref = engine.model(torch.tensor([prompt + ids[:i]])).logits[0, -1].log_softmax(-1)
