@@ -5,6 +5,7 @@ bound, logprobs, errors in the loop and close() behave as documented (checked th
 from __future__ import annotations
 
 import asyncio
+import random
 import sysconfig
 import threading
 import time
@@ -415,3 +416,40 @@ def test_bad_requests_are_refused_before_the_loop(engine: Engine, scheduler_fact
     assert sched.metrics.value("smallcode_prompt_tokens_total") == 0
     with pytest.raises(ValueError, match="max_batch"):
         Scheduler(engine, max_batch=0)
+
+
+def test_many_clients_submitting_and_cancelling_leave_the_loop_sound(engine: Engine, scheduler_factory) -> None:
+    sched = scheduler_factory(engine, max_batch=6, max_queue=10, prefill_chunk=8, prompt_cache_mb=0.05)
+    ended: list[str | None] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(20):
+            ids = engine.tokenizer.encode(rnd.choice(CODE)) + [rnd.randrange(5, 300) for _ in range(rnd.randrange(4))]
+            params = SamplingParams(max_tokens=rnd.randrange(1, 30), temperature=rnd.choice([0.0, 0.8]),
+                                    seed=rnd.randrange(100), stop=rnd.choice([[], ["\n"], ["):"]]))
+            try:
+                h = sched.submit(ids, params, logprobs=rnd.choice([0, 2]), time_limit_s=rnd.choice([None, 0.05]))
+            except QueueFull:
+                continue
+            how = rnd.randrange(3)  # cancel before reading, after two events, or never
+            if how == 0:
+                h.cancel()
+            for n, _ in enumerate(h):
+                if how == 1 and n == 1:
+                    h.cancel()
+            with lock:
+                ended.append(h.finish_reason)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert len(ended) > 30 and set(ended) <= {"stop", "eos", "length", "cancelled", "timeout"}
+    assert "cancelled" in ended
+    ids, params = engine.tokenizer.encode(CODE[0]), SamplingParams(max_tokens=12)
+    assert drain(sched.submit(ids, params))[0] == alone(engine, ids, params).token_ids
+    assert sched.prompt_cache.nbytes <= sched.prompt_cache.max_bytes
