@@ -137,3 +137,12 @@ def test_choose_with_mixed_params_equals_per_row_sample() -> None:
     assert logp is not None
     torch.testing.assert_close(logp, logits.log_softmax(-1))
     assert choose(logits, params, gens)[1] is None
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 1e-8])
+def test_a_tiny_temperature_is_greedy_not_an_error(temperature: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    params = [SamplingParams(temperature=temperature, top_p=p) for p in (1.0, 0.9, 1.0, 0.5)]
+    tokens, _ = choose(logits, params, [torch.Generator().manual_seed(b) for b in range(4)])
+    assert tokens.tolist() == logits.argmax(-1).tolist()

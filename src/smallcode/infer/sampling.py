@@ -82,7 +82,10 @@ def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators
         if temperature == 0:
             picked = x.argmax(dim=-1)
         else:
-            probs = filter_logits(x.float() / temperature, top_k, top_p).softmax(-1)
+            x = x.float()
+            # Shifted so the best logit is 0: a tiny temperature then sends the rest to -inf (greedy)
+            # instead of every logit to +-inf (NaN probabilities); the distribution is the same.
+            probs = filter_logits((x - x.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
             picked = torch.cat([torch.multinomial(probs[i], 1, generator=generators[b]) for i, b in enumerate(rows)])
         if whole:
             tokens = picked
