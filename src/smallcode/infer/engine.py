@@ -7,17 +7,22 @@ finish (end-of-text, a stop sequence, or ``max_tokens``). Stop sequences are mat
 text, so they are found even when a token boundary splits them; streaming holds back text that
 could still turn into a stop sequence or that ends inside an unfinished UTF-8 character.
 
-Scheduling is static (no requests joining mid-flight) and there is no speculative decoding: a
-caller that needs continuous batching builds it on ``step``-level pieces of its own.
+The loop is built from step-level pieces that ``smallcode.serve.scheduler`` shares for continuous
+batching: ``Prefill`` (a prompt into a cache, piece by piece, reusing a ``PromptCache``),
+``Engine.decode_step`` (one token for every row of a cache), ``sampling.choose`` (per-row
+parameters) and ``Row.push`` (end-of-text, stop sequences, ``max_tokens``, the streaming hold-back).
+``generate``/``stream`` schedule statically (no request joins mid-flight); there is no speculative
+decoding.
 """
 
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -26,6 +31,9 @@ from smallcode.infer.sampling import SamplingParams, sample
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import SmallCodeLM
+
+if TYPE_CHECKING:
+    from smallcode.tokenizer import CodeTokenizer
 
 FinishReason = Literal["stop", "length", "eos"]
 
@@ -43,12 +51,185 @@ class GenerationError(ValueError):
 
 
 @dataclass
-class _Row:
+class Row:
+    """One completion being decoded: its tokens and text so far, how much of the text has been
+    shown, and why it finished. ``push`` is the one place a sampled token is taken in: end-of-text,
+    stop sequences, ``max_tokens`` and the streaming hold-back are decided there."""
+
     prompt_tokens: int
-    ids: list[int]
+    params: SamplingParams
+    watch_text: bool = True
+    """Decode the text at every token (streaming, stop sequences); otherwise once, at the end."""
+    ids: list[int] = field(default_factory=list)
     text: str = ""
-    emitted: int = 0  # characters of ``text`` already streamed
+    emitted: int = 0
+    """Characters of ``text`` already shown."""
     finish: FinishReason | None = None
+
+    def push(self, token: int, tokenizer: CodeTokenizer) -> str:
+        """Take the next sampled token and return the text that may be shown now."""
+        params = self.params
+        if token == tokenizer.eot_id and not params.ignore_eos:
+            self.finish = "eos"
+        else:
+            self.ids.append(token)
+            if self.watch_text:
+                self.text = tokenizer.decode(self.ids)
+                cut = _first_stop(self.text, params.stop)
+                if cut is not None:
+                    self.text, self.finish = self.text[:cut], "stop"
+            if self.finish is None and len(self.ids) >= params.max_tokens:
+                self.finish = "length"
+        return self.release() if self.watch_text else ""
+
+    def release(self, everything: bool = False) -> str:
+        """Text not shown yet that may be shown: all of it once finished (or when asked), else up to
+        a tail that a stop sequence may still claim or that ends inside a character."""
+        safe = len(self.text) if self.finish or everything else _safe_length(self.text, self.params.stop)
+        delta, self.emitted = self.text[self.emitted:safe], max(self.emitted, safe)
+        return delta
+
+
+class PromptCache:
+    """KV caches of recent prompts, within ``max_bytes``, the least recently used dropped first.
+
+    An entry is a prompt's token ids with the cache after them (and, for a whole prompt, the logits
+    of its last position). ``lookup`` finds the entry that saves the most prefill for a new prompt:
+    one the prompt extends, or one it shares a start with when the cache can go back to that length
+    (``KVCache.can_truncate``). The cache after a prefix does not depend on what follows it, so a
+    reused cache is the one a cold prefill would build, up to float summation order.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._entries: OrderedDict[tuple[int, ...], _CacheEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, ids: list[int], cache: KVCache, logits: torch.Tensor | None = None) -> None:
+        """Keep a copy of ``cache`` (one row, after ``ids``)."""
+        key = tuple(ids)
+        old = self._entries.get(key)
+        if old is not None and (old.logits is not None or logits is None):
+            self._entries.move_to_end(key)
+            return
+        size = cache.nbytes() + (logits.nelement() * logits.element_size() if logits is not None else 0)
+        if size > self.max_bytes:
+            return
+        if old is not None:
+            self._drop(key)
+        while self._entries and self.nbytes + size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        self._entries[key] = _CacheEntry(ids_t, cache.clone(), None if logits is None else logits.clone(), size)
+        self.nbytes += size
+
+    def lookup(self, ids: list[int]) -> tuple[KVCache, int, torch.Tensor | None] | None:
+        """The best reuse for ``ids``: a fresh copy of a cache holding the first ``k`` positions, ``k``,
+        and the last logits when ``k == len(ids)`` (nothing left to prefill); None when nothing helps."""
+        query = torch.tensor(ids, dtype=torch.long)
+        best: tuple[int, tuple[int, ...]] | None = None
+        # Longest possible overlap first, so that once an entry gives k, every entry that cannot beat
+        # k is skipped: a typing session leaves hundreds of entries, most of them shorter than k.
+        for key in sorted(self._entries, key=lambda k: -min(len(k), len(ids))):
+            n = min(len(key), len(ids))
+            if best is not None and n <= best[0]:
+                break
+            entry = self._entries[key]
+            diff = (entry.ids[:n] != query[:n]).nonzero()
+            common = int(diff[0]) if len(diff) else n
+            if common == len(key) == len(ids) and entry.logits is not None:
+                usable = common
+            else:  # at least the last prompt token must be fed to get its logits
+                usable = min(common, len(ids) - 1)
+                if usable < len(key) and not entry.cache.can_truncate(usable):
+                    continue
+            if usable > 0 and (best is None or usable > best[0]):
+                best = (usable, key)
+        if best is None:
+            return None
+        usable, key = best
+        entry = self._entries[key]
+        self._entries.move_to_end(key)
+        if usable == len(key):
+            return entry.cache.clone(), usable, (entry.logits.clone() if usable == len(ids) else None)
+        return entry.cache.truncate(usable), usable, None
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        self.nbytes -= self._entries.pop(key).nbytes
+
+
+@dataclass
+class _CacheEntry:
+    ids: torch.Tensor
+    cache: KVCache
+    logits: torch.Tensor | None
+    nbytes: int
+
+
+class Prefill:
+    """One prompt fed into a KV cache (one row), a piece per ``step()``, so that a scheduler can run
+    decode steps for other requests in between and stop between pieces.
+
+    With a ``PromptCache`` it starts from the longest reusable cache and stores snapshots as it
+    goes: at multiples of ``chunk`` (prompts that share a start), ``tail`` tokens before the end and
+    at the end. Its cache then keeps ``tail`` spare ring slots, so that a later prompt differing
+    only in its last few tokens (one more keystroke at the cursor re-tokenizes the word being typed
+    and moves the FIM middle token) can truncate this one even after the ring has wrapped; the tail
+    snapshot covers larger changes. Without ``chunk`` the whole prompt is one step (the model
+    splits it into window-sized pieces itself).
+    """
+
+    def __init__(self, engine: Engine, ids: list[int], *, extra_slots: int = 0, chunk: int | None = None,
+                 prompt_cache: PromptCache | None = None, tail: int = 8) -> None:
+        self.engine, self.ids, self.prompt_cache = engine, ids, prompt_cache
+        self.logits: torch.Tensor | None = None
+        """(1, V) next-token logits after the whole prompt, once ``done``."""
+        hit = prompt_cache.lookup(ids) if prompt_cache is not None else None
+        if hit is not None:
+            self.cache, self.pos, self.logits = hit
+        else:
+            p = engine.model.lm_head.weight
+            self.cache = KVCache(engine.config, 1, device=p.device, dtype=p.dtype,
+                                 initial_slots=len(ids) + extra_slots, spare=tail if prompt_cache is not None else 0)
+            self.pos = 0
+        self.cached_tokens = self.pos
+        """Prompt tokens taken from the prompt cache instead of being fed."""
+        self.steps = 0
+        """Pieces fed so far."""
+        stops = {len(ids)}
+        if chunk is not None:
+            stops |= set(range(chunk, len(ids), chunk))
+            if prompt_cache is not None and len(ids) > tail:
+                stops.add(len(ids) - tail)
+        self._stops = sorted(p for p in stops if p > self.pos)
+
+    @property
+    def done(self) -> bool:
+        return self.logits is not None
+
+    def step(self) -> bool:
+        """Feed the next piece; True once the whole prompt is in."""
+        if self.done:
+            return True
+        end = self._stops.pop(0)
+        piece = torch.tensor([self.ids[self.pos:end]], device=self.engine.device)
+        out = self.engine.model(piece, self.cache, last_only=True)
+        self.pos, self.steps = end, self.steps + 1
+        if end == len(self.ids):
+            self.logits = out.logits[:, -1]
+        if self.prompt_cache is not None:
+            self.prompt_cache.put(self.ids[:end], self.cache, self.logits)
+        return self.done
+
+    def run(self) -> tuple[KVCache, torch.Tensor]:
+        """Feed what is left; the cache after the prompt and the logits of its last position."""
+        while not self.step():
+            pass
+        assert self.logits is not None
+        return self.cache, self.logits
 
 
 class Engine:
@@ -98,18 +279,18 @@ class Engine:
                 yield deltas[0]
 
     def generate_ids(self, prompt_ids: list[list[int]], params: SamplingParams, n: int = 1) -> list[Completion]:
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for _ in self._run(prompt_ids, params, n, rows_out=rows):
             pass
         return [Completion(r.text, r.ids, r.finish or "length", r.prompt_tokens) for r in rows]
 
-    # ------------------------------------------------------------------ the loop
-    def _encode(self, prompt: str) -> list[int]:
-        if not isinstance(prompt, str) or not prompt:
-            raise GenerationError("empty prompt: there is nothing to continue")
-        return self.tokenizer.encode(prompt)
+    # ------------------------------------------------------------------ step-level pieces
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
 
-    def _check(self, prompt_ids: list[list[int]], params: SamplingParams, n: int) -> None:
+    def check(self, prompt_ids: list[list[int]], params: SamplingParams, n: int = 1) -> None:
+        """Raise ``GenerationError`` for a request this engine refuses (before any model work)."""
         if n < 1:
             raise GenerationError(f"n must be >= 1, got {n}")
         for i, ids in enumerate(prompt_ids):
@@ -119,51 +300,45 @@ class Engine:
                 raise GenerationError(
                     f"prompt {i} has {len(ids)} tokens; with max_tokens={params.max_tokens} it needs "
                     f"{len(ids) + params.max_tokens} positions but this engine allows {self.max_context}")
-            bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+            bad = [t for t in ids if not (isinstance(t, int) and 0 <= t < self.config.vocab_size)]
             if bad:
                 raise GenerationError(f"prompt {i} has token ids outside the vocabulary: {bad[:5]}")
 
+    def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
+        """Feed one token per row of ``cache``; the (B, V) logits of the next one."""
+        return self.model(torch.tensor(tokens, device=self.device)[:, None], cache).logits[:, -1]
+
+    # ------------------------------------------------------------------ the loop
+    def _encode(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str) or not prompt:
+            raise GenerationError("empty prompt: there is nothing to continue")
+        return self.tokenizer.encode(prompt)
+
     @torch.inference_mode()
     def _run(self, prompt_ids: list[list[int]], params: SamplingParams, n: int, stream: bool = False,
-             rows_out: list[_Row] | None = None) -> Iterator[list[str]]:
-        self._check(prompt_ids, params, n)
-        model, device = self.model, self.model.lm_head.weight.device
+             rows_out: list[Row] | None = None) -> Iterator[list[str]]:
+        self.check(prompt_ids, params, n)
         seed = params.seed if params.seed is not None else random.randrange(2**31)
-        rows = [_Row(len(ids), []) for ids in prompt_ids for _ in range(n)]
+        watch_text = stream or bool(params.stop)  # otherwise the text is decoded once, at the end
+        rows = [Row(len(ids), params, watch_text) for ids in prompt_ids for _ in range(n)]
         if rows_out is not None:
             rows_out.extend(rows)
-        gens = [torch.Generator(device=device).manual_seed(seed + r) for r in range(len(rows))]
+        gens = [torch.Generator(device=self.device).manual_seed(seed + r) for r in range(len(rows))]
         caches, logits = [], []
         for ids in prompt_ids:  # one prefill per distinct prompt, shared by its n samples
-            cache = model.new_cache(1, initial_slots=len(ids) + params.max_tokens)
-            out = model(torch.tensor([ids], device=device), cache, last_only=True)
+            cache, last = Prefill(self, ids, extra_slots=params.max_tokens).run()
             caches.append(cache.select([0] * n))
-            logits.append(out.logits[:, -1].expand(n, -1))
+            logits.append(last.expand(n, -1))
         cache = KVCache.stack(caches)
         next_logits = torch.cat(logits)
         active = list(range(len(rows)))
-        watch_text = stream or bool(params.stop)  # otherwise the text is decoded once, at the end
-        for step in range(params.max_tokens):
+        while active:
             tokens = sample(next_logits, params, [gens[r] for r in active]).tolist()
             deltas = [""] * len(rows)
             keep: list[int] = []
             for slot, (r, tok) in enumerate(zip(active, tokens, strict=True)):
-                row = rows[r]
-                if tok == self.tokenizer.eot_id and not params.ignore_eos:
-                    row.finish = "eos"
-                else:
-                    row.ids.append(tok)
-                    if watch_text:
-                        row.text = self.tokenizer.decode(row.ids)
-                        cut = _first_stop(row.text, params.stop)
-                        if cut is not None:
-                            row.text, row.finish = row.text[:cut], "stop"
-                    if row.finish is None and step == params.max_tokens - 1:
-                        row.finish = "length"
-                if stream:
-                    safe = len(row.text) if row.finish else _safe_length(row.text, params.stop)
-                    deltas[r], row.emitted = row.text[row.emitted:safe], max(row.emitted, safe)
-                if row.finish is None:
+                deltas[r] = rows[r].push(tok, self.tokenizer)
+                if rows[r].finish is None:
                     keep.append(slot)
             if stream:
                 yield deltas
@@ -173,7 +348,7 @@ class Engine:
                 cache = cache.select(keep)
                 active = [active[s] for s in keep]
                 tokens = [tokens[s] for s in keep]
-            next_logits = model(torch.tensor(tokens, device=device)[:, None], cache).logits[:, -1]
+            next_logits = self.decode_step(cache, tokens)
         if not watch_text:
             for row in rows:
                 row.text = self.tokenizer.decode(row.ids)

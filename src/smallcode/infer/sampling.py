@@ -2,11 +2,15 @@
 
 Greedy when ``temperature == 0``; otherwise temperature, then top-k, then top-p (nucleus)
 filtering, then a draw. Each row draws from its own ``torch.Generator``, so what a row samples does
-not depend on which other rows share its batch. Stop sequences are matched on text by the engine.
+not depend on which other rows share its batch. Rows may carry different parameters (a server's
+batch mixes requests): ``choose`` groups the rows that share temperature, top-k and top-p and
+filters each group at once, and can return the model's log-probabilities (before temperature and
+filtering) for an API's ``logprobs``. Stop sequences are matched on text by the engine.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,14 +59,44 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens before it already reach top_p (the first always stays)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False  # also when top_p is below float32's range and compares as 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits_BV = logits_BV.masked_fill(drop, float("-inf"))
     return logits_BV
 
 
-def sample(logits_BV: torch.Tensor, params: SamplingParams, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token id per row (B,)."""
-    if params.temperature == 0:
-        return logits_BV.argmax(dim=-1)
-    probs = filter_logits(logits_BV.float() / params.temperature, params.top_k, params.top_p).softmax(-1)
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
+def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
+           logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One token id per row (B,), row ``b`` drawn under ``params[b]`` with ``generators[b]``; with
+    ``logprobs``, also the model's (B, V) log-probabilities, before temperature and filtering: what
+    an API reports as a token's logprob (OpenAI's and vLLM's default), the same for a row whatever
+    it is sampled with."""
+    B = logits_BV.shape[0]
+    tokens = torch.empty(B, dtype=torch.long, device=logits_BV.device)
+    groups: dict[tuple[float, int, float], list[int]] = {}
+    for b, p in enumerate(params):
+        key = (0.0, 0, 1.0) if p.temperature == 0 else (p.temperature, p.top_k, p.top_p)
+        groups.setdefault(key, []).append(b)
+    for (temperature, top_k, top_p), rows in groups.items():
+        whole = len(rows) == B  # the common case (one request, or the engine's batch): no gather
+        x = logits_BV if whole else logits_BV[torch.tensor(rows, device=logits_BV.device)]
+        if temperature == 0:
+            picked = x.argmax(dim=-1)
+        else:
+            x = x.float()
+            # Shifted so the best logit is 0: a tiny temperature then sends the rest to -inf (greedy)
+            # instead of every logit to +-inf (NaN probabilities); the distribution is the same.
+            probs = filter_logits((x - x.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
+            picked = torch.cat([torch.multinomial(probs[i], 1, generator=generators[b]) for i, b in enumerate(rows)])
+        if whole:
+            tokens = picked
+        else:
+            tokens[rows] = picked
+    return tokens, (logits_BV.float().log_softmax(-1) if logprobs else None)
+
+
+def sample(logits_BV: torch.Tensor, params: SamplingParams | Sequence[SamplingParams],
+           generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token id per row (B,); ``params`` is shared by all rows or given per row."""
+    rows = [params] * logits_BV.shape[0] if isinstance(params, SamplingParams) else params
+    return choose(logits_BV, rows, generators)[0]
