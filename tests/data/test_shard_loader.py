@@ -123,7 +123,7 @@ def test_apply_fim_on_a_window(data_tokenizer: CodeTokenizer) -> None:
     rng = np.random.default_rng(0)
     assert apply_fim(window, tok, rng, rate=0.0) is window
     padded = np.concatenate([window, np.full(200, tok.pad_id)])  # room so nothing is cut
-    out = apply_fim(padded, tok, np.random.default_rng(0), rate=1.0)
+    out = apply_fim(padded, tok, np.random.default_rng(0), rate=1.0, context_rate=0.0)
     assert out.size == padded.size
     body = out[out != tok.pad_id].tolist()
     pieces, cur = [], []
@@ -134,6 +134,49 @@ def test_apply_fim_on_a_window(data_tokenizer: CodeTokenizer) -> None:
         else:
             cur.append(t)
     assert [_parse_fim(p, tok) for p in pieces] == docs
+
+
+def test_fim_with_context_files_moves_earlier_pieces_before_the_fim_document(data_tokenizer: CodeTokenizer) -> None:
+    tok = data_tokenizer
+    assert tok.file_sep_id is not None
+    docs = [make_module(i, lines=2) for i in range(4)]
+    window = np.array(sum((tok.encode(d) + [tok.eot_id] for d in docs), []), dtype=np.int64)
+    # Room so nothing is cut: a tail piece that is never rewritten (a lone lead byte of a UTF-8
+    # character decodes to U+FFFD) and is the first thing cut when the rest grows.
+    lead_byte = tok.backend.token_to_id("\u00c3")  # byte 0xC3 in the byte-level alphabet
+    padded = np.concatenate([window, np.full(400, lead_byte)])
+    seen_context = False
+    for seed in range(40):  # rate < 1, so some pieces stay plain and can serve as context
+        out = apply_fim(padded, tok, np.random.default_rng(seed), rate=0.5, context_rate=1.0)
+        assert out.size == padded.size
+        body = out[(out != tok.pad_id) & (out != lead_byte)].tolist()
+        examples, cur = [], []
+        for t in body:
+            if t == tok.eot_id:
+                examples.append(cur)
+                cur = []
+            else:
+                cur.append(t)
+        texts = []
+        for ex in examples:
+            if tok.fim_prefix_id not in ex:
+                texts.append(tok.decode(ex))
+                continue
+            start = ex.index(tok.fim_prefix_id)
+            head, fim = ex[:start], ex[start:]
+            if head:
+                seen_context = True
+                assert head[0] == tok.file_sep_id and tok.fim_prefix_id not in head
+                blocks = tok.decode(head).split("<|file_sep|>")[1:]  # decode keeps the special's text
+                for k, block in enumerate(blocks):
+                    name, text = block.split("\n", 1)
+                    assert name == f"file_{k + 1}"
+                    texts.append(text)
+            texts.append(_parse_fim(fim, tok))
+        assert texts == docs, "every document is kept once, in order, as text, context or FIM"
+        # The same generator state gives the same window.
+        assert np.array_equal(out, apply_fim(padded, tok, np.random.default_rng(seed), rate=0.5, context_rate=1.0))
+    assert seen_context
 
 
 def test_fim_in_batches_is_deterministic_and_rate_controlled(shard_dir: Path) -> None:

@@ -230,3 +230,35 @@ def test_restyle_is_deterministic_and_only_changes_layout() -> None:
     assert restyle(text, {"two_spaces": 1.0}) == "def f():\n  if x:\n    return 1\n"
     assert restyle(text, {}) == text
     assert restyle(text) == restyle(text)
+
+
+def test_context_files_come_first_with_the_file_separator(tiny_tokenizer: CodeTokenizer) -> None:
+    t = tiny_tokenizer
+    assert t.file_sep_id == specials.SPECIAL_TOKENS.index(specials.FILE_SEP)
+    files = [("pkg/util.py", "def helper():\n    return 1\n"), ("README", "notes")]
+    head = t.context_ids(files)
+    assert head == [t.file_sep_id, *t.encode("pkg/util.py\ndef helper():\n    return 1\n"),
+                    t.file_sep_id, *t.encode("README\nnotes")]
+    for mode in ("psm", "spm"):
+        prompt = t.fim_prompt("x = ", "\n", mode=mode, files=files)  # type: ignore[arg-type]
+        assert prompt == head + t.fim_prompt("x = ", "\n", mode=mode)  # type: ignore[arg-type]
+    # A literal separator inside a file stays text: it cannot fake a file boundary.
+    assert t.context_ids([("a", "<|file_sep|>b\n")]).count(t.file_sep_id) == 1
+
+
+def test_tokenizer_trained_before_file_sep_still_loads(
+    tmp_path: Path, tiny_corpus: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old tokenizers lack <|file_sep|>: they load, and lay context files out as commented plain text."""
+    old = tuple(t for t in specials.SPECIAL_TOKENS if t != specials.FILE_SEP)
+    monkeypatch.setattr(specials, "SPECIAL_TOKENS", old)
+    train_tokenizer([tiny_corpus[0][-1]], 400, tmp_path, show_progress=False)
+    monkeypatch.undo()
+    tok = load_tokenizer(tmp_path)
+    assert tok.file_sep_id is None and specials.FILE_SEP not in tok.special_ids
+    assert [tok.special_ids[n] for n in old] == list(range(len(old)))  # the older ids did not move
+    files = [("src/a.py", "x = 1"), ("lib/b.rs", "fn main() {}\n")]
+    assert tok.decode(tok.context_ids(files)) == "# src/a.py\nx = 1\n// lib/b.rs\nfn main() {}\n"
+    assert specials.FILE_SEP not in tok.hf_config()["additional_special_tokens"]
+    prompt = tok.fim_prompt("def f(", ")", mode="spm", files=files)
+    assert prompt[: len(tok.context_ids(files))] == tok.context_ids(files)

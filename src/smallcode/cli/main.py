@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "estimate": "smallcode.cli.estimate:estimate",
     "upcycle": "smallcode.cli.upcycle:upcycle",
     "export": "smallcode.cli.export:export",
+    "serve": "smallcode.cli.serve:serve",
 }
 
 

@@ -10,14 +10,20 @@ Interface (other subpackages rely on it):
   Special ids enter a sequence only through the formatting helpers below. (A transformers
   tokenizer built from the same file keeps transformers' default and does match them in text;
   tokenise training data with this class.)
-* ``vocab_size``, ``eot_id``, ``pad_id``, ``fim_prefix_id``, ``fim_middle_id``, ``fim_suffix_id``.
+* ``vocab_size``, ``eot_id``, ``pad_id``, ``fim_prefix_id``, ``fim_middle_id``, ``fim_suffix_id``,
+  ``file_sep_id`` (None for tokenizers trained before ``<|file_sep|>`` existed: they still load).
 * ``hash``: sha256 of the canonical JSON (sorted keys, compact) of ``tokenizer.json``; token
   shards record it so data tokenised with another tokenizer is refused.
 * ``save(dir)``: writes ``tokenizer.json`` (loadable by ``tokenizers.Tokenizer.from_file`` and
   ``transformers.PreTrainedTokenizerFast``) and a ``tokenizer_config.json`` naming the special
   tokens and the chat template, each atomically.
 * ``fim_ids`` / ``fim_prompt``: prefix-suffix-middle ("psm") and suffix-prefix-middle ("spm")
-  layouts; ``chat_ids``: role-tagged turns.
+  layouts, optionally after other files as context (``context_ids``); ``chat_ids``: role-tagged
+  turns.
+* ``context_ids(files)``: other files laid out before a FIM prompt, each as
+  ``<|file_sep|>path\ntext``. A tokenizer without ``<|file_sep|>`` lays them out as plain text
+  instead, each file opened by a comment line naming it (``# path``, ``// path``, ... by the
+  file's extension) and ended by a newline; the model then reads them as ordinary code.
 
 It does not train (see :mod:`smallcode.tokenizer.train`) and does not know about shards.
 """
@@ -67,6 +73,8 @@ class CodeTokenizer:
         for name in specials.SPECIAL_TOKENS:
             tid = tokenizer.token_to_id(name)
             if tid is None:
+                if name in specials.OPTIONAL_TOKENS:  # a tokenizer trained before this token existed
+                    continue
                 raise TokenizerError(f"{source}: not a smallcode tokenizer (special token {name} missing)")
             ids[name] = tid
         self.special_ids: dict[str, int] = ids
@@ -76,6 +84,7 @@ class CodeTokenizer:
         self.fim_middle_id = ids[specials.FIM_MIDDLE]
         self.fim_suffix_id = ids[specials.FIM_SUFFIX]
         self.end_of_turn_id = ids[specials.END_OF_TURN]
+        self.file_sep_id: int | None = ids.get(specials.FILE_SEP)
         self.role_ids: dict[str, int] = {role: ids[tok] for role, tok in specials.ROLE_TOKENS.items()}
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         # Computed before the runtime flag below, which is not part of the file anyway.
@@ -102,23 +111,36 @@ class CodeTokenizer:
         return len(self.encode(text))
 
     # -- formatting ---------------------------------------------------------------------------
-    def fim_ids(self, prefix: str, middle: str, suffix: str, mode: FimMode = "psm") -> list[int]:
+    def fim_ids(self, prefix: str, middle: str, suffix: str, mode: FimMode = "psm",
+                files: Sequence[tuple[str, str]] = ()) -> list[int]:
         """A training example in fill-in-the-middle form (no trailing end-of-text).
 
         psm: ``<pre> prefix <suf> suffix <mid> middle``;
         spm: ``<pre> <suf> suffix <mid> prefix middle`` (the prefix continues straight into the
-        middle, so generation after the prompt is ordinary left-to-right text).
+        middle, so generation after the prompt is ordinary left-to-right text). ``files``
+        ((path, text) pairs) come first, laid out by ``context_ids``.
         """
         p, m, s = self.encode_batch([prefix, middle, suffix])
+        head = self.context_ids(files) if files else []
         if mode == "psm":
-            return [self.fim_prefix_id, *p, self.fim_suffix_id, *s, self.fim_middle_id, *m]
+            return [*head, self.fim_prefix_id, *p, self.fim_suffix_id, *s, self.fim_middle_id, *m]
         if mode == "spm":
-            return [self.fim_prefix_id, self.fim_suffix_id, *s, self.fim_middle_id, *p, *m]
+            return [*head, self.fim_prefix_id, self.fim_suffix_id, *s, self.fim_middle_id, *p, *m]
         raise ValueError(f"unknown FIM mode {mode!r}; choose 'psm' or 'spm'")
 
-    def fim_prompt(self, prefix: str, suffix: str, mode: FimMode = "psm") -> list[int]:
+    def fim_prompt(self, prefix: str, suffix: str, mode: FimMode = "psm",
+                   files: Sequence[tuple[str, str]] = ()) -> list[int]:
         """The prompt asking a model for the middle between ``prefix`` and ``suffix``."""
-        return self.fim_ids(prefix, "", suffix, mode)
+        return self.fim_ids(prefix, "", suffix, mode, files)
+
+    def context_ids(self, files: Sequence[tuple[str, str]]) -> list[int]:
+        """Other files as context before a FIM prompt (see the module docstring for both layouts)."""
+        if self.file_sep_id is None:
+            return self.encode("".join(plain_file_block(path, text) for path, text in files))
+        out: list[int] = []
+        for ids in self.encode_batch([f"{path}\n{text}" for path, text in files]):
+            out += [self.file_sep_id, *ids]
+        return out
 
     def chat_ids(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
         """``<|role|> content <|end|>`` per message; optionally open an assistant turn at the end."""
@@ -157,7 +179,7 @@ class CodeTokenizer:
             "pad_token": specials.PAD,
             "unk_token": None,
             "additional_special_tokens": [
-                t for t in specials.SPECIAL_TOKENS if t not in (specials.EOT, specials.PAD)
+                t for t in self.special_ids if t not in (specials.EOT, specials.PAD)
             ],
             "chat_template": CHAT_TEMPLATE,
             "model_max_length": 1_000_000_000,
@@ -169,6 +191,24 @@ class CodeTokenizer:
     def backend(self) -> Tokenizer:
         """The underlying ``tokenizers.Tokenizer`` (its special-token matching is switched off)."""
         return self._tok
+
+
+# Line-comment markers by file extension, for the plain-text layout of context files.
+_COMMENT_MARKERS: dict[str, str] = {
+    **dict.fromkeys(("c", "h", "cc", "cpp", "hpp", "cs", "java", "js", "jsx", "ts", "tsx", "go", "rs", "swift",
+                     "kt", "kts", "scala", "php", "dart", "zig", "proto"), "//"),
+    **dict.fromkeys(("sql", "lua", "hs", "elm"), "--"),
+    **dict.fromkeys(("lisp", "clj", "el", "scm"), ";;"),
+    **dict.fromkeys(("tex", "erl", "m"), "%"),
+}
+
+
+def plain_file_block(path: str, text: str) -> str:
+    """One context file as plain text: a comment line naming it (``#`` unless the extension says
+    otherwise), the text, and a newline if the text does not end with one."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    marker = _COMMENT_MARKERS.get(ext, "#")
+    return f"{marker} {path}\n{text}" + ("" if text.endswith("\n") else "\n")
 
 
 def load_tokenizer(path: str | Path) -> CodeTokenizer:

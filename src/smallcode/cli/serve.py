@@ -1,0 +1,104 @@
+"""``smallcode serve CKPT``: the completion server (OpenAI API and llama.cpp's ``/infill``) on a local model.
+
+CKPT (or ``--model PATH``) is a smallcode checkpoint (the engine behind the continuous-batching
+scheduler) or a Hugging Face model directory (transformers behind ``serve.hf_scheduler``). The server
+listens at once and ``/health`` says ``loading`` until the model is ready. Binding anything but a loopback address
+without an API key prints a warning: anyone who can reach the port can use the model.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (a name other than localhost may not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, registry: Any) -> tuple[Any, Any]:
+    """The scheduler and the prompt format for the model in ``checkpoint`` (either kind)."""
+    from smallcode.backends.choose import backend_kind
+    from smallcode.serve.metrics import Metrics
+
+    metrics = Metrics(registry)
+    if backend_kind(checkpoint) == "huggingface":
+        from smallcode.serve.hf_scheduler import open_hf
+
+        return open_hf(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
+    from smallcode.infer.engine import Engine
+    from smallcode.serve.formats import prompt_format
+    from smallcode.serve.scheduler import Scheduler
+
+    engine = Engine.from_checkpoint(checkpoint, device=device)
+    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
+    return scheduler, prompt_format(engine.tokenizer)
+
+
+_MODEL_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.command()
+@click.argument("checkpoint", required=False, type=_MODEL_DIR)
+@click.option("--model", "model_dir", type=_MODEL_DIR, default=None,
+              help="The model directory, as an option (the same as CHECKPOINT; give one of the two).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--api-key", envvar="SMALLCODE_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every route but /health (default: $SMALLCODE_API_KEY).")
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(1), help="Most rows decoded together.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(0),
+              help="Most requests waiting for a row; beyond it, 503 with Retry-After.")
+@click.option("--model-name", default=None, help="The model id clients see (default: the directory's name).")
+@click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
+def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int, api_key: str | None,
+          max_batch: int, max_queue: int, model_name: str | None, device: str) -> None:
+    """Serve the model in CHECKPOINT (or --model) over HTTP: /v1/completions, /v1/chat/completions, /infill."""
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from smallcode.backends.choose import BackendError, backend_kind
+    from smallcode.serve.app import create_app
+
+    if (checkpoint is None) == (model_dir is None):
+        raise click.UsageError("give the model once: as CHECKPOINT or as --model PATH")
+    checkpoint = checkpoint or model_dir
+    assert checkpoint is not None
+    if not api_key and not is_loopback(host):
+        click.echo(f"warning: serving on {host} without an API key: anyone who can reach this port can use "
+                   "the model (set --api-key or SMALLCODE_API_KEY)", err=True)
+    try:  # a directory that is neither kind fails here, before the server starts
+        backend_kind(checkpoint)
+    except BackendError as e:
+        raise click.ClickException(str(e)) from e
+    registry = CollectorRegistry()
+    app = create_app(None, None, model_name=model_name or checkpoint.resolve().name, api_key=api_key,
+                     registry=registry)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+    failure: list[BaseException] = []
+
+    def load_then_attach() -> None:
+        try:
+            app.state.service.attach(*load(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue,
+                                           registry=registry))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread once the server stops
+            failure.append(e)
+            server.should_exit = True
+
+    threading.Thread(target=load_then_attach, name="load-model", daemon=True).start()
+    server.run()
+    scheduler = app.state.service.scheduler
+    if scheduler is not None:
+        scheduler.close()
+    if failure:
+        raise failure[0]

@@ -1,0 +1,242 @@
+"""Prompt formats: how a server turns text, a fill-in-the-middle request or a chat into token ids.
+
+``prompt_format(tokenizer)`` gives the ``PromptFormat`` of a smallcode ``CodeTokenizer``;
+``hf_prompt_format(tokenizer)`` that of a transformers tokenizer, whose family is recognised from
+the special tokens in its vocabulary. A ``PromptFormat`` has:
+
+* ``name`` and ``stop_ids``: the tokens that end a completion (end-of-text, and what the family
+  uses to close a turn or open another file);
+* ``encode(text)`` / ``decode(ids)``: a plain prompt and its text;
+* ``fim(prefix, suffix, extra)``: the prompt asking for the text between ``prefix`` and ``suffix``,
+  after other files given as ``(filename, text)`` pairs;
+* ``chat(messages)``: the conversation with an assistant turn opened; ``ValueError`` for a message
+  that is not ``{"role": "system" | "user" | "assistant", "content": str}`` or a tokenizer with no
+  chat template.
+
+Layouts. Ours is suffix-prefix-middle with the other files first
+(``[files] <|fim_prefix|><|fim_suffix|> suffix <|fim_middle|> prefix``): typing at the cursor only
+lengthens the end of the prompt, so the scheduler's prompt cache reuses all the rest. The Hugging
+Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``); other
+files go as ``<file_sep>path\\ntext`` blocks where the family has a file separator (StarCoder2,
+Qwen2.5-Coder), and otherwise as plain text opened by a comment naming the file, at the start of the
+prefix, where the model reads them as earlier code of the same file. Neither the repository's name
+nor the current file's path is part of the request, so the repository header and the path after the
+current file's separator are left out.
+
+Not here: running a model (``smallcode.serve.scheduler``, ``smallcode.serve.hf_scheduler``), the
+HTTP schemas (``smallcode.serve.app``), formats for chat-only models without FIM tokens beyond what
+their chat template does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from smallcode.tokenizer import CodeTokenizer
+from smallcode.tokenizer.code_tokenizer import plain_file_block
+
+ROLES = ("system", "user", "assistant")
+
+
+class FormatError(ValueError):
+    """A request this model's prompt format cannot express (e.g. FIM on a model without FIM tokens)."""
+
+
+class PromptFormat(ABC):
+    """How one tokenizer lays out prompts (see the module docstring)."""
+
+    name: str
+    stop_ids: list[int]
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """A plain prompt: ``text`` to continue."""
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids`` (a prompt, for echo)."""
+
+    @abstractmethod
+    def fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """The prompt for the text between ``prefix`` and ``suffix``, after the files in ``extra``."""
+
+    @abstractmethod
+    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation in ``messages`` followed by an opened assistant turn."""
+
+
+def check_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """``messages`` as role/content dicts, or a ValueError naming the first bad one."""
+    if not messages:
+        raise ValueError("messages is empty: there is nothing to answer")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i} is not an object with a role and a content")
+        if m.get("role") not in ROLES:
+            raise ValueError(f"message {i}: role {m.get('role')!r} is not one of {list(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i}: content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------- smallcode
+class SmallcodeFormat(PromptFormat):
+    """The smallcode tokenizer's own layouts (``CodeTokenizer.fim_prompt`` and ``chat_ids``)."""
+
+    name = "smallcode"
+
+    def __init__(self, tokenizer: CodeTokenizer) -> None:
+        self.tokenizer = tokenizer
+        # End-of-text closes a document; <|end|> closes an assistant turn (that is how SFT teaches
+        # chat, and no document holds it), so both end a completion.
+        self.stop_ids = [tokenizer.eot_id, tokenizer.end_of_turn_id]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = ()) -> list[int]:
+        return self.tokenizer.fim_prompt(prefix, suffix, "spm", files=list(extra))
+
+    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.tokenizer.chat_ids(check_messages(messages), add_generation_prompt=True)
+
+
+def prompt_format(tokenizer: CodeTokenizer) -> PromptFormat:
+    """The prompt format of a smallcode tokenizer."""
+    if not isinstance(tokenizer, CodeTokenizer):
+        raise TypeError(f"prompt_format takes a smallcode CodeTokenizer, not {type(tokenizer).__name__}; "
+                        "use hf_prompt_format for a transformers tokenizer")
+    return SmallcodeFormat(tokenizer)
+
+
+# ---------------------------------------------------------------------------------- Hugging Face
+@dataclass(frozen=True)
+class Family:
+    """The special tokens of one model family. Each entry lists the spellings the token has in
+    that family's tokenizers; the first one found in the vocabulary is used."""
+
+    name: str
+    prefix: tuple[str, ...]
+    suffix: tuple[str, ...]
+    middle: tuple[str, ...]
+    file_sep: tuple[str, ...] = ()
+    stops: tuple[str, ...] = ()
+    """Tokens that end a completion besides the tokenizer's end-of-sequence."""
+
+
+# Sources: the StarCoder and StarCoder2 model cards and the StarCoder2 paper (§5, repository
+# context as <file_sep>path\ncode blocks, FIM inside a file); the Qwen2.5-Coder README (file-level
+# and repository-level completion, its list of special tokens); the DeepSeek-Coder README (code
+# insertion; repository context as files opened by a path comment); Meta's codellama generation.py
+# and the CodeLlama card (<PRE> prefix <SUF>suffix <MID>, ended by <EOT>; the Hugging Face vocabulary
+# spells them with a leading "▁").
+FAMILIES: tuple[Family, ...] = (
+    Family("qwen2.5-coder", ("<|fim_prefix|>",), ("<|fim_suffix|>",), ("<|fim_middle|>",), ("<|file_sep|>",),
+           stops=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>", "<|im_start|>",
+                  "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")),
+    Family("starcoder", ("<fim_prefix>",), ("<fim_suffix>",), ("<fim_middle>",), ("<file_sep>",),
+           stops=("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")),
+    Family("deepseek-coder", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",),
+           stops=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")),
+    Family("codellama", ("▁<PRE>", "<PRE>"), ("▁<SUF>", "<SUF>"), ("▁<MID>", "<MID>"),
+           stops=("▁<EOT>", "<EOT>", "</s>")),
+)
+
+
+def _first_id(vocab: dict[str, int], names: Sequence[str]) -> int | None:
+    return next((vocab[n] for n in names if n in vocab), None)
+
+
+def detect_family(vocab: dict[str, int]) -> Family | None:
+    """The family whose three FIM tokens are all in ``vocab`` (token -> id), or None."""
+    for family in FAMILIES:
+        if all(_first_id(vocab, names) is not None for names in (family.prefix, family.suffix, family.middle)):
+            return family
+    return None
+
+
+class HFFormat(PromptFormat):
+    """A transformers tokenizer's layouts: its family's FIM tokens and its own chat template.
+
+    Text is encoded with the tokenizer's defaults, so the sequence start it adds (Llama's and
+    DeepSeek's begin-of-sequence) opens every prompt, and special tokens written in a plain prompt
+    are matched (clients that build a FIM prompt themselves rely on that)."""
+
+    def __init__(self, tokenizer: Any, extra_stop_ids: Sequence[int] = ()) -> None:
+        self.tokenizer = tokenizer
+        vocab: dict[str, int] = tokenizer.get_vocab()
+        self.family = detect_family(vocab)
+        self.name = self.family.name if self.family else "plain"
+        stops = [tokenizer.eos_token_id, *extra_stop_ids]
+        if self.family:
+            stops += [vocab[t] for t in self.family.stops if t in vocab]
+        self.stop_ids = list(dict.fromkeys(s for s in stops if s is not None))
+        # What the tokenizer puts before any text (a begin-of-sequence token, or nothing).
+        plain = tokenizer.encode("a", add_special_tokens=False)
+        full = tokenizer.encode("a")
+        self._lead = full[: len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
+        # A SentencePiece tokenizer with a dummy prefix encodes "a" as "▁a": a space is invented at
+        # the start of every encoded piece. The suffix must not get one (CodeLlama's "<SUF>{suffix}").
+        first = tokenizer.convert_ids_to_tokens(plain[:1])
+        self._dummy_space = bool(first) and str(first[0]).startswith("▁")
+
+    def _text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _text_inside(self, text: str) -> list[int]:
+        """``text`` as it is encoded in the middle of a line: without the invented leading space.
+        Encoded after a marker whose own tokens are then dropped (as Meta's codellama code does)."""
+        if not self._dummy_space or not text:
+            return self._text(text)
+        head, ids = self._text("☺"), self._text("☺" + text)
+        return ids[len(head):] if ids[: len(head)] == head else self._text(text)
+
+    def encode(self, text: str) -> list[int]:
+        return self._lead + self._text(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = ()) -> list[int]:
+        family = self.family
+        if family is None:
+            raise FormatError("this model has no fill-in-the-middle tokens (none of the known families: "
+                              f"{', '.join(f.name for f in FAMILIES)}); send the prefix as a plain prompt")
+        vocab = self.tokenizer.get_vocab()
+        pre, suf, mid = (_first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
+        sep = _first_id(vocab, family.file_sep)
+        head: list[int] = []
+        if extra and sep is not None:
+            for path, text in extra:
+                head += [sep, *self._text(f"{path}\n{text}")]
+            head.append(sep)  # opens the current file
+        elif extra:
+            prefix = "".join(plain_file_block(path, text) for path, text in extra) + prefix
+        return [*self._lead, *head, pre, *self._text(prefix), suf, *self._text_inside(suffix), mid]
+
+    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+        from jinja2 import TemplateError
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("this model has no chat template: use /v1/completions")
+        try:
+            text = self.tokenizer.apply_chat_template(check_messages(messages), tokenize=False,
+                                                      add_generation_prompt=True)
+        except TemplateError as e:  # a template's own check (e.g. roles that must alternate)
+            raise ValueError(f"the chat template refused these messages: {e}") from e
+        # The template writes the special tokens (begin-of-sequence too) as text.
+        return self._text(text)
+
+
+def hf_prompt_format(tokenizer: Any, extra_stop_ids: Sequence[int] = ()) -> HFFormat:
+    """The prompt format of a transformers tokenizer; ``extra_stop_ids`` adds end tokens the model's
+    generation config names. FIM raises ``FormatError`` when no known family's tokens are present."""
+    return HFFormat(tokenizer, extra_stop_ids)
