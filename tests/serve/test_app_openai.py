@@ -76,6 +76,14 @@ def test_stop_ends_the_text_before_the_stop_string(client: openai.OpenAI, refere
     assert got.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-6])
+def test_a_tiny_temperature_samples_the_greedy_choice(client: openai.OpenAI, temperature: float) -> None:
+    # Dividing logits by a temperature this small overflows; the limit of sampling is the argmax.
+    kwargs: dict[str, Any] = {"model": "tiny", "prompt": "def foo(", "max_tokens": 6, "seed": 3}
+    got = client.completions.create(**kwargs, temperature=temperature)
+    assert got.choices[0].text == client.completions.create(**kwargs, temperature=0).choices[0].text
+
+
 def test_max_tokens_caps_the_completion(client: openai.OpenAI) -> None:
     got = client.completions.create(model="tiny", prompt="import json\n", max_tokens=5, temperature=0)
     assert got.usage.completion_tokens == 5
