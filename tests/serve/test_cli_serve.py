@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,13 @@ def checkpoint(tokenizer: CodeTokenizer, tmp_path_factory: pytest.TempPathFactor
     return save_checkpoint(model, out / "ckpt", tokenizer_file=out / "tokenizer" / TOKENIZER_FILE)
 
 
-@pytest.fixture(scope="module")
-def process(checkpoint: Path) -> Iterator[tuple[str, list[str]]]:
-    """``smallcode serve --model CKPT --port 0`` with $SMALLCODE_API_KEY set; (base URL, its log lines)."""
-    env = {**os.environ, "SMALLCODE_API_KEY": "k3y", "PYTHONPATH": str(Path(smallcode.__file__).parents[1])}
+@contextmanager
+def smallcode_serve(*args: str, **env: str) -> Iterator[tuple[str, list[str]]]:
+    """``smallcode serve ARGS --port 0`` in a subprocess; (base URL, its log lines so far); stopped with
+    Ctrl+C (SIGINT) on exit, which must end it cleanly."""
+    env = {**os.environ, "PYTHONPATH": str(Path(smallcode.__file__).parents[1]), **env}
     command = [sys.executable, "-c", "import sys; from smallcode.cli.main import main; sys.exit(main())",
-               "serve", "--model", str(checkpoint), "--port", "0", "--model-name", "tiny-ckpt"]
+               "serve", *args, "--port", "0"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log: list[str] = []
     bound = threading.Event()
@@ -73,8 +75,7 @@ def process(checkpoint: Path) -> Iterator[tuple[str, list[str]]]:
                 proc.kill()
 
 
-def test_the_server_process_gets_ready_and_serves_with_the_key(process: tuple[str, list[str]]) -> None:
-    url, log = process
+def wait_until_ready(url: str, log: list[str]) -> None:
     statuses = []
     deadline = time.monotonic() + 60
     while not statuses or statuses[-1] != "ok":
@@ -85,15 +86,40 @@ def test_the_server_process_gets_ready_and_serves_with_the_key(process: tuple[st
     # "loading" while the model loads (often over before the first poll on a model this small), then ok.
     assert set(statuses) <= {"loading", "ok"} and statuses == sorted(statuses)
 
-    body = {"prompt": "def foo(", "max_tokens": 4, "temperature": 0}
-    assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 401
-    wrong = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer nope"}, timeout=60)
-    assert wrong.status_code == 401
-    response = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer k3y"}, timeout=60)
-    assert response.status_code == 200, response.text
-    data = response.json()
-    assert data["model"] == "tiny-ckpt" and data["usage"]["completion_tokens"] == 4
-    assert "warning" not in "".join(log)  # loopback: no warning
+
+def test_the_server_process_gets_ready_and_serves_with_the_key(checkpoint: Path) -> None:
+    with smallcode_serve(str(checkpoint), "--model-name", "tiny-ckpt", SMALLCODE_API_KEY="k3y") as (url, log):
+        wait_until_ready(url, log)
+        body = {"prompt": "def foo(", "max_tokens": 4, "temperature": 0}
+        assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 401
+        wrong = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer no"}, timeout=60)
+        assert wrong.status_code == 401
+        response = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer k3y"},
+                              timeout=60)
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert data["model"] == "tiny-ckpt" and data["usage"]["completion_tokens"] == 4
+        assert "warning" not in "".join(log)  # loopback: no warning
+
+
+def test_model_names_a_hugging_face_directory(tmp_path: Path) -> None:
+    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = family_tokenizer("qwen2.5-coder")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    with smallcode_serve("--model", str(tmp_path / "hf")) as (url, log):
+        wait_until_ready(url, log)
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "hf"
+        response = httpx.post(url + "/infill", json={"input_prefix": "def f(", "input_suffix": "):\n", "n_predict": 3,
+                                                     "temperature": 0}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["tokens_predicted"] == 3
 
 
 def test_health_says_loading_until_the_model_is_attached(tokenizer: CodeTokenizer, prompt_format: Any) -> None:
