@@ -228,7 +228,8 @@ class Service:
         messages = []
         for m in req.messages:
             content = m.content if isinstance(m.content, str) else "".join(p.text or "" for p in m.content or [])
-            messages.append({"role": m.role, "content": _text(content, "messages")})
+            role = "system" if m.role == "developer" else m.role
+            messages.append({"role": role, "content": _text(content, "messages")})
         try:
             ids = self.prompt_format.chat(messages)
         except (ValueError, KeyError) as e:
@@ -506,7 +507,9 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                                                          "finish_reason": None}], **usage_field})
                 offsets = [len(t) for t in echo]
                 async for i, ev in _merged(handles):
-                    if ev.finish_reason == "error":
+                    if ev.finish_reason == "error":  # the request's other samples are dropped with it
+                        for h in handles:
+                            h.cancel()
                         yield _error_event()
                         break
                     lp = None
@@ -550,7 +553,9 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                     yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                       "logprobs": None, "finish_reason": None}], **usage_field})
                 async for i, ev in _merged(handles):
-                    if ev.finish_reason == "error":
+                    if ev.finish_reason == "error":  # the request's other samples are dropped with it
+                        for h in handles:
+                            h.cancel()
                         yield _error_event()
                         break
                     lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and body.logprobs else None
