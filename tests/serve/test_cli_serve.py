@@ -21,7 +21,7 @@ from app_helpers import make_engine, running_server, serve  # type: ignore[impor
 from click.testing import CliRunner
 
 import smallcode
-from smallcode.cli.serve import is_loopback
+from smallcode.cli.serve import is_loopback, load
 from smallcode.cli.serve import serve as serve_command
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
@@ -102,8 +102,11 @@ def test_the_server_process_gets_ready_and_serves_with_the_key(checkpoint: Path)
         assert "warning" not in "".join(log)  # loopback: no warning
 
 
-def test_model_names_a_hugging_face_directory(tmp_path: Path) -> None:
+def test_a_hugging_face_directory_loads_behind_the_same_app(tmp_path: Path) -> None:
+    # What the command's loader does with --model HF_DIR, in-process (a second server process would
+    # pay for importing transformers again).
     from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
+    from prometheus_client import CollectorRegistry
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = family_tokenizer("qwen2.5-coder")
@@ -113,13 +116,18 @@ def test_model_names_a_hugging_face_directory(tmp_path: Path) -> None:
                          eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
     tok.save_pretrained(tmp_path / "hf")
-    with smallcode_serve("--model", str(tmp_path / "hf")) as (url, log):
-        wait_until_ready(url, log)
-        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == "hf"
-        response = httpx.post(url + "/infill", json={"input_prefix": "def f(", "input_suffix": "):\n", "n_predict": 3,
-                                                     "temperature": 0}, timeout=60)
-        assert response.status_code == 200, response.text
-        assert response.json()["tokens_predicted"] == 3
+    registry = CollectorRegistry()
+    scheduler, fmt = load(tmp_path / "hf", device="cpu", max_batch=2, max_queue=2, registry=registry)
+    try:
+        app = create_app(scheduler, fmt, model_name="hf", registry=registry)
+        with serve(app) as url:
+            response = httpx.post(url + "/infill", json={"input_prefix": "def f(", "input_suffix": "):\n",
+                                                         "n_predict": 3, "temperature": 0}, timeout=60)
+            assert response.status_code == 200, response.text
+            assert response.json()["tokens_predicted"] == 3
+            assert "smallcode_requests_total" in httpx.get(url + "/metrics").text
+    finally:
+        scheduler.close()
 
 
 def test_health_says_loading_until_the_model_is_attached(tokenizer: CodeTokenizer, prompt_format: Any) -> None:
