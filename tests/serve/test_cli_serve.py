@@ -168,3 +168,10 @@ def test_the_model_is_given_exactly_once(checkpoint: Path) -> None:
     for args in ([], [str(checkpoint), "--model", str(checkpoint)]):
         result = runner.invoke(serve_command, args)
         assert result.exit_code == 2 and "give the model once" in result.output
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a Hugging Face config, no weights
+    result = CliRunner().invoke(serve_command, [str(tmp_path), "--port", "0"])
+    assert result.exit_code == 1
+    assert f"cannot serve {tmp_path}" in result.output
