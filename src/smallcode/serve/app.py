@@ -45,6 +45,7 @@ from smallcode.serve.protocol import (
     MAX_SEED,
     ChatRequest,
     CompletionRequest,
+    ErrorResponse,
     ErrorType,
     InfillRequest,
     unsupported,
@@ -85,6 +86,17 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
+
+# What the schema says a generating route may answer besides 200 (all in OpenAI's error shape).
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A malformed or unsupported request (the param names the field)."},
+    401: {"model": ErrorResponse, "description": "An API key is set and the request lacks it."},
+    413: {"model": ErrorResponse, "description": "The body is larger than the server's limit."},
+    500: {"model": ErrorResponse, "description": "The model failed on this request; the server goes on."},
+    503: {"model": ErrorResponse, "description": "Busy (queue full) or still loading; see Retry-After."},
+    # Named so that FastAPI leaves out its default 422, which this server never sends (a 400 instead).
+    "4XX": {"model": ErrorResponse, "description": "Any other client error (404, 405)."},
+}
 
 # OpenAI knows "stop" and "length"; llama.cpp's /infill says which kind of stop it was.
 _OPENAI_FINISH = {"stop": "stop", "eos": "stop", "cancelled": "stop", "length": "length", "timeout": "length"}
@@ -488,7 +500,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
         reg = registry or getattr(getattr(service.scheduler, "metrics", None), "registry", None)
         return Response(generate_latest(reg) if reg is not None else b"", media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         jobs = service.completion_jobs(body)
         handles = service.submit(jobs, service.time_limit())
@@ -536,7 +548,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                         "finish_reason": _OPENAI_FINISH.get(c.finish or "length")})
         return {**head, "choices": out, "usage": _usage(handles, body.n)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_ERRORS)
     async def chat(body: ChatRequest, request: Request) -> Any:
         job = service.chat_job(body)
         handles = service.submit([job], service.time_limit())
@@ -576,7 +588,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                 "finish_reason": _OPENAI_FINISH.get(c.finish or "length")} for i, c in enumerate(choices)]
         return {**head, "object": "chat.completion", "choices": out, "usage": _usage(handles, body.n)}
 
-    @app.post("/infill")
+    @app.post("/infill", responses=_ERRORS)
     async def infill(body: InfillRequest, request: Request) -> Any:
         job = service.infill_job(body)
         started = time.perf_counter()
