@@ -139,10 +139,11 @@ def test_choose_with_mixed_params_equals_per_row_sample() -> None:
     assert choose(logits, params, gens)[1] is None
 
 
-@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 1e-8])
-def test_a_tiny_temperature_is_greedy_not_an_error(temperature: float) -> None:
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (1e-30, 0.9), (1e-8, 0.5), (1.0, 5e-324),
+                                                   (1.0, 1e-6)])
+def test_extreme_temperature_or_top_p_is_greedy_not_an_error(temperature: float, top_p: float) -> None:
     torch.manual_seed(0)
     logits = torch.randn(4, 50) * 3
-    params = [SamplingParams(temperature=temperature, top_p=p) for p in (1.0, 0.9, 1.0, 0.5)]
+    params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=k) for k in (0, 3, 0, 1)]
     tokens, _ = choose(logits, params, [torch.Generator().manual_seed(b) for b in range(4)])
     assert tokens.tolist() == logits.argmax(-1).tolist()

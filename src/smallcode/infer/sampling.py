@@ -59,6 +59,7 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens before it already reach top_p (the first always stays)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False  # also when top_p is below float32's range and compares as 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits_BV = logits_BV.masked_fill(drop, float("-inf"))
     return logits_BV
