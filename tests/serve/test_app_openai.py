@@ -76,11 +76,12 @@ def test_stop_ends_the_text_before_the_stop_string(client: openai.OpenAI, refere
     assert got.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 1e-40}, {"temperature": 1e-6}, {"top_p": 5e-324},
-                                      {"top_p": 1e-6}])
+@pytest.mark.parametrize("sampling", [{"temperature": 1e-100}, {"temperature": 1e-40}, {"temperature": 1e-6},
+                                      {"top_p": 5e-324}, {"top_p": 1e-6}, {"temperature": 5e-324, "top_p": 5e-324}])
 def test_extreme_sampling_values_sample_the_greedy_choice(client: openai.OpenAI, sampling: dict[str, float]) -> None:
-    # Found by the schema fuzz: dividing logits by a temperature this small overflows, and a top_p
-    # below float32's range rounds to 0. The limit of sampling, in both, is the argmax.
+    # Found by the schema fuzz: dividing logits by a temperature this small overflows (or, below
+    # float32's range, divides by 0), and a top_p below float32's range rounds to 0. The limit of
+    # sampling, in each, is the argmax.
     kwargs: dict[str, Any] = {"model": "tiny", "prompt": "def foo(", "max_tokens": 6, "seed": 3}
     got = client.completions.create(**kwargs, **sampling)
     assert got.choices[0].text == client.completions.create(**kwargs, temperature=0).choices[0].text
