@@ -323,7 +323,14 @@ async def _collect(handle: Any, choice: _Choice, on_text: Callable[[_Choice], bo
 async def _collect_all(handles: list[Any]) -> list[_Choice]:
     """Every handle run to its end; a 500 if the model loop failed on any of them."""
     choices = [_Choice() for _ in handles]
-    await asyncio.gather(*(_collect(h, c) for h, c in zip(handles, choices, strict=True)))
+
+    async def one(handle: Any, choice: _Choice) -> None:
+        await _collect(handle, choice)
+        if choice.finish == "error":  # the answer is a 500 now: the request's other samples are dropped
+            for h in handles:
+                h.cancel()
+
+    await asyncio.gather(*(one(h, c) for h, c in zip(handles, choices, strict=True)))
     _raise_if_failed(choices)
     return choices
 
