@@ -68,6 +68,7 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     from prometheus_client import CollectorRegistry
 
     from smallcode.backends.choose import BackendError, backend_kind
+    from smallcode.model.checkpoint import CheckpointError
     from smallcode.serve.app import create_app
 
     if (checkpoint is None) == (model_dir is None):
@@ -96,9 +97,16 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
             server.should_exit = True
 
     threading.Thread(target=load_then_attach, name="load-model", daemon=True).start()
-    server.run()
-    scheduler = app.state.service.scheduler
-    if scheduler is not None:
-        scheduler.close()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it stopped on; for a server that is a clean stop
+        pass
+    finally:
+        scheduler = app.state.service.scheduler
+        if scheduler is not None:
+            scheduler.close()
     if failure:
-        raise failure[0]
+        error = failure[0]
+        if isinstance(error, ValueError | OSError | CheckpointError):  # the files, not the code: say so in one line
+            raise click.ClickException(f"cannot serve {checkpoint}: {error}") from error
+        raise error

@@ -1,0 +1,42 @@
+"""Fixtures of the server tests: one tiny tokenizer and model per session, and one live server on
+loopback (the real scheduler behind the app) that the app tests share. Tests that need another
+configuration (a key, a small queue, small prefill chunks) start their own with ``running_server``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from app_helpers import CONTEXT, make_engine, make_tokenizer, running_server  # type: ignore[import-not-found]
+
+from smallcode.infer.engine import Engine
+from smallcode.serve.app import Limits
+from smallcode.tokenizer import CodeTokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
+    return make_tokenizer(Path(tmp_path_factory.mktemp("serve-tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def reference(tokenizer: CodeTokenizer) -> Engine:
+    """An engine with the served model's weights, used alone: what a request gets without a server."""
+    return make_engine(tokenizer, CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def prompt_format(tokenizer: CodeTokenizer) -> Any:
+    from smallcode.serve.formats import prompt_format
+
+    return prompt_format(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def live(tokenizer: CodeTokenizer) -> Iterator[tuple[str, Any]]:
+    """(base URL, scheduler) of the shared server: context CONTEXT tokens, the default limits but
+    ``max_tokens`` 256, so that a request without one stays short."""
+    with running_server(make_engine(tokenizer, CONTEXT), limits=Limits(max_tokens=256)) as served:
+        yield served
