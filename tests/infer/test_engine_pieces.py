@@ -8,7 +8,7 @@ import torch
 from infer_helpers import make_model  # type: ignore[import-not-found]
 
 from smallcode.infer import Engine, SamplingParams
-from smallcode.infer.engine import Prefill, PromptCache
+from smallcode.infer.engine import Prefill, PromptCache, Row
 from smallcode.infer.sampling import choose, sample
 from smallcode.model.kv_cache import KVCache
 
@@ -140,10 +140,24 @@ def test_choose_with_mixed_params_equals_per_row_sample() -> None:
 
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (1e-30, 0.9), (1e-8, 0.5), (1.0, 5e-324),
-                                                   (1.0, 1e-6)])
+                                                   (1.0, 1e-6), (1e-100, 1.0), (5e-324, 0.5)])
 def test_extreme_temperature_or_top_p_is_greedy_not_an_error(temperature: float, top_p: float) -> None:
     torch.manual_seed(0)
     logits = torch.randn(4, 50) * 3
     params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=k) for k in (0, 3, 0, 1)]
     tokens, _ = choose(logits, params, [torch.Generator().manual_seed(b) for b in range(4)])
     assert tokens.tolist() == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("end", ["eot_id", "end_of_turn_id"])
+def test_a_row_ends_at_end_of_text_and_at_the_end_of_a_chat_turn(infer_tokenizer, end: str) -> None:
+    """A fine-tuned model closes its chat turn with <|end|>: the completion ends there, without it."""
+    tok = infer_tokenizer
+    row = Row(3, SamplingParams(max_tokens=10))
+    word = tok.encode("x")[0]
+    row.push(word, tok)
+    row.push(getattr(tok, end), tok)
+    assert (row.finish, row.ids, row.text) == ("eos", [word], "x")
+    ignoring = Row(3, SamplingParams(max_tokens=10, ignore_eos=True))
+    ignoring.push(getattr(tok, end), tok)
+    assert ignoring.finish is None and ignoring.ids == [getattr(tok, end)]

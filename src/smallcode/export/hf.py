@@ -177,7 +177,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> P
     tokenizer = ckpt.load_tokenizer()
     config = ckpt.config
     # The tokenizer's special ids decide when generation stops and how batches are padded.
-    special = {"eos_token_id": tokenizer.eot_id, "pad_token_id": tokenizer.pad_id, "bos_token_id": None}
+    # Every stop id is an eos for generate, as for our engine (a chat turn ends at <|end|>).
+    special = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id, "bos_token_id": None}
     with atomic_dir(out) as tmp:
         if config.n_global:
             state = ckpt.weights()

@@ -69,7 +69,7 @@ class Row:
     def push(self, token: int, tokenizer: CodeTokenizer) -> str:
         """Take the next sampled token and return the text that may be shown now."""
         params = self.params
-        if token == tokenizer.eot_id and not params.ignore_eos:
+        if token in tokenizer.stop_ids and not params.ignore_eos:
             self.finish = "eos"
         else:
             self.ids.append(token)

@@ -65,6 +65,8 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
     return logits_BV
 
 
+_TINY = torch.finfo(torch.float32).tiny
+
 def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
            logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token id per row (B,), row ``b`` drawn under ``params[b]`` with ``generators[b]``; with
@@ -75,7 +77,10 @@ def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators
     tokens = torch.empty(B, dtype=torch.long, device=logits_BV.device)
     groups: dict[tuple[float, int, float], list[int]] = {}
     for b, p in enumerate(params):
-        key = (0.0, 0, 1.0) if p.temperature == 0 else (p.temperature, p.top_k, p.top_p)
+        # Below float32's smallest normal number a temperature is greedy in all but name, and as a
+        # float32 divisor it would round to 0 (0/0 = NaN for the best logit).
+        greedy = p.temperature < _TINY
+        key = (0.0, 0, 1.0) if greedy else (p.temperature, p.top_k, p.top_p)
         groups.setdefault(key, []).append(b)
     for (temperature, top_k, top_p), rows in groups.items():
         whole = len(rows) == B  # the common case (one request, or the engine's batch): no gather
