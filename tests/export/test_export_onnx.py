@@ -249,3 +249,13 @@ def test_cli_export_and_generate(tmp_path: Path, checkpoints: dict, capsys: pyte
     assert err.startswith("error: ") and "not an ONNX export" in err and err.count("\n") == 1
     assert cli_main(["export", "onnx", str(tmp_path / "missing"), str(tmp_path / "y")]) == 2
     assert "not a smallcode checkpoint" in capsys.readouterr().err
+
+
+def test_open_backend_recognises_an_export(exports: dict, checkpoints: dict) -> None:
+    from smallcode.backends import backend_kind, open_backend
+
+    assert backend_kind(exports["moe-global"]) == "onnx"
+    backend = open_backend(exports["moe-global"])
+    local = open_backend(checkpoints["moe-global"])
+    args = (["import json\n", "def f():\n"], 2, 0.0, 1.0, 24, ["\n\n"])
+    assert backend.name.startswith("onnx:") and backend.generate(*args) == local.generate(*args)
