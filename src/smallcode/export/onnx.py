@@ -8,8 +8,9 @@ tokenizer's hash). The graph is one step of our cached forward:
   ``slot_positions`` (B, S) the position each cache slot holds (-1: empty), ``logits_to_keep`` (a
   scalar: how many of the last positions get logits), and per layer ``past_key_values.{i}.key`` /
   ``.value`` (B, K, S, D), the cache exactly as ``KVCache`` stores it (global slots, then the ring);
-* outputs: ``logits`` (B, logits_to_keep, V) and per layer ``new_key_values.{i}.key`` / ``.value``
-  (B, T, K, D): the keys (already rotated) and values of the new tokens only.
+* outputs: ``logits`` (B, logits_to_keep, V), ``new_keys`` and ``new_values`` (L, B, T, K, D): the
+  keys (already rotated) and values of the new tokens only, every layer in one tensor so the caller
+  stores them with one write.
 
 The graph builds the window + global mask from the positions, so B, T and S are all dynamic and the
 caller decides where new keys go: ``smallcode.infer.onnx_runtime`` writes them into the ring as
@@ -49,6 +50,7 @@ from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_F
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
 Quantize = Literal["int8", "int4"]
+MoEOp = Literal["contrib", "standard"]
 FORMAT_VERSION = 1
 """Of ``smallcode_onnx.json`` and the graph's interface; the runtime refuses any other."""
 CONFIG_FILE = "smallcode_onnx.json"
@@ -62,8 +64,7 @@ def input_names(n_layers: int) -> list[str]:
     return ["input_ids", "position_ids", "slot_positions", "logits_to_keep", *past]
 
 
-def output_names(n_layers: int) -> list[str]:
-    return ["logits", *[f"new_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]]
+OUTPUT_NAMES = ["logits", "new_keys", "new_values"]
 
 
 class _Linear(nn.Module):
@@ -93,10 +94,31 @@ class _SwiGLU(nn.Module):
         return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
 
 
+class _ContribMoE(torch.autograd.Function):
+    """onnxruntime's ``com.microsoft::MoE`` in the graph; in torch (what the tracer runs) every
+    expert on every token, weighted by the renormalised top-k probabilities (zero elsewhere)."""
+
+    @staticmethod
+    def forward(ctx: Any, x_NE: torch.Tensor, logits_NX: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                w2: torch.Tensor, top_k: int) -> torch.Tensor:
+        weights_NK, experts_NK = logits_NX.softmax(dim=-1).topk(top_k, dim=-1)
+        dense_NX = torch.zeros_like(logits_NX).scatter(1, experts_NK, weights_NK / weights_NK.sum(-1, keepdim=True))
+        h = torch.einsum("nd,xfd->xnf", x_NE, w1) + b1[:, None]
+        y = torch.einsum("xnf,xdf->xnd", torch.nn.functional.silu(h[..., 0::2]) * h[..., 1::2], w2)
+        return torch.einsum("nx,xnd->nd", dense_NX, y)
+
+    @staticmethod
+    def symbolic(g: Any, x_NE: Any, logits_NX: Any, w1: Any, b1: Any, w2: Any, top_k: int) -> Any:
+        # SwiGLU with alpha 1, beta 0 and no limit is silu(gate) * up; normalize_routing_weights
+        # renormalises the top-k softmax probabilities as our router does.
+        return g.op("com.microsoft::MoE", x_NE, logits_NX, w1, b1, w2, k_i=top_k, normalize_routing_weights_i=1,
+                    activation_type_s="swiglu", swiglu_fusion_i=1, activation_alpha_f=1.0, activation_beta_f=0.0)
+
+
 class _ExportBlock(nn.Module):
     """One block of ``SmallCodeLM`` against an explicit cache: same weights, export-friendly ops."""
 
-    def __init__(self, model: SmallCodeLM, layer: int) -> None:
+    def __init__(self, model: SmallCodeLM, layer: int, moe: MoEOp = "standard") -> None:
         super().__init__()
         cfg, block = model.config, model.blocks[layer]
         self.H, self.K, self.D, self.eps = cfg.n_heads, cfg.n_kv_heads, cfg.hd, cfg.norm_eps
@@ -108,6 +130,14 @@ class _ExportBlock(nn.Module):
                                      for e in range(cfg.n_experts))
         self.router = _Linear(block.ffn.router.weight) if block.ffn.router is not None else None
         self.top_k = cfg.top_k
+        self.moe = moe
+        if moe == "contrib" and self.router is not None:
+            # The CPU kernel reads gate and up rows interleaved (swiglu_fusion=1): gate 0, up 0, gate 1, ...
+            w = experts.w_gate_up.detach()
+            E, F2, D = w.shape
+            self.register_buffer("w1", torch.stack([w[:, : F2 // 2], w[:, F2 // 2:]], dim=2).reshape(E, F2, D))
+            self.register_buffer("b1", torch.zeros(E, F2))  # the op's bias input precedes fc2's; zeros are exact
+            self.register_buffer("w2", experts.w_down.detach().clone())
 
     def attention(self, x_BTE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                   past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -132,17 +162,32 @@ class _ExportBlock(nn.Module):
         if self.router is None:
             return self.experts[0](x_BTE)
         x_NE = x_BTE.reshape(-1, x_BTE.shape[-1])
-        probs_NX = self.router(x_NE).softmax(dim=-1)
-        weights_NK, experts_NK = probs_NX.topk(self.top_k, dim=-1)
+        logits_NX = self.router(x_NE)
+        if self.moe == "contrib":
+            return _ContribMoE.apply(x_NE, logits_NX, self.w1, self.b1, self.w2, self.top_k).view_as(x_BTE)
+        return self.standard_moe(x_NE, logits_NX).view_as(x_BTE)
+
+    def standard_moe(self, x_NE: torch.Tensor, logits_NX: torch.Tensor) -> torch.Tensor:
+        """Each expert on the tokens routed to it, in standard ops: (N, E).
+
+        The weights of all experts for all tokens are scattered once into a dense (X, N) table (zero
+        where not chosen); each expert then takes the rows where its weight is positive, and all
+        outputs are added back with one scatter-add. A chosen weight that underflowed to zero is
+        skipped, which adds the same zero.
+        """
+        weights_NK, experts_NK = logits_NX.softmax(dim=-1).topk(self.top_k, dim=-1)
         weights_NK = weights_NK / weights_NK.sum(dim=-1, keepdim=True)
-        out_NE = torch.zeros_like(x_NE)
+        dense_XN = torch.zeros_like(logits_NX).scatter(1, experts_NK, weights_NK).t()
+        rows, outs = [], []
         for e, expert in enumerate(self.experts):
-            chosen_NK = experts_NK == e
-            rows = torch.nonzero(chosen_NK.any(dim=-1)).squeeze(1)  # tokens routed to e (each once)
-            w_N = (weights_NK * chosen_NK).sum(dim=-1)
-            y = expert(x_NE.index_select(0, rows)) * w_N.index_select(0, rows)[:, None]
-            out_NE = out_NE.index_put((rows,), y, accumulate=True)
-        return out_NE.view_as(x_BTE)
+            w_N = dense_XN[e]
+            rows_e = torch.nonzero(w_N > 0).squeeze(1)
+            outs.append(expert(x_NE.index_select(0, rows_e)) * w_N.index_select(0, rows_e)[:, None])
+            rows.append(rows_e)
+        y_AE = torch.cat(outs)
+        # scatter_add exports as ScatterElements(reduction="add"), which sums a token's K rows;
+        # index_put/index_add export as an overwriting scatter, which would keep only one of them.
+        return torch.zeros_like(x_NE).scatter_add(0, torch.cat(rows)[:, None].expand_as(y_AE), y_AE)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -154,11 +199,11 @@ class _ExportBlock(nn.Module):
 class OnnxDecoder(nn.Module):
     """The graph's function in torch (see the module docstring for its inputs and outputs)."""
 
-    def __init__(self, model: SmallCodeLM) -> None:
+    def __init__(self, model: SmallCodeLM, moe: MoEOp = "standard") -> None:
         super().__init__()
         cfg = self.config = model.config
         self.register_buffer("embed", model.embed.weight.detach().clone())
-        self.blocks = nn.ModuleList(_ExportBlock(model, i) for i in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(_ExportBlock(model, i, moe) for i in range(cfg.n_layers))
         self.register_buffer("norm", model.norm.weight.detach().clone())
         self.lm_head = _Linear(model.lm_head.weight)
         self.register_buffer("inv_freq", model.rope.inv_freq.detach().clone())
@@ -177,14 +222,16 @@ class OnnxDecoder(nn.Module):
         mask = torch.zeros_like(seen, dtype=torch.float32).masked_fill(~seen, float("-inf"))
         mask = mask.repeat(1, cfg.n_heads // cfg.n_kv_heads, 1)[:, None]  # (B, 1, R * T, S + T)
         x = self.embed[input_ids]
-        new: list[torch.Tensor] = []
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             x, k, v = block(x, cos, sin, mask, past[2 * i], past[2 * i + 1])
-            new += [k, v]
+            keys.append(k)
+            values.append(v)
         T = input_ids.shape[1]
         keep = torch.arange(T - logits_to_keep, T)  # the positions that get logits (the last ones)
         h = _rms_norm(x.index_select(1, keep), self.norm, cfg.norm_eps)
-        return (self.lm_head(h), *new)
+        return self.lm_head(h), torch.stack(keys), torch.stack(values)
 
 
 def example_inputs(config: ModelConfig, batch: int = 2, new: int = 3, slots: int = 5) -> tuple[torch.Tensor, ...]:
@@ -202,22 +249,23 @@ def _dynamic_axes(n_layers: int) -> dict[str, dict[int, str]]:
                                        "logits": {0: "batch", 1: "kept"}}
     for name in input_names(n_layers)[4:]:
         axes[name] = {0: "batch", 2: "slots"}
-    for name in output_names(n_layers)[1:]:
-        axes[name] = {0: "batch", 1: "new"}
+    for name in OUTPUT_NAMES[1:]:
+        axes[name] = {1: "batch", 2: "new"}
     return axes
 
 
-def write_graph(model: SmallCodeLM, path: Path) -> None:
+def write_graph(model: SmallCodeLM, path: Path, moe: MoEOp = "standard") -> None:
     """Trace ``model`` (float32) into an ONNX graph at ``path`` and check it."""
     import onnx
 
-    decoder = OnnxDecoder(model.float().eval())
+    decoder = OnnxDecoder(model.float().eval(), moe)
     n = model.config.n_layers
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shapes read as Python ints
         torch.onnx.export(decoder, example_inputs(model.config), str(path), input_names=input_names(n),
-                          output_names=output_names(n), dynamic_axes=_dynamic_axes(n), opset_version=OPSET,
-                          dynamo=False, do_constant_folding=True)
+                          output_names=OUTPUT_NAMES, dynamic_axes=_dynamic_axes(n), opset_version=OPSET,
+                          dynamo=False, do_constant_folding=True,
+                          custom_opsets={"com.microsoft": 1} if moe == "contrib" else None)
     onnx.checker.check_model(str(path))
 
 
@@ -234,7 +282,10 @@ def quantize_graph(src: Path, dst: Path, kind: Quantize) -> None:
     else:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=INT4_BLOCK, is_symmetric=True)
+        # accuracy_level 4 lets the kernel quantise activations to int8 per block and use integer dot
+        # products: faster on CPU, at an error the tests bound (held-out loss, greedy agreement).
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=INT4_BLOCK, is_symmetric=True,
+                                         accuracy_level=4)
         quantizer.process()
         onnx.save(quantizer.model.model, str(dst))
     onnx.checker.check_model(str(dst))
@@ -244,7 +295,7 @@ def onnx_config(config: ModelConfig, tokenizer_hash: str, quantize: Quantize | N
     """``smallcode_onnx.json``: what the runtime needs to drive the graph and to check it belongs here."""
     n = config.n_layers
     return {"format_version": FORMAT_VERSION, "model": config.to_dict(), "quantize": quantize,
-            "opset": OPSET, "inputs": input_names(n), "outputs": output_names(n), "tokenizer_hash": tokenizer_hash}
+            "opset": OPSET, "inputs": input_names(n), "outputs": OUTPUT_NAMES, "tokenizer_hash": tokenizer_hash}
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, quantize: Quantize | None = None,

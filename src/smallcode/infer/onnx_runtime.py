@@ -5,7 +5,7 @@
 is our ``KVCache`` itself (global slots plus a window ring, per-slot positions), so ``select`` and
 ``KVCache.stack`` work unchanged and memory stays constant. Each call feeds the cache's tensors to
 the graph as numpy views (no copy), gets back the new tokens' keys and values, and writes them into
-their slots through ``KVCache.write``/``commit``, exactly where the torch model writes them.
+the slots ``KVCache.slots`` assigns, exactly where the torch model writes them.
 ``onnx_engine(dir)`` builds the engine around it, so sampling, stop sequences, streaming and FIM
 are the engine's and there is no second generation loop.
 
@@ -28,7 +28,7 @@ import torch
 
 from smallcode.config import ConfigError
 from smallcode.model.config import ModelConfig
-from smallcode.model.kv_cache import CacheStep, KVCache
+from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import PREFILL_CHUNK
 
 # Mirrors export/onnx.py's constants; not imported from there so running an export never imports torch.onnx.
@@ -96,8 +96,9 @@ class OnnxModel:
         except Exception as e:  # onnxruntime raises its own exception types for any malformed graph
             raise OnnxModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from e
         names = [i.name for i in self.session.get_inputs()]
-        if names != meta.get("inputs") or len(names) != 4 + 2 * self.config.n_layers:
-            raise OnnxModelError(f"{path}: the graph's inputs do not match {CONFIG_FILE} (another version?)")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if names != meta.get("inputs") or len(names) != 4 + 2 * self.config.n_layers or outputs != meta.get("outputs"):
+            raise OnnxModelError(f"{path}: the graph's inputs or outputs do not match {CONFIG_FILE} (another version?)")
         self._past_names = names[4:]
         # Engine reads the device from ``model.lm_head.weight`` and hands the model to
         # cpu_decode.prepare_for_decoding, which finds nothing to swap in here (no blocks, no nn.Linear).
@@ -122,28 +123,37 @@ class OnnxModel:
         if cache is None:
             cache = self.new_cache(input_ids.shape[0], initial_slots=input_ids.shape[1])
         chunk = min(self.config.window, PREFILL_CHUNK)
+        if input_ids.shape[1] <= chunk:  # every decode step
+            return OnnxOutput(self._step(input_ids, cache, keep=1 if last_only else input_ids.shape[1]))
         pieces = input_ids.split(chunk, dim=1)
         logits = [self._step(p, cache, keep=1 if last_only else p.shape[1]) for p in pieces]
         return OnnxOutput(logits[-1] if last_only else torch.cat(logits, dim=1))
 
     def _step(self, ids_BT: torch.Tensor, cache: KVCache, keep: int) -> torch.Tensor:
+        """One piece through the graph, then its keys and values into the cache.
+
+        The bookkeeping is ``KVCache``'s (``positions``, ``slots``, ``write``, ``commit``) done in
+        numpy on views of the cache's tensors: at one token per row, torch's per-call cost for
+        those dozen small operations was a sixth of the step.
+        """
         B, T = ids_BT.shape
-        cache.reserve(T)
-        pos = cache.positions(T)
-        in_ring = int((pos >= cache.n_global).sum(dim=1).max())
-        if in_ring > cache.ring:  # as KVCache.step: two positions of the piece would share a slot
-            raise ValueError(f"a chunk of {in_ring} ring positions does not fit a ring of {cache.ring} slots")
-        feeds = {"input_ids": ids_BT.numpy(), "position_ids": pos.numpy(),
-                 "slot_positions": cache.slot_pos.numpy(), "logits_to_keep": np.array(keep, dtype=np.int64)}
+        cache.reserve(T)  # may reallocate the cache: its numpy views are taken after this
+        G, ring = cache.n_global, cache.ring
+        k, v, slot_pos = cache.k.numpy(), cache.v.numpy(), cache.slot_pos.numpy()
+        pos = cache.length.numpy()[:, None] + np.arange(T)
+        if T > 1 and int((pos >= G).sum(axis=1).max()) > ring:  # as KVCache.step
+            raise ValueError(f"a chunk of {T} positions does not fit a ring of {ring} slots")
+        feeds = {"input_ids": ids_BT.numpy(), "position_ids": pos, "slot_positions": slot_pos,
+                 "logits_to_keep": np.array(keep, dtype=np.int64)}
         for i in range(self.config.n_layers):  # views of the cache's storage, not copies
-            feeds[self._past_names[2 * i]] = cache.k[i].numpy()
-            feeds[self._past_names[2 * i + 1]] = cache.v[i].numpy()
-        logits, *new = self.session.run(None, feeds)
-        rows = torch.arange(B)[:, None].expand(B, T)
-        step = CacheStep(cache, pos, rows, cache.slots(pos), mask=torch.empty(0))
-        for i in range(self.config.n_layers):
-            cache.write(i, torch.from_numpy(new[2 * i]), torch.from_numpy(new[2 * i + 1]), step)
-        cache.commit(step)
+            feeds[self._past_names[2 * i]] = k[i]
+            feeds[self._past_names[2 * i + 1]] = v[i]
+        logits, new_k, new_v = self.session.run(None, feeds)  # new_*: (L, B, T, K, D)
+        rows, slots = np.arange(B)[:, None], np.where(pos < G, pos, G + (pos - G) % ring)
+        k[:, rows, :, slots] = new_k.transpose(1, 2, 0, 3, 4)  # advanced indices first: (B, T, L, K, D)
+        v[:, rows, :, slots] = new_v.transpose(1, 2, 0, 3, 4)
+        slot_pos[rows, slots] = pos
+        cache.length = torch.from_numpy(pos[:, -1] + 1)
         return torch.from_numpy(logits)
 
 
