@@ -259,3 +259,15 @@ def test_open_backend_recognises_an_export(exports: dict, checkpoints: dict) -> 
     local = open_backend(checkpoints["moe-global"])
     args = (["import json\n", "def f():\n"], 2, 0.0, 1.0, 24, ["\n\n"])
     assert backend.name.startswith("onnx:") and backend.generate(*args) == local.generate(*args)
+
+
+def test_contrib_moe_graph_matches_torch(tmp_path: Path, checkpoints: dict) -> None:
+    """The com.microsoft::MoE variant (measured in benchmarks/onnx_decode.py) computes the same function."""
+    out = export_onnx(checkpoints["moe-global"], tmp_path / "contrib", moe="contrib")
+    ours = Checkpoint.open(checkpoints["moe-global"]).load_model().eval()
+    ids = torch.randint(0, 512, (2, 2 * WINDOW + 3))
+    with torch.no_grad():
+        expected = ours(ids).logits
+    torch.testing.assert_close(OnnxModel(out, threads=1)(ids).logits, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ExportError, match="contrib without quantize"):
+        export_onnx(checkpoints["moe-global"], tmp_path / "q", quantize="int8", moe="contrib")

@@ -291,16 +291,19 @@ def quantize_graph(src: Path, dst: Path, kind: Quantize) -> None:
     onnx.checker.check_model(str(dst))
 
 
-def onnx_config(config: ModelConfig, tokenizer_hash: str, quantize: Quantize | None) -> dict[str, Any]:
+def onnx_config(config: ModelConfig, tokenizer_hash: str, quantize: Quantize | None, moe: MoEOp) -> dict[str, Any]:
     """``smallcode_onnx.json``: what the runtime needs to drive the graph and to check it belongs here."""
     n = config.n_layers
-    return {"format_version": FORMAT_VERSION, "model": config.to_dict(), "quantize": quantize,
+    return {"format_version": FORMAT_VERSION, "model": config.to_dict(), "quantize": quantize, "moe": moe,
             "opset": OPSET, "inputs": input_names(n), "outputs": OUTPUT_NAMES, "tokenizer_hash": tokenizer_hash}
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, quantize: Quantize | None = None,
-                force: bool = False) -> Path:
+                force: bool = False, moe: MoEOp = "standard") -> Path:
     """Write the checkpoint in ``checkpoint`` as an ONNX export directory ``out``; returns ``out``.
+
+    ``moe="contrib"`` writes the feed-forward as onnxruntime's ``com.microsoft::MoE`` (float32 only:
+    the quantisers leave it alone); ``benchmarks/onnx_decode.py`` measures it against the default.
 
     ``out`` must not exist or be empty unless ``force``; it is built under a temporary name and
     renamed into place, so a failed export leaves nothing behind.
@@ -308,6 +311,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quantize: Quantize | No
     checkpoint, out = Path(checkpoint), Path(out)
     if quantize not in (None, "int8", "int4"):
         raise ExportError(f"quantize must be int8 or int4, not {quantize!r}")
+    if moe not in ("standard", "contrib") or (moe == "contrib" and quantize):
+        raise ExportError(f"moe must be standard, or contrib without quantize; got {moe!r} with {quantize!r}")
     if not Checkpoint.is_checkpoint(checkpoint):
         raise ExportError(f"{checkpoint}: not a smallcode checkpoint (expected a directory with a smallcode "
                           f"config.json and {WEIGHTS_FILE})")
@@ -322,13 +327,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quantize: Quantize | No
     model = ckpt.load_model()
     with atomic_dir(out) as tmp:
         if quantize is None:
-            write_graph(model, tmp / MODEL_FILE)
+            write_graph(model, tmp / MODEL_FILE, moe)
         else:
             write_graph(model, tmp / "float32.onnx")
             quantize_graph(tmp / "float32.onnx", tmp / MODEL_FILE, quantize)
             (tmp / "float32.onnx").unlink()
         shutil.copyfile(ckpt.tokenizer_file, tmp / TOKENIZER_FILE)  # type: ignore[arg-type]
         (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
-        (tmp / CONFIG_FILE).write_text(json.dumps(onnx_config(model.config, tokenizer.hash, quantize), indent=2)
+        (tmp / CONFIG_FILE).write_text(json.dumps(onnx_config(model.config, tokenizer.hash, quantize, moe), indent=2)
                                        + "\n")
     return out
