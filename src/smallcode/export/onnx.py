@@ -20,10 +20,12 @@ grown cache) cannot drive it; ``genai_config.json`` is not written (see docs/exp
 
 The MoE is exported exactly and without computing unchosen experts: per expert the graph selects
 the tokens that routed to it (``NonZero`` + ``Gather``), runs its SwiGLU on those rows only and adds
-them back weighted (``ScatterND`` with add). Each projection is a ``MatMul`` against a constant
-weight, which is what onnxruntime's int8 dynamic quantiser and its 4-bit ``MatMulNBits``
-quantiser rewrite. Not done: the ``com.microsoft`` GroupQueryAttention/MoE contrib ops (their
-sliding window has no global tokens, and they own the cache layout), fp16 and GPU graphs.
+them back weighted (one ``ScatterElements`` with add per layer). Each projection is a ``MatMul``
+against a constant weight, which is what onnxruntime's int8 dynamic quantiser and its 4-bit
+``MatMulNBits`` quantiser rewrite. onnxruntime's ``com.microsoft::MoE`` op is exact too and can be
+chosen (``moe="contrib"``, float32); it was slower at batch 8 and in prefill (docs/export.md).
+Not done: ``GroupQueryAttention`` (its window has no global tokens and it owns the cache layout),
+``QMoE``, fp16 and GPU graphs. Traced with torch's TorchScript-based exporter (``dynamo=False``).
 
 Shape legend: B rows, T new tokens, S cache slots, H query heads, K key/value heads, R = H // K,
 D head width, E model width, N = B * T tokens, V vocabulary.
