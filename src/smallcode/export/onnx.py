@@ -25,7 +25,9 @@ against a constant weight, which is what onnxruntime's int8 dynamic quantiser an
 ``MatMulNBits`` quantiser rewrite. onnxruntime's ``com.microsoft::MoE`` op is exact too and can be
 chosen (``moe="contrib"``, float32); it was slower at batch 8 and in prefill (docs/export.md).
 Not done: ``GroupQueryAttention`` (its window has no global tokens and it owns the cache layout),
-``QMoE``, fp16 and GPU graphs. Traced with torch's TorchScript-based exporter (``dynamo=False``).
+``QMoE``, fp16 and GPU graphs. Traced with torch's TorchScript-based exporter (``dynamo=False``):
+the dynamo exporter also gives an exact graph of this module, but took 14 s instead of 0.5 s for
+the tiny test model and left 333 nodes after onnxruntime's optimiser instead of 277.
 
 Shape legend: B rows, T new tokens, S cache slots, H query heads, K key/value heads, R = H // K,
 D head width, E model width, N = B * T tokens, V vocabulary.
