@@ -8,8 +8,9 @@ import torch
 from infer_helpers import make_model  # type: ignore[import-not-found]
 
 from smallcode.infer import Engine, SamplingParams
-from smallcode.infer.engine import Prefill, PromptCache
+from smallcode.infer.engine import Prefill, PromptCache, Row
 from smallcode.infer.sampling import choose, sample
+from smallcode.model.kv_cache import KVCache
 
 IDS = list(range(40, 80))
 
@@ -52,6 +53,19 @@ def test_a_wrapped_ring_goes_back_only_as_far_as_it_holds(infer_tokenizer) -> No
     with torch.no_grad():
         got = engine.model(torch.tensor([[5]]), cache.truncate(29)).logits[:, -1]
     torch.testing.assert_close(got, cold_logits(engine, IDS[:29] + [5]), atol=1e-4, rtol=1e-4)
+
+
+def test_spare_slots_let_a_wrapped_ring_go_back_further(infer_tokenizer) -> None:
+    engine = Engine(make_model(window=8, n_global=2), infer_tokenizer)
+    p = engine.model.lm_head.weight
+    cache = KVCache(engine.config, 1, dtype=p.dtype, initial_slots=4, spare=3)
+    with torch.no_grad():
+        engine.model(torch.tensor([IDS[:30]]), cache)
+    assert cache.ring == 11  # the window and the spare slots
+    assert cache.can_truncate(26) and not cache.can_truncate(25)  # back by spare + 1 at most
+    with torch.no_grad():
+        got = engine.model(torch.tensor([[5, 6]]), cache.truncate(26)).logits[:, -1]
+    torch.testing.assert_close(got, cold_logits(engine, IDS[:26] + [5, 6]), atol=1e-4, rtol=1e-4)
 
 
 def test_prompt_cache_lookup(engine: Engine) -> None:
@@ -119,12 +133,31 @@ def test_choose_with_mixed_params_equals_per_row_sample() -> None:
     for b, p in enumerate(params):
         alone = sample(logits[b:b + 1], p, [torch.Generator().manual_seed(b)])
         assert int(tokens[b]) == int(alone[0])
+    # logprobs are the model's own, whatever a row is sampled with
     assert logp is not None
-    for b in (0, 4):  # greedy rows: the model's own distribution
-        torch.testing.assert_close(logp[b], logits[b].log_softmax(-1))
-    # a top-k row: exactly k tokens possible, their probabilities summing to one
-    assert int(torch.isfinite(logp[1]).sum()) == 5
-    torch.testing.assert_close(logp[1].logsumexp(-1), torch.tensor(0.0))
-    kept = torch.isfinite(logp[1])
-    assert set(kept.nonzero().flatten().tolist()) == set(logits[1].topk(5).indices.tolist())
-    torch.testing.assert_close(logp[1][kept], (logits[1][kept] / 0.7).log_softmax(-1))
+    torch.testing.assert_close(logp, logits.log_softmax(-1))
+    assert choose(logits, params, gens)[1] is None
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-40, 1.0), (1e-30, 0.9), (1e-8, 0.5), (1.0, 5e-324),
+                                                   (1.0, 1e-6), (1e-100, 1.0), (5e-324, 0.5)])
+def test_extreme_temperature_or_top_p_is_greedy_not_an_error(temperature: float, top_p: float) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    params = [SamplingParams(temperature=temperature, top_p=top_p, top_k=k) for k in (0, 3, 0, 1)]
+    tokens, _ = choose(logits, params, [torch.Generator().manual_seed(b) for b in range(4)])
+    assert tokens.tolist() == logits.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("end", ["eot_id", "end_of_turn_id"])
+def test_a_row_ends_at_end_of_text_and_at_the_end_of_a_chat_turn(infer_tokenizer, end: str) -> None:
+    """A fine-tuned model closes its chat turn with <|end|>: the completion ends there, without it."""
+    tok = infer_tokenizer
+    row = Row(3, SamplingParams(max_tokens=10))
+    word = tok.encode("x")[0]
+    row.push(word, tok)
+    row.push(getattr(tok, end), tok)
+    assert (row.finish, row.ids, row.text) == ("eos", [word], "x")
+    ignoring = Row(3, SamplingParams(max_tokens=10, ignore_eos=True))
+    ignoring.push(getattr(tok, end), tok)
+    assert ignoring.finish is None and ignoring.ids == [getattr(tok, end)]

@@ -113,7 +113,7 @@ def test_n_samples_are_all_cancelled_with_their_request(server: tuple[str, Any])
     url, scheduler = server
     cancelled = metric(scheduler, "smallcode_cancellations_total")
     decoded = metric(scheduler, "smallcode_decode_steps_total")
-    sock = open_raw(url, "/v1/completions", {"prompt": "x = 1\n", "n": 3, "max_tokens": 8000, "temperature": 1})
+    sock = open_raw(url, "/v1/completions", {"prompt": "x = 1\n", "n": 3, "max_tokens": 8000, "temperature": 0})
     try:
         wait_for(lambda: metric(scheduler, "smallcode_decode_steps_total") > decoded + 20, "decoding to start")
         assert metric(scheduler, "smallcode_running_rows") == 3

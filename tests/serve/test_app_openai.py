@@ -76,6 +76,17 @@ def test_stop_ends_the_text_before_the_stop_string(client: openai.OpenAI, refere
     assert got.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("sampling", [{"temperature": 1e-100}, {"temperature": 1e-40}, {"temperature": 1e-6},
+                                      {"top_p": 5e-324}, {"top_p": 1e-6}, {"temperature": 5e-324, "top_p": 5e-324}])
+def test_extreme_sampling_values_sample_the_greedy_choice(client: openai.OpenAI, sampling: dict[str, float]) -> None:
+    # Found by the schema fuzz: dividing logits by a temperature this small overflows (or, below
+    # float32's range, divides by 0), and a top_p below float32's range rounds to 0. The limit of
+    # sampling, in each, is the argmax.
+    kwargs: dict[str, Any] = {"model": "tiny", "prompt": "def foo(", "max_tokens": 6, "seed": 3}
+    got = client.completions.create(**kwargs, **sampling)
+    assert got.choices[0].text == client.completions.create(**kwargs, temperature=0).choices[0].text
+
+
 def test_max_tokens_caps_the_completion(client: openai.OpenAI) -> None:
     got = client.completions.create(model="tiny", prompt="import json\n", max_tokens=5, temperature=0)
     assert got.usage.completion_tokens == 5
@@ -109,6 +120,10 @@ def test_chat_goes_through_the_chat_template(client: openai.OpenAI, reference: E
     content = got.choices[0].logprobs.content
     assert "".join(c.token for c in content) == message.content
     assert all(1 <= len(c.top_logprobs) <= 2 for c in content)
+    # "developer" is OpenAI's newer name for the system role.
+    developer = [{**messages[0], "role": "developer"}, messages[1]]
+    again = client.chat.completions.create(model="tiny", messages=developer, max_tokens=10, temperature=0)
+    assert again.choices[0].message.content == message.content
 
 
 def test_streamed_completions_add_up_to_the_whole_answer(client: openai.OpenAI) -> None:

@@ -32,6 +32,11 @@ def test_generated_requests_get_no_5xx_and_openai_shaped_4xx(fuzzed: tuple[str, 
     url, scheduler = fuzzed
     openapi = httpx.get(url + "/openapi.json").json()
     assert {"/v1/completions", "/v1/chat/completions", "/infill", "/health"} <= set(openapi["paths"])
+    for route in ("/v1/completions", "/v1/chat/completions", "/infill"):  # errors documented as sent
+        responses = openapi["paths"][route]["post"]["responses"]
+        assert "422" not in responses
+        error_schema = responses["400"]["content"]["application/json"]["schema"]
+        assert error_schema == {"$ref": "#/components/schemas/ErrorResponse"}
     report = fuzz(url, openapi, CASES)
     assert report.failures == []
     for label, counts in report.statuses.items():

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from app_helpers import make_engine, running_server, serve  # type: ignore[impor
 from click.testing import CliRunner
 
 import smallcode
-from smallcode.cli.serve import is_loopback
+from smallcode.cli.serve import is_loopback, load
 from smallcode.cli.serve import serve as serve_command
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
@@ -40,12 +41,13 @@ def checkpoint(tokenizer: CodeTokenizer, tmp_path_factory: pytest.TempPathFactor
     return save_checkpoint(model, out / "ckpt", tokenizer_file=out / "tokenizer" / TOKENIZER_FILE)
 
 
-@pytest.fixture(scope="module")
-def process(checkpoint: Path) -> Iterator[tuple[str, list[str]]]:
-    """``smallcode serve --model CKPT --port 0`` with $SMALLCODE_API_KEY set; (base URL, its log lines)."""
-    env = {**os.environ, "SMALLCODE_API_KEY": "k3y", "PYTHONPATH": str(Path(smallcode.__file__).parents[1])}
+@contextmanager
+def smallcode_serve(*args: str, **env: str) -> Iterator[tuple[str, list[str]]]:
+    """``smallcode serve ARGS --port 0`` in a subprocess; (base URL, its log lines so far); stopped with
+    Ctrl+C (SIGINT) on exit, which must end it cleanly."""
+    env = {**os.environ, "PYTHONPATH": str(Path(smallcode.__file__).parents[1]), **env}
     command = [sys.executable, "-c", "import sys; from smallcode.cli.main import main; sys.exit(main())",
-               "serve", "--model", str(checkpoint), "--port", "0", "--model-name", "tiny-ckpt"]
+               "serve", *args, "--port", "0"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log: list[str] = []
     bound = threading.Event()
@@ -73,8 +75,7 @@ def process(checkpoint: Path) -> Iterator[tuple[str, list[str]]]:
                 proc.kill()
 
 
-def test_the_server_process_gets_ready_and_serves_with_the_key(process: tuple[str, list[str]]) -> None:
-    url, log = process
+def wait_until_ready(url: str, log: list[str]) -> None:
     statuses = []
     deadline = time.monotonic() + 60
     while not statuses or statuses[-1] != "ok":
@@ -85,15 +86,48 @@ def test_the_server_process_gets_ready_and_serves_with_the_key(process: tuple[st
     # "loading" while the model loads (often over before the first poll on a model this small), then ok.
     assert set(statuses) <= {"loading", "ok"} and statuses == sorted(statuses)
 
-    body = {"prompt": "def foo(", "max_tokens": 4, "temperature": 0}
-    assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 401
-    wrong = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer nope"}, timeout=60)
-    assert wrong.status_code == 401
-    response = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer k3y"}, timeout=60)
-    assert response.status_code == 200, response.text
-    data = response.json()
-    assert data["model"] == "tiny-ckpt" and data["usage"]["completion_tokens"] == 4
-    assert "warning" not in "".join(log)  # loopback: no warning
+
+def test_the_server_process_gets_ready_and_serves_with_the_key(checkpoint: Path) -> None:
+    with smallcode_serve(str(checkpoint), "--model-name", "tiny-ckpt", SMALLCODE_API_KEY="k3y") as (url, log):
+        wait_until_ready(url, log)
+        body = {"prompt": "def foo(", "max_tokens": 4, "temperature": 0}
+        assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 401
+        wrong = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer no"}, timeout=60)
+        assert wrong.status_code == 401
+        response = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer k3y"},
+                              timeout=60)
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert data["model"] == "tiny-ckpt" and data["usage"]["completion_tokens"] == 4
+        assert "warning" not in "".join(log)  # loopback: no warning
+
+
+def test_a_hugging_face_directory_loads_behind_the_same_app(tmp_path: Path) -> None:
+    # What the command's loader does with --model HF_DIR, in-process (a second server process would
+    # pay for importing transformers again).
+    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
+    from prometheus_client import CollectorRegistry
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = family_tokenizer("qwen2.5-coder")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    registry = CollectorRegistry()
+    scheduler, fmt = load(tmp_path / "hf", device="cpu", max_batch=2, max_queue=2, registry=registry)
+    try:
+        app = create_app(scheduler, fmt, model_name="hf", registry=registry)
+        with serve(app) as url:
+            response = httpx.post(url + "/infill", json={"input_prefix": "def f(", "input_suffix": "):\n",
+                                                         "n_predict": 3, "temperature": 0}, timeout=60)
+            assert response.status_code == 200, response.text
+            assert response.json()["tokens_predicted"] == 3
+            assert "smallcode_requests_total" in httpx.get(url + "/metrics").text
+    finally:
+        scheduler.close()
 
 
 def test_health_says_loading_until_the_model_is_attached(tokenizer: CodeTokenizer, prompt_format: Any) -> None:
@@ -134,3 +168,10 @@ def test_the_model_is_given_exactly_once(checkpoint: Path) -> None:
     for args in ([], [str(checkpoint), "--model", str(checkpoint)]):
         result = runner.invoke(serve_command, args)
         assert result.exit_code == 2 and "give the model once" in result.output
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a Hugging Face config, no weights
+    result = CliRunner().invoke(serve_command, [str(tmp_path), "--port", "0"])
+    assert result.exit_code == 1
+    assert f"cannot serve {tmp_path}" in result.output

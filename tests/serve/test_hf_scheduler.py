@@ -150,7 +150,7 @@ def test_continuation_text_keeps_its_leading_space() -> None:
     tok = codellama_like()
     ids = tok.encode(" x = 1", add_special_tokens=False)
     assert tok.decode(ids) == "x = 1"  # decoded alone, a SentencePiece text loses its first space
-    assert _TokenizerView(tok, tok.eos_token_id).decode(ids) == " x = 1"
+    assert _TokenizerView(tok, [tok.eos_token_id]).decode(ids) == " x = 1"
 
 
 def test_open_hf_names_a_directory_it_cannot_load(tmp_path: Path) -> None:

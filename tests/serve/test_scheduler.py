@@ -5,6 +5,7 @@ bound, logprobs, errors in the loop and close() behave as documented (checked th
 from __future__ import annotations
 
 import asyncio
+import random
 import sysconfig
 import threading
 import time
@@ -145,11 +146,14 @@ def test_concurrent_requests_get_what_they_get_alone(engine: Engine, mixed, sche
     assert any(c.finish_reason == "stop" for c in expected)
     sched = scheduler_factory(engine, max_batch=max_batch, prefill_chunk=4)
 
+    threads = threading.active_count()
+
     async def consume() -> list[tuple[list[int], str, str | None]]:
         handles = [sched.submit(ids, p) for ids, p in requests]
 
         async def one(h: RequestHandle) -> tuple[list[int], str, str | None]:
             events = [e async for e in h]
+            assert threading.active_count() == threads  # no thread parked per waiting stream
             return [t for e in events for t in e.token_ids], "".join(e.text for e in events), events[-1].finish_reason
 
         return await asyncio.gather(*(one(h) for h in handles))
@@ -195,13 +199,31 @@ def test_prompt_reuse_is_exact(tokenizer: CodeTokenizer, scheduler_factory, wind
         cached.append(h.cached_tokens)
     assert cached[0] == 0
     assert cached[1] == len(base)  # an extension feeds only its new tokens
-    assert len(base) - 8 <= cached[2] <= len(base) - 2  # the tail snapshot (or a truncation) is reused
+    assert cached[2] == len(base) - 2  # truncated to what they share (spare slots, if the ring wrapped)
     assert cached[3] == len(base)  # the same prompt again: no prefill at all
     m = sched.metrics
     assert m.value("smallcode_prompt_cache_reused_tokens_total") == sum(cached)
     assert m.value("smallcode_prompt_cache_hits_total") == 3
     assert m.value("smallcode_prompt_cache_misses_total") == 1
     assert m.value("smallcode_prompt_cache_bytes") > 0
+
+
+def test_typing_at_the_cursor_reuses_all_but_the_last_tokens(tokenizer: CodeTokenizer, scheduler_factory) -> None:
+    # SPM layout: suffix, then prefix, then the middle token. Each keystroke re-tokenizes the word
+    # being typed (the last prefix token changes or one is added) in front of the middle token.
+    engine = make_engine(tokenizer, window=8, n_global=2)
+    middle, context = 3, tokenizer.encode("\n".join(CODE))
+    params = SamplingParams(max_tokens=4)
+    sched = scheduler_factory(engine, prefill_chunk=16)
+    word = [40]
+    for step in range(8):
+        word = word[:-1] + [41 + step] if step % 2 else word + [50 + step]
+        ids = context + word + [middle]
+        h = sched.submit(ids, params)
+        assert drain(h)[0] == alone(engine, ids, params).token_ids
+        if step:
+            assert h.cached_tokens >= len(ids) - 3
+    assert sched.metrics.value("smallcode_prompt_cache_misses_total") == 1
 
 
 def test_n_samples_of_one_prompt_prefill_it_once(engine: Engine, scheduler_factory) -> None:
@@ -319,13 +341,16 @@ def test_time_limit_ends_with_timeout(slow_engine, scheduler_factory) -> None:
     assert sched.metrics.value("smallcode_requests_total", outcome="timeout") == 1
 
 
-def test_logprobs_match_the_reference_logits(engine: Engine, scheduler_factory) -> None:
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_logprobs_match_the_reference_logits(engine: Engine, scheduler_factory, temperature: float) -> None:
     sched = scheduler_factory(engine)
     prompt = engine.tokenizer.encode(CODE[4])
-    ids, _, events = drain(sched.submit(prompt, SamplingParams(max_tokens=6), logprobs=3))
+    params = SamplingParams(max_tokens=6, temperature=temperature, top_k=20, seed=3, ignore_eos=True)
+    ids, _, events = drain(sched.submit(prompt, params, logprobs=3))
     logprobs = [lp for e in events for lp in (e.logprobs or [])]
     assert len(logprobs) == len(ids) == 6
     decode = engine.tokenizer.decode
+    # the model's own log-probabilities, before temperature and top-k, whatever the request samples with
     with torch.no_grad():
         for i, (token, lp) in enumerate(zip(ids, logprobs, strict=True)):
             ref = engine.model(torch.tensor([prompt + ids[:i]])).logits[0, -1].log_softmax(-1)
@@ -391,3 +416,40 @@ def test_bad_requests_are_refused_before_the_loop(engine: Engine, scheduler_fact
     assert sched.metrics.value("smallcode_prompt_tokens_total") == 0
     with pytest.raises(ValueError, match="max_batch"):
         Scheduler(engine, max_batch=0)
+
+
+def test_many_clients_submitting_and_cancelling_leave_the_loop_sound(engine: Engine, scheduler_factory) -> None:
+    sched = scheduler_factory(engine, max_batch=6, max_queue=10, prefill_chunk=8, prompt_cache_mb=0.05)
+    ended: list[str | None] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(20):
+            ids = engine.tokenizer.encode(rnd.choice(CODE)) + [rnd.randrange(5, 300) for _ in range(rnd.randrange(4))]
+            params = SamplingParams(max_tokens=rnd.randrange(1, 30), temperature=rnd.choice([0.0, 0.8]),
+                                    seed=rnd.randrange(100), stop=rnd.choice([[], ["\n"], ["):"]]))
+            try:
+                h = sched.submit(ids, params, logprobs=rnd.choice([0, 2]), time_limit_s=rnd.choice([None, 0.05]))
+            except QueueFull:
+                continue
+            how = rnd.randrange(3)  # cancel before reading, after two events, or never
+            if how == 0:
+                h.cancel()
+            for n, _ in enumerate(h):
+                if how == 1 and n == 1:
+                    h.cancel()
+            with lock:
+                ended.append(h.finish_reason)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert len(ended) > 30 and set(ended) <= {"stop", "eos", "length", "cancelled", "timeout"}
+    assert "cancelled" in ended
+    ids, params = engine.tokenizer.encode(CODE[0]), SamplingParams(max_tokens=12)
+    assert drain(sched.submit(ids, params))[0] == alone(engine, ids, params).token_ids
+    assert sched.prompt_cache.nbytes <= sched.prompt_cache.max_bytes

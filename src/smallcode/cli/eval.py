@@ -38,7 +38,7 @@ def eval_() -> None:
     "--model",
     "model",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="A smallcode checkpoint directory or a Hugging Face model directory.",
+    help="A smallcode checkpoint, an ONNX export (smallcode export onnx) or a Hugging Face model directory.",
 )
 @click.option("--endpoint", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
 @click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token for --endpoint (or $OPENAI_API_KEY).")
@@ -89,7 +89,7 @@ def run(
         raise click.UsageError("give exactly one of --model, --endpoint, --samples")
     tasks = load_tasks(cfg.suites, cfg.data_dir, cfg.limit, repo_file)
     kinds = (("samples",) if samples_file is not None else ("endpoint",) if endpoint is not None
-             else ("smallcode", "huggingface"))
+             else ("smallcode", "onnx", "huggingface"))
     opened = open_backend(chosen[0], kinds=kinds, model_name=model_name, api_key=api_key, api=api,  # type: ignore[arg-type]
                           task_ids={t.task_id for t in tasks})
     name = opened.name

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from smallcode.cli.options import config_options
 from smallcode.infer.sampling import SamplingParams
 
+if TYPE_CHECKING:
+    from smallcode.infer.engine import Engine
+
 # The sampling options are SamplingParams' fields (name, type, default, help written once, there).
 sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params")
 device_option = click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
+runtime_option = click.option(
+    "--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+    help="torch: CHECKPOINT is a smallcode checkpoint; onnx: it is a directory from smallcode export onnx.")
+
+
+def _engine(checkpoint: Path, device: str, runtime: str) -> Engine:
+    """The engine on a checkpoint (torch) or on an export directory (onnx): one generation loop for both."""
+    from smallcode.infer.engine import Engine
+
+    if runtime == "onnx":
+        from smallcode.infer.onnx_runtime import onnx_engine
+
+        return onnx_engine(checkpoint)
+    return Engine.from_checkpoint(checkpoint, device=device)
 
 
 @click.command()
@@ -20,11 +38,10 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 @click.argument("prompt")
 @sampling_options
 @device_option
-def generate(checkpoint: Path, prompt: str, device: str, params: SamplingParams) -> None:
+@runtime_option
+def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: SamplingParams) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
-    from smallcode.infer.engine import Engine
-
-    engine = Engine.from_checkpoint(checkpoint, device=device)
+    engine = _engine(checkpoint, device, runtime)
     for delta in engine.stream(prompt, params):
         sys.stdout.write(delta)
         sys.stdout.flush()
@@ -37,11 +54,10 @@ def generate(checkpoint: Path, prompt: str, device: str, params: SamplingParams)
 @click.option("--suffix-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @sampling_options
 @device_option
-def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, params: SamplingParams
-             ) -> None:
+@runtime_option
+def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str,
+             params: SamplingParams) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
-    from smallcode.infer.engine import Engine
-
-    engine = Engine.from_checkpoint(checkpoint, device=device)
+    engine = _engine(checkpoint, device, runtime)
     suffix = suffix_file.read_text() if suffix_file else ""
     click.echo(engine.complete(prefix_file.read_text(), suffix, params)[0].text)

@@ -27,6 +27,7 @@ VERBS: dict[str, str] = {
     "recipe": "smallcode.cli.recipe:recipe",
     "estimate": "smallcode.cli.estimate:estimate",
     "upcycle": "smallcode.cli.upcycle:upcycle",
+    "export": "smallcode.cli.export:export",
     "serve": "smallcode.cli.serve:serve",
 }
 
@@ -71,7 +72,9 @@ def _is_user_error(e: Exception) -> bool:
                          ("smallcode.train.teacher", "TeacherError"),
                          ("smallcode.train.teacher_cache", "CacheError"),
                          ("smallcode.train.sft", "SFTDataError"),
-                         ("smallcode.corpus", "DataError")):
+                         ("smallcode.corpus", "DataError"),
+                         ("smallcode.export.hf", "ExportError"),
+                         ("smallcode.infer.onnx_runtime", "OnnxModelError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True

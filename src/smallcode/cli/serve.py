@@ -68,6 +68,7 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     from prometheus_client import CollectorRegistry
 
     from smallcode.backends.choose import BackendError, backend_kind
+    from smallcode.model.checkpoint import CheckpointError
     from smallcode.serve.app import create_app
 
     if (checkpoint is None) == (model_dir is None):
@@ -105,4 +106,7 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
         if scheduler is not None:
             scheduler.close()
     if failure:
-        raise failure[0]
+        error = failure[0]
+        if isinstance(error, ValueError | OSError | CheckpointError):  # the files, not the code: say so in one line
+            raise click.ClickException(f"cannot serve {checkpoint}: {error}") from error
+        raise error

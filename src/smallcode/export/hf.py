@@ -1,28 +1,50 @@
-"""The one place that knows Hugging Face's names: config and weights to and from Mixtral/Mistral.
+"""The one place that knows Hugging Face's names: smallcode checkpoints as transformers model directories.
 
-A smallcode model with ``n_global == 0`` is the same function as ``MixtralForCausalLM`` (MoE) or
-``MistralForCausalLM`` (one expert) with ``sliding_window = window``; with global tokens there is
-no Hugging Face equivalent and the export refuses rather than silently change the function.
-The key map is written once, as explicit pairs, and used in both directions.
+``export_hf(checkpoint, out)`` writes a directory that ``AutoModelForCausalLM`` and ``AutoTokenizer``
+load. A model with ``n_global == 0`` is the same function as ``MixtralForCausalLM`` (MoE) or
+``MistralForCausalLM`` (one expert) with ``sliding_window = window``, and is written as one of
+those through an explicit key map (used in both directions). Global tokens have no transformers
+equivalent, so such a model is written with its own weights and config and the modeling file in
+``remote/`` (``auto_map``; loading needs ``trust_remote_code=True``). Either way the tokenizer goes
+along with its special tokens (FIM, file separator when the tokenizer has one, chat roles), the
+end-of-text token as eos and the chat template.
+
 ``transformers`` is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from safetensors.torch import save_file
 
 from smallcode.config import ConfigError
+from smallcode.fileio import atomic_dir
+from smallcode.model.checkpoint import WEIGHTS_FILE, Checkpoint
 from smallcode.model.config import ModelConfig
+from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
+
+HfKind = Literal["MixtralForCausalLM", "MistralForCausalLM", "SmallCodeForCausalLM"]
+REMOTE_DIR = Path(__file__).parent / "remote"
+REMOTE_FILES = ("configuration_smallcode.py", "modeling_smallcode.py")
+"""Copied from ``REMOTE_DIR`` into an export of a model with global tokens (its ``auto_map`` names them)."""
+
+
+class ExportError(ValueError):
+    """An export refused before anything is written; the message says why."""
 
 
 def hf_config(config: ModelConfig) -> Any:
     """A transformers ``MixtralConfig`` (MoE) or ``MistralConfig`` (dense) for the same function."""
     if config.n_global:
         raise ConfigError(
-            f"ModelConfig.n_global is {config.n_global}: global tokens have no Hugging Face equivalent; "
-            "only n_global = 0 exports to Mixtral/Mistral"
+            f"ModelConfig.n_global is {config.n_global}: global tokens have no Mixtral/Mistral "
+            "equivalent (export_hf writes such a model with smallcode's own modeling file)"
         )
     from transformers import MistralConfig, MixtralConfig
 
@@ -110,3 +132,73 @@ def to_hf_model(model: torch.nn.Module) -> Any:
     if missing or unexpected:
         raise RuntimeError(f"weight map incomplete: missing {missing}, unexpected {unexpected}")
     return hf.eval()
+
+
+def hf_kind(config: ModelConfig) -> HfKind:
+    """The transformers class an export of ``config`` loads as."""
+    if config.n_global:
+        return "SmallCodeForCausalLM"
+    return "MixtralForCausalLM" if config.is_moe else "MistralForCausalLM"
+
+
+def remote_config(config: ModelConfig) -> dict[str, Any]:
+    """``config.json`` of an export with global tokens: our architecture fields, read by ``remote/``'s config."""
+    arch = {k: v for k, v in config.to_dict().items()
+            if k not in ("top_k", "tie_embeddings", "balance_loss_coef", "z_loss_coef", "init_std")}
+    return {
+        "model_type": "smallcode",
+        "architectures": ["SmallCodeForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_smallcode.SmallCodeConfig",
+                     "AutoModelForCausalLM": "modeling_smallcode.SmallCodeForCausalLM"},
+        **arch,
+        "head_dim": config.hd,
+        "num_experts_per_tok": config.top_k,  # transformers would read a config's top_k as a sampling option
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+
+
+def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write the checkpoint in ``checkpoint`` as a transformers model directory ``out``; returns ``out``.
+
+    ``out`` must not exist or be empty unless ``force`` (it is then replaced). The directory is built
+    under a temporary name and renamed into place, so a failed export leaves nothing behind.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not Checkpoint.is_checkpoint(checkpoint):
+        raise ExportError(f"{checkpoint}: not a smallcode checkpoint (expected a directory with a smallcode "
+                          f"config.json and {WEIGHTS_FILE})")
+    if out.resolve() == checkpoint.resolve():
+        raise ExportError(f"{out}: is the checkpoint itself; write the export to another directory")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out}: exists and is not empty (use --force to replace it)")
+    ckpt = Checkpoint.open(checkpoint)
+    tokenizer = ckpt.load_tokenizer()
+    config = ckpt.config
+    # The tokenizer's special ids decide when generation stops and how batches are padded.
+    # Every stop id is an eos for generate, as for our engine (a chat turn ends at <|end|>).
+    special = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id, "bos_token_id": None}
+    with atomic_dir(out) as tmp:
+        if config.n_global:
+            state = ckpt.weights()
+            if config.tie_embeddings:
+                state.pop("lm_head.weight")  # transformers ties it back to embed.weight
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors",
+                      metadata={"format": "pt"})
+            dtype = str(state["embed.weight"].dtype).removeprefix("torch.")
+            meta = {**remote_config(config), **special, "dtype": dtype}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (tmp / "generation_config.json").write_text(json.dumps(special, indent=2) + "\n")
+            for name in REMOTE_FILES:
+                shutil.copyfile(REMOTE_DIR / name, tmp / name)
+        else:
+            ours = ckpt.load_model()
+            model = to_hf_model(ours).to(ours.lm_head.weight.dtype)  # stored as the checkpoint stores it
+            for k, v in special.items():
+                setattr(model.config, k, v)
+                setattr(model.generation_config, k, v)
+            model.save_pretrained(tmp)
+        shutil.copyfile(ckpt.tokenizer_file, tmp / TOKENIZER_FILE)  # type: ignore[arg-type]
+        (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
+    return out

@@ -69,7 +69,7 @@ class Row:
     def push(self, token: int, tokenizer: CodeTokenizer) -> str:
         """Take the next sampled token and return the text that may be shown now."""
         params = self.params
-        if token == tokenizer.eot_id and not params.ignore_eos:
+        if token in tokenizer.stop_ids and not params.ignore_eos:
             self.finish = "eos"
         else:
             self.ids.append(token)
@@ -131,8 +131,13 @@ class PromptCache:
         and the last logits when ``k == len(ids)`` (nothing left to prefill); None when nothing helps."""
         query = torch.tensor(ids, dtype=torch.long)
         best: tuple[int, tuple[int, ...]] | None = None
-        for key, entry in self._entries.items():
+        # Longest possible overlap first, so that once an entry gives k, every entry that cannot beat
+        # k is skipped: a typing session leaves hundreds of entries, most of them shorter than k.
+        for key in sorted(self._entries, key=lambda k: -min(len(k), len(ids))):
             n = min(len(key), len(ids))
+            if best is not None and n <= best[0]:
+                break
+            entry = self._entries[key]
             diff = (entry.ids[:n] != query[:n]).nonzero()
             common = int(diff[0]) if len(diff) else n
             if common == len(key) == len(ids) and entry.logits is not None:
@@ -169,10 +174,12 @@ class Prefill:
     decode steps for other requests in between and stop between pieces.
 
     With a ``PromptCache`` it starts from the longest reusable cache and stores snapshots as it
-    goes: at multiples of ``chunk`` (prompts that share a start), ``tail`` tokens before the end (a
-    prompt that differs only in its last few tokens: one more keystroke at the cursor) and at the
-    end. Without ``chunk`` the whole prompt is one step (the model splits it into window-sized
-    pieces itself).
+    goes: at multiples of ``chunk`` (prompts that share a start), ``tail`` tokens before the end and
+    at the end. Its cache then keeps ``tail`` spare ring slots, so that a later prompt differing
+    only in its last few tokens (one more keystroke at the cursor re-tokenizes the word being typed
+    and moves the FIM middle token) can truncate this one even after the ring has wrapped; the tail
+    snapshot covers larger changes. Without ``chunk`` the whole prompt is one step (the model
+    splits it into window-sized pieces itself).
     """
 
     def __init__(self, engine: Engine, ids: list[int], *, extra_slots: int = 0, chunk: int | None = None,
@@ -184,7 +191,10 @@ class Prefill:
         if hit is not None:
             self.cache, self.pos, self.logits = hit
         else:
-            self.cache, self.pos = engine.model.new_cache(1, initial_slots=len(ids) + extra_slots), 0
+            p = engine.model.lm_head.weight
+            self.cache = KVCache(engine.config, 1, device=p.device, dtype=p.dtype,
+                                 initial_slots=len(ids) + extra_slots, spare=tail if prompt_cache is not None else 0)
+            self.pos = 0
         self.cached_tokens = self.pos
         """Prompt tokens taken from the prompt cache instead of being fed."""
         self.steps = 0

@@ -4,8 +4,8 @@ Greedy when ``temperature == 0``; otherwise temperature, then top-k, then top-p 
 filtering, then a draw. Each row draws from its own ``torch.Generator``, so what a row samples does
 not depend on which other rows share its batch. Rows may carry different parameters (a server's
 batch mixes requests): ``choose`` groups the rows that share temperature, top-k and top-p and
-filters each group at once, and can return the log-probabilities of the distribution each token was
-drawn from. Stop sequences are matched on text by the engine.
+filters each group at once, and can return the model's log-probabilities (before temperature and
+filtering) for an API's ``logprobs``. Stop sequences are matched on text by the engine.
 """
 
 from __future__ import annotations
@@ -59,40 +59,45 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens before it already reach top_p (the first always stays)
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False  # also when top_p is below float32's range and compares as 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits_BV = logits_BV.masked_fill(drop, float("-inf"))
     return logits_BV
 
 
+_TINY = torch.finfo(torch.float32).tiny
+
 def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
            logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token id per row (B,), row ``b`` drawn under ``params[b]`` with ``generators[b]``; with
-    ``logprobs``, also the (B, V) log-softmax of the distribution each row drew from: the model's own
-    for a greedy row, the temperature-scaled and filtered one otherwise (-inf outside top-k/top-p)."""
+    ``logprobs``, also the model's (B, V) log-probabilities, before temperature and filtering: what
+    an API reports as a token's logprob (OpenAI's and vLLM's default), the same for a row whatever
+    it is sampled with."""
     B = logits_BV.shape[0]
     tokens = torch.empty(B, dtype=torch.long, device=logits_BV.device)
-    logp = torch.empty(logits_BV.shape, dtype=torch.float32, device=logits_BV.device) if logprobs else None
     groups: dict[tuple[float, int, float], list[int]] = {}
     for b, p in enumerate(params):
-        key = (0.0, 0, 1.0) if p.temperature == 0 else (p.temperature, p.top_k, p.top_p)
+        # Below float32's smallest normal number a temperature is greedy in all but name, and as a
+        # float32 divisor it would round to 0 (0/0 = NaN for the best logit).
+        greedy = p.temperature < _TINY
+        key = (0.0, 0, 1.0) if greedy else (p.temperature, p.top_k, p.top_p)
         groups.setdefault(key, []).append(b)
     for (temperature, top_k, top_p), rows in groups.items():
         whole = len(rows) == B  # the common case (one request, or the engine's batch): no gather
         x = logits_BV if whole else logits_BV[torch.tensor(rows, device=logits_BV.device)]
         if temperature == 0:
             picked = x.argmax(dim=-1)
-            scaled = x.float()
         else:
-            scaled = filter_logits(x.float() / temperature, top_k, top_p)
-            probs = scaled.softmax(-1)
+            x = x.float()
+            # Shifted so the best logit is 0: a tiny temperature then sends the rest to -inf (greedy)
+            # instead of every logit to +-inf (NaN probabilities); the distribution is the same.
+            probs = filter_logits((x - x.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
             picked = torch.cat([torch.multinomial(probs[i], 1, generator=generators[b]) for i, b in enumerate(rows)])
         if whole:
             tokens = picked
         else:
             tokens[rows] = picked
-        if logp is not None:
-            logp[rows] = scaled.log_softmax(-1)
-    return tokens, logp
+    return tokens, (logits_BV.float().log_softmax(-1) if logprobs else None)
 
 
 def sample(logits_BV: torch.Tensor, params: SamplingParams | Sequence[SamplingParams],

@@ -14,7 +14,10 @@ occupant is out of the window by then, and no per-layer concatenation is made.
 
 The ring starts small and doubles up to ``window`` slots, so a model whose window covers the whole
 context behaves as an ordinary growing cache, while a windowed model stops growing at
-``n_global + window`` slots however long it runs. Sampling and scheduling are the engine's
+``n_global + window`` slots however long it runs. ``spare`` slots beyond the window keep the last
+positions that fell out of it, which is what lets a cache go back (``truncate``) by up to
+``spare + 1`` positions after the ring has wrapped: a server reusing a prompt whose last few tokens
+changed. Sampling and scheduling are the engine's
 business, not the cache's.
 
 Shape legend: L layers, B rows, K key/value heads, S slots, D head width, T new positions.
@@ -50,10 +53,12 @@ class CacheStep:
 
 class KVCache:
     def __init__(self, config: ModelConfig, batch: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, initial_slots: int = 256) -> None:
+                 dtype: torch.dtype = torch.float32, initial_slots: int = 256, spare: int = 0) -> None:
         self.config = config
         self.n_global, self.window = config.n_global, config.window
-        ring = min(self.window, max(1, initial_slots))
+        self.max_ring = self.window + spare
+        """Most ring slots: the window, plus ``spare`` slots that only ``truncate`` needs."""
+        ring = min(self.max_ring, max(1, initial_slots))
         shape = (config.n_layers, batch, config.n_kv_heads, self.n_global + ring, config.hd)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -73,11 +78,11 @@ class KVCache:
         return self.k.nelement() * self.k.element_size() * 2 + self.slot_pos.nelement() * 8
 
     def reserve(self, new_tokens: int) -> None:
-        """Grow the ring (doubling, at most to ``window``) so ``new_tokens`` more fit without wrapping early."""
+        """Grow the ring (doubling, at most to ``max_ring``) so ``new_tokens`` more fit without wrapping early."""
         needed = int(self.length.max()) + new_tokens - self.n_global
-        if needed <= self.ring or self.ring >= self.window:
+        if needed <= self.ring or self.ring >= self.max_ring:
             return
-        self._grow(min(self.window, max(needed, 2 * self.ring)) - self.ring)
+        self._grow(min(self.max_ring, max(needed, 2 * self.ring)) - self.ring)
 
     def _grow(self, extra: int) -> None:
         """Append ``extra`` empty ring slots; only valid before the ring has wrapped."""
@@ -152,7 +157,7 @@ class KVCache:
         """A cache holding only ``rows`` (in that order), e.g. to drop finished sequences or fan out a prompt."""
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         out = KVCache.__new__(KVCache)
-        out.config, out.n_global, out.window = self.config, self.n_global, self.window
+        out.config, out.n_global, out.window, out.max_ring = self.config, self.n_global, self.window, self.max_ring
         out.k, out.v = self.k[:, idx], self.v[:, idx]
         out.slot_pos, out.length = self.slot_pos[idx], self.length[idx]
         return out
@@ -164,7 +169,7 @@ class KVCache:
     def can_truncate(self, length: int) -> bool:
         """Whether every row can go back to ``length`` positions: the cache still holds all that the
         query at ``length`` sees (the global slots and the ``window - 1`` positions before it), i.e.
-        the ring has not yet overwritten them with later positions."""
+        the ring has not yet overwritten them with later positions (``spare`` slots make room for that)."""
         if not 0 < length <= int(self.length.min()):
             return False
         lo = max(self.n_global, length - self.window + 1)
@@ -183,7 +188,8 @@ class KVCache:
 
     @staticmethod
     def stack(caches: list[KVCache]) -> KVCache:
-        """Rows of several caches (same config) in one cache; rings are padded to the largest."""
+        """Rows of several caches (same config) in one cache; rings are padded to the largest (a ring
+        that has wrapped cannot be: caches meant to be stacked are made with the same ``spare``)."""
         ring = max(c.ring for c in caches)
         for c in caches:
             if c.ring < ring:
@@ -191,6 +197,7 @@ class KVCache:
         out = KVCache.__new__(KVCache)
         first = caches[0]
         out.config, out.n_global, out.window = first.config, first.n_global, first.window
+        out.max_ring = max(c.max_ring for c in caches)
         out.k = torch.cat([c.k for c in caches], dim=1)
         out.v = torch.cat([c.v for c in caches], dim=1)
         out.slot_pos = torch.cat([c.slot_pos for c in caches])

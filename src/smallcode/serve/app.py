@@ -45,6 +45,7 @@ from smallcode.serve.protocol import (
     MAX_SEED,
     ChatRequest,
     CompletionRequest,
+    ErrorResponse,
     ErrorType,
     InfillRequest,
     unsupported,
@@ -85,6 +86,17 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
+
+# What the schema says a generating route may answer besides 200 (all in OpenAI's error shape).
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "A malformed or unsupported request (the param names the field)."},
+    401: {"model": ErrorResponse, "description": "An API key is set and the request lacks it."},
+    413: {"model": ErrorResponse, "description": "The body is larger than the server's limit."},
+    500: {"model": ErrorResponse, "description": "The model failed on this request; the server goes on."},
+    503: {"model": ErrorResponse, "description": "Busy (queue full) or still loading; see Retry-After."},
+    # Named so that FastAPI leaves out its default 422, which this server never sends (a 400 instead).
+    "4XX": {"model": ErrorResponse, "description": "Any other client error (404, 405)."},
+}
 
 # OpenAI knows "stop" and "length"; llama.cpp's /infill says which kind of stop it was.
 _OPENAI_FINISH = {"stop": "stop", "eos": "stop", "cancelled": "stop", "length": "length", "timeout": "length"}
@@ -228,7 +240,8 @@ class Service:
         messages = []
         for m in req.messages:
             content = m.content if isinstance(m.content, str) else "".join(p.text or "" for p in m.content or [])
-            messages.append({"role": m.role, "content": _text(content, "messages")})
+            role = "system" if m.role == "developer" else m.role
+            messages.append({"role": role, "content": _text(content, "messages")})
         try:
             ids = self.prompt_format.chat(messages)
         except (ValueError, KeyError) as e:
@@ -310,7 +323,14 @@ async def _collect(handle: Any, choice: _Choice, on_text: Callable[[_Choice], bo
 async def _collect_all(handles: list[Any]) -> list[_Choice]:
     """Every handle run to its end; a 500 if the model loop failed on any of them."""
     choices = [_Choice() for _ in handles]
-    await asyncio.gather(*(_collect(h, c) for h, c in zip(handles, choices, strict=True)))
+
+    async def one(handle: Any, choice: _Choice) -> None:
+        await _collect(handle, choice)
+        if choice.finish == "error":  # the answer is a 500 now: the request's other samples are dropped
+            for h in handles:
+                h.cancel()
+
+    await asyncio.gather(*(one(h, c) for h, c in zip(handles, choices, strict=True)))
     _raise_if_failed(choices)
     return choices
 
@@ -487,7 +507,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
         reg = registry or getattr(getattr(service.scheduler, "metrics", None), "registry", None)
         return Response(generate_latest(reg) if reg is not None else b"", media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_ERRORS)
     async def completions(body: CompletionRequest, request: Request) -> Any:
         jobs = service.completion_jobs(body)
         handles = service.submit(jobs, service.time_limit())
@@ -506,7 +526,9 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                                                          "finish_reason": None}], **usage_field})
                 offsets = [len(t) for t in echo]
                 async for i, ev in _merged(handles):
-                    if ev.finish_reason == "error":
+                    if ev.finish_reason == "error":  # the request's other samples are dropped with it
+                        for h in handles:
+                            h.cancel()
                         yield _error_event()
                         break
                     lp = None
@@ -533,7 +555,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                         "finish_reason": _OPENAI_FINISH.get(c.finish or "length")})
         return {**head, "choices": out, "usage": _usage(handles, body.n)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_ERRORS)
     async def chat(body: ChatRequest, request: Request) -> Any:
         job = service.chat_job(body)
         handles = service.submit([job], service.time_limit())
@@ -550,7 +572,9 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                     yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                       "logprobs": None, "finish_reason": None}], **usage_field})
                 async for i, ev in _merged(handles):
-                    if ev.finish_reason == "error":
+                    if ev.finish_reason == "error":  # the request's other samples are dropped with it
+                        for h in handles:
+                            h.cancel()
                         yield _error_event()
                         break
                     lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and body.logprobs else None
@@ -571,7 +595,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                 "finish_reason": _OPENAI_FINISH.get(c.finish or "length")} for i, c in enumerate(choices)]
         return {**head, "object": "chat.completion", "choices": out, "usage": _usage(handles, body.n)}
 
-    @app.post("/infill")
+    @app.post("/infill", responses=_ERRORS)
     async def infill(body: InfillRequest, request: Request) -> Any:
         job = service.infill_job(body)
         started = time.perf_counter()

@@ -92,9 +92,7 @@ class SmallcodeFormat(PromptFormat):
 
     def __init__(self, tokenizer: CodeTokenizer) -> None:
         self.tokenizer = tokenizer
-        # End-of-text closes a document; <|end|> closes an assistant turn (that is how SFT teaches
-        # chat, and no document holds it), so both end a completion.
-        self.stop_ids = [tokenizer.eot_id, tokenizer.end_of_turn_id]
+        self.stop_ids = list(tokenizer.stop_ids)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

@@ -36,16 +36,16 @@ DEFAULT_CONTEXT = 2048
 
 
 class _TokenizerView:
-    """What ``Row.push`` and the scheduler ask of a tokenizer (``eot_id``, ``decode``), over a
+    """What ``Row.push`` and the scheduler ask of a tokenizer (``stop_ids``, ``decode``), over a
     transformers tokenizer.
 
     ``decode`` gives a continuation's text as it reads after the prompt: the ids are decoded after
     an anchor token whose text is then cut off, because a SentencePiece tokenizer drops the leading
     space of the first token it decodes ("▁world" alone is "world", after "a" it is " world")."""
 
-    def __init__(self, tokenizer: Any, eot_id: int) -> None:
+    def __init__(self, tokenizer: Any, stop_ids: Sequence[int]) -> None:
         self.tokenizer = tokenizer
-        self.eot_id = eot_id
+        self.stop_ids = frozenset(stop_ids)
         self._anchor = tokenizer.encode("a", add_special_tokens=False)
         self._anchor_chars = len(self._decode(self._anchor))
 
@@ -81,8 +81,7 @@ class HFScheduler(Scheduler):
                  metrics: Metrics | None = None, max_context: int | None = None) -> None:
         if not prompt_format.stop_ids:
             raise ValueError("the model's tokenizer names no end-of-sequence token: nothing would end a completion")
-        self.stop_ids = frozenset(prompt_format.stop_ids)
-        view = _TokenizerView(prompt_format.tokenizer, prompt_format.stop_ids[0])
+        view = _TokenizerView(prompt_format.tokenizer, prompt_format.stop_ids)
         context = max_context or getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
         self.model = model.eval()
         # transformers 5 renamed ``past_key_values`` to ``cache`` (argument and output); 4.x knows the old name.
@@ -126,9 +125,6 @@ class HFScheduler(Scheduler):
                               logprobs=request.logprobs > 0)
         token = int(tokens[0])
         request.next_token = token
-        # Row.push knows one end token: every stop id of the family reads as it.
-        if token in self.stop_ids and not request.params.ignore_eos:
-            token = self.engine.tokenizer.eot_id
         return not self._take(request, token, None if logp is None else logp[0])
 
 

@@ -81,7 +81,8 @@ class ContentPart(_Request):
 
 
 class ChatMessage(_Request):
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]
+    """``developer`` is OpenAI's newer name for ``system`` and is read as it."""
     content: str | list[ContentPart] | None = None
     name: str | None = None
 

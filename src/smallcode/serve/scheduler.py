@@ -21,8 +21,14 @@ in the prompt cache and skip its prefill.
 Events reach consumers through a per-handle queue: a blocking iterator for threads, an async
 iterator that the loop thread wakes with ``call_soon_threadsafe`` (no thread parked per waiting
 stream). An unexpected exception in the loop ends the requests it touched with finish reason
-``"error"``; the loop goes on serving. What this does not do: preemption (a running row keeps its
-cache until it ends), priorities, or speculative decoding.
+``"error"``; the loop goes on serving.
+
+Another model step (``hf_scheduler``) subclasses ``Scheduler`` and overrides ``_step``, keeping the
+queue, handles and metrics: it moves ``_Request``s from ``_prefilling`` to ``_decoding``, ends them
+with ``_end_if_over`` and hands each sampled token to ``_take``; those names are that contract.
+
+What this does not do: preemption (a running row keeps its cache until it ends), priorities, or
+speculative decoding.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ Interface (other subpackages rely on it):
   Special ids enter a sequence only through the formatting helpers below. (A transformers
   tokenizer built from the same file keeps transformers' default and does match them in text;
   tokenise training data with this class.)
+* ``stop_ids``: the ids that end a generation (end-of-text, and ``<|end|>`` closing a chat turn).
 * ``vocab_size``, ``eot_id``, ``pad_id``, ``fim_prefix_id``, ``fim_middle_id``, ``fim_suffix_id``,
   ``file_sep_id`` (None for tokenizers trained before ``<|file_sep|>`` existed: they still load).
 * ``hash``: sha256 of the canonical JSON (sorted keys, compact) of ``tokenizer.json``; token
@@ -84,6 +85,9 @@ class CodeTokenizer:
         self.fim_middle_id = ids[specials.FIM_MIDDLE]
         self.fim_suffix_id = ids[specials.FIM_SUFFIX]
         self.end_of_turn_id = ids[specials.END_OF_TURN]
+        # End-of-text closes a document; <|end|> closes an assistant turn (how SFT teaches chat, and
+        # no document holds it): either ends a generation.
+        self.stop_ids: tuple[int, ...] = (self.eot_id, self.end_of_turn_id)
         self.file_sep_id: int | None = ids.get(specials.FILE_SEP)
         self.role_ids: dict[str, int] = {role: ids[tok] for role, tok in specials.ROLE_TOKENS.items()}
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)

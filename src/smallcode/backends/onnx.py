@@ -1,0 +1,25 @@
+"""ONNX exports (``smallcode export onnx``) as a backend: the local backend with the onnxruntime engine.
+
+``onnx_engine`` gives the same ``Engine`` as a checkpoint does, so batching, stop sequences and the
+fixed seed are ``LocalBackend``'s; only loading differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smallcode.backends.base import BackendError
+from smallcode.backends.local import LocalBackend
+
+
+class OnnxBackend(LocalBackend):
+    def __init__(self, directory: str | Path, seed: int = 0, batch_prompts: int = 8) -> None:
+        from smallcode.infer.onnx_runtime import OnnxModelError, onnx_engine
+
+        self.name = f"onnx:{directory}"
+        self.seed = seed
+        self.batch_prompts = batch_prompts
+        try:
+            self.engine = onnx_engine(directory)
+        except (OnnxModelError, ValueError) as e:
+            raise BackendError(f"{directory}: cannot load the ONNX export ({e})") from e

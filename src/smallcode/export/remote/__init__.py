@@ -1,0 +1,1 @@
+"""The files an export of a model with global tokens ships beside its weights (read by transformers, not by us)."""

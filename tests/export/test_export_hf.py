@@ -1,0 +1,195 @@
+"""``export_hf`` / ``smallcode export hf``: the directory transformers loads computes our function.
+
+Four tiny models (window 16), with and without global tokens, MoE and dense, are saved as
+checkpoints with a tokenizer trained here, exported, and loaded back through ``AutoModelForCausalLM``
+and ``AutoTokenizer``. The references are ours: ``SmallCodeLM``'s logits, the engine's greedy tokens
+and ``CodeTokenizer``'s ids.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from smallcode.cli.main import main as cli_main
+from smallcode.export.hf import REMOTE_DIR, REMOTE_FILES, export_hf
+from smallcode.infer import Completion, Engine, SamplingParams
+from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.model.checkpoint import save_checkpoint
+from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+WINDOW = 16
+KINDS = {  # name: (ModelConfig overrides, the transformers class it loads as)
+    "moe-global": ({}, "SmallCodeForCausalLM"),
+    "dense-global": ({"n_experts": 1, "top_k": 1}, "SmallCodeForCausalLM"),
+    "moe-no-global": ({"n_global": 0}, "MixtralForCausalLM"),
+    "dense-no-global": ({"n_global": 0, "n_experts": 1, "top_k": 1}, "MistralForCausalLM"),
+}
+CODE = 'import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    with open(path) as f:\n' \
+       '        return json.load(f)\n'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> object:
+    # Tiny matrices: with other jobs on the cores, handing each op to a thread pool costs 100x the op.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir: Path) -> CodeTokenizer:
+    return load_tokenizer(tokenizer_dir)
+
+
+def make_model(**overrides: object) -> SmallCodeLM:
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny", vocab_size=512, window=WINDOW, **overrides)
+    model = SmallCodeLM(config)
+    with torch.no_grad():  # larger weights than the init: peaked logits, so greedy choices are clear-cut
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {name: save_checkpoint(make_model(**overrides), root / name, tokenizer_file=tokenizer_dir / "tokenizer.json")
+            for name, (overrides, _) in KINDS.items()}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Path]) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {name: export_hf(ckpt, root / name) for name, ckpt in checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def hf_models(exports: dict[str, Path]) -> dict[str, torch.nn.Module]:
+    return {name: transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+            for name, out in exports.items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loads_as_the_expected_class(kind: str, exports: dict[str, Path], hf_models: dict) -> None:
+    assert type(hf_models[kind]).__name__ == KINDS[kind][1]
+    shipped = sorted(p.name for p in exports[kind].glob("*.py"))
+    if KINDS[kind][1] == "SmallCodeForCausalLM":
+        assert shipped == sorted(REMOTE_FILES)
+        for name in shipped:  # the files users read are the package's, byte for byte
+            assert (exports[kind] / name).read_bytes() == (REMOTE_DIR / name).read_bytes()
+    else:
+        assert shipped == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T", [7, 3 * WINDOW + 5])  # shorter than the window and several windows long
+def test_logits_match_ours(kind: str, T: int, checkpoints: dict, hf_models: dict) -> None:
+    from smallcode.model.checkpoint import Checkpoint
+
+    ours = Checkpoint.open(checkpoints[kind]).load_model().eval()
+    ids = torch.randint(0, 512, (2, T))
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models[kind](ids).logits, ours(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_tied_embeddings_and_wide_heads(tmp_path: Path, tokenizer_dir: Path) -> None:
+    model = make_model(tie_embeddings=True, head_dim=32, n_global=3)
+    ckpt = save_checkpoint(model, tmp_path / "ck", tokenizer_file=tokenizer_dir / "tokenizer.json")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / "hf"), trust_remote_code=True)
+    assert hf.lm_head.weight.data_ptr() == hf.embed.weight.data_ptr()  # tied again on load
+    ids = torch.randint(0, 512, (1, 2 * WINDOW + 3))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
+
+
+def _as_generated(completion: Completion, eos: int) -> list[int]:
+    """The engine leaves end-of-text out of its tokens; ``generate`` keeps it (and pads after it)."""
+    return completion.token_ids + ([eos] if completion.finish_reason == "eos" else [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_generate_matches_the_engine(kind: str, checkpoints: dict, exports: dict, hf_models: dict) -> None:
+    max_new = 2 * WINDOW + 8  # prompt and generation together run several windows past the start
+    prompts = ["import json\n", "def dumps(obj, *, skipkeys=False, ensure_ascii=True, indent=None):\n    "]
+    engine = Engine.from_checkpoint(checkpoints[kind])
+    ours = engine.generate(prompts, SamplingParams(max_tokens=max_new))
+    tok = transformers.AutoTokenizer.from_pretrained(exports[kind], trust_remote_code=True)
+    tok.padding_side = "left"  # rows of different lengths in one batch
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"].min() == 0  # the batch really is padded
+    out = hf_models[kind].generate(**batch, max_new_tokens=max_new, do_sample=False,
+                                   return_dict_in_generate=True)
+    eot = engine.tokenizer.eot_id
+    for row, completion in zip(out.sequences[:, batch["input_ids"].shape[1]:].tolist(), ours, strict=True):
+        assert _until_eos(row, eot) == _as_generated(completion, eot)
+    if KINDS[kind][1] == "SmallCodeForCausalLM":
+        # one row alone, no padding: the cache ends holding the globals and the latest window - 1 keys
+        one = tok(prompts[1], return_tensors="pt")
+        out = hf_models[kind].generate(**one, max_new_tokens=max_new, do_sample=False, return_dict_in_generate=True)
+        assert _until_eos(out.sequences[0, one["input_ids"].shape[1]:].tolist(), eot) == _as_generated(ours[1], eot)
+        cfg = hf_models[kind].config
+        assert [layer.keys.shape[-2] for layer in out.cache.layers] == [cfg.n_global + cfg.window - 1] * cfg.n_layers
+
+
+@pytest.mark.parametrize("kind", ["moe-global", "dense-no-global"])
+def test_tokenizer_gives_our_ids(kind: str, exports: dict, tokenizer: CodeTokenizer) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(exports[kind], trust_remote_code=True)
+    assert tok(CODE)["input_ids"] == tokenizer.encode(CODE)
+    # every special token is one id, the same as ours, and known as special (never split, skippable)
+    for name, tid in tokenizer.special_ids.items():
+        assert tok.convert_tokens_to_ids(name) == tid and name in tok.all_special_tokens, name
+    assert tok.eos_token_id == tokenizer.eot_id and tok.pad_token_id == tokenizer.pad_id
+    prefix, suffix = "def load(path):\n    with open(path) as f:\n", "\n    return data\n"
+    fim = tok(f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>")["input_ids"]
+    assert fim == tokenizer.fim_prompt(prefix, suffix)
+    if getattr(tokenizer, "file_sep_id", None) is not None:  # a tokenizer with <|file_sep|>: files as context
+        files = [("util.py", "def helper():\n    return 1\n")]
+        text = f"<|file_sep|>util.py\n{files[0][1]}<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
+        assert tok(text)["input_ids"] == tokenizer.fim_prompt(prefix, suffix, files=files)
+    messages = [{"role": "system", "content": "You write Python."},
+                {"role": "user", "content": "Read a JSON file."}]
+    chat = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert chat == tokenizer.chat_ids(messages, add_generation_prompt=True)
+
+
+def test_cli_writes_the_directory_and_refuses_bad_input(checkpoints: dict, tmp_path: Path, capsys) -> None:
+    ckpt, out = checkpoints["dense-global"], tmp_path / "out"
+    assert cli_main(["export", "hf", str(ckpt), str(out)]) == 0
+    assert "SmallCodeForCausalLM" in capsys.readouterr().out
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert transformers.AutoConfig.from_pretrained(out, trust_remote_code=True).n_global == 2
+
+    assert cli_main(["export", "hf", str(ckpt), str(out)]) == 2  # OUT exists and is not empty
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not empty" in err and "--force" in err and "Traceback" not in err
+    (out / "stale").write_text("left from an earlier export")
+    assert cli_main(["export", "hf", str(ckpt), str(out), "--force"]) == 0
+    assert not (out / "stale").exists()  # replaced, not merged
+
+    for bad in (tmp_path / "missing", out):  # nothing there; a Hugging Face directory, not a checkpoint
+        assert cli_main(["export", "hf", str(bad), str(tmp_path / "other")]) == 2
+        err = capsys.readouterr().err
+        assert "not a smallcode checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "other").exists()
+    assert cli_main(["export", "hf", str(ckpt), str(ckpt), "--force"]) == 2  # never over the checkpoint
+    assert "checkpoint itself" in capsys.readouterr().err and (ckpt / "config.json").is_file()
