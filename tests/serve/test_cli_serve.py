@@ -140,7 +140,10 @@ def test_health_says_loading_until_the_model_is_attached(tokenizer: CodeTokenize
             app.state.service.attach(scheduler, prompt_format)
             assert httpx.get(url + "/health").json() == {"status": "ok"}
             response = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
-            assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
+            assert response.status_code == 200, response.text
+            # a random model may end its text at once; otherwise it makes the two tokens asked for
+            choice, used = response.json()["choices"][0], response.json()["usage"]["completion_tokens"]
+            assert used == 2 if choice["finish_reason"] == "length" else used < 2
 
 
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True),
@@ -175,3 +178,30 @@ def test_a_model_that_fails_to_load_stops_the_server_with_one_line(tmp_path: Pat
     result = CliRunner().invoke(serve_command, [str(tmp_path), "--port", "0"])
     assert result.exit_code == 1
     assert f"cannot serve {tmp_path}" in result.output
+
+
+def test_an_onnx_export_is_served_through_the_same_scheduler(checkpoint: Path, tmp_path: Path) -> None:
+    """The command's loader on an ONNX export: the batching scheduler runs onnxruntime, and the answers
+    are the torch checkpoint's own (greedy, the same prompt)."""
+    from prometheus_client import CollectorRegistry
+
+    from smallcode.export.onnx import export_onnx
+    from smallcode.infer import Engine, SamplingParams
+    from smallcode.serve.scheduler import Scheduler
+
+    export_onnx(checkpoint, tmp_path / "onnx")
+    registry = CollectorRegistry()
+    scheduler, fmt = load(tmp_path / "onnx", device="cpu", max_batch=4, max_queue=4, registry=registry)
+    try:
+        assert isinstance(scheduler, Scheduler) and type(scheduler.engine.model).__name__ == "OnnxModel"
+        app = create_app(scheduler, fmt, model_name="onnx", registry=registry)
+        prompts = ["def foo(", "import json\n\ndef load(path):\n"]
+        with serve(app) as url:
+            body = {"prompt": prompts, "max_tokens": 12, "temperature": 0}
+            response = httpx.post(url + "/v1/completions", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        texts = [c["text"] for c in sorted(response.json()["choices"], key=lambda c: c["index"])]
+        reference = Engine.from_checkpoint(checkpoint)
+        assert texts == [c.text for c in reference.generate(prompts, SamplingParams(max_tokens=12, temperature=0))]
+    finally:
+        scheduler.close()

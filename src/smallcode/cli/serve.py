@@ -27,12 +27,14 @@ def is_loopback(host: str) -> bool:
 
 
 def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, registry: Any) -> tuple[Any, Any]:
-    """The scheduler and the prompt format for the model in ``checkpoint`` (either kind)."""
+    """The scheduler and the prompt format for the model in ``checkpoint``: a smallcode checkpoint or an
+    ONNX export (the engine behind the batching scheduler), or a Hugging Face directory."""
     from smallcode.backends.choose import backend_kind
     from smallcode.serve.metrics import Metrics
 
     metrics = Metrics(registry)
-    if backend_kind(checkpoint) == "huggingface":
+    kind = backend_kind(checkpoint)
+    if kind == "huggingface":
         from smallcode.serve.hf_scheduler import open_hf
 
         return open_hf(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
@@ -40,7 +42,12 @@ def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, regis
     from smallcode.serve.formats import prompt_format
     from smallcode.serve.scheduler import Scheduler
 
-    engine = Engine.from_checkpoint(checkpoint, device=device)
+    if kind == "onnx":
+        from smallcode.infer.onnx_runtime import onnx_engine
+
+        engine = onnx_engine(checkpoint)
+    else:
+        engine = Engine.from_checkpoint(checkpoint, device=device)
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     return scheduler, prompt_format(engine.tokenizer)
 

@@ -33,6 +33,7 @@ from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import SmallCodeLM
 
 if TYPE_CHECKING:
+    from smallcode.infer.onnx_runtime import OnnxModel
     from smallcode.tokenizer import CodeTokenizer
 
 FinishReason = Literal["stop", "length", "eos"]
@@ -191,9 +192,8 @@ class Prefill:
         if hit is not None:
             self.cache, self.pos, self.logits = hit
         else:
-            p = engine.model.lm_head.weight
-            self.cache = KVCache(engine.config, 1, device=p.device, dtype=p.dtype,
-                                 initial_slots=len(ids) + extra_slots, spare=tail if prompt_cache is not None else 0)
+            self.cache = engine.model.new_cache(1, initial_slots=len(ids) + extra_slots,
+                                                spare=tail if prompt_cache is not None else 0)
             self.pos = 0
         self.cached_tokens = self.pos
         """Prompt tokens taken from the prompt cache instead of being fed."""
@@ -237,7 +237,7 @@ class Engine:
     ``cpu_decode.prepare_for_decoding`` are swapped into it, in place: the same function, the same
     parameters and state dict."""
 
-    def __init__(self, model: SmallCodeLM, tokenizer: object, max_context: int | None = None) -> None:
+    def __init__(self, model: SmallCodeLM | OnnxModel, tokenizer: object, max_context: int | None = None) -> None:
         from smallcode.tokenizer import CodeTokenizer
 
         if not isinstance(tokenizer, CodeTokenizer):
@@ -247,7 +247,8 @@ class Engine:
             raise GenerationError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
                 "they do not belong together")
-        self.model = prepare_for_decoding(model.eval())
+        # An ONNX Runtime model answers the same calls (new_cache, __call__) and has nothing to swap.
+        self.model = prepare_for_decoding(model.eval()) if isinstance(model, SmallCodeLM) else model
         self.tokenizer = tokenizer
         self.config = cfg
         # A windowed model's memory does not grow with context; a full-attention one stops at what it was trained on.
@@ -287,7 +288,7 @@ class Engine:
     # ------------------------------------------------------------------ step-level pieces
     @property
     def device(self) -> torch.device:
-        return self.model.lm_head.weight.device
+        return self.model.device
 
     def check(self, prompt_ids: list[list[int]], params: SamplingParams, n: int = 1) -> None:
         """Raise ``GenerationError`` for a request this engine refuses (before any model work)."""

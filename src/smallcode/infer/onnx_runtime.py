@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -100,10 +99,6 @@ class OnnxModel:
         if names != meta.get("inputs") or len(names) != 4 + 2 * self.config.n_layers or outputs != meta.get("outputs"):
             raise OnnxModelError(f"{path}: the graph's inputs or outputs do not match {CONFIG_FILE} (another version?)")
         self._past_names = names[4:]
-        # Engine reads the device from ``model.lm_head.weight`` and hands the model to
-        # cpu_decode.prepare_for_decoding, which finds nothing to swap in here (no blocks, no nn.Linear).
-        self.blocks: tuple[()] = ()
-        self.lm_head = SimpleNamespace(weight=torch.empty(0))
 
     @property
     def device(self) -> torch.device:
@@ -112,8 +107,8 @@ class OnnxModel:
     def eval(self) -> OnnxModel:
         return self
 
-    def new_cache(self, batch: int, initial_slots: int = 256) -> KVCache:
-        return KVCache(self.config, batch, device="cpu", dtype=torch.float32, initial_slots=initial_slots)
+    def new_cache(self, batch: int, initial_slots: int = 256, spare: int = 0) -> KVCache:
+        return KVCache(self.config, batch, device="cpu", dtype=torch.float32, initial_slots=initial_slots, spare=spare)
 
     def __call__(self, input_ids: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> OnnxOutput:
         """Logits for ``input_ids`` (B, T), continuing the rows of ``cache`` (None: a fresh one from position 0).

@@ -152,9 +152,13 @@ class SmallCodeLM(nn.Module):
             load = None
         return Trunk(self.norm(x), bal, zl, load)
 
-    def new_cache(self, batch: int, initial_slots: int = 256) -> KVCache:
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def new_cache(self, batch: int, initial_slots: int = 256, spare: int = 0) -> KVCache:
         p = self.lm_head.weight
-        return KVCache(self.config, batch, device=p.device, dtype=p.dtype, initial_slots=initial_slots)
+        return KVCache(self.config, batch, device=p.device, dtype=p.dtype, initial_slots=initial_slots, spare=spare)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
