@@ -44,7 +44,9 @@ def broken(failing: tuple[str, Breakable]) -> Iterator[str]:
         switch.broken = False
     # The loop survived: the next request is served.
     response = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=60)
-    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
+    assert response.status_code == 200, response.text
+    used, finish = response.json()["usage"]["completion_tokens"], response.json()["choices"][0]["finish_reason"]
+    assert used == 3 if finish == "length" else used < 3  # a sampled end of text may come first
 
 
 BODIES = {"/v1/completions": {"prompt": "def foo(", "max_tokens": 8},

@@ -47,6 +47,7 @@ from smallcode.serve.protocol import (
     CompletionRequest,
     ErrorResponse,
     ErrorType,
+    FimRequest,
     InfillRequest,
     unsupported,
 )
@@ -224,13 +225,36 @@ class Service:
         jobs = []
         for prompt in prompts:
             if req.suffix is not None:
-                ids = self.prompt_format.fim(_text(prompt, "prompt"), _text(req.suffix, "suffix"))
+                ids = self._fim(_text(prompt, "prompt"), _text(req.suffix, "suffix"))
             else:
                 ids = self._encode(prompt, "prompt")
             params = self._params(ids, req.max_tokens, "max_tokens", temperature=req.temperature, top_p=req.top_p,
                                   top_k=req.top_k, seed=req.seed, stop=stops)
             jobs.append(_Job(ids, params, req.n, 0 if req.logprobs is None else max(1, req.logprobs)))
         return jobs
+
+    def _fim(self, prefix: str, suffix: str, extra: list[tuple[str, str]] | None = None, *,
+             param: str = "suffix") -> list[int]:
+        try:
+            return self.prompt_format.fim(prefix, suffix, extra or [])
+        except ValueError as e:  # e.g. a Hugging Face model whose tokenizer has no FIM tokens
+            raise APIError(400, str(e), param=param, code="fim_unsupported") from e
+
+    def fim_job(self, req: FimRequest) -> _Job:
+        self._require_ready()
+        if (field := unsupported(req)) is not None:
+            raise APIError(400, f"{field} is not supported by this server", param=field, code="unsupported")
+        self._check_n(req.n)
+        if req.seed is not None and req.random_seed is not None:
+            raise APIError(400, "give seed or random_seed, not both", param="random_seed")
+        if req.max_tokens is not None and req.max_completion_tokens is not None:
+            raise APIError(400, "give max_tokens or max_completion_tokens, not both", param="max_tokens")
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        ids = self._fim(_text(req.prompt, "prompt"), _text(req.suffix or "", "suffix"))
+        seed = req.random_seed if req.random_seed is not None else req.seed
+        params = self._params(ids, max_tokens, "max_tokens", temperature=req.temperature, top_p=req.top_p,
+                              top_k=req.top_k, seed=seed, stop=self._stops(req.stop))
+        return _Job(ids, params, req.n)
 
     def chat_job(self, req: ChatRequest) -> _Job:
         self._require_ready()
@@ -258,7 +282,7 @@ class Service:
         self._require_ready()
         extra = [(_text(c.filename, "input_extra"), _text(c.text, "input_extra")) for c in req.input_extra]
         prefix = _text(req.input_prefix, "input_prefix") + _text(req.prompt, "prompt")
-        ids = self.prompt_format.fim(prefix, _text(req.input_suffix, "input_suffix"), extra)
+        ids = self._fim(prefix, _text(req.input_suffix, "input_suffix"), extra, param="input_suffix")
         max_tokens = None if req.n_predict == -1 else req.n_predict
         if max_tokens == 0:
             raise APIError(400, "n_predict must be -1 (the server's cap) or >= 1", param="n_predict")
@@ -557,10 +581,18 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
 
     @app.post("/v1/chat/completions", responses=_ERRORS)
     async def chat(body: ChatRequest, request: Request) -> Any:
-        job = service.chat_job(body)
+        return await chat_shaped(service.chat_job(body), body, request, logprobs=body.logprobs,
+                                 k=body.top_logprobs or 0)
+
+    @app.post("/v1/fim/completions", responses=_ERRORS)
+    async def fim(body: FimRequest, request: Request) -> Any:
+        return await chat_shaped(service.fim_job(body), body, request, logprobs=False, k=0)
+
+    async def chat_shaped(job: _Job, body: ChatRequest | FimRequest, request: Request, *, logprobs: bool,
+                          k: int) -> Any:
+        """A chat completion's answer (or its stream) to ``job``: chat, and Mistral's FIM route."""
         handles = service.submit([job], service.time_limit())
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        k = body.top_logprobs or 0
         head = {"id": rid, "created": created, "model": service.model_name}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -577,7 +609,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
                             h.cancel()
                         yield _error_event()
                         break
-                    lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and body.logprobs else None
+                    lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and logprobs else None
                     finish = _OPENAI_FINISH.get(ev.finish_reason) if ev.finish_reason else None
                     if ev.text or finish or lp:
                         delta = {"content": ev.text} if ev.text else {}
@@ -591,7 +623,7 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
             return _stream(events())
         choices = await _guarded(request, handles, _collect_all(handles))
         out = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                "logprobs": _chat_logprobs(c.logprobs or [], k) if body.logprobs else None,
+                "logprobs": _chat_logprobs(c.logprobs or [], k) if logprobs else None,
                 "finish_reason": _OPENAI_FINISH.get(c.finish or "length")} for i, c in enumerate(choices)]
         return {**head, "object": "chat.completion", "choices": out, "usage": _usage(handles, body.n)}
 
@@ -662,7 +694,8 @@ class _Gate:
     """ASGI middleware in front of every route: the API key (all but ``/health``), then the body size.
 
     The body is read here, up to the limit, and replayed to the app; a larger one is a 413 without
-    being read further.
+    being read further. Every body is read as JSON whatever its declared type, as llama.cpp's server
+    reads it: ``curl -d '{...}'`` declares a form, and refusing it would help nobody.
     """
 
     def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
@@ -696,6 +729,9 @@ class _Gate:
             if size > self.max_body_bytes:
                 return await too_large(scope, receive, send)
         body, replayed = b"".join(chunks), False
+        if body and scope.get("method") == "POST" and b"json" not in headers.get(b"content-type", b""):
+            kept = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
 
         async def replay() -> dict:
             nonlocal replayed

@@ -1,7 +1,8 @@
 """The wire formats of ``smallcode serve``: pydantic models of the requests, and the error shape.
 
-Three request bodies: OpenAI's ``/v1/completions`` (``prompt`` a string or a list of strings,
-``suffix`` for fill-in-the-middle) and ``/v1/chat/completions``, and llama.cpp's ``/infill``. Types
+Four request bodies: OpenAI's ``/v1/completions`` (``prompt`` a string or a list of strings,
+``suffix`` for fill-in-the-middle) and ``/v1/chat/completions``, Mistral's ``/v1/fim/completions``,
+and llama.cpp's ``/infill``. Types
 are strict (a JSON string is not an integer, ``NaN`` is not a temperature), so a wrong type is a 400
 before anything is tokenised. Ranges that do not depend on the server's configuration are checked
 here (``logprobs`` <= 5, ``top_p`` in (0, 1], ...); the configurable caps (``max_tokens``, ``n``,
@@ -101,6 +102,21 @@ class ChatRequest(_Sampling):
     response_format: dict[str, Any] | None = None
 
 
+class FimRequest(_Sampling):
+    """``POST /v1/fim/completions``, Mistral's fill-in-the-middle route (Continue's autocomplete calls
+    it); answered in the chat completion's shape, as Mistral answers it."""
+
+    prompt: str
+    """The text before the cursor."""
+    suffix: str | None = None
+    """The text after the cursor."""
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    random_seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    """Mistral's name for ``seed``."""
+    min_tokens: int | None = Field(None, ge=0)
+
+
 class ExtraChunk(_Request):
     filename: str = ""
     text: str = ""
@@ -146,7 +162,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def unsupported(request: CompletionRequest | ChatRequest) -> str | None:
+def unsupported(request: CompletionRequest | ChatRequest | FimRequest) -> str | None:
     """The name of the first field whose value asks for something this server does not do, or None."""
     if request.logit_bias:
         return "logit_bias"
@@ -154,6 +170,8 @@ def unsupported(request: CompletionRequest | ChatRequest) -> str | None:
         return "presence_penalty"
     if request.frequency_penalty:
         return "frequency_penalty"
+    if isinstance(request, FimRequest):
+        return "min_tokens" if request.min_tokens else None
     if isinstance(request, CompletionRequest):
         if request.best_of is not None and request.best_of != request.n:
             return "best_of"
