@@ -453,3 +453,49 @@ def test_many_clients_submitting_and_cancelling_leave_the_loop_sound(engine: Eng
     ids, params = engine.tokenizer.encode(CODE[0]), SamplingParams(max_tokens=12)
     assert drain(sched.submit(ids, params))[0] == alone(engine, ids, params).token_ids
     assert sched.prompt_cache.nbytes <= sched.prompt_cache.max_bytes
+
+
+class RecordingModel(SlowModel):
+    """Also records the length of every input fed (prefill pieces are > 1, decode steps 1)."""
+
+    def __init__(self, model: SmallCodeLM) -> None:
+        super().__init__(model)
+        self.fed: list[int] = []
+
+    def __call__(self, input_ids: torch.Tensor, *args: object, **kwargs: object):
+        self.fed.append(input_ids.shape[1])
+        return super().__call__(input_ids, *args, **kwargs)
+
+
+@pytest.mark.parametrize("passed_over", [8, 1])
+def test_the_shortest_prefill_goes_first_and_a_long_one_still_gets_its_turn(
+        tokenizer: CodeTokenizer, scheduler_factory: Callable[..., Scheduler], monkeypatch: pytest.MonkeyPatch,
+        passed_over: int) -> None:
+    import smallcode.serve.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "MAX_PASSED_OVER", passed_over)
+    engine = make_engine(tokenizer)
+    model = RecordingModel(engine.model)
+    engine.model = model  # type: ignore[assignment]
+    rng = random.Random(0)
+    long_ids = [rng.randrange(10, 500) for _ in range(160)]
+    shorts = [[rng.randrange(10, 500) for _ in range(5)] for _ in range(3)]
+    params = SamplingParams(max_tokens=1, temperature=0)
+    scheduler = scheduler_factory(engine, prefill_chunk=16, prompt_cache_mb=0)
+    model.open.clear()
+    long = scheduler.submit(long_ids, params)
+    wait_for(model.entered.is_set, "the long prompt's first piece")
+    handles = [scheduler.submit(ids, params) for ids in shorts]
+    model.open.set()
+    results = [drain(h) for h in [long, *handles]]
+    assert all(events[-1].finish_reason == "length" for _, _, events in results)
+    pieces = [n for n in model.fed if n > 1]  # max_tokens=1: no decode steps at all
+    # the long prompt: pieces of 16, the last 16 split by the snapshot 8 tokens before its end
+    assert sorted(pieces) == sorted([16] * 9 + [8, 8] + [5] * 3)
+    if passed_over == 8:  # the three short prompts right after the piece that was running
+        assert pieces[:4] == [16, 5, 5, 5]
+    else:  # passed over once, the long prompt goes next: short and long pieces take turns
+        assert pieces[:6] == [16, 5, 16, 5, 16, 5]
+    # each request still gets exactly what it gets alone
+    for (ids, _, _), prompt in zip(results, [long_ids, *shorts], strict=True):
+        assert ids == alone(make_engine(tokenizer), prompt, params).token_ids

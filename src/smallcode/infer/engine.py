@@ -130,6 +130,22 @@ class PromptCache:
     def lookup(self, ids: list[int]) -> tuple[KVCache, int, torch.Tensor | None] | None:
         """The best reuse for ``ids``: a fresh copy of a cache holding the first ``k`` positions, ``k``,
         and the last logits when ``k == len(ids)`` (nothing left to prefill); None when nothing helps."""
+        best = self._best(ids)
+        if best is None:
+            return None
+        usable, key = best
+        entry = self._entries[key]
+        self._entries.move_to_end(key)
+        if usable == len(key):
+            return entry.cache.clone(), usable, (entry.logits.clone() if usable == len(ids) else None)
+        return entry.cache.truncate(usable), usable, None
+
+    def reusable(self, ids: list[int]) -> int:
+        """How many of ``ids`` a ``lookup`` now would take from here (copies nothing, touches no entry)."""
+        best = self._best(ids)
+        return 0 if best is None else best[0]
+
+    def _best(self, ids: list[int]) -> tuple[int, tuple[int, ...]] | None:
         query = torch.tensor(ids, dtype=torch.long)
         best: tuple[int, tuple[int, ...]] | None = None
         # Longest possible overlap first, so that once an entry gives k, every entry that cannot beat
@@ -149,14 +165,7 @@ class PromptCache:
                     continue
             if usable > 0 and (best is None or usable > best[0]):
                 best = (usable, key)
-        if best is None:
-            return None
-        usable, key = best
-        entry = self._entries[key]
-        self._entries.move_to_end(key)
-        if usable == len(key):
-            return entry.cache.clone(), usable, (entry.logits.clone() if usable == len(ids) else None)
-        return entry.cache.truncate(usable), usable, None
+        return best
 
     def _drop(self, key: tuple[int, ...]) -> None:
         self.nbytes -= self._entries.pop(key).nbytes

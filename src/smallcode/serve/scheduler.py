@@ -6,9 +6,11 @@ thread owns the model and, each iteration:
 1. drops the rows whose client cancelled or whose time limit passed (decoding or still prefilling)
    and finishes their handles;
 2. admits waiting requests while fewer than ``max_batch`` rows are running;
-3. feeds one prefill piece (``prefill_chunk`` tokens) of the oldest prefilling request, starting
-   from the longest prefix the ``PromptCache`` holds; a request whose prompt is in samples its first
-   token and joins the decode batch (its cache stacked onto the batch's);
+3. feeds one prefill piece (``prefill_chunk`` tokens) of the prefilling request with the fewest
+   prompt tokens left to feed (counting what the ``PromptCache`` holds), so that a keystroke, which
+   has a few tokens to feed, does not wait behind cold prompts of a thousand; a request passed over
+   ``MAX_PASSED_OVER`` times in a row goes next whatever its length, so none starves. A request whose prompt
+   is in samples its first token and joins the decode batch (its cache stacked onto the batch's);
 4. runs one decode step for every decoding row, each row with its own sampling parameters and
    ``torch.Generator``; rows that finish leave the batch at once.
 
@@ -53,6 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_LOGPROBS = 20
 """Most alternatives per token a request may ask for."""
+MAX_PASSED_OVER = 8
+"""Prefill pieces of shorter requests a prefilling request lets go first before it goes itself."""
 
 
 class QueueFull(RuntimeError):
@@ -189,6 +193,9 @@ class _Request:
     next_token: int = 0
     """The last sampled token, fed to the model by the next decode step."""
     last_token_at: float | None = None
+    left: int | None = None
+    """Prompt tokens still to feed, estimated before its prefill starts (exact after)."""
+    passed_over: int = 0
 
 
 class Scheduler:
@@ -305,18 +312,37 @@ class Scheduler:
         if gone:
             self._remove(gone)
         if self._prefilling:
-            request = self._prefilling[0]
+            request = self._next_prefill()
             try:
                 if self._prefill_piece(request):
-                    self._prefilling.pop(0)
+                    self._prefilling.remove(request)
                     self._start_decoding(request)
             except Exception:  # this prompt's problem; the decode batch is untouched (it joins last)
                 log.exception("prefill failed")
-                if self._prefilling and self._prefilling[0] is request:
-                    self._prefilling.pop(0)
+                if request in self._prefilling:
+                    self._prefilling.remove(request)
                 self._finish(request, "error")
         if self._decoding:
             self._decode()
+
+    def _next_prefill(self) -> _Request:
+        """Shortest remaining prefill first (ties: the oldest), unless one has waited long enough."""
+        waiting = self._prefilling
+        if len(waiting) == 1:
+            return waiting[0]
+        starved = [r for r in waiting if r.passed_over >= MAX_PASSED_OVER]
+        if starved:
+            chosen = starved[0]
+        else:
+            for r in waiting:
+                if r.prefill is not None:
+                    r.left = len(r.ids) - r.prefill.pos
+                elif r.left is None:  # once: a lookup per request per step would cost more than it saves
+                    r.left = len(r.ids) - self.prompt_cache.reusable(r.ids)
+            chosen = min(waiting, key=lambda r: r.left)  # type: ignore[arg-type, return-value]
+        for r in waiting:
+            r.passed_over = 0 if r is chosen else r.passed_over + 1
+        return chosen
 
     def _over(self, request: _Request, now: float) -> bool:
         return request.handle.cancelled or (request.deadline is not None and now >= request.deadline)
