@@ -193,3 +193,35 @@ def test_cli_writes_the_directory_and_refuses_bad_input(checkpoints: dict, tmp_p
     assert not (tmp_path / "other").exists()
     assert cli_main(["export", "hf", str(ckpt), str(ckpt), "--force"]) == 2  # never over the checkpoint
     assert "checkpoint itself" in capsys.readouterr().err and (ckpt / "config.json").is_file()
+
+
+def test_our_loaders_run_an_export_of_ours_and_no_other_code(checkpoints: dict, exports: dict,
+                                                            tmp_path: Path) -> None:
+    """The server and the eval's Hugging Face backend load a global-token export (its code is ours,
+    byte for byte) and answer as our engine does; the same directory with its code changed is refused."""
+    import shutil
+
+    from smallcode.backends.choose import open_backend
+    from smallcode.export.hf import trusted_remote_code
+    from smallcode.serve.hf_scheduler import open_hf
+
+    kind = "moe-global"
+    prompt = "def dumps(obj, *, skipkeys=False):\n    "
+    ours = Engine.from_checkpoint(checkpoints[kind]).generate(prompt, SamplingParams(max_tokens=12))[0].text
+    assert trusted_remote_code(exports[kind]) and not trusted_remote_code(exports["moe-no-global"])
+    backend = open_backend(exports[kind], kinds={"huggingface"}, device="cpu")
+    assert backend.generate([prompt], 1, 0.0, 1.0, 12, [])[0][0] == ours
+    scheduler, fmt = open_hf(exports[kind])
+    try:
+        events = list(scheduler.submit(fmt.encode(prompt), SamplingParams(max_tokens=12, temperature=0)))
+        assert "".join(e.text for e in events) == ours
+    finally:
+        scheduler.close()
+
+    changed = tmp_path / "changed"
+    shutil.copytree(exports[kind], changed)
+    with open(changed / "modeling_smallcode.py", "a") as f:
+        f.write("\nprint('this must never run')\n")
+    assert not trusted_remote_code(changed)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        open_hf(changed)

@@ -27,11 +27,15 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from smallcode.export.hf import trusted_remote_code
+
         self.name = f"hf:{path}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        trust = trusted_remote_code(path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+            self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=dtype,
+                                                              trust_remote_code=trust)
         except (OSError, ValueError) as e:
             raise BackendError(f"{path}: cannot load the model ({e})") from e
         self.model.to(self.device).eval()

@@ -35,6 +35,15 @@ REMOTE_FILES = ("configuration_smallcode.py", "modeling_smallcode.py")
 """Copied from ``REMOTE_DIR`` into an export of a model with global tokens (its ``auto_map`` names them)."""
 
 
+
+def trusted_remote_code(path: str | Path) -> bool:
+    """Whether transformers may run the model code in the directory ``path`` (``trust_remote_code``):
+    only when it is this package's own modeling files byte for byte, i.e. an export of ours with global
+    tokens. Every loader of Hugging Face directories asks this, so no other code ever runs."""
+    path = Path(path)
+    return all((path / name).is_file() and (path / name).read_bytes() == (REMOTE_DIR / name).read_bytes()
+               for name in REMOTE_FILES)
+
 class ExportError(ValueError):
     """An export refused before anything is written; the message says why."""
 

@@ -133,11 +133,14 @@ def open_hf(path: str | Path, *, device: str = "cpu", max_batch: int = 1, max_qu
     """Load the transformers model in ``path`` and serve it: the scheduler and its prompt format."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from smallcode.export.hf import trusted_remote_code
+
     path = Path(path)
+    trust = trusted_remote_code(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
         # Half precision is slow on a CPU; elsewhere keep the dtype the weights were saved in.
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust,
                                                      dtype=torch.float32 if device == "cpu" else "auto")
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot load a Hugging Face causal LM ({e})") from e

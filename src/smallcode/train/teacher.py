@@ -135,11 +135,14 @@ def _load_smallcode(path: Path, vocab_size: int, tokenizer_hash: str | None, dev
 def _load_huggingface(path: Path, vocab_size: int, device: str | torch.device) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    from smallcode.export.hf import trusted_remote_code
+
+    trust = trusted_remote_code(path)
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
     theirs = getattr(config, "vocab_size", None)
     if theirs != vocab_size:
         raise _vocab_mismatch(path, theirs, vocab_size)
-    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device)
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust).to(device)
 
 
 def load_teacher(path: str | Path, vocab_size: int, tokenizer_hash: str | None = None,
