@@ -461,9 +461,11 @@ class RecordingModel(SlowModel):
     def __init__(self, model: SmallCodeLM) -> None:
         super().__init__(model)
         self.fed: list[int] = []
+        self.pieces: list[list[int]] = []
 
     def __call__(self, input_ids: torch.Tensor, *args: object, **kwargs: object):
         self.fed.append(input_ids.shape[1])
+        self.pieces.append(input_ids[0].tolist())
         return super().__call__(input_ids, *args, **kwargs)
 
 
@@ -499,3 +501,26 @@ def test_the_shortest_prefill_goes_first_and_a_long_one_still_gets_its_turn(
     # each request still gets exactly what it gets alone
     for (ids, _, _), prompt in zip(results, [long_ids, *shorts], strict=True):
         assert ids == alone(make_engine(tokenizer), prompt, params).token_ids
+
+
+def test_equal_cold_prompts_are_prefilled_first_come_first_served(
+        tokenizer: CodeTokenizer, scheduler_factory: Callable[..., Scheduler]) -> None:
+    """Shortest-first must not turn equal prompts into turn-taking (every first token late): the
+    oldest one's pieces all go first, then the next one's."""
+    engine = make_engine(tokenizer)
+    model = RecordingModel(engine.model)
+    engine.model = model  # type: ignore[assignment]
+    rng = random.Random(1)
+    prompts = [[rng.randrange(10, 500) for _ in range(200)] for _ in range(4)]  # 13+ pieces each
+    scheduler = scheduler_factory(engine, prefill_chunk=16, prompt_cache_mb=0)
+    model.open.clear()
+    first = scheduler.submit(prompts[0], SamplingParams(max_tokens=1, temperature=0))
+    wait_for(model.entered.is_set, "the first prompt's first piece")
+    rest = [scheduler.submit(ids, SamplingParams(max_tokens=1, temperature=0)) for ids in prompts[1:]]
+    model.open.set()
+    for h in [first, *rest]:
+        drain(h)
+    # whose prompt each piece fed was (the prompts are random: a piece of 8+ tokens is in one only)
+    owners = [next(i for i, ids in enumerate(prompts) if any(ids[k:k + len(piece)] == piece for k in range(200)))
+              for piece in model.pieces if len(piece) > 1]
+    assert owners == sorted(owners) and set(owners) == {0, 1, 2, 3}

@@ -8,8 +8,8 @@ thread owns the model and, each iteration:
 2. admits waiting requests while fewer than ``max_batch`` rows are running;
 3. feeds one prefill piece (``prefill_chunk`` tokens) of the prefilling request with the fewest
    prompt tokens left to feed (counting what the ``PromptCache`` holds), so that a keystroke, which
-   has a few tokens to feed, does not wait behind cold prompts of a thousand; a request passed over
-   ``MAX_PASSED_OVER`` times in a row goes next whatever its length, so none starves. A request whose prompt
+   has a few tokens to feed, does not wait behind cold prompts of a thousand; a request overtaken
+   ``MAX_PASSED_OVER`` times by younger ones goes next whatever its length, so none starves. A request whose prompt
    is in samples its first token and joins the decode batch (its cache stacked onto the batch's);
 4. runs one decode step for every decoding row, each row with its own sampling parameters and
    ``torch.Generator``; rows that finish leave the batch at once.
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 MAX_LOGPROBS = 20
 """Most alternatives per token a request may ask for."""
 MAX_PASSED_OVER = 8
-"""Prefill pieces of shorter requests a prefilling request lets go first before it goes itself."""
+"""Prefill pieces of younger, shorter requests a prefilling request lets go first before it goes itself."""
 
 
 class QueueFull(RuntimeError):
@@ -340,8 +340,13 @@ class Scheduler:
                 elif r.left is None:  # once: a lookup per request per step would cost more than it saves
                     r.left = len(r.ids) - self.prompt_cache.reusable(r.ids)
             chosen = min(waiting, key=lambda r: r.left)  # type: ignore[arg-type, return-value]
+        # Only the older requests it overtook were passed over: equal cold prompts stay first come,
+        # first served (each then starts decoding as early as it can), instead of taking turns.
         for r in waiting:
-            r.passed_over = 0 if r is chosen else r.passed_over + 1
+            if r is chosen:
+                chosen.passed_over = 0
+                break
+            r.passed_over += 1
         return chosen
 
     def _over(self, request: _Request, now: float) -> bool:
