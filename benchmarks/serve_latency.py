@@ -58,6 +58,7 @@ import random
 import statistics
 import sysconfig
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -112,25 +113,46 @@ class _PsmFormat:
         return getattr(self._inner, name)
 
 
+def build_engine(options: ServerOptions) -> Any:
+    """The served engine: the checkpoint, or nano with random weights. Built in a thread that ends, as
+    ``smallcode serve`` loads its model (see the Scheduler's docstring: an OpenMP pool left in a live
+    thread would halve the model loop's decode speed)."""
+    import torch
+
+    from smallcode.infer.engine import Engine
+    from smallcode.model import ModelConfig, SmallCodeLM
+    from smallcode.tokenizer import load_tokenizer
+
+    built: list[Engine] = []
+
+    def build() -> None:
+        if options.checkpoint:
+            built.append(Engine.from_checkpoint(options.checkpoint))
+            return
+        torch.manual_seed(0)
+        tokenizer = load_tokenizer(options.tokenizer)
+        built.append(Engine(SmallCodeLM(ModelConfig.preset("nano", vocab_size=max(8192, tokenizer.vocab_size))),
+                            tokenizer))
+
+    loader = threading.Thread(target=build)
+    loader.start()
+    loader.join()
+    if not built:
+        raise RuntimeError("building the engine failed (see the traceback above)")
+    return built[0]
+
+
 def _serve(options: ServerOptions, port_out: Any) -> None:
     """Child process: build the model, scheduler and app; serve on a free loopback port until killed."""
     import torch
     import uvicorn
 
-    from smallcode.infer.engine import Engine
-    from smallcode.model import ModelConfig, SmallCodeLM
     from smallcode.serve.app import create_app
     from smallcode.serve.formats import prompt_format
     from smallcode.serve.scheduler import Scheduler
-    from smallcode.tokenizer import load_tokenizer
 
     torch.set_num_threads(options.threads)
-    if options.checkpoint:
-        engine = Engine.from_checkpoint(options.checkpoint)
-    else:
-        torch.manual_seed(0)
-        tokenizer = load_tokenizer(options.tokenizer)
-        engine = Engine(SmallCodeLM(ModelConfig.preset("nano", vocab_size=max(8192, tokenizer.vocab_size))), tokenizer)
+    engine = build_engine(options)
     scheduler = Scheduler(engine, max_batch=options.max_batch, max_queue=256, batching=options.batching,
                           prompt_cache_mb=options.prompt_cache_mb)
     fmt = prompt_format(engine.tokenizer)
@@ -347,19 +369,12 @@ def model_costs(options: ServerOptions, docs: list[Doc], max_tokens: int, batch:
     the model's cost when nothing else wants the cores."""
     import torch
 
-    from smallcode.infer.engine import Engine, Prefill
-    from smallcode.model import ModelConfig, SmallCodeLM
+    from smallcode.infer.engine import Prefill
     from smallcode.model.kv_cache import KVCache
     from smallcode.serve.formats import prompt_format
-    from smallcode.tokenizer import load_tokenizer
 
     torch.set_num_threads(options.threads)
-    if options.checkpoint:
-        engine = Engine.from_checkpoint(options.checkpoint)
-    else:
-        torch.manual_seed(0)
-        tokenizer = load_tokenizer(options.tokenizer)
-        engine = Engine(SmallCodeLM(ModelConfig.preset("nano", vocab_size=max(8192, tokenizer.vocab_size))), tokenizer)
+    engine = build_engine(options)
     fmt = prompt_format(engine.tokenizer)
     prompts = [fmt.fim(d.prefix, d.suffix) for d in docs[:batch]]
     with torch.inference_mode():
