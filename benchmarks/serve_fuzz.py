@@ -11,22 +11,20 @@ status; then every failure; the last line is one JSON object. Exit status 1 when
 
     python benchmarks/serve_fuzz.py --cases 1000
 
-Figures (2 shared CPU cores, 1,000 cases per operation and mode, about 5 minutes; s2-app at
-d73ef47 with s1's sampling fixes 8ed67df and ce1da5d):
+Figures (2 idle CPU cores, 1,000 cases per operation and mode, about 6 minutes; main after the
+Mistral FIM route and the tiny-temperature fix):
 
     operation                  mode       200    400   5xx
-    POST /v1/completions       positive   187    811     2
-    POST /v1/completions       negative     0   1000     0
-    POST /v1/chat/completions  positive   441    558     1
-    POST /v1/chat/completions  negative     0   1000     0
-    POST /infill               positive   420    572     8
-    POST /infill               negative     0   1000     0
+    POST /v1/completions       positive   189    811     0
+    POST /v1/chat/completions  positive   446    554     0
+    POST /v1/fim/completions   positive   359    641     0
+    POST /infill               positive   426    574     0
+    each of the four           negative     0   1000     0
     GET /health, /v1/models, /metrics: one case each (no input), 200.
 
-Every 4xx was in OpenAI's shape. The 11 500s are all one bug, in ``sampling.choose``: a temperature
-below float32's range (1e-100, 5e-324) becomes 0 in the division, so the probabilities are NaN; the
-app answers them as a failed generation should (500, the loop serving on). The run before those
-fixes found 38 such 500s, from tiny temperatures and from a top_p of 5e-324.
+Every 4xx was in OpenAI's shape. An earlier run (before the fix in ``sampling.choose``) found 11
+500s, all from temperatures below float32's range (1e-100, 5e-324) giving NaN probabilities, and one
+before that 38, from those and from a top_p of 5e-324.
 """
 
 from __future__ import annotations
