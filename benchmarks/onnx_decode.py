@@ -11,12 +11,11 @@ to first token is a ``--ttft-len`` prompt to one sampled token. Held-out loss an
 and ``json/decoder.py``, which ``--train-steps`` of training (default 0: random weights) leave out.
 Last line: one JSON object.
 
-Last figures (``--train-steps 200 --reps 5``, 1 thread, 2 shared AMD EPYC cores; table in
-docs/export.md): batch 1 decode tokens/s, ours float32 456.4, ORT float32 483.4, ORT int8 1070.4
-(2.35x ours, held-out loss +0.14%, argmax agreement 97.5%), ORT int4 1057.2 (2.32x, -0.06%, 91.8%),
-ORT float32 with ``com.microsoft::MoE`` 380.1, HF 155.2; a second run: int8 1.80x, int4 1.80x.
-Batch 8: 1255.3, 1621.0, 2471.4, 2673.9, 887.5, 549.1. Files: 69.9 / 24.3 / 18.2 MB. At
-``--threads 2`` under contention onnxruntime fell 2-5x (its second thread waits), our engine did not.
+Last figures (``--train-steps 200 --reps 5``, 2 idle AMD EPYC cores; table in docs/export.md):
+batch 1 decode tokens/s at 1 thread, ours float32 487.8, ORT float32 518.8, ORT int8 1060.4 (2.17x
+ours, held-out loss +0.09%, argmax agreement 97.7%), ORT int4 912.6 (1.87x, +0.03%, 92.8%), ORT
+float32 with ``com.microsoft::MoE`` 384.1, HF 147.9; at 2 threads int8 1.98x, int4 2.06x. Batch 8
+at 1 thread: 1418.5, 1603.6, 2648.3, 2270.1, 1009.6, 504.0. Files: 69.9 / 24.3 / 18.2 MB.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ and ``CodeTokenizer``'s ids.
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from smallcode.export.hf import REMOTE_DIR, REMOTE_FILES, export_hf
 from smallcode.infer import Completion, Engine, SamplingParams
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -34,20 +33,8 @@ CODE = 'import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    wit
        '        return json.load(f)\n'
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    # Tiny matrices: with other jobs on the cores, handing each op to a thread pool costs 100x the op.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from smallcode.cli.main import main as cli_main
-from smallcode.export.hf import ExportError
+from smallcode.export import ExportError
 from smallcode.infer import Engine, SamplingParams
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
@@ -39,20 +39,8 @@ CODE = ('import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    wi
         '        json.dump(obj, f, indent=2)\n')
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    # Tiny matrices: with other jobs on the cores, thread pools cost more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return out
 
 
 def make_model(**overrides: object) -> SmallCodeLM:

@@ -73,7 +73,7 @@ def _is_user_error(e: Exception) -> bool:
                          ("smallcode.train.teacher_cache", "CacheError"),
                          ("smallcode.train.sft", "SFTDataError"),
                          ("smallcode.corpus", "DataError"),
-                         ("smallcode.export.hf", "ExportError"),
+                         ("smallcode.export", "ExportError"),
                          ("smallcode.infer.onnx_runtime", "OnnxModelError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):

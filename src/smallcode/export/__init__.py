@@ -1,1 +1,29 @@
-"""Exports of a smallcode model to other runtimes (Hugging Face, ONNX)."""
+"""Exports of a smallcode model to other runtimes (Hugging Face, ONNX).
+
+What both exports share lives here: their error, and the checks of a checkpoint and a destination
+made before any work (``check_destination``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ExportError(ValueError):
+    """An export refused before any work; the message says why (one line)."""
+
+
+def check_destination(checkpoint: Path, out: Path, force: bool) -> None:
+    """Refuse a source that is not a checkpoint, and a destination that is the checkpoint, a file, or a
+    non-empty directory (unless ``force``: it is then replaced, never merged into)."""
+    from smallcode.model.checkpoint import WEIGHTS_FILE, Checkpoint
+
+    if not Checkpoint.is_checkpoint(checkpoint):
+        raise ExportError(f"{checkpoint}: not a smallcode checkpoint (expected a directory with a smallcode "
+                          f"config.json and {WEIGHTS_FILE})")
+    if out.resolve() == checkpoint.resolve():
+        raise ExportError(f"{out}: is the checkpoint itself; write the export to another directory")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"{out}: exists and is not empty (use --force to replace it)")

@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import save_file
 
 from smallcode.config import ConfigError
+from smallcode.export import check_destination
 from smallcode.fileio import atomic_dir
-from smallcode.model.checkpoint import WEIGHTS_FILE, Checkpoint
+from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
@@ -43,9 +44,6 @@ def trusted_remote_code(path: str | Path) -> bool:
     path = Path(path)
     return all((path / name).is_file() and (path / name).read_bytes() == (REMOTE_DIR / name).read_bytes()
                for name in REMOTE_FILES)
-
-class ExportError(ValueError):
-    """An export refused before anything is written; the message says why."""
 
 
 def hf_config(config: ModelConfig) -> Any:
@@ -173,15 +171,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> P
     under a temporary name and renamed into place, so a failed export leaves nothing behind.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    if not Checkpoint.is_checkpoint(checkpoint):
-        raise ExportError(f"{checkpoint}: not a smallcode checkpoint (expected a directory with a smallcode "
-                          f"config.json and {WEIGHTS_FILE})")
-    if out.resolve() == checkpoint.resolve():
-        raise ExportError(f"{out}: is the checkpoint itself; write the export to another directory")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out}: exists and is not empty (use --force to replace it)")
+    check_destination(checkpoint, out, force)
     ckpt = Checkpoint.open(checkpoint)
     tokenizer = ckpt.load_tokenizer()
     config = ckpt.config

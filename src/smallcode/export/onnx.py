@@ -45,9 +45,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from smallcode.export.hf import ExportError
+from smallcode.export import ExportError, check_destination
 from smallcode.fileio import atomic_dir
-from smallcode.model.checkpoint import WEIGHTS_FILE, Checkpoint
+from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
@@ -317,15 +317,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quantize: Quantize | No
         raise ExportError(f"quantize must be int8 or int4, not {quantize!r}")
     if moe not in ("standard", "contrib") or (moe == "contrib" and quantize):
         raise ExportError(f"moe must be standard, or contrib without quantize; got {moe!r} with {quantize!r}")
-    if not Checkpoint.is_checkpoint(checkpoint):
-        raise ExportError(f"{checkpoint}: not a smallcode checkpoint (expected a directory with a smallcode "
-                          f"config.json and {WEIGHTS_FILE})")
-    if out.resolve() == checkpoint.resolve():
-        raise ExportError(f"{out}: is the checkpoint itself; write the export to another directory")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out}: exists and is not empty (use --force to replace it)")
+    check_destination(checkpoint, out, force)
     ckpt = Checkpoint.open(checkpoint)
     tokenizer = ckpt.load_tokenizer()
     model = ckpt.load_model()
