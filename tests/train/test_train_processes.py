@@ -117,5 +117,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     from smallcode.model.checkpoint import Checkpoint
 
     a, b = (Checkpoint.open(tmp_path / run / "final").load_model() for run in ("single", "pair"))
+    # Adam divides by the gradient's own scale, so a weight whose gradient is near zero moves by up to
+    # lr (1e-2) whatever the float order of the two ranks' sums: 1e-4 is 1% of one step's move.
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-4)
