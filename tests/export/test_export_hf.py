@@ -12,17 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
 from smallcode.cli.main import main as cli_main
 from smallcode.export.hf import REMOTE_DIR, REMOTE_FILES, export_hf
 from smallcode.infer import Completion, Engine, SamplingParams
-from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-WINDOW = 16
 KINDS = {  # name: (ModelConfig overrides, the transformers class it loads as)
     "moe-global": ({}, "SmallCodeForCausalLM"),
     "dense-global": ({"n_experts": 1, "top_k": 1}, "SmallCodeForCausalLM"),
@@ -42,15 +41,6 @@ def tokenizer(tokenizer_dir: Path) -> CodeTokenizer:
     return load_tokenizer(tokenizer_dir)
 
 
-def make_model(**overrides: object) -> SmallCodeLM:
-    torch.manual_seed(0)
-    config = ModelConfig.preset("tiny", vocab_size=512, window=WINDOW, **overrides)
-    model = SmallCodeLM(config)
-    with torch.no_grad():  # larger weights than the init: peaked logits, so greedy choices are clear-cut
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(4)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

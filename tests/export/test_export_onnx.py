@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
 from smallcode.cli.main import main as cli_main
 from smallcode.export import ExportError
@@ -27,7 +28,6 @@ pytest.importorskip("onnxruntime")
 from smallcode.export.onnx import MODEL_FILE, export_onnx  # noqa: E402
 from smallcode.infer.onnx_runtime import CONFIG_FILE, OnnxModel, OnnxModelError, onnx_engine  # noqa: E402
 
-WINDOW = 16
 KINDS = {
     "moe-global": {},
     "dense-global": {"n_experts": 1, "top_k": 1},
@@ -43,14 +43,6 @@ CODE = ('import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    wi
 
 
 
-def make_model(**overrides: object) -> SmallCodeLM:
-    torch.manual_seed(0)
-    model = SmallCodeLM(ModelConfig.preset("tiny", vocab_size=512, window=WINDOW, **overrides))
-    with torch.no_grad():  # larger weights than the init: peaked logits, so greedy choices are clear-cut
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(4)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
