@@ -67,6 +67,7 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
 
 _TINY = torch.finfo(torch.float32).tiny
 
+
 def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
            logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token id per row (B,), row ``b`` drawn under ``params[b]`` with ``generators[b]``; with

@@ -411,8 +411,36 @@ async def _merged(handles: list[Any]) -> AsyncIterator[tuple[int, Any]]:
             t.cancel()
 
 
+def _include_usage(body: Any) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
 def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _openai_stream(handles: list[Any], head: dict[str, Any], n: int, include_usage: bool,
+                         opening: list[dict[str, Any]], choice: Callable[[int, Any], dict[str, Any] | None]
+                         ) -> AsyncIterator[str]:
+    """The server-sent events of an OpenAI route: the ``opening`` choices, then ``choice(i, event)`` for
+    each event of handle ``i`` (None: nothing to send), then the usage chunk when asked for and
+    ``data: [DONE]``. A failed sample ends the stream with an error event and drops the others."""
+    usage_field = {"usage": None} if include_usage else {}
+    for c in opening:
+        yield _sse({**head, "choices": [c], **usage_field})
+    async for i, ev in _merged(handles):
+        if ev.finish_reason == "error":
+            for h in handles:
+                h.cancel()
+            yield _error_event()
+            break
+        c = choice(i, ev)
+        if c is not None:
+            yield _sse({**head, "choices": [c], **usage_field})
+    else:
+        if include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(handles, n)})
+    yield "data: [DONE]\n\n"
 
 
 def _usage(handles: list[Any], n: int) -> dict[str, Any]:
@@ -540,35 +568,21 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
         echo = [service.prompt_format.decode(j.ids) if body.echo else "" for j in jobs for _ in range(body.n)]
         head = {"id": rid, "object": "text_completion", "created": created, "model": service.model_name}
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            offsets = [len(t) for t in echo]
 
-            async def events() -> AsyncIterator[str]:
-                usage_field = {"usage": None} if include_usage else {}
-                for i, text in enumerate(echo):
-                    if text:
-                        yield _sse({**head, "choices": [{"index": i, "text": text, "logprobs": None,
-                                                         "finish_reason": None}], **usage_field})
-                offsets = [len(t) for t in echo]
-                async for i, ev in _merged(handles):
-                    if ev.finish_reason == "error":  # the request's other samples are dropped with it
-                        for h in handles:
-                            h.cancel()
-                        yield _error_event()
-                        break
-                    lp = None
-                    if ev.logprobs is not None and body.logprobs is not None:
-                        lp = _completion_logprobs(ev.logprobs, k, offsets[i])
-                    offsets[i] += len(ev.text)
-                    finish = _OPENAI_FINISH.get(ev.finish_reason) if ev.finish_reason else None
-                    if ev.text or finish or lp:
-                        yield _sse({**head, "choices": [{"index": i, "text": ev.text, "logprobs": lp,
-                                                         "finish_reason": finish}], **usage_field})
-                else:
-                    if include_usage:
-                        yield _sse({**head, "choices": [], "usage": _usage(handles, body.n)})
-                yield "data: [DONE]\n\n"
+            def choice(i: int, ev: Any) -> dict[str, Any] | None:
+                lp = None
+                if ev.logprobs is not None and body.logprobs is not None:
+                    lp = _completion_logprobs(ev.logprobs, k, offsets[i])
+                offsets[i] += len(ev.text)
+                finish = _OPENAI_FINISH.get(ev.finish_reason) if ev.finish_reason else None
+                if not (ev.text or finish or lp):
+                    return None
+                return {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": finish}
 
-            return _stream(events())
+            opening = [{"index": i, "text": text, "logprobs": None, "finish_reason": None}
+                       for i, text in enumerate(echo) if text]
+            return _stream(_openai_stream(handles, head, body.n, _include_usage(body), opening, choice))
         choices = await _guarded(request, handles, _collect_all(handles))
         out = []
         for i, c in enumerate(choices):
@@ -595,32 +609,19 @@ def create_app(scheduler: Any, prompt_format: Any, *, model_name: str = "smallco
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "created": created, "model": service.model_name}
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-            async def events() -> AsyncIterator[str]:
-                usage_field = {"usage": None} if include_usage else {}
-                chunk = {**head, "object": "chat.completion.chunk"}
-                for i in range(len(handles)):
-                    yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                      "logprobs": None, "finish_reason": None}], **usage_field})
-                async for i, ev in _merged(handles):
-                    if ev.finish_reason == "error":  # the request's other samples are dropped with it
-                        for h in handles:
-                            h.cancel()
-                        yield _error_event()
-                        break
-                    lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and logprobs else None
-                    finish = _OPENAI_FINISH.get(ev.finish_reason) if ev.finish_reason else None
-                    if ev.text or finish or lp:
-                        delta = {"content": ev.text} if ev.text else {}
-                        yield _sse({**chunk, "choices": [{"index": i, "delta": delta, "logprobs": lp,
-                                                          "finish_reason": finish}], **usage_field})
-                else:
-                    if include_usage:
-                        yield _sse({**chunk, "choices": [], "usage": _usage(handles, body.n)})
-                yield "data: [DONE]\n\n"
+            def choice(i: int, ev: Any) -> dict[str, Any] | None:
+                lp = _chat_logprobs(ev.logprobs, k) if ev.logprobs is not None and logprobs else None
+                finish = _OPENAI_FINISH.get(ev.finish_reason) if ev.finish_reason else None
+                if not (ev.text or finish or lp):
+                    return None
+                delta = {"content": ev.text} if ev.text else {}
+                return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
-            return _stream(events())
+            opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                        "finish_reason": None} for i in range(len(handles))]
+            chunk = {**head, "object": "chat.completion.chunk"}
+            return _stream(_openai_stream(handles, chunk, body.n, _include_usage(body), opening, choice))
         choices = await _guarded(request, handles, _collect_all(handles))
         out = [{"index": i, "message": {"role": "assistant", "content": c.text},
                 "logprobs": _chat_logprobs(c.logprobs or [], k) if logprobs else None,
