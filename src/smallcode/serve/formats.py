@@ -35,10 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from smallcode.tokenizer import CodeTokenizer
+from smallcode.tokenizer import CodeTokenizer, check_messages
 from smallcode.tokenizer.code_tokenizer import plain_file_block
-
-ROLES = ("system", "user", "assistant")
 
 
 class FormatError(ValueError):
@@ -66,22 +64,6 @@ class PromptFormat(ABC):
     @abstractmethod
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The conversation in ``messages`` followed by an opened assistant turn."""
-
-
-def check_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """``messages`` as role/content dicts, or a ValueError naming the first bad one."""
-    if not messages:
-        raise ValueError("messages is empty: there is nothing to answer")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ValueError(f"message {i} is not an object with a role and a content")
-        if m.get("role") not in ROLES:
-            raise ValueError(f"message {i}: role {m.get('role')!r} is not one of {list(ROLES)}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i}: content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
 
 
 # ---------------------------------------------------------------------------------- smallcode

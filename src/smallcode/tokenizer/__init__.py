@@ -6,7 +6,13 @@ Public interface: :func:`train_tokenizer`, :func:`load_tokenizer`, :class:`CodeT
 shards; that is :mod:`smallcode.data`.
 """
 
-from smallcode.tokenizer.code_tokenizer import CodeTokenizer, TokenizerError, canonical_hash, load_tokenizer
+from smallcode.tokenizer.code_tokenizer import (
+    CodeTokenizer,
+    TokenizerError,
+    canonical_hash,
+    check_messages,
+    load_tokenizer,
+)
 from smallcode.tokenizer.stats import compression_stats
 from smallcode.tokenizer.train import train_tokenizer
 
@@ -14,6 +20,7 @@ __all__ = [
     "CodeTokenizer",
     "TokenizerError",
     "canonical_hash",
+    "check_messages",
     "compression_stats",
     "load_tokenizer",
     "train_tokenizer",

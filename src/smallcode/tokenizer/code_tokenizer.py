@@ -215,6 +215,25 @@ def plain_file_block(path: str, text: str) -> str:
     return f"{marker} {path}\n{text}" + ("" if text.endswith("\n") else "\n")
 
 
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """``messages`` (a chat: a non-empty list of role/content objects, roles those ``chat_ids`` lays
+    out) as plain dicts, or a ValueError naming the first bad message. The server's chat route and
+    the fine-tuning data both check chats with it."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    roles = list(specials.ROLE_TOKENS)
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"message {i} is not an object with 'role' and 'content'")
+        if m.get("role") not in roles:
+            raise ValueError(f"message {i} has role {m.get('role')!r}; allowed roles: {roles}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
 def load_tokenizer(path: str | Path) -> CodeTokenizer:
     """Load from a directory holding ``tokenizer.json`` or from the file; errors name the path."""
     path = Path(path)

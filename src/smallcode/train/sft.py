@@ -55,10 +55,9 @@ import torch
 
 from smallcode.data.loader import BatchSchedule
 from smallcode.fileio import atomic_write_text
-from smallcode.tokenizer import CodeTokenizer
+from smallcode.tokenizer import CodeTokenizer, check_messages
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant")
 Overflow = Literal["drop", "truncate"]
 
 
@@ -74,16 +73,10 @@ def check_example(obj: Any, where: str) -> dict:
     if "messages" in obj:
         if "prompt" in obj or "completion" in obj:
             raise SFTDataError(f"{where}: has both 'messages' and 'prompt'/'completion'; use one form")
-        messages = obj["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise SFTDataError(f"{where}: 'messages' must be a non-empty list")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise SFTDataError(f"{where}: message {i} must be an object with 'role' and 'content'")
-            if m.get("role") not in ROLES:
-                raise SFTDataError(f"{where}: message {i} has role {m.get('role')!r}; allowed roles: {list(ROLES)}")
-            if not isinstance(m.get("content"), str):
-                raise SFTDataError(f"{where}: message {i} content must be a string")
+        try:
+            messages = check_messages(obj["messages"])
+        except ValueError as e:
+            raise SFTDataError(f"{where}: {e}") from e
         if not any(m["role"] == "assistant" for m in messages):
             raise SFTDataError(f"{where}: no assistant message, so nothing to learn")
         return obj
