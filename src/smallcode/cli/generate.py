@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from smallcode.cli.options import config_options
 from smallcode.infer.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from smallcode.infer.engine import Engine
 
 # The sampling options are SamplingParams' fields (name, type, default, help written once, there).
 sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params")
@@ -20,17 +16,6 @@ device_option = click.option("--device", default="cpu", show_default=True, help=
 runtime_option = click.option(
     "--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
     help="torch: CHECKPOINT is a smallcode checkpoint; onnx: it is a directory from smallcode export onnx.")
-
-
-def _engine(checkpoint: Path, device: str, runtime: str) -> Engine:
-    """The engine on a checkpoint (torch) or on an export directory (onnx): one generation loop for both."""
-    from smallcode.infer.engine import Engine
-
-    if runtime == "onnx":
-        from smallcode.infer.onnx_runtime import onnx_engine
-
-        return onnx_engine(checkpoint)
-    return Engine.from_checkpoint(checkpoint, device=device)
 
 
 @click.command()
@@ -41,7 +26,9 @@ def _engine(checkpoint: Path, device: str, runtime: str) -> Engine:
 @runtime_option
 def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: SamplingParams) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
-    engine = _engine(checkpoint, device, runtime)
+    from smallcode.infer.engine import Engine
+
+    engine = Engine.open(checkpoint, device, runtime)  # type: ignore[arg-type]
     for delta in engine.stream(prompt, params):
         sys.stdout.write(delta)
         sys.stdout.flush()
@@ -58,6 +45,8 @@ def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: S
 def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str,
              params: SamplingParams) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
-    engine = _engine(checkpoint, device, runtime)
+    from smallcode.infer.engine import Engine
+
+    engine = Engine.open(checkpoint, device, runtime)  # type: ignore[arg-type]
     suffix = suffix_file.read_text() if suffix_file else ""
     click.echo(engine.complete(prefix_file.read_text(), suffix, params)[0].text)

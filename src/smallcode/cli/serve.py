@@ -42,12 +42,7 @@ def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, regis
     from smallcode.serve.formats import prompt_format
     from smallcode.serve.scheduler import Scheduler
 
-    if kind == "onnx":
-        from smallcode.infer.onnx_runtime import onnx_engine
-
-        engine = onnx_engine(checkpoint)
-    else:
-        engine = Engine.from_checkpoint(checkpoint, device=device)
+    engine = Engine.open(checkpoint, device)  # a checkpoint or an ONNX export
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     return scheduler, prompt_format(engine.tokenizer)
 
