@@ -156,8 +156,14 @@ class HFFormat(PromptFormat):
         self.family = detect_family(vocab)
         self.name = self.family.name if self.family else "plain"
         stops = [tokenizer.eos_token_id, *extra_stop_ids]
+        # The FIM tokens' ids, looked up once (get_vocab rebuilds the vocabulary as a dict each call).
+        self._fim_ids: tuple[Any, ...] | None = None
+        self._file_sep: int | None = None
         if self.family:
-            stops += [vocab[t] for t in self.family.stops if t in vocab]
+            family = self.family
+            stops += [vocab[t] for t in family.stops if t in vocab]
+            self._fim_ids = tuple(_first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
+            self._file_sep = _first_id(vocab, family.file_sep)
         self.stop_ids = list(dict.fromkeys(s for s in stops if s is not None))
         # What the tokenizer puts before any text (a begin-of-sequence token, or nothing).
         plain = tokenizer.encode("a", add_special_tokens=False)
@@ -186,13 +192,11 @@ class HFFormat(PromptFormat):
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = ()) -> list[int]:
-        family = self.family
-        if family is None:
+        if self._fim_ids is None:
             raise FormatError("this model has no fill-in-the-middle tokens (none of the known families: "
                               f"{', '.join(f.name for f in FAMILIES)}); send the prefix as a plain prompt")
-        vocab = self.tokenizer.get_vocab()
-        pre, suf, mid = (_first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
-        sep = _first_id(vocab, family.file_sep)
+        pre, suf, mid = self._fim_ids
+        sep = self._file_sep
         head: list[int] = []
         if extra and sep is not None:
             for path, text in extra:
