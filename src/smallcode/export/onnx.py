@@ -47,6 +47,7 @@ from torch import nn
 
 from smallcode.export import ExportError, check_destination
 from smallcode.fileio import atomic_dir
+from smallcode.infer.onnx_runtime import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
@@ -55,10 +56,6 @@ from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
 Quantize = Literal["int8", "int4"]
 MoEOp = Literal["contrib", "standard"]
-FORMAT_VERSION = 1
-"""Of ``smallcode_onnx.json`` and the graph's interface; the runtime refuses any other."""
-CONFIG_FILE = "smallcode_onnx.json"
-MODEL_FILE = "model.onnx"
 OPSET = 18
 INT4_BLOCK = 32
 

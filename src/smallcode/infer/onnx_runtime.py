@@ -30,10 +30,11 @@ from smallcode.model.config import ModelConfig
 from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import PREFILL_CHUNK
 
-# Mirrors export/onnx.py's constants; not imported from there so running an export never imports torch.onnx.
+# An export directory's files and format; export/onnx.py writes what this reads (and imports these).
 CONFIG_FILE = "smallcode_onnx.json"
 MODEL_FILE = "model.onnx"
 FORMAT_VERSION = 1
+"""Of ``CONFIG_FILE`` and the graph's interface; any other is refused."""
 
 
 class OnnxModelError(ValueError):
