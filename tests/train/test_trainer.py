@@ -91,8 +91,9 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path: Path) -> 
                                rtol=1e-6, atol=1e-6)
 
 
-def test_resume_in_process_is_bit_identical(tmp_path: Path) -> None:
-    cfg = tiny_config(steps=7, save_every=3)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_in_process_is_bit_identical(tmp_path: Path, optimizer: str) -> None:
+    cfg = tiny_config(steps=7, save_every=3, optimizer=optimizer, schedule="wsd")
     Trainer(cfg, tmp_path / "straight").run()
     with pytest.raises(Interrupt):
         Trainer(cfg, tmp_path / "broken", objective=dies_at_call(6)).run()

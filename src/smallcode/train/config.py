@@ -105,14 +105,26 @@ class TrainConfig(Config):
     """Rows per micro-batch on each process."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; the global batch is batch_size x grad_accum x processes."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """``adamw`` on everything, or ``muon`` for the blocks' matrices with AdamW for the embedding, head,
+    norms and router (``train/optim.py``)."""
     lr: float = 3e-3
-    """Peak learning rate."""
+    """Peak learning rate (of AdamW)."""
+    muon_lr: float = 0.02
+    """Peak learning rate of Muon (``optimizer: muon``); follows the same schedule as ``lr``."""
+    muon_momentum: float = 0.95
+    """Muon's momentum."""
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    """``cosine``: warm-up then cosine decay; ``wsd``: warm-up, constant, then a linear decay over the
+    last ``decay_fraction`` of the steps."""
+    decay_fraction: float = 0.5
+    """``wsd`` only: share of the steps spent decaying."""
     min_lr_ratio: float = 0.1
-    """The cosine decays to lr x min_lr_ratio at the last step."""
+    """The schedule ends at lr x min_lr_ratio at the last step."""
     warmup_steps: int = 20
     """Linear warm-up from 0 to lr."""
     weight_decay: float = 0.1
-    """AdamW decoupled weight decay, on matrices only (not norms)."""
+    """Decoupled weight decay, on matrices only (not norms)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
     grad_clip: float = 1.0
@@ -155,8 +167,16 @@ class TrainConfig(Config):
             value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        for name in ("lr", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"TrainConfig.muon_momentum must be in [0, 1), got {self.muon_momentum!r}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"TrainConfig.decay_fraction must be in (0, 1], got {self.decay_fraction!r}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise ConfigError("optimizer: muon orthogonalises whole matrices, which FSDP shards; use parallel: ddp "
+                              "or optimizer: adamw")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:

@@ -1,7 +1,8 @@
 """The one training loop: every stage of the recipe is this loop with another objective and start.
 
 ``Trainer(config, run_dir).run(resume=True)`` builds the data source, the model (fresh from a
-preset, or from a checkpoint), the objective (next-token or distillation) and AdamW, then runs
+preset, or from a checkpoint), the objective (next-token or distillation) and the optimizers
+(AdamW, or Muon for the blocks' matrices with AdamW for the rest: ``optim.py``), then runs
 ``config.steps`` optimizer steps of ``grad_accum`` micro-batches each. Around that loop:
 
 * **Parallelism.** Under ``torchrun`` the model is wrapped in DDP or FSDP2 (``distributed.py``);
@@ -47,7 +48,7 @@ from smallcode.train.checkpoint import latest_checkpoint, load_train_state, save
 from smallcode.train.config import TrainConfig
 from smallcode.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed, wrap_model
 from smallcode.train.objectives import linear_cross_entropy, next_token_objective
-from smallcode.train.optim import build_optimizer, lr_at
+from smallcode.train.optim import build_optimizers, lr_at
 from smallcode.train.sources import Batch, DataSource, build_source
 
 Objective = Callable[[SmallCodeLM, Batch], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
@@ -133,7 +134,8 @@ class Trainer:
         self.fsdp = self.info.enabled and config.parallel == "fsdp"
         self.module = wrap_model(LossModule(self.model, self.objective), self.model.blocks, self.info,
                                  config.parallel)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, tuple(config.betas))
+        self.optimizers = build_optimizers(self.model, config.lr, config.weight_decay, tuple(config.betas),
+                                           config.optimizer, config.muon_lr, config.muon_momentum)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.info.device.type == "cuda" and config.precision in ("auto", "bfloat16")
                          else contextlib.nullcontext())
@@ -192,20 +194,23 @@ class Trainer:
                    disable=not self.show_progress, dynamic_ncols=True)
         self.module.train()
         for step in range(start, cfg.steps):
-            lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule, cfg.decay_fraction)
+            for opt in self.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = opt.peak_lr * lr / cfg.lr
             t0 = time.perf_counter()
             loss, ce, metrics = self._accumulate(step)
             grad_norm = self._clip()
             finite = bool(torch.isfinite(loss)) and math.isfinite(grad_norm)
             if finite:
-                self.optimizer.step()
+                for opt in self.optimizers:
+                    opt.step()
                 bad_run = 0
             else:
                 skipped += 1
                 bad_run += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             record: dict[str, Any] = {"type": "train", "step": step + 1, "loss": loss.item(), "ce": ce.item(),
                                       **metrics, "lr": lr, "grad_norm": grad_norm,
@@ -312,7 +317,7 @@ class Trainer:
     def _train_state(self, skipped: int, bad_run: int) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        optim = get_optimizer_state_dict(self.model, self.optimizer,
+        optim = get_optimizer_state_dict(self.model, self.optimizers,
                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {"optimizer": optim, "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.info.device) if self.info.device.type == "cuda" else None,
@@ -351,7 +356,7 @@ class Trainer:
         else:
             with torch.no_grad():
                 self.model.load_state_dict(weights)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+        set_optimizer_state_dict(self.model, self.optimizers, state["optimizer"], options=opts)
         torch.set_rng_state(state["rng_cpu"])
         if state.get("rng_cuda") is not None and self.info.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.info.device)

@@ -1,0 +1,92 @@
+"""Muon against torch's own Newton-Schulz iteration and optimizer, the optimizer split, the WSD schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from trainer_helpers import tiny_config  # tests/train/trainer_helpers.py
+
+from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.train.optim import Muon, build_optimizers, lr_at, orthogonalize
+from smallcode.train.trainer import Trainer, read_metrics
+
+
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48), (64, 64)])
+def test_orthogonalize_matches_torchs_iteration(shape: tuple[int, int]) -> None:
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    ours = orthogonalize(g)
+    # torch iterates in bfloat16, we in float32 on the CPU: equal up to bfloat16 rounding
+    theirs = _zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+    assert (ours - theirs).abs().max() < 0.03
+    # what the iteration is for: singular values pulled into a band around 1 (from a wide spread;
+    # five steps cannot lift the near-zero smallest one of a random square matrix)
+    s, s0 = torch.linalg.svdvals(ours), torch.linalg.svdvals(g)
+    assert (s > 0.5).float().mean() > 0.9 and s.max() < 1.3
+    assert s0.max() / s0.median() > 1.7 > s.max() / s.median()
+
+
+def test_orthogonalize_treats_a_stack_as_separate_matrices() -> None:
+    g = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(1))
+    stacked = orthogonalize(g)
+    for i in range(3):
+        torch.testing.assert_close(stacked[i], orthogonalize(g[i]), atol=1e-5, rtol=1e-5)
+
+
+def test_muon_step_equals_torch_muon_on_a_matrix() -> None:
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(32, 16))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = Muon([a], lr=0.05, momentum=0.9, weight_decay=0.1)
+    theirs = torch.optim.Muon([b], lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
+    for step in range(3):
+        g = torch.randn(32, 16, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    assert (a - b).abs().max() < 5e-3  # bfloat16 iteration on their side
+    assert (a - torch.randn(32, 16, generator=torch.Generator().manual_seed(99))).abs().max() > 0.1
+
+
+def test_muon_refuses_vectors() -> None:
+    with pytest.raises(ValueError, match="matrices"):
+        Muon([torch.nn.Parameter(torch.zeros(4))])
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest() -> None:
+    model = SmallCodeLM(ModelConfig.preset("tiny"))
+    adamw, muon = build_optimizers(model, 1e-3, 0.1, (0.9, 0.95), kind="muon", muon_lr=0.02)
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == {id(p) for p in names.values()}
+    for name, p in names.items():
+        wants_muon = name.startswith("blocks.") and p.dim() >= 2 and "router" not in name
+        assert (id(p) in in_muon) == wants_muon, name
+    assert {id(model.embed.weight), id(model.lm_head.weight)} <= in_adamw
+    (only,) = build_optimizers(model, 1e-3, 0.1, (0.9, 0.95))  # adamw: one optimizer over everything
+    assert isinstance(only, torch.optim.AdamW)
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_to_the_floor() -> None:
+    peak, total, warm = 1e-2, 100, 10
+    lrs = [lr_at(s, total, peak, warm, 0.0, "wsd", decay_fraction=0.4) for s in range(total)]
+    assert lrs[:warm] == pytest.approx([peak * (s + 1) / warm for s in range(warm)])
+    assert lrs[warm:60] == pytest.approx([peak] * 50)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    steps = [a - b for a, b in zip(lrs[60:], lrs[61:], strict=False)]
+    assert steps == pytest.approx([peak / 40] * 39)  # a straight line down
+
+
+def test_a_muon_run_learns_and_its_schedule_drives_both_optimizers(tmp_path) -> None:  # noqa: ANN001
+    cfg = tiny_config(steps=12, eval_every=6, optimizer="muon", muon_lr=0.02, schedule="wsd", decay_fraction=0.5,
+                      min_lr_ratio=0.0)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.run()
+    evals = [r["val_loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    assert evals[1] < evals[0] < math.log(cfg.model_overrides["vocab_size"])
+    # the last step ran at the floor: both optimizers' groups were set from the one schedule
+    assert all(g["lr"] == pytest.approx(0.0, abs=1e-12) for opt in trainer.optimizers for g in opt.param_groups)
