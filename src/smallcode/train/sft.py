@@ -273,11 +273,27 @@ def load_mbpp_train(data_dir: str | Path | None = None) -> list[dict]:
     code with Windows line ends made plain newlines, ending in one. The data are the package's copy
     of ``mbpp.jsonl``, or ``data_dir/mbpp/mbpp.jsonl`` when given (checked against the pinned sha256
     either way). Each pair also carries its ``task_id``.
-    Note: 104 of the 374 references hold one of the evaluation's default stop sequences
-    (``"\\ndef"``, ``"\\nclass"``, ``"\\n#"``, ...: a helper or a class before the function, a comment)
-    where a generation would be cut; we keep the whole reference, the program the dataset checks.
+    Note: 104 of the 374 references hold one of the evaluation's default stop sequences (all of
+    them ``"\\ndef"``: a helper function before or after the one asked for); ``without_stops`` is how
+    the fine-tuning stage leaves them out.
     """
     return _mbpp_pairs(data_dir, "train")
+
+
+def without_stops(examples: list[dict], stops: Sequence[str]) -> tuple[list[dict], list[dict]]:
+    """(kept, dropped): ``dropped`` are the examples whose completion holds one of ``stops``.
+
+    The evaluation cuts a generation at the first stop sequence, so a reference that holds one
+    (MBPP's two-function solutions hold ``"\\ndef"``) is a program the evaluation could never
+    receive whole: training on it teaches the model to write past the stop, and what is cut there
+    fails. Such examples are left out of fine-tuning rather than cut (a cut reference is a wrong
+    program) or rewritten (no mechanical rewrite keeps every one correct).
+    """
+    kept, dropped = [], []
+    for ex in examples:
+        body = ex["completion"].rstrip("\n")
+        (dropped if any(s in body for s in stops) else kept).append(ex)
+    return kept, dropped
 
 
 def load_mbpp_validation(data_dir: str | Path | None = None) -> list[dict]:

@@ -90,10 +90,22 @@ class SFTSource:
 
     def __init__(self, data: DataConfig, tokenizer: CodeTokenizer, tokenizer_file: Path, batch_size: int,
                  seed: int, rank: int, world_size: int) -> None:
-        from smallcode.train.sft import SFTLoader, load_mbpp_train, load_mbpp_validation, read_jsonl, tokenize_examples
+        from smallcode.backends.base import DEFAULT_STOP
+        from smallcode.train.sft import (
+            SFTLoader,
+            load_mbpp_train,
+            load_mbpp_validation,
+            read_jsonl,
+            tokenize_examples,
+            without_stops,
+        )
 
+        self.dropped: list[dict] = []
         if data.kind == "mbpp":
-            train, val = load_mbpp_train(data.path), load_mbpp_validation(data.path)
+            # references the evaluation would cut at a stop sequence are left out (see without_stops);
+            # the validation loss stays on the whole validation split
+            train, self.dropped = without_stops(load_mbpp_train(data.path), DEFAULT_STOP)
+            val = load_mbpp_validation(data.path)
         else:
             train = read_jsonl(data.path)
             val = read_jsonl(data.validation_path) if data.validation_path else []
