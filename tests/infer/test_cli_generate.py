@@ -5,6 +5,7 @@ from infer_helpers import make_model  # type: ignore[import-not-found]
 
 from smallcode.cli.main import main as cli_main
 from smallcode.infer import Engine, SamplingParams
+from smallcode.infer.sampling import GENERATE_DEFAULTS
 from smallcode.model.checkpoint import save_checkpoint
 
 
@@ -15,16 +16,21 @@ def ckpt(tmp_path, infer_tokenizer):
 
 
 def test_generate_streams_the_engine_text(ckpt, capsys) -> None:
-    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12"]) == 0
-    expected = Engine.from_checkpoint(ckpt).generate("import json\n", SamplingParams(max_tokens=12))[0].text
-    assert capsys.readouterr().out == expected + "\n"
+    engine = Engine.from_checkpoint(ckpt)
+    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == engine.generate("import json\n", SamplingParams(max_tokens=12))[0].text + "\n"
+    # without sampling options: generate's own defaults (sampled), not the API's greedy
+    assert GENERATE_DEFAULTS.temperature > 0
+    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12", "--seed", "3"]) == 0
+    sampled = engine.generate("import json\n", GENERATE_DEFAULTS.replace(max_tokens=12, seed=3))[0].text
+    assert capsys.readouterr().out == sampled + "\n"
 
 
 def test_complete_fills_the_middle(ckpt, tmp_path, capsys) -> None:
     (tmp_path / "p.py").write_text("def f(x):\n    return ")
     (tmp_path / "s.py").write_text("\n\nprint(f(1))\n")
     assert cli_main(["complete", str(ckpt), "--prefix-file", str(tmp_path / "p.py"),
-                     "--suffix-file", str(tmp_path / "s.py"), "--max-tokens", "6"]) == 0
+                     "--suffix-file", str(tmp_path / "s.py"), "--max-tokens", "6", "--temperature", "0"]) == 0
     engine = Engine.from_checkpoint(ckpt)
     expected = engine.complete("def f(x):\n    return ", "\n\nprint(f(1))\n", SamplingParams(max_tokens=6))[0].text
     assert capsys.readouterr().out == expected + "\n"
@@ -69,6 +75,7 @@ def test_stop_sequences_reach_the_engine(ckpt, capsys) -> None:
     # two characters from the middle that need no escaping on a command line (no blanks, commas, backslashes)
     stop = next(full[i:i + 2] for i in range(len(full) // 2, len(full) - 1)
                 if not any(c.isspace() or c in ",\\" for c in full[i:i + 2]))
-    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12", "--stop", stop]) == 0
+    assert cli_main(["generate", str(ckpt), "import json\n", "--max-tokens", "12", "--stop", stop,
+                     "--temperature", "0"]) == 0
     expected = engine.generate("import json\n", SamplingParams(max_tokens=12, stop=[stop]))[0].text
     assert capsys.readouterr().out == expected + "\n" and len(expected) < len(full)

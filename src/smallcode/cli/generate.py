@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 
 from smallcode.cli.options import config_options
-from smallcode.infer.sampling import SamplingParams
+from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
 
-# The sampling options are SamplingParams' fields (name, type, default, help written once, there).
-sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params")
+# The sampling options are SamplingParams' fields (name, type, help written once, there); their
+# defaults are GENERATE_DEFAULTS (measured: a small model's greedy output loops), not the API's greedy.
+sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params", defaults=GENERATE_DEFAULTS)
 device_option = click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
 runtime_option = click.option(
     "--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,

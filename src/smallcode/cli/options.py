@@ -98,12 +98,16 @@ def _without_none(tp: Any, where: str = "") -> Any:
 
 
 def _option(cls: type[Config], f: dataclasses.Field[Any], tp: Any, help_text: str, aliases: list[str],
-            param_type: click.ParamType | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+            param_type: click.ParamType | None, defaults: Config | None = None
+            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     where = f"{cls.__name__}.{f.name}"
     tp = _without_none(tp, where)
     dashed = f.name.replace("_", "-")
-    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and defaults is None
+    if defaults is not None:
+        default = getattr(defaults, f.name)
+    else:
+        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
     if tp is bool:
         more = {"required": True} if required else {"default": default, "show_default": True}
         return click.option(f"--{dashed}/--no-{dashed}", *aliases, f.name, help=help_text, **more)
@@ -117,13 +121,14 @@ def _option(cls: type[Config], f: dataclasses.Field[Any], tp: Any, help_text: st
 
 
 def config_options(cls: type[Config], *, exclude: Iterable[str] = (), aliases: Mapping[str, list[str]] | None = None,
-                   click_types: Mapping[str, click.ParamType] | None = None, param: str = "cfg"
-                   ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                   click_types: Mapping[str, click.ParamType] | None = None, param: str = "cfg",
+                   defaults: Config | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A decorator that adds an option per field of ``cls`` and passes the built config as ``param``.
 
     ``exclude``: fields left at their defaults (no option). ``aliases``: extra option names per field
     (for a bool, flag pairs such as ``"--security/--no-security"``). ``click_types``: a click type that
-    refines a field's (e.g. a ``click.Path`` that must exist for a directory field).
+    refines a field's (e.g. a ``click.Path`` that must exist for a directory field). ``defaults``: an
+    instance of ``cls`` whose values are the options' defaults instead of the class's.
     """
     skip, aliases, click_types = set(exclude), dict(aliases or {}), dict(click_types or {})
     hints = typing.get_type_hints(cls)
@@ -149,7 +154,7 @@ def config_options(cls: type[Config], *, exclude: Iterable[str] = (), aliases: M
         # click lists options in the reverse order of decoration: add the last field first
         for f in reversed(fields):
             wrapper = _option(cls, f, hints[f.name], docs.get(f.name, ""), aliases.get(f.name, []),
-                              click_types.get(f.name))(wrapper)
+                              click_types.get(f.name), defaults)(wrapper)
         return wrapper
 
     return decorate
