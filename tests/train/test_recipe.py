@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ def stage_files(root: Path) -> dict[str, str]:
     common = {"data": {"kind": "shards", "path": "unused", "seq_len": 32}, "batch_size": 4, "lr": 1e-2,
               "warmup_steps": 1, "eval_every": 0, "eval_batches": 2, "save_every": 2}
     stages = {
-        "teacher": {**common, "model": "nano-dense", "model_overrides": {**TINY, "d_model": 96, "n_heads": 4},
-                    "steps": 4},
-        "distill": {**common, "objective": "distill", "model": "nano-dense", "model_overrides": TINY, "steps": 3,
+        "teacher": {**common, "model": "nano-dense", "model_overrides": TINY, "steps": 4, "optimizer": "muon",
+                    "schedule": "wsd"},
+        "distill": {**common, "objective": "distill", "model": "nano-dense", "steps": 3,
                     "distill": {"teacher": "filled-in", "kind": "forward", "alpha": 0.5, "mode": "online"}},
         "moe": {**common, "steps": 2, "init": "filled-in"},
         "finetune": {**common, "steps": 2, "init": "filled-in", "data": {"kind": "mbpp", "seq_len": 512}},
@@ -36,17 +37,19 @@ def stage_files(root: Path) -> dict[str, str]:
     return paths
 
 
-def recipe(root: Path, stages: list[dict]) -> RecipeConfig:
+def recipe(root: Path, stages: list[dict], **more: object) -> RecipeConfig:
     # no MBPP directory: the fine-tuning stage reads the copy shipped in the package
     return RecipeConfig(out=str(root / "run"), corpus=[str(STDLIB / "json"), str(STDLIB / "email")], vocab_size=320,
-                        val_fraction=0.2, stages=stages)
+                        val_fraction=0.2, stages=stages, held_out_bytes=3000, eval_suites=["humaneval"],
+                        eval_limit=2, eval_max_tokens=16, **more)
 
 
 def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     files = stage_files(tmp_path)
     stages = [
         {"name": "teacher", "config": files["teacher"]},
-        {"name": "student", "config": files["distill"], "teacher_from": "teacher"},
+        {"name": "pruned", "prune_from": "teacher", "d_ff": 48},
+        {"name": "student", "config": files["distill"], "init_from": "pruned", "teacher_from": "teacher"},
         {"name": "upcycled", "upcycle_from": "student", "experts": 4, "top_k": 2},
         {"name": "moe", "config": files["moe"], "init_from": "upcycled"},
         {"name": "finetune", "config": files["finetune"], "init_from": "moe"},
@@ -58,9 +61,22 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     report = run_recipe(recipe(tmp_path, stages), progress=False)
     assert (out / "teacher" / "metrics.jsonl").read_text() == teacher_metrics  # not trained again
     text = report.read_text()
-    for name in ("teacher", "student", "upcycled", "moe", "finetune"):
+    for name in ("teacher", "pruned", "student", "upcycled", "moe", "finetune"):
         assert f"| {name} |" in text
     assert "MBPP validation" in text and "corpus validation" in text
+    # every stage scored on held-out code, the final model sampled and evaluated in the sandbox
+    held = json.loads((out / "heldout.json").read_text())
+    assert set(held["stages"]) == {"teacher", "pruned", "student", "upcycled", "moe", "finetune"}
+    assert all(0 < s["bits_per_byte"] < 20 for s in held["stages"].values())
+    assert held["stages"]["upcycled"]["bits_per_byte"] == pytest.approx(held["stages"]["student"]["bits_per_byte"],
+                                                                        abs=1e-3)  # the same function
+    assert "held-out bits/byte" in text and "Expert load at the end of `moe`" in text
+    samples = json.loads((out / "samples.json").read_text())
+    assert {r["settings"] for r in samples} == {"greedy", "default"} and all(0 <= r["distinct_4"] <= 1 for r in samples)
+    assert "def fibonacci(n):" in text
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["suites"]["humaneval"]["tasks"] == 2 and "| humaneval | 2 |" in text
+    assert Checkpoint.open(out / "pruned").config.d_ff == 48
     assert "--suite humaneval,mbpp --out" in text  # the packaged data: no --data-dir to pass
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
     # the chain is what the recipe says: the student learnt from the teacher, moe started from the upcycled student
@@ -70,6 +86,8 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     assert upcycled.n_experts == 4 and Checkpoint.open(out / "finetune" / "final").config.n_experts == 4
     moe_rows = [r for r in read_metrics(out / "moe" / "metrics.jsonl") if r["type"] == "train"]
     assert moe_rows[0]["balance_loss"] > 0
+    student_cfg = Checkpoint.open(out / "student" / "final").config
+    assert student_cfg.d_ff == 48 and student_cfg.d_model == Checkpoint.open(out / "teacher" / "final").config.d_model
     # upcycling kept the student's function
     ids = torch.randint(9, 320, (2, 40))
     with torch.no_grad():
@@ -85,7 +103,7 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
 def test_stage_references_must_point_backwards(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an earlier stage"):
         RecipeConfig(stages=[{"name": "a", "config": "x.yaml", "init_from": "b"}, {"name": "b", "config": "y.yaml"}])
-    with pytest.raises(ConfigError, match="either config"):
+    with pytest.raises(ConfigError, match="exactly one of"):
         RecipeConfig(stages=[{"name": "a"}])
 
 
@@ -114,19 +132,20 @@ def test_the_shipped_recipes_need_no_data_directory(scale: str) -> None:
 
 
 def test_the_shipped_nano_recipe_is_consistent() -> None:
-    """configs/nano: vocabularies agree, the upcycled student has nano's shape, every stage file loads."""
+    """configs/nano: vocabularies agree, the student is the teacher pruned to nano-dense's width, the upcycled
+    student has nano's shape, every stage file loads."""
     from smallcode.model import ModelConfig
     from smallcode.train.config import TrainConfig
 
     root = Path(__file__).resolve().parents[2]
     cfg = RecipeConfig.load(root / "configs" / "nano" / "recipe.yaml")
     by_name = {s.name: s for s in cfg.stages}
-    student = TrainConfig.load(root / by_name["student"].config)
-    student_model = ModelConfig.preset(student.model, **student.model_overrides)
     teacher = TrainConfig.load(root / by_name["teacher"].config)
     teacher_model = ModelConfig.preset(teacher.model, **teacher.model_overrides)
-    assert student_model.vocab_size == teacher_model.vocab_size == cfg.vocab_size
-    assert teacher_model.num_params() > 2 * student_model.num_params()
+    assert by_name["pruned"].prune_from == "teacher" and by_name["student"].init_from == "pruned"
+    student_model = teacher_model.replace(d_ff=by_name["pruned"].d_ff)
+    assert teacher_model.vocab_size == cfg.vocab_size
+    assert student_model == ModelConfig.preset("nano-dense") and teacher_model.d_ff > student_model.d_ff
     up = by_name["upcycled"]
     assert student_model.replace(n_experts=up.experts, top_k=up.top_k) == ModelConfig.preset("nano")
     for s in cfg.stages:

@@ -80,6 +80,9 @@ def estimate_recipe(recipe_path: str | Path, gpus: int | None = None, peak_tflop
         if spec.upcycle_from is not None:
             models[spec.name] = models[spec.upcycle_from].replace(n_experts=spec.experts, top_k=spec.top_k)
             continue
+        if spec.prune_from is not None:
+            models[spec.name] = models[spec.prune_from].replace(d_ff=spec.d_ff)
+            continue
         assert spec.config is not None
         cfg = TrainConfig.load(spec.config)
         m = stage_model(cfg, models, spec.init_from)

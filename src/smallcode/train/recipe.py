@@ -5,7 +5,11 @@
     tokenizer/   a code BPE trained on the corpus (the standard library's sources by default)
     shards/      the corpus tokenized, deduplicated and split (``smallcode data prepare``)
     <stage>/     one directory per stage: a training run (``smallcode train``) or an upcycled checkpoint
-    report.md    each stage's validation loss, size, tokens and time, and what to run next
+    heldout.json each stage's bits per byte on held-out third-party Python (``eval/heldout.py``)
+    samples.json the final model's completions of fixed prompts, greedy and with ``generate``'s defaults
+    eval/        the final model's sandboxed HumanEval and MBPP run (``smallcode eval run``), pass@1
+    report.md    each stage's validation loss, bits per byte, size, tokens and time, the samples,
+                 pass@1, and what to run next
     report.png   the stages' training and validation curves on one step axis
 
 Each step is skipped when its output is complete and resumed from its newest checkpoint when it is
@@ -42,6 +46,12 @@ class StageSpec(Config):
     """Distil from this earlier stage's final checkpoint."""
     upcycle_from: str | None = None
     """Upcycle this earlier stage's final checkpoint into experts (no training)."""
+    prune_from: str | None = None
+    """Width-prune this earlier (dense) stage's final checkpoint to ``d_ff`` (no training)."""
+    d_ff: int = 512
+    """Pruning: feed-forward hidden units kept per layer."""
+    calibration_rows: int = 16
+    """Pruning: training rows whose activations rank the hidden units."""
     experts: int = 8
     """Upcycling: experts per layer."""
     top_k: int = 2
@@ -52,8 +62,9 @@ class StageSpec(Config):
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"StageSpec.name must be a plain directory name, got {self.name!r}")
-        if (self.config is None) == (self.upcycle_from is None):
-            raise ConfigError(f"stage {self.name!r}: give either config (a training stage) or upcycle_from")
+        if sum(x is not None for x in (self.config, self.upcycle_from, self.prune_from)) != 1:
+            raise ConfigError(f"stage {self.name!r}: give exactly one of config (a training stage), upcycle_from "
+                              "or prune_from")
 
 
 @dataclass
@@ -73,11 +84,21 @@ class RecipeConfig(Config):
     """The stages in order."""
     gpus: int = 1
     """Processes the stages are planned for (``smallcode estimate``); torchrun decides the real count."""
+    held_out: bool = True
+    """Score every stage in bits per byte on held-out third-party Python (``smallcode.eval.heldout``)."""
+    held_out_bytes: int = 24_000
+    """Bytes of each held-out package scored (the default is the benchmark's set)."""
+    eval_suites: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
+    """Suites the final model is evaluated on in the sandbox, greedy pass@1 (empty: none)."""
+    eval_max_tokens: int = 256
+    """Longest completion of that evaluation, in tokens."""
+    eval_limit: int | None = None
+    """Only the first N tasks of each suite (smoke runs); None: all of them."""
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
         for s in self.stages:
-            for ref in (s.init_from, s.teacher_from, s.upcycle_from):
+            for ref in (s.init_from, s.teacher_from, s.upcycle_from, s.prune_from):
                 if ref is not None and ref not in seen:
                     raise ConfigError(f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
             if s.name in seen or s.name in ("tokenizer", "shards"):
@@ -116,6 +137,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
     from smallcode.data.config import PrepareConfig
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.tokenizer import train_tokenizer
+    from smallcode.train.prune import prune_checkpoint
     from smallcode.train.trainer import Trainer
     from smallcode.train.upcycle import upcycle_checkpoint
 
@@ -145,6 +167,13 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
                                         PrepareConfig(val_fraction=recipe.val_fraction), overwrite=True,
                                         progress=progress))
     for spec in recipe.stages:
+        if spec.prune_from is not None:
+            target = out / spec.name
+            if not Checkpoint.is_checkpoint(target):
+                _say(progress, f"[recipe] {spec.name}: pruning {spec.prune_from}'s feed-forward to {spec.d_ff} units")
+                timed(spec.name, lambda s=spec, t=target: prune_checkpoint(
+                    _final(out, s.prune_from), t, s.d_ff, _calibration(out, s.calibration_rows)))
+            continue
         if spec.upcycle_from is not None:
             target = out / spec.name
             if not Checkpoint.is_checkpoint(target):
@@ -156,7 +185,79 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
         cfg = stage_config(recipe, spec, out)
         _say(progress, f"[recipe] {spec.name}: {cfg.objective}, {cfg.steps} steps")
         timed(spec.name, lambda c=cfg, s=spec: Trainer(c, out / s.name, show_progress=progress).run(resume=True))
+    if recipe.stages:
+        final = _final(out, recipe.stages[-1].name)
+        if recipe.held_out:
+            timed("held-out", lambda: score_stages(recipe, out, progress))
+        if not (out / "samples.json").is_file():
+            _say(progress, "[recipe] sampling the final model on fixed prompts")
+            timed("samples", lambda: write_samples(final, out / "samples.json"))
+        if recipe.eval_suites and not (out / "eval" / "summary.json").is_file():
+            _say(progress, f"[recipe] evaluating the final model in the sandbox: {', '.join(recipe.eval_suites)}")
+            timed("eval", lambda: evaluate_final(recipe, final, out / "eval", progress))
     return write_report(recipe, out, times)
+
+
+def score_stages(recipe: RecipeConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Bits per byte of every stage's final model on the held-out set, kept in ``heldout.json``.
+
+    A stage already scored on the same held-out set (same fingerprint) is not scored again.
+    """
+    from smallcode.eval.heldout import bits_per_byte, held_out_set
+    from smallcode.model.checkpoint import Checkpoint
+
+    held = held_out_set(bytes_per_package=recipe.held_out_bytes)
+    path = out / "heldout.json"
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if data.get("set") != held.fingerprint:
+        data = {"set": held.fingerprint, "stages": {}}
+    for spec in recipe.stages:
+        if spec.name in data["stages"]:
+            continue
+        _say(progress, f"[recipe] {spec.name}: bits per byte on held-out code ({held.n_bytes} bytes)")
+        ckpt = Checkpoint.open(_final(out, spec.name))
+        r = bits_per_byte(ckpt.load_model(), ckpt.load_tokenizer(), held.texts)
+        data["stages"][spec.name] = {"bits_per_byte": round(r.bits_per_byte, 4),
+                                     "nats_per_token": round(r.nats_per_token, 4), "tokens": r.tokens}
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def write_samples(checkpoint: Path, path: Path) -> list[dict[str, Any]]:
+    """The model's completions of the fixed prompts, greedy and with ``generate``'s default settings."""
+    from smallcode.eval.samples import sample_prompts
+    from smallcode.infer.engine import Engine
+    from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
+
+    engine = Engine.from_checkpoint(checkpoint)
+    rows = []
+    for label, params in (("greedy", SamplingParams(max_tokens=GENERATE_DEFAULTS.max_tokens)),
+                          ("default", GENERATE_DEFAULTS.replace(seed=0))):
+        for smp in sample_prompts(engine, params):
+            rows.append({"settings": label, "prompt": smp.prompt, "completion": smp.completion,
+                         "distinct_4": round(smp.distinct_4, 3)})
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def evaluate_final(recipe: RecipeConfig, checkpoint: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Greedy pass@1 of ``checkpoint`` on the recipe's suites, run and checked as ``smallcode eval run`` does."""
+    from smallcode.backends import open_backend
+    from smallcode.eval.runner import RunConfig, evaluate, load_tasks
+
+    # no bandit scan here (it is `smallcode eval run`'s, and would cost the recipe's time budget)
+    cfg = RunConfig(suites=list(recipe.eval_suites), max_tokens=recipe.eval_max_tokens, k=[1],
+                    data_dir=recipe.mbpp, generate_batch=16, security_scan=False)
+    tasks = load_tasks(cfg.suites, cfg.data_dir, recipe.eval_limit, None)
+    backend = open_backend(checkpoint, kinds=("smallcode",))
+    return evaluate(tasks, backend, cfg, out_dir, backend.name, progress=progress)
+
+
+def _calibration(out: Path, rows: int) -> Any:
+    """The first ``rows`` training rows of the recipe's shards (what pruning ranks hidden units on)."""
+    from smallcode.data import ShardLoader
+
+    return ShardLoader(out / "shards", rows, 256, seed=0).batch(0)[:, :-1].long()
 
 
 def _say(progress: bool, text: str) -> None:
@@ -169,13 +270,19 @@ def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Pa
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.trainer import read_metrics
 
+    held = json.loads((out / "heldout.json").read_text()).get("stages", {}) if (out / "heldout.json").is_file() else {}
     rows = []
     for spec in recipe.stages:
         model_cfg = Checkpoint.open(_final(out, spec.name)).config
         size = f"{model_cfg.num_params() / 1e6:.1f}M / {model_cfg.num_active_params() / 1e6:.1f}M"
+        bpb = f"{held[spec.name]['bits_per_byte']:.3f}" if spec.name in held else "-"
         if spec.upcycle_from is not None:
             rows.append((spec.name, f"upcycle {spec.upcycle_from} ({spec.experts} experts, top-{spec.top_k})", size,
-                         "-", "-", "same function as its parent", times.get(spec.name, 0.0)))
+                         "-", "-", "-", "same function as its parent", bpb, times.get(spec.name, 0.0)))
+            continue
+        if spec.prune_from is not None:
+            rows.append((spec.name, f"prune {spec.prune_from} (feed-forward to {spec.d_ff} units)", size,
+                         "-", "-", "-", "-", bpb, times.get(spec.name, 0.0)))
             continue
         summary = json.loads((out / spec.name / "summary.json").read_text())
         cfg = stage_config(recipe, spec, out)
@@ -184,19 +291,28 @@ def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Pa
         val = summary["val_loss"]
         held_out = "MBPP validation" if cfg.data.kind == "mbpp" else "corpus validation"
         val_text = f"{val:.3f} ({held_out})" if val is not None else "- (no validation data)"
+        wall = times.get(spec.name, 0.0)
         rows.append((spec.name, f"{what} on {data}", size, str(summary["steps"]), f"{summary['tokens'] / 1e6:.2f}M",
-                     val_text, times.get(spec.name, 0.0)))
+                     f"{summary['tokens'] / wall / 1e3:.1f}K" if wall else "-", val_text, bpb, wall))
     total = sum(times.values())
     last = _final(out, recipe.stages[-1].name) if recipe.stages else out / "<checkpoint>"
     data_dir = f"--data-dir {recipe.mbpp} " if recipe.mbpp is not None else ""
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in times.items() if k not in {s.name for s in recipe.stages})
     lines = [
         "# smallcode recipe report", "",
-        f"Run directory `{out}`; total wall time of the steps {total / 60:.1f} min "
-        f"(tokenizer {times.get('tokenizer', 0):.0f} s, shards {times.get('shards', 0):.0f} s).", "",
-        "| stage | what | params total / active | steps | tokens | validation loss (nats/token) | wall s |",
-        "|---|---|---|---|---|---|---|",
-        *[f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.0f} |" for r in rows], "",
-        "![curves](report.png)", "",
+        f"Run directory `{out}`; total wall time of the steps {total / 60:.1f} min ({steps}).", "",
+        "| stage | what | params total / active | steps | tokens | tokens/s | validation loss (nats/token) "
+        "| held-out bits/byte | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[f"| {' | '.join(r[:-1])} | {r[-1]:.0f} |" for r in rows], "",
+    ]
+    if held:
+        lines += [f"Held-out bits per byte: third-party Python never trained on ({_held_out_fingerprint(out)}).", ""]
+    lines += _expert_load_lines(recipe, out)
+    lines += ["![curves](report.png)", ""]
+    lines += _samples_lines(out / "samples.json")
+    lines += _eval_lines(out / "eval" / "summary.json")
+    lines += [
         "## What to run next", "",
         f"- Generate: `smallcode generate {last} \"def fibonacci(n):\"`",
         f"- Fill in the middle: `smallcode complete {last} --prefix-file a.py --suffix-file b.py`",
@@ -205,8 +321,60 @@ def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Pa
     ]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
-    _plot_stages(out, [s.name for s in recipe.stages if s.upcycle_from is None], out / "report.png", read_metrics)
+    _plot_stages(out, [s.name for s in recipe.stages if s.config is not None], out / "report.png", read_metrics)
     return report
+
+
+def _held_out_fingerprint(out: Path) -> str:
+    return json.loads((out / "heldout.json").read_text()).get("set", "?")
+
+
+def _expert_load_lines(recipe: RecipeConfig, out: Path) -> list[str]:
+    """Each MoE training stage's expert load over its last tenth of steps, as multiples of the uniform share."""
+    from smallcode.train.trainer import read_metrics
+
+    lines = []
+    for spec in recipe.stages:
+        rows = [r for r in read_metrics(out / spec.name / "metrics.jsonl")
+                if r.get("type") == "train" and "expert_load_min" in r]
+        if not rows:
+            continue
+        tail = rows[-max(1, len(rows) // 10):]
+        lo = sum(r["expert_load_min"] for r in tail) / len(tail)
+        hi = sum(r["expert_load_max"] for r in tail) / len(tail)
+        lines.append(f"Expert load at the end of `{spec.name}` (mean of its last {len(tail)} steps): the least-used "
+                     f"expert of a layer gets {lo:.2f}x the uniform share of tokens, the most-used {hi:.2f}x.")
+    return [*lines, ""] if lines else []
+
+
+def _samples_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    lines = ["## The final model on fixed prompts", ""]
+    for label in ("greedy", "default"):
+        mine = [r for r in rows if r["settings"] == label]
+        if not mine:
+            continue
+        mean = sum(r["distinct_4"] for r in mine) / len(mine)
+        title = "greedy" if label == "greedy" else "`smallcode generate`'s default sampling settings"
+        lines += [f"### {title} (mean distinct-4-gram ratio {mean:.2f})", ""]
+        for r in mine:
+            lines += ["```python", r["prompt"] + r["completion"].rstrip(), "```", ""]
+    return lines
+
+
+def _eval_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    summary = json.loads(path.read_text())
+    lines = ["## pass@1 of the final model (greedy, generated code run in the sandbox)", "",
+             "| suite | tasks | pass@1 |", "|---|---|---|"]
+    for suite, s in summary.get("suites", {}).items():
+        p1 = s.get("pass@1")
+        shown = f"{p1 * 100:.1f}% ({s['passed']} of {s['samples']})" if p1 is not None else "-"
+        lines.append(f"| {suite} | {s.get('tasks', '-')} | {shown} |")
+    return [*lines, ""]
 
 
 def _plot_stages(out: Path, names: list[str], png: Path, read_metrics: Any) -> None:

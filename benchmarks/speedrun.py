@@ -1,0 +1,213 @@
+"""The CPU speedrun: the nano recipe (`make run`) against a plain dense baseline of the same wall budget.
+
+One run does both, on the same shards, and scores both on the same held-out set:
+
+1. **The recipe.** ``smallcode recipe configs/nano/recipe.yaml`` into ``--out/recipe`` (timed end to
+   end: tokenizer, shards, every stage, held-out scoring, samples, the sandboxed evaluation).
+2. **The baseline.** A dense next-token model trained the ordinary way, nanoGPT-style: the recipe's
+   dense shape, AdamW (lr 1e-3, betas 0.9/0.99, weight decay 0.1, clip 1.0, the settings nanoGPT uses
+   for its small models), linear warm-up then cosine to 10%, one stage, for the wall time the
+   recipe's training stages took together (tokenizer and shards are shared inputs, the recipe's
+   scoring and evaluation are not training). Its step count comes from its own measured speed.
+3. **Scores.** Bits per byte on held-out third-party Python (``smallcode.eval.heldout``) for every
+   recipe stage and the baseline; tokens seen, tokens/s and MFU per stage (model FLOPs from
+   ``ModelConfig.flops_per_token`` over this machine's measured float32 matmul peak, not a datasheet);
+   the fine-tuned model's change in bits per byte against its parent and in MBPP validation loss;
+   the experts' load at the end of the MoE stage; the distinct-4-gram ratio of the final model's
+   completions of fixed prompts under a few sampling settings (``generate``'s defaults among them).
+
+The last line printed is one JSON object. An interrupted run continues (the recipe resumes, a
+finished baseline is not trained again).
+
+    python benchmarks/speedrun.py --out runs/speedrun
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smallcode.eval.heldout import bits_per_byte, held_out_set
+from smallcode.eval.samples import mean_distinct, sample_prompts
+from smallcode.fileio import atomic_write_json
+from smallcode.infer.engine import Engine
+from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
+from smallcode.model.checkpoint import Checkpoint
+from smallcode.train.config import TrainConfig
+from smallcode.train.recipe import RecipeConfig, _final, run_recipe, stage_config
+from smallcode.train.trainer import Trainer, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING_STEPS_EXCLUDED = {"tokenizer", "shards", "held-out", "samples", "eval"}
+
+
+def peak_flops(seconds: float = 2.0, n: int = 1024) -> float:
+    """This machine's float32 matmul rate with torch's threads: the denominator of MFU here."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0)
+
+
+def stage_speed(run_dir: Path, seq_len: int, config: Any, peak: float) -> dict[str, float]:
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("type") == "train"]
+    rates = sorted(r["tokens_per_s"] for r in rows[2:]) or [math.nan]
+    tok_s = rates[len(rates) // 2]  # the median step: evaluation and checkpoint pauses are not steps
+    return {"tokens_per_s": round(tok_s, 1), "mfu": round(config.flops_per_token(seq_len) * tok_s / peak, 3)}
+
+
+def baseline_config(recipe: RecipeConfig, out: Path, dense: TrainConfig, steps: int) -> TrainConfig:
+    return TrainConfig(
+        objective="next_token", model=dense.model, model_overrides=dict(dense.model_overrides),
+        data=dense.data.replace(path=str(Path(recipe.out) / "shards")), steps=steps, batch_size=dense.batch_size,
+        optimizer="adamw", lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, grad_clip=1.0,
+        schedule="cosine", min_lr_ratio=0.1, warmup_steps=min(100, max(1, steps // 10)),
+        eval_every=0, eval_batches=dense.eval_batches, save_every=max(1, steps // 4), seed=dense.seed)
+
+
+def train_baseline(recipe: RecipeConfig, out: Path, dense: TrainConfig, budget_s: float) -> dict[str, Any]:
+    """Measure the baseline's speed for a few steps, then train it for ``budget_s`` seconds of steps."""
+    done = out / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    probe_dir = out.parent / "baseline_probe"
+    probe = Trainer(baseline_config(recipe, probe_dir, dense, 12), probe_dir, show_progress=False)
+    probe.run(resume=True)
+    rows = [r for r in read_metrics(probe_dir / "metrics.jsonl") if r.get("type") == "train"][3:]
+    tok_s = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
+    per_step = dense.batch_size * dense.data.seq_len * dense.grad_accum
+    steps = max(1, int(budget_s * tok_s / per_step))
+    cfg = baseline_config(recipe, out, dense, steps)
+    t0 = time.perf_counter()
+    result = Trainer(cfg, out).run(resume=True)
+    summary = {"steps": steps, "tokens": result.tokens, "wall_s": round(time.perf_counter() - t0, 1),
+               "budget_s": round(budget_s, 1), "final": str(result.final)}
+    atomic_write_json(done, summary)
+    return summary
+
+
+def mbpp_validation_loss(checkpoint: Path, recipe: RecipeConfig, seq_len: int) -> float:
+    """Token-weighted cross-entropy of ``checkpoint`` on MBPP's validation split, as fine-tuning scores it."""
+    from smallcode.train.config import DataConfig
+    from smallcode.train.objectives import next_token_objective
+    from smallcode.train.sources import build_source
+    from smallcode.train.trainer import LossModule
+
+    ckpt = Checkpoint.open(checkpoint)
+    source = build_source(DataConfig(kind="mbpp", path=recipe.mbpp or "", tokenizer=str(ckpt.tokenizer_file),
+                                     seq_len=seq_len), 8, 0, 0, 1)
+    module = LossModule(ckpt.load_model().eval(), next_token_objective)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in source.validation(10**6):
+            ce, _, extra = module(batch, evaluate=True)
+            total += float(ce) * int(extra["tokens"])
+            count += int(extra["tokens"])
+    return total / max(1, count)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", type=Path, default=ROOT / "configs" / "nano" / "recipe.yaml")
+    p.add_argument("--out", type=Path, default=Path("runs/speedrun"))
+    args = p.parse_args()
+    recipe = RecipeConfig.load(args.recipe).replace(out=str(args.out / "recipe"))
+    out = Path(recipe.out)
+
+    t0 = time.perf_counter()
+    run_recipe(recipe)
+    times = json.loads((out / "recipe_times.json").read_text())
+    recipe_wall = sum(times.values())
+    train_wall = sum(v for k, v in times.items() if k not in TRAINING_STEPS_EXCLUDED)
+    print(f"[speedrun] recipe: {recipe_wall / 60:.1f} min in all, {train_wall / 60:.1f} min of training "
+          f"({time.perf_counter() - t0:.0f} s this session)", flush=True)
+
+    trained = [s for s in recipe.stages if s.config is not None]
+    dense_spec = next(s for s in trained if stage_config(recipe, s, out).init is None
+                      and stage_config(recipe, s, out).objective == "next_token")
+    dense = stage_config(recipe, dense_spec, out)
+    baseline = train_baseline(recipe, args.out / "baseline", dense, train_wall)
+
+    peak = peak_flops()
+    held = held_out_set()
+    scores = json.loads((out / "heldout.json").read_text())["stages"]
+    stages: dict[str, Any] = {}
+    for spec in recipe.stages:
+        ckpt_cfg = Checkpoint.open(_final(out, spec.name)).config
+        row: dict[str, Any] = {"bits_per_byte": scores[spec.name]["bits_per_byte"], "wall_s": times.get(spec.name)}
+        if spec.config is not None:
+            cfg = stage_config(recipe, spec, out)
+            summary = json.loads((out / spec.name / "summary.json").read_text())
+            row.update({"tokens": summary["tokens"], **stage_speed(out / spec.name, cfg.data.seq_len, ckpt_cfg, peak)})
+        stages[spec.name] = row
+    bl_ckpt = Checkpoint.open(baseline["final"])
+    bl = bits_per_byte(bl_ckpt.load_model(), bl_ckpt.load_tokenizer(), held.texts)
+    bl_speed = stage_speed(args.out / "baseline", dense.data.seq_len, bl_ckpt.config, peak)
+
+    # general models: every stage but task fine-tuning
+    general = [s.name for s in recipe.stages if s.config is None or stage_config(recipe, s, out).data.kind == "shards"]
+    best = min(general, key=lambda n: stages[n]["bits_per_byte"])
+    last, parent = recipe.stages[-1], recipe.stages[-1].init_from
+    finetune: dict[str, Any] = {}
+    if last.config is not None and parent is not None and stage_config(recipe, last, out).data.kind == "mbpp":
+        seq = stage_config(recipe, last, out).data.seq_len
+        finetune = {
+            "stage": last.name, "parent": parent,
+            "bits_per_byte_change": round(stages[last.name]["bits_per_byte"] - stages[parent]["bits_per_byte"], 4),
+            "mbpp_val_loss_parent": round(mbpp_validation_loss(_final(out, parent), recipe, seq), 4),
+            "mbpp_val_loss": round(mbpp_validation_loss(_final(out, last.name), recipe, seq), 4),
+        }
+
+    loads = {}
+    for spec in trained:
+        rows = [r for r in read_metrics(out / spec.name / "metrics.jsonl") if "expert_load_min" in r]
+        if rows:
+            tail = rows[-max(1, len(rows) // 10):]
+            loads[spec.name] = {"min": round(sum(r["expert_load_min"] for r in tail) / len(tail), 3),
+                                "max": round(sum(r["expert_load_max"] for r in tail) / len(tail), 3)}
+
+    engine = Engine.from_checkpoint(_final(out, last.name))
+    settings = {
+        "greedy": SamplingParams(max_tokens=GENERATE_DEFAULTS.max_tokens),
+        "t0.2": GENERATE_DEFAULTS.replace(temperature=0.2),
+        "t0.5": GENERATE_DEFAULTS.replace(temperature=0.5),
+        "default": GENERATE_DEFAULTS,
+        "t1.0": GENERATE_DEFAULTS.replace(temperature=1.0),
+    }
+    distinct = {}
+    for name, params in settings.items():
+        distinct[name] = round(sum(mean_distinct(sample_prompts(engine, params.replace(seed=seed)))
+                                   for seed in range(3)) / 3, 3)
+
+    evaluation = {}
+    summary_path = out / "eval" / "summary.json"
+    if summary_path.is_file():
+        for suite, s in json.loads(summary_path.read_text())["suites"].items():
+            evaluation[suite] = s.get("pass@1")
+
+    result = {
+        "recipe_wall_min": round(recipe_wall / 60, 2), "recipe_training_min": round(train_wall / 60, 2),
+        "steps_s": times, "peak_gflops": round(peak / 1e9, 1), "held_out": held.fingerprint,
+        "stages": stages, "best_general_stage": best, "best_bits_per_byte": stages[best]["bits_per_byte"],
+        "baseline": {"bits_per_byte": round(bl.bits_per_byte, 4), "tokens": baseline["tokens"],
+                     "steps": baseline["steps"], "wall_s": baseline["wall_s"], **bl_speed},
+        "ratio_baseline_over_best": round(bl.bits_per_byte / stages[best]["bits_per_byte"], 4),
+        "finetune": finetune, "expert_load": loads, "distinct_4": distinct,
+        "generate_defaults": {"temperature": GENERATE_DEFAULTS.temperature, "top_p": GENERATE_DEFAULTS.top_p},
+        "pass@1": evaluation,
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
