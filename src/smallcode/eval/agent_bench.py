@@ -271,3 +271,34 @@ def report_repair_dir(run_dir: str | Path) -> dict[str, Any]:
     log = JsonlLog(out / "results.jsonl")
     log.close()
     return write_repair_report(out, log.rows, meta)
+
+
+# ---- execution-guided sampling on completion tasks ------------------------------------------------
+
+
+def execution_guided(tasks: list[Task], backend: Any, k: int, temperature: float = 0.8, max_tokens: int = 256,
+                     stop: list[str] | None = None, timeout_s: float = 3.0) -> list[dict[str, Any]]:
+    """Plain pass@1 (one greedy sample) against pass@1 after feedback (``k`` samples, the first whose
+    visible tests pass is the answer, else the first sample), per task.
+
+    The visible tests are the task's own (MBPP shows them in the prompt); the verdict is the harness's
+    compat check (``check.check_compat``), so both numbers use the same checker."""
+    from smallcode.backends.base import DEFAULT_STOP
+
+    stops = list(stop if stop is not None else DEFAULT_STOP)
+    prompts = [t.prompt for t in tasks]
+    greedy = backend.generate(prompts, 1, 0.0, 1.0, max_tokens, stops)
+    sampled = backend.generate(prompts, k, temperature, 0.95, max_tokens, stops) if k > 1 else greedy
+    rows: list[dict[str, Any]] = []
+    with Sandbox("auto", Limits(timeout_s=timeout_s)) as sb:
+        for t, g, cands in zip(tasks, greedy, sampled, strict=True):
+            plain = check_compat(t, g[0], sb, timeout_s).passed
+            chosen, tried = cands[0], 0
+            for c in cands:
+                tried += 1
+                if check_compat(t, c, sb, timeout_s).passed:
+                    chosen = c
+                    break
+            rows.append({"task_id": t.task_id, "plain": plain, "guided": check_compat(t, chosen, sb, timeout_s).passed,
+                         "candidates_run": tried})
+    return rows
