@@ -64,3 +64,28 @@ def test_doing_nothing_or_gutting_the_tests_resolves_nothing(tasks: list, tmp_pa
 def test_unknown_suite() -> None:
     with pytest.raises(ValueError, match="unknown repair suite"):
         load_repair_suite("repair-nope")
+
+
+class ThirdTimeRight:
+    """A backend whose greedy answer and first two samples are wrong and whose third is the reference."""
+
+    name = "third-time-right"
+
+    def __init__(self, tasks: list) -> None:
+        self.ref = {t.prompt: t.reference for t in tasks}
+
+    def generate(self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int,
+                 stop: list[str]) -> list[list[str]]:
+        wrong = "def nothing():\n    return None\n"
+        return [[self.ref[p] if i == 2 else wrong for i in range(n)] for p in prompts]
+
+
+def test_execution_guided_keeps_the_first_sample_that_passes() -> None:
+    from smallcode.eval.agent_bench import execution_guided
+    from smallcode.tasks import load_suite
+
+    mbpp = load_suite("mbpp")[:3]
+    rows = execution_guided(mbpp, ThirdTimeRight(mbpp), k=4)
+    assert [(r["plain"], r["guided"], r["candidates_run"]) for r in rows] == [(False, True, 3)] * 3
+    rows = execution_guided(mbpp, ThirdTimeRight(mbpp), k=2)  # the right one is never sampled
+    assert not any(r["guided"] for r in rows)

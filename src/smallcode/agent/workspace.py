@@ -131,19 +131,23 @@ class Workspace:
         self._tmp = Path(tempfile.mkdtemp(prefix="smallcode-agent-"))
         self.path = self._tmp / "repo"
         self._git_dir = self._tmp / "baseline.git"
-        self.path.mkdir()
-        for rel in _repo_files(self.repo):
-            src, dst = self.repo / rel, self.path / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_symlink():
-                os.symlink(os.readlink(src), dst)
-            elif src.is_file():
-                shutil.copy2(src, dst)
-        self._chown(self.path)
-        self._git("init", "-q")
-        self._git("add", "-A")
-        self._git("commit", "-q", "--allow-empty", "-m", "baseline")
-        self._protected = self._protected_hashes()
+        try:
+            self.path.mkdir()
+            for rel in _repo_files(self.repo):
+                src, dst = self.repo / rel, self.path / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if src.is_symlink():
+                    os.symlink(os.readlink(src), dst)
+                elif src.is_file():
+                    shutil.copy2(src, dst)
+            self._chown(self.path)
+            self._git("init", "-q")
+            self._git("add", "-A")
+            self._git("commit", "-q", "--allow-empty", "-m", "baseline")
+            self._protected = self._protected_hashes()
+        except BaseException:
+            self.close()  # a half-made copy is removed, not left in the temporary directory
+            raise
 
     # ---- paths ----------------------------------------------------------------------------------
     def is_protected(self, rel: str) -> bool:
