@@ -59,3 +59,8 @@ def test_new_files_need_an_empty_search() -> None:
         apply_edit(None, parse_edit("new.py\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n"))
     with pytest.raises(ActionError, match="empty SEARCH but the file exists"):
         apply_edit("old\n", create)
+
+
+def test_the_last_line_may_lack_its_newline() -> None:
+    edit = parse_edit(parse_action(search_replace_block("m.py", "    return not x\n", "    return x\n")).arg)
+    assert apply_edit("def f(x):\n    return not x", edit) == "def f(x):\n    return x\n"

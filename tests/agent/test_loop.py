@@ -99,3 +99,11 @@ def test_cli_replays_a_trajectory_and_prints_the_diff(repo: Path, tmp_path: Path
 def test_cli_needs_a_model_or_a_replay(repo: Path, capsys) -> None:
     assert cli_main(["agent", "--repo", str(repo), "fix it"]) != 0
     assert "exactly one of --model and --endpoint" in capsys.readouterr().err
+
+
+def test_edits_keep_crlf_line_endings(repo: Path) -> None:
+    (repo / "crlf.py").write_bytes(b"x = 1\r\ny = 2\r\n")
+    with Workspace(repo) as ws:
+        run_agent("x", ws, ScriptedModel([search_replace_block("crlf.py", "y = 2\r\n", "y = 3\r\n")]),
+                  AgentConfig(max_steps=1))
+        assert (ws.path / "crlf.py").read_bytes() == b"x = 1\r\ny = 3\r\n"

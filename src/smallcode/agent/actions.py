@@ -127,6 +127,10 @@ def apply_edit(original: str | None, edit: Edit) -> str:
         if not search:
             raise ActionError(f"{edit.path}: block {i} has an empty SEARCH but the file exists; nothing was changed")
         count = text.count(search)
+        if count == 0 and search.endswith("\n") and text.endswith(search[:-1]) and text.count(search[:-1]) == 1:
+            # The block's lines always end in a newline; the file's last line may not have one.
+            text = text[: len(text) - len(search) + 1] + replace
+            continue
         if count != 1:
             where = "does not occur" if count == 0 else f"occurs {count} times (add lines to make it unique)"
             raise ActionError(f"{edit.path}: the SEARCH text of block {i} {where}; nothing was changed. "

@@ -157,7 +157,13 @@ class _Run:
         if action.kind == "edit":
             edit = parse_edit(action.arg)
             path = ws.resolve(edit.path, write=True)
-            original = path.read_text(encoding="utf-8") if path.is_file() else None
+            original = None
+            if path.is_file():
+                try:
+                    with open(path, encoding="utf-8", newline="") as f:
+                        original = f.read()  # line endings as they are: a SEARCH may hold "\r\n"
+                except UnicodeDecodeError as e:
+                    raise ActionError(f"{edit.path}: not UTF-8 text, cannot be edited ({e.reason})") from e
             ws.write_text(edit.path, apply_edit(original, edit))
             return f"edited {edit.path}\n" + (self.run_tests() if self.test_command else "")
         if action.kind == "run":
