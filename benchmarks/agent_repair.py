@@ -1,9 +1,9 @@
 """The agent's figures: the oracle over the repair suites, the nano model's resolve rate, and MBPP
 pass@1 with and without execution-guided sampling.
 
-* oracle: a scripted model that applies each task's known fix, over ``--oracle-limit`` tasks of
-  repair-humaneval and repair-mbpp (all of them by default) and ``--repo-limit`` of repair-repo;
-  it must resolve 100% (the benchmark's mechanics are sound).
+* oracle: a scripted model that applies each task's known fix, over every task of the three repair
+  suites (``--oracle-limit``, ``--repo-limit`` to take fewer); it must resolve 100% (the
+  benchmark's mechanics are sound).
 * nano: ``--checkpoint`` (a fine-tuned nano; by default ``runs/nano/finetune/final`` when it
   exists) or, when there is none, an untrained nano with a tokenizer trained on the standard
   library's ``json`` package; ``--nano-limit`` tasks per suite with small budgets.
@@ -41,10 +41,10 @@ def _untrained_nano(tmp: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--oracle-limit", type=int, default=None)
-    ap.add_argument("--repo-limit", type=int, default=20)
-    ap.add_argument("--nano-limit", type=int, default=5)
-    ap.add_argument("--mbpp-limit", type=int, default=20)
+    ap.add_argument("--oracle-limit", type=int, default=0, help="Tasks of repair-humaneval/mbpp (0: all).")
+    ap.add_argument("--repo-limit", type=int, default=0, help="Tasks of repair-repo for the oracle (0: all).")
+    ap.add_argument("--nano-limit", type=int, default=10, help="Tasks per suite for the nano model.")
+    ap.add_argument("--mbpp-limit", type=int, default=50, help="MBPP tasks for pass@1 plain vs guided.")
     ap.add_argument("--candidates", type=int, default=4)
     ap.add_argument("--checkpoint", type=Path, default=Path("runs/nano/finetune/final"))
     ap.add_argument("--out", type=Path, default=None, help="Keep the run directories here.")
@@ -60,8 +60,8 @@ def main() -> None:
         tmp = Path(tmp_s)
         out = args.out or tmp / "runs"
         t0 = time.perf_counter()
-        suites = {"repair-humaneval": args.oracle_limit, "repair-mbpp": args.oracle_limit,
-                  "repair-repo": args.repo_limit}
+        suites = {"repair-humaneval": args.oracle_limit or None, "repair-mbpp": args.oracle_limit or None,
+                  "repair-repo": args.repo_limit or None}
         tasks = [t for s, lim in suites.items() for t in load_repair_suite(s, lim)]
         built_s = time.perf_counter() - t0
         summary = run_repair(tasks, lambda rt: ScriptedModel(oracle_replies(rt), "oracle"), out / "oracle",
