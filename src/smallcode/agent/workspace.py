@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+# The evaluation sandbox's uid allocator: agent commands get uids no zygote of this process uses.
 from smallcode.eval.sandbox.harness import _allocate_uid
 from smallcode.eval.sandbox.isolation import available, shell_argv
 from smallcode.fileio import atomic_write_text
