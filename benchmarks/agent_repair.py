@@ -10,8 +10,10 @@ pass@1 with and without execution-guided sampling.
 * MBPP: pass@1 of one greedy sample against the first of ``--candidates`` samples that passes the
   visible tests, on ``--mbpp-limit`` tasks (:func:`smallcode.eval.agent_bench.execution_guided`).
 
-Prints one JSON object as its last line. Measured (2 CPU cores, no fine-tuned checkpoint: untrained
-nano): see docs/agent.md.
+Prints one JSON object as its last line. Last run (2 CPU cores, defaults, no fine-tuned checkpoint
+so an untrained nano): oracle 164/164, 500/500, 442/442 resolved (563 s with 140 s of suite
+building); nano 0% on 10 tasks of each suite (every run ended at max_steps, no reply held an
+action); MBPP first 50 tasks: pass@1 0% plain, 0% guided with 4 candidates.
 """
 
 from __future__ import annotations
