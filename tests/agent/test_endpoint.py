@@ -48,3 +48,16 @@ def test_failing_run_applies_nothing(repo: Path, capsys) -> None:
         server.httpd.shutdown()
     assert code != 0 and "nothing applied" in capsys.readouterr().err
     assert "return a - b" in (repo / "calc.py").read_text()
+
+
+def test_protect_adds_files_the_agent_must_not_edit(repo: Path, tmp_path: Path, capsys) -> None:
+    server = Server()
+    try:
+        server.plan = [_answer(search_replace_block("calc.py", "    return a - b\n", "    return a + b\n"))]
+        code = cli_main(["agent", "fix add", "--repo", str(repo), "--endpoint", server.url, "--test", TEST_COMMAND,
+                         "--protect", "calc.py", "--max-steps", "1", "--trajectory", str(tmp_path / "t.jsonl")])
+    finally:
+        server.httpd.shutdown()
+    assert code == 0 and "(no change)" in capsys.readouterr().out
+    turn = json.loads((tmp_path / "t.jsonl").read_text().splitlines()[1])
+    assert "tests must not be changed" in turn["observation"]

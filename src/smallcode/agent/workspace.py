@@ -167,7 +167,7 @@ class Workspace:
         if inner == ".git" or inner.startswith(".git/"):
             raise WorkspaceError(f"{rel}: the .git directory is off limits")
         if write and self.is_protected(inner):
-            raise WorkspaceError(f"{rel}: a test file; tests must not be changed, fix the code instead")
+            raise WorkspaceError(f"{rel}: a protected file (tests must not be changed); fix the code instead")
         return target
 
     def files(self) -> list[str]:

@@ -22,6 +22,8 @@ from smallcode.cli.options import config_options
 @click.option("--test", "test_command", help="The shell command that runs the tests (in the sandbox).")
 @click.option("--candidates", default=1, show_default=True, type=click.IntRange(min=1),
               help="Runs sampled in parallel on separate copies; the first whose tests pass wins.")
+@click.option("--protect", multiple=True, help="Glob (relative path) of files the agent must not change; "
+              "repeatable. Default: tests/*, test_*.py, *_test.py, conftest.py and the like.")
 @click.option("--apply", "apply_", is_flag=True, help="Apply the change to --repo when the tests pass.")
 @click.option("--trajectory", type=click.Path(path_type=Path),
               help="Where to write the trajectory JSONL (a directory with --candidates > 1).")
@@ -29,15 +31,15 @@ from smallcode.cli.options import config_options
               help="Replay the replies of a trajectory on a fresh copy of --repo instead of asking a model.")
 @config_options(AgentConfig)
 def agent(cfg: AgentConfig, task: str | None, repo: Path, model: Path | None, endpoint: str | None,
-          api_key: str | None, model_name: str, test_command: str | None, candidates: int, apply_: bool,
-          trajectory: Path | None, replay_file: Path | None) -> None:
+          api_key: str | None, model_name: str, test_command: str | None, candidates: int, protect: tuple[str, ...],
+          apply_: bool, trajectory: Path | None, replay_file: Path | None) -> None:
     """Work on TASK in a sandboxed copy of --repo: read, search, edit, run the tests, until they pass.
 
     Prints the diff; with --apply (and passing tests) writes it to --repo.
     """
     from smallcode.agent.loop import replay, run_candidates
     from smallcode.agent.models import ModelError, open_chat_model
-    from smallcode.agent.workspace import WorkspaceError
+    from smallcode.agent.workspace import DEFAULT_PROTECT, WorkspaceError
 
     try:
         if replay_file is not None:
@@ -49,9 +51,9 @@ def agent(cfg: AgentConfig, task: str | None, repo: Path, model: Path | None, en
         if (model is None) == (endpoint is None):
             raise click.UsageError("give exactly one of --model and --endpoint")
         chat = open_chat_model(model, endpoint, model_name, api_key)
-        tdir = trajectory if candidates > 1 else None
-        best, _, ws = run_candidates(task, repo, chat, candidates, cfg, test_command, tdir) if candidates > 1 \
-            else _single(task, repo, chat, cfg, test_command, trajectory)
+        globs = tuple(protect) or DEFAULT_PROTECT
+        best, _, ws = (run_candidates(task, repo, chat, candidates, cfg, test_command, trajectory, globs)
+                       if candidates > 1 else _single(task, repo, chat, cfg, test_command, trajectory, globs))
         try:
             _show(best.to_dict(), best.diff)
             if apply_:
@@ -68,11 +70,11 @@ def agent(cfg: AgentConfig, task: str | None, repo: Path, model: Path | None, en
 
 
 def _single(task: str, repo: Path, chat: object, cfg: AgentConfig, test_command: str | None,
-            trajectory: Path | None) -> tuple[object, list[object], object]:
+            trajectory: Path | None, protect: tuple[str, ...]) -> tuple[object, list[object], object]:
     from smallcode.agent.loop import run_agent
     from smallcode.agent.workspace import Workspace
 
-    ws = Workspace(repo)
+    ws = Workspace(repo, protect)
     try:
         result = run_agent(task, ws, chat, cfg, test_command, trajectory)  # type: ignore[arg-type]
     except BaseException:
