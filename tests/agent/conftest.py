@@ -1,4 +1,5 @@
-"""Fixtures of the agent tests: a small buggy repository, a canary in a temporary HOME, bwrap required."""
+"""Fixtures of the agent tests: a small buggy repository (bwrap required, as CI has it), a canary in a
+temporary HOME."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from test_sandbox_helpers import require_bwrap  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _bwrap() -> None:
-    require_bwrap()
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A git repository with a bug in calc.add and a test that catches it."""
+    """A git repository with a bug in calc.add and a test that catches it (its tests need bwrap)."""
+    require_bwrap()
     root = tmp_path / "user-repo"
     (root / "tests").mkdir(parents=True)
     (root / "calc.py").write_text("def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n")

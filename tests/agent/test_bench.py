@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_sandbox_helpers import require_bwrap  # tests/eval, put on the path by conftest
 
 from smallcode.agent import AgentConfig, ScriptedModel
 from smallcode.eval.agent_bench import REPAIR_SUITES, load_repair_suite, oracle_replies, run_repair, verdict
@@ -15,6 +16,7 @@ from smallcode.eval.sandbox import Limits, Sandbox
 
 @pytest.fixture(scope="module")
 def tasks() -> list:
+    require_bwrap()
     with Sandbox("auto", Limits(timeout_s=5.0)) as sb:
         return [t for s in REPAIR_SUITES for t in load_repair_suite(s, limit=2, sandbox=sb)]
 
@@ -84,6 +86,7 @@ def test_execution_guided_keeps_the_first_sample_that_passes() -> None:
     from smallcode.eval.agent_bench import execution_guided
     from smallcode.tasks import load_suite
 
+    require_bwrap()
     mbpp = load_suite("mbpp")[:3]
     rows = execution_guided(mbpp, ThirdTimeRight(mbpp), k=4)
     assert [(r["plain"], r["guided"], r["candidates_run"]) for r in rows] == [(False, True, 3)] * 3
