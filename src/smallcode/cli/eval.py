@@ -1,4 +1,5 @@
-"""``smallcode eval``: run CodeBench-E, rebuild a report, mine repository problems. Wiring only."""
+"""``smallcode eval``: run CodeBench-E, rebuild a report, mine repository problems, run the repair benchmark.
+Wiring only."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import click
 
+from smallcode.agent.loop import AgentConfig
 from smallcode.cli.options import config_options
 from smallcode.eval.runner import RunConfig
 
@@ -129,3 +131,44 @@ def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout
 
     path = mine_repo(source, out, limit=limit, workers=workers, timeout_s=timeout_s)
     click.echo(f"wrote {path}")
+
+
+@eval_.command("agent")
+@click.option("--suite", "suites", multiple=True, required=True,
+              type=click.Choice(["repair-humaneval", "repair-mbpp", "repair-repo"]), help="Repair suite (repeatable).")
+@click.option("--model", "model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A smallcode checkpoint or ONNX export directory.")
+@click.option("--endpoint", help="Base URL of an OpenAI-compatible chat server.")
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token for --endpoint (or $OPENAI_API_KEY).")
+@click.option("--model-name", default="default", show_default=True, help="The 'model' field sent to --endpoint.")
+@click.option("--oracle", is_flag=True, help="A scripted model that applies the known fix (checks the mechanics).")
+@click.option("--limit", type=int, help="Only the first N usable tasks of each suite.")
+@click.option("--candidates", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Agent runs per task on separate copies; the first whose tests pass counts.")
+@click.option("--repo-file", type=click.Path(exists=True, dir_okay=False),
+              help="A file written by `smallcode eval mine` to build repair-repo from.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@config_options(AgentConfig)
+@_user_errors
+def agent(cfg: AgentConfig, suites: tuple[str, ...], model: Path | None, endpoint: str | None, api_key: str | None,
+          model_name: str, oracle: bool, limit: int | None, candidates: int, repo_file: str | None, out: Path) -> None:
+    """The repair benchmark: the agent fixes a seeded bug until the original tests pass (resumable)."""
+    from smallcode.agent.models import ScriptedModel, open_chat_model
+    from smallcode.eval.agent_bench import load_repair_suite, oracle_replies, run_repair
+
+    if sum(x is not None and x is not False for x in (model, endpoint, oracle or None)) != 1:
+        raise click.UsageError("give exactly one of --model, --endpoint, --oracle")
+    tasks = [t for s in suites for t in load_repair_suite(s, limit, repo_file=repo_file)]
+    if oracle:
+        name = "oracle"
+
+        def model_for(rt: Any) -> Any:
+            return ScriptedModel(oracle_replies(rt), name="oracle")
+    else:
+        chat = open_chat_model(model, endpoint, model_name, api_key)
+        name = chat.name
+
+        def model_for(rt: Any) -> Any:
+            return chat
+    run_repair(tasks, model_for, out, cfg, candidates, name, progress=True)
+    click.echo((out / "report.md").read_text())

@@ -29,6 +29,7 @@ VERBS: dict[str, str] = {
     "upcycle": "smallcode.cli.upcycle:upcycle",
     "export": "smallcode.cli.export:export",
     "serve": "smallcode.cli.serve:serve",
+    "agent": "smallcode.cli.agent:agent",
 }
 
 

@@ -145,3 +145,46 @@ def resolve_isolation(isolation: Isolation = "auto") -> Isolation:
     if not available(isolation):
         raise RuntimeError(f"sandbox isolation {isolation!r} is not available on this machine")
     return isolation
+
+
+SHELL_WORKDIR = "/repo"
+"""Where :func:`shell_argv` mounts the one writable directory inside the sandbox."""
+
+
+def shell_argv(
+    workdir: str,
+    command: str,
+    *,
+    uid: int | None = None,
+    memory_mb: int = 1024,
+    processes: int = 64,
+    file_size_mb: int = 64,
+    open_files: int = 256,
+    cpu_s: int = 60,
+) -> list[str]:
+    """The bwrap command line that runs the shell ``command`` with ``workdir`` (a host directory)
+    mounted writable at :data:`SHELL_WORKDIR` and the working directory there.
+
+    Everything :func:`wrap` gives a bwrap program holds (no network, new PID namespace, read-only
+    system directories and interpreter, a capped private ``/tmp``); ``workdir`` is the only host
+    directory that can be written. Limits are set with ``prlimit`` on the shell (inherited by what it
+    starts). As root, the shell runs as ``uid`` (required then) with no capabilities, so the process
+    limit counts only this sandbox's processes and nothing may change ownership or permissions
+    outside ``workdir``; ``workdir`` must be owned by ``uid``. Wall time is the caller's to enforce
+    (kill the process group: ``--die-with-parent`` and the PID namespace take everything with it).
+    """
+    # The interpreter's directory first on PATH: `python` inside is the one running smallcode.
+    interp_dir = os.path.dirname(interpreter())
+    env = ["--setenv", "PATH", f"{interp_dir}:/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", SANDBOX_WORKDIR,
+           "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
+    limits = ["prlimit", f"--as={memory_mb << 20}", f"--nproc={processes}", f"--fsize={file_size_mb << 20}",
+              f"--nofile={open_files}", f"--cpu={cpu_s}", "--core=0", "--"]
+    drop: list[str] = []
+    if os.geteuid() == 0:
+        if uid is None:
+            raise ValueError("shell_argv as root needs the unprivileged uid to run the command as")
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all", "--"]
+    # /tmp is bwrap's size-capped tmpfs; opened to the unprivileged uid like a host's /tmp.
+    options = ["--bind", workdir, SHELL_WORKDIR, "--chdir", SHELL_WORKDIR, "--chmod", "1777", SANDBOX_WORKDIR, *env]
+    return _bwrap([*options, *drop, *limits, "/bin/bash", "-c", command])

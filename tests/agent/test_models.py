@@ -1,0 +1,51 @@
+"""A local checkpoint as the agent's model: prompts through the tokenizer's chat template, the run
+ends by its budget whatever the (random) model says."""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from smallcode.agent import AgentConfig, EngineChat, Workspace, open_chat_model, run_agent
+from smallcode.model.checkpoint import save_checkpoint
+from smallcode.serve.formats import prompt_format
+from smallcode.tokenizer import load_tokenizer
+from smallcode.tokenizer.train import train_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infer"))
+from infer_helpers import make_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("agent-ckpt")
+    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out / "tok", show_progress=False)
+    tok = load_tokenizer(out / "tok").save(out / "tok2")
+    return save_checkpoint(make_model(), out / "ck", tokenizer_file=tok)
+
+
+def test_engine_chat_uses_the_chat_template(checkpoint: Path) -> None:
+    chat = open_chat_model(checkpoint)
+    assert isinstance(chat, EngineChat)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    replies = chat.chat(messages, n=2, temperature=0.0, max_tokens=8, seed=0)
+    expected = prompt_format(chat.engine.tokenizer).chat(messages)
+    assert replies[0].prompt_tokens == len(expected)
+    assert replies[0].text == replies[1].text and replies[0].completion_tokens <= 8
+
+
+def test_a_random_model_ends_by_budget(checkpoint: Path, repo: Path) -> None:
+    with Workspace(repo) as ws:
+        result = run_agent("fix add", ws, open_chat_model(checkpoint), AgentConfig(max_steps=2, reply_tokens=16),
+                           "python -B tests/test_calc.py")
+    assert result.exit_reason in ("max_steps", "model_error") and result.steps <= 2
+
+
+def test_open_chat_model_needs_one_source() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        open_chat_model()
+    with pytest.raises(ValueError, match="http"):
+        open_chat_model(endpoint="localhost:8080")
