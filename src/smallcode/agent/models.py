@@ -123,7 +123,7 @@ class EndpointChat:
                    "max_tokens": max_tokens, "seed": seed}
         try:
             # The backend's one request path (retries, streams, error handling), with a whole conversation.
-            answers = self.backend._post("/chat/completions", payload)
+            answers = self.backend.post("/chat/completions", payload)
         except BackendError as e:
             raise ModelError(str(e)) from e
         texts = [a.text for a in answers if isinstance(a.text, str)]

@@ -90,8 +90,9 @@ class OpenAIBackend:
         self.name = f"{self.base_url} ({api}, model {model})"
 
     # ---- HTTP ------------------------------------------------------------------------------------
-    def _post(self, path: str, payload: dict[str, Any]) -> list[Timed]:
-        """The answer's choices in index order, each with the raw text (stop sequences not yet applied)."""
+    def post(self, path: str, payload: dict[str, Any]) -> list[Timed]:
+        """POST ``payload`` to ``path`` (retried, streamed or not); the choices in index order, each with its
+        raw text (stop sequences not yet applied). The agent sends whole conversations through it."""
         url = self.base_url + path
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -148,10 +149,10 @@ class OpenAIBackend:
             }
             if self.api == "completions":
                 # The API takes at most 4 stop sequences; all of them are applied client-side below.
-                answers = self._post("/completions", {**common, "prompt": prompt, "stop": stop[:4]})
+                answers = self.post("/completions", {**common, "prompt": prompt, "stop": stop[:4]})
             else:
                 msg = [{"role": "user", "content": CHAT_INSTRUCTION + prompt}]
-                answers = self._post("/chat/completions", {**common, "messages": msg})
+                answers = self.post("/chat/completions", {**common, "messages": msg})
             answers = [a for a in answers if isinstance(a.text, str)]
             if not answers:
                 raise BackendError(f"{self.base_url}: the answer has no completion text")
