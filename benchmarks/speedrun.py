@@ -124,8 +124,10 @@ def main() -> None:
     recipe = RecipeConfig.load(args.recipe).replace(out=str(args.out / "recipe"))
     out = Path(recipe.out)
 
+    fresh = not (out / "recipe_times.json").is_file()
     t0 = time.perf_counter()
     run_recipe(recipe)
+    session_s = time.perf_counter() - t0
     times = json.loads((out / "recipe_times.json").read_text())
     recipe_wall = sum(times.values())
     train_wall = sum(v for k, v in times.items() if k not in TRAINING_STEPS_EXCLUDED)
@@ -197,6 +199,8 @@ def main() -> None:
 
     result = {
         "recipe_wall_min": round(recipe_wall / 60, 2), "recipe_training_min": round(train_wall / 60, 2),
+        # the whole process, imports and all, when this run started the recipe from nothing
+        "recipe_process_min": round(session_s / 60, 2) if fresh else None,
         "steps_s": times, "peak_gflops": round(peak / 1e9, 1), "held_out": held.fingerprint,
         "stages": stages, "best_general_stage": best, "best_bits_per_byte": stages[best]["bits_per_byte"],
         "baseline": {"bits_per_byte": round(bl.bits_per_byte, 4), "tokens": baseline["tokens"],
