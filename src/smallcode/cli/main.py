@@ -29,6 +29,8 @@ VERBS: dict[str, str] = {
     "upcycle": "smallcode.cli.upcycle:upcycle",
     "export": "smallcode.cli.export:export",
     "serve": "smallcode.cli.serve:serve",
+    "lsp": "smallcode.cli.lsp:lsp",
+    "stats": "smallcode.cli.stats:stats",
 }
 
 
