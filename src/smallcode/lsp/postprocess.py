@@ -8,9 +8,9 @@ streaming caller can stop the model there). The rules, in order:
 2. **Block end.** A multi-line completion stops before the first line that dedents below the
    cursor's block, and before a line at the block's own indentation that follows a blank line (the
    next paragraph: another function, another statement group).
-3. **Suffix repeats.** A line equal to the next non-blank line after the cursor ends the completion
-   there (the model has reached code that is already written); inside a line, text that ends with
-   the rest of the line loses that copy.
+3. **Suffix repeats.** A line equal, indentation included, to one of the next ``REPEAT_LINES``
+   non-blank lines after the cursor ends the completion there (the model has reached code that is
+   already written); inside a line, text that ends with the rest of the line loses that copy.
 4. **Nothing new.** Only whitespace, or only what already follows the cursor: nothing is shown.
 
 ``word_start(line_prefix)`` gives the column where the replaced text starts when the cursor is in or
@@ -26,6 +26,8 @@ from smallcode.lsp.context import FimContext
 
 MAX_LINES = 16
 """Most lines of one multi-line completion."""
+REPEAT_LINES = 3
+"""A completion line equal (indentation included) to one of this many code lines below the cursor ends it."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,15 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
-def _next_code_line(after: str) -> str | None:
-    """The first non-blank line after the cursor's line, without its line ending."""
+def _next_code_lines(after: str, n: int = REPEAT_LINES) -> set[str]:
+    """The first ``n`` non-blank lines after the cursor's line, indentation kept, trailing blanks not."""
+    out: list[str] = []
     for line in after.splitlines():
         if line.strip():
-            return line.rstrip()
-    return None
+            out.append(line.rstrip())
+            if len(out) == n:
+                break
+    return set(out)
 
 
 def shape(text: str, ctx: FimContext, *, final: bool = True, max_lines: int = MAX_LINES) -> Shaped:
@@ -62,7 +67,7 @@ def shape(text: str, ctx: FimContext, *, final: bool = True, max_lines: int = MA
     lines = text.split("\n")
     # The indentation of the cursor's block: the cursor's own line, as it will read with the completion.
     block = _indent(ctx.line_prefix + lines[0]) if (ctx.line_prefix + lines[0]).strip() else len(ctx.line_prefix)
-    repeat = _next_code_line(ctx.after)
+    repeat = _next_code_lines(ctx.after)
     kept: list[str] = []
     blank_before = False
     for i, line in enumerate(lines):
@@ -71,11 +76,10 @@ def shape(text: str, ctx: FimContext, *, final: bool = True, max_lines: int = MA
             if _indent(line) < block or (blank_before and _indent(line) <= block):
                 done = True
                 break
-        if i > 0 and repeat is not None and line.rstrip() == repeat and (not last or len(line) >= len(repeat)):
+        if i > 0 and not last and line.rstrip() in repeat:
             done = True
             break
-        if i == 0 and not last and repeat is not None and not ctx.line_prefix.strip() \
-                and (ctx.line_prefix + line).rstrip() == repeat:
+        if i == 0 and not last and not ctx.line_prefix.strip() and (ctx.line_prefix + line).rstrip() in repeat:
             return Shaped("", True)  # the whole first line is the code below
         if len(kept) == max_lines:
             done = True
