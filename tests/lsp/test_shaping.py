@@ -105,6 +105,18 @@ def test_debounce_waits_only_when_typing_outruns_the_model() -> None:
     assert d.answer_s < d.gap_s and d.wait(0.24) == 0.0  # a fast model: no wait
     d.edited(5.0)  # after a pause the gap average is untouched
     assert d.gap_s == pytest.approx(0.08)
+    slow = d.answer_s = 0.5
+    d.superseded()  # superseded while waiting: the old estimate counts for less
+    assert d.answer_s < slow
+
+
+def test_debounce_first_and_machine_fast_edits_wait() -> None:
+    d = Debounce(min_s=0.03, max_s=0.25)
+    d.edited(0.0)
+    assert d.wait(0.0) == pytest.approx(0.045)  # the first edit seen: a burst may follow
+    for t in (0.001, 0.002, 0.003):
+        d.edited(t)
+    assert d.wait(0.003) == pytest.approx(0.03)  # edits faster than min_s wait, even for an untimed model
 
 
 def test_feedback_log_and_summary(tmp_path) -> None:

@@ -21,13 +21,15 @@ import click
               help="Bearer token for --endpoint (default: $SMALLCODE_API_KEY).")
 @click.option("--device", default="cpu", show_default=True, help="Where --model runs.")
 @click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1),
-              help="Most tokens of one completion.")
+              help="Most tokens of a completion the user asks for.")
+@click.option("--auto-max-tokens", default=16, show_default=True, type=click.IntRange(1),
+              help="Most tokens of a completion triggered while typing.")
 @click.option("--feedback-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The feedback log (default: lsp-feedback.jsonl in the user's data directory).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Logging on stderr.")
 def lsp(model_dir: Path | None, endpoint: str | None, api_key: str | None, device: str, max_tokens: int,
-        feedback_log: Path | None, log_level: str) -> None:
+        auto_max_tokens: int, feedback_log: Path | None, log_level: str) -> None:
     """Run the language server on stdin/stdout (--model DIR or --endpoint URL)."""
     if (model_dir is None) == (endpoint is None):
         raise click.UsageError("give the model once: --model DIR or --endpoint URL")
@@ -43,4 +45,5 @@ def lsp(model_dir: Path | None, endpoint: str | None, api_key: str | None, devic
     else:
         assert model_dir is not None
         model = LocalModel(model_dir, device=device)
-    create_server(model, Settings(max_tokens=max_tokens, feedback_log=feedback_log)).start_io()
+    create_server(model, Settings(max_tokens=max_tokens, auto_max_tokens=auto_max_tokens,
+                                         feedback_log=feedback_log)).start_io()

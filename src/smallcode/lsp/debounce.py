@@ -5,12 +5,18 @@ request would be superseded anyway, and while it waits it costs nothing. So the 
 two running averages, the user's time between keystrokes while typing (gaps longer than ``pause_s``
 are pauses, not typing) and the model's time to answer:
 
-* the model answers faster than the user types: no wait, the answer is shown before the next key;
-* the user types faster than the model answers: wait about one and a half keystroke gaps (at least
-  ``min_s``, at most ``max_s``) counted from the last edit, so a burst of keys sends one request,
-  for its last key;
+* the model answers faster than the user types: no wait, the answer is shown before the next key
+  (a model not timed yet counts as fast);
+* the user types faster than the model answers, or faster than ``min_s`` between edits (key repeat,
+  a paste in pieces, a script), or it is the first edit seen: wait about one and a half keystroke gaps
+  (at least ``min_s``, at most ``max_s``) counted from the last edit, so a burst of edits sends one
+  request, for its last one;
 * a pause fires at once: once the time since the last edit passes that wait, there is nothing left
   to wait for.
+
+While requests keep being superseded in their wait, the model's time is not measured; each such
+supersede lowers the estimate a little (``superseded``), so one slow answer (a cold start) does not
+keep every later request waiting.
 
 An invoked request (the user asked) never waits. Times are passed in, so the rule is a plain
 function of them (the tests feed it made-up clocks).
@@ -49,11 +55,16 @@ class Debounce:
         """The model answered a request in ``seconds``."""
         self.answer_s = seconds if self.answer_s is None else 0.7 * self.answer_s + 0.3 * seconds
 
+    def superseded(self) -> None:
+        """A request was superseded while it waited: its model time stays unknown; trust the old one less."""
+        if self.answer_s is not None:
+            self.answer_s *= 0.8
+
     def wait(self, now: float, *, invoked: bool = False) -> float:
         """Seconds to wait, from ``now``, before sending the request."""
         if invoked or self.last_edit is None:
             return 0.0
-        if self.gap_s is not None and self.answer_s is not None and self.answer_s <= self.gap_s:
+        if self.gap_s is not None and self.gap_s >= self.min_s and (self.answer_s or 0.0) <= self.gap_s:
             return 0.0
         gap = self.gap_s if self.gap_s is not None else self.min_s
         target = min(self.max_s, max(self.min_s, self.factor * gap))

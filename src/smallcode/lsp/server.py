@@ -25,7 +25,7 @@ is RequestFailed plus a ``window/showMessage`` (at most one per message per ``ER
 a message that is not JSON gets a JSON-RPC parse error (id null) and a ``window/showMessage``.
 The server keeps serving after each.
 
-Settings come from ``initializationOptions`` (all optional): ``maxTokens``, ``debounceMinMs``,
+Settings come from ``initializationOptions`` (all optional): ``maxTokens``, ``automaticMaxTokens``, ``debounceMinMs``,
 ``debounceMaxMs``, ``prefixTokens``, ``suffixTokens``, ``extraTokens``, ``maxLines``.
 """
 
@@ -73,7 +73,10 @@ class RequestFailed(JsonRpcException):
 @dataclass
 class Settings:
     max_tokens: int = 64
-    """Most tokens of one completion."""
+    """Most tokens of one completion the user asked for (invoked)."""
+    auto_max_tokens: int = 16
+    """Most tokens of one completion triggered while typing (automatic): about a line, kept short so
+    that it comes back before the next keystroke."""
     budget: Budget = Budget()
     max_lines: int = MAX_LINES
     debounce_min_s: float = 0.03
@@ -231,6 +234,7 @@ class SmallcodeServer(LanguageServer):
             raise
         if st.ticket != ticket:
             self.counters.superseded_before_model += 1
+            debounce.superseded()
             return None
         # The document as it is now: an edit since the request came would have superseded it.
         ctx = build_context(doc.source, offset, path=_display_path(uri, self.workspace.root_path),
@@ -240,7 +244,8 @@ class SmallcodeServer(LanguageServer):
         typed = ctx.line_prefix[start:]
         start_col = position.character - doc.position_codec.client_num_units(typed)
         n = INVOKED_ITEMS if invoked else 1
-        requests = [FimRequest(ctx.prefix, ctx.suffix, ctx.extra, self.settings.max_tokens,
+        max_tokens = self.settings.max_tokens if invoked else self.settings.auto_max_tokens
+        requests = [FimRequest(ctx.prefix, ctx.suffix, ctx.extra, max_tokens,
                                temperature=0.0 if i == 0 else 0.6, seed=i,
                                stop=[] if multiline(ctx) else ["\n"]) for i in range(n)]
 
@@ -272,7 +277,8 @@ class SmallcodeServer(LanguageServer):
             if text and text not in texts:
                 texts.append(text)
         latency = time.monotonic() - started
-        debounce.answered(latency - wait)
+        if not invoked:  # the debounce weighs the model's time for what typing triggers
+            debounce.answered(latency - wait)
         self.counters.answered += 1
         completion_id = uuid.uuid4().hex[:12]
         if texts:
@@ -350,6 +356,7 @@ def create_server(model: CompletionModel, settings: Settings | None = None) -> S
             b = s.budget
             ls.settings = replace(
                 s, max_tokens=int(options.get("maxTokens", s.max_tokens)),
+                auto_max_tokens=int(options.get("automaticMaxTokens", options.get("maxTokens", s.auto_max_tokens))),
                 max_lines=int(options.get("maxLines", s.max_lines)),
                 debounce_min_s=float(options.get("debounceMinMs", s.debounce_min_s * 1000)) / 1000,
                 debounce_max_s=float(options.get("debounceMaxMs", s.debounce_max_s * 1000)) / 1000,
@@ -358,8 +365,8 @@ def create_server(model: CompletionModel, settings: Settings | None = None) -> S
                                extra_tokens=int(options.get("extraTokens", b.extra_tokens))))
         except (TypeError, ValueError) as e:
             raise JsonRpcInvalidParams(f"initializationOptions: {e}") from e
-        if ls.settings.max_tokens < 1 or ls.settings.max_lines < 1:
-            raise JsonRpcInvalidParams("initializationOptions: maxTokens and maxLines must be >= 1")
+        if min(ls.settings.max_tokens, ls.settings.auto_max_tokens, ls.settings.max_lines) < 1:
+            raise JsonRpcInvalidParams("initializationOptions: maxTokens, automaticMaxTokens and maxLines must be >= 1")
         ls.settings.debounce_max_s = max(ls.settings.debounce_max_s, ls.settings.debounce_min_s)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
