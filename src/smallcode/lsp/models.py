@@ -35,6 +35,11 @@ class ModelError(RuntimeError):
     """The model cannot answer; the message says why, in words for the editor's user."""
 
 
+class ModelBusy(ModelError):
+    """The model's queue is full (it fell behind the keystrokes): this request gets no answer, and
+    the next one will find room, since each request of a document cancels the one before."""
+
+
 @dataclass(frozen=True)
 class FimRequest:
     prefix: str
@@ -79,7 +84,7 @@ class LocalModel:
 
             engine = Engine.open(self.directory, device)
             self._format = prompt_format(engine.tokenizer)
-            self._scheduler = Scheduler(engine, max_batch=max_batch, max_queue=16)
+            self._scheduler = Scheduler(engine, max_batch=max_batch, max_queue=64)
         except BaseException as e:  # noqa: BLE001 - reported to the client on each request
             self._error = e
 
@@ -105,7 +110,9 @@ class LocalModel:
                                 stop=list(request.stop))
         try:
             handle = self._scheduler.submit(ids, params)
-        except (GenerationError, QueueFull) as e:
+        except QueueFull as e:
+            raise ModelBusy(str(e)) from e
+        except GenerationError as e:
             raise ModelError(f"the model refused the request: {e}") from e
         self.calls += 1
         text = ""
@@ -161,6 +168,8 @@ class EndpointModel:
             if text is None:
                 raise ModelError(f"{self.base} has neither /infill nor /v1/completions")
             return text
+        except ModelError:
+            raise
         except httpx.TimeoutException as e:
             raise ModelError(f"{self.base} did not answer in time ({type(e).__name__})") from e
         except httpx.HTTPError as e:
@@ -191,6 +200,8 @@ class EndpointModel:
         async with self._client.stream("POST", self.base + route, json=body) as response:
             if response.status_code in (404, 405):
                 return None
+            if response.status_code == 503:
+                raise ModelBusy(f"{self.base}{route} is busy (503)")
             if response.status_code >= 400:
                 await response.aread()
                 raise ModelError(f"{self.base}{route} answered {response.status_code}: {_error_message(response)}")

@@ -21,7 +21,8 @@ Features:
   superseded or cancelled before the model and in it. Tests and the latency benchmark read it.
 
 Errors: an unknown document or a position outside it is InvalidParams; a model that cannot answer
-is RequestFailed plus a ``window/showMessage`` (at most one per message per ``ERROR_REPEAT_S``);
+is RequestFailed plus a ``window/showMessage`` (at most one per message per ``ERROR_REPEAT_S``); a
+model whose queue is full (it fell behind the keystrokes) answers no items;
 a message that is not JSON gets a JSON-RPC parse error (id null) and a ``window/showMessage``.
 The server keeps serving after each.
 
@@ -49,7 +50,7 @@ from pygls.lsp.server import LanguageServer
 from smallcode.lsp import feedback
 from smallcode.lsp.context import Budget, OtherFile, build_context
 from smallcode.lsp.debounce import Debounce
-from smallcode.lsp.models import CompletionModel, FimRequest, ModelError
+from smallcode.lsp.models import CompletionModel, FimRequest, ModelBusy, ModelError
 from smallcode.lsp.postprocess import MAX_LINES, multiline, shape, word_start
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class Counters:
         self.stopped_in_model = 0
         self.answered = 0
         self.errors = 0
+        self.busy = 0
+        """Requests the model's full queue turned away (no items, no error)."""
 
 
 class SmallcodeServer(LanguageServer):
@@ -263,6 +266,9 @@ class SmallcodeServer(LanguageServer):
             self.counters.stopped_in_model += 1
             if _handler_cancelled():
                 raise
+            return None
+        except ModelBusy:
+            self.counters.busy += 1
             return None
         except ModelError as e:
             self.counters.errors += 1
@@ -437,7 +443,7 @@ def create_server(model: CompletionModel, settings: Settings | None = None) -> S
         return {"requests": c.requests, "waiting": c.waiting, "model_calls": ls.model.calls,
                 "superseded_before_model": c.superseded_before_model,
                 "cancelled_before_model": c.cancelled_before_model, "stopped_in_model": c.stopped_in_model,
-                "answered": c.answered, "errors": c.errors}
+                "answered": c.answered, "errors": c.errors, "busy": c.busy}
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: SmallcodeServer, params: Any) -> None:
