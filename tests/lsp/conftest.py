@@ -57,6 +57,7 @@ async def lsp_session(args: list[str], data_dir: Path, options: dict[str, Any] |
             root_uri=root.as_uri() if root else None))
         yield client, result
         await client.shutdown_session()
+        assert client._server is not None and client._server.returncode == 0  # shutdown + exit: a clean stop
     finally:
         await client.stop()
 

@@ -99,3 +99,31 @@ async def test_a_model_that_is_down_is_an_error_not_a_hang(down: str, tmp_path: 
             if not client.messages else client.messages[0]
         assert message.type == types.MessageType.Error
         assert ("cannot reach" in message.message) if down == "endpoint" else ("could not be loaded" in message.message)
+
+
+async def test_a_server_without_infill_is_asked_through_v1_completions(lsp_tokenizer: CodeTokenizer,
+                                                                        tmp_path: Path) -> None:
+    """The real app with its /infill route taken away: the server falls back to /v1/completions with
+    ``suffix`` and gets the same greedy text."""
+    from app_helpers import serve  # type: ignore[import-not-found]
+
+    from smallcode.serve.app import create_app
+    from smallcode.serve.scheduler import Scheduler
+
+    engine = make_engine(lsp_tokenizer)
+    scheduler = Scheduler(engine)
+    try:
+        app = create_app(scheduler, prompt_format(engine.tokenizer), model_name="tiny")
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/infill"]
+        with serve(app) as url:
+            async with lsp_session(["--endpoint", url + "/v1"], tmp_path, {"maxTokens": 12}) as (client, _):
+                open_doc(client, "file:///q/a.py", TEXT)
+                result = await inline(client, "file:///q/a.py", 5, 17)
+        ctx = build_context(TEXT, TEXT.index("return js") + 9, path="/q/a.py", language_id="python")
+        ids = prompt_format(engine.tokenizer).fim(ctx.prefix, ctx.suffix)
+        raw = engine.generate_ids([ids], SamplingParams(max_tokens=12, temperature=0))[0].text
+        expected = shape(raw, ctx).text
+        assert [i.insert_text[len("js"):] for i in result.items][:1] == ([expected] if expected else [])
+        assert metric(scheduler, "smallcode_prompt_tokens_total") > 0
+    finally:
+        scheduler.close()
