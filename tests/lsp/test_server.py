@@ -24,7 +24,7 @@ from smallcode.serve.formats import prompt_format
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-URI = "file:///work/pkg/stats.py"
+URI = "file:///home/dev/pkg/stats.py"
 TEXT = ("import math\n\n\ndef mean(xs):\n    total = sum(xs)\n    return tot\n\n\n"
         "def spread(xs):\n    m = mean(xs)\n    \n    return math.sqrt(v)\n")
 # (line, character) cursors: end of a line mid-word, inside a line, an indented empty line, column 0.
@@ -79,7 +79,7 @@ async def test_greedy_item_is_what_the_engine_writes(session: Any, checkpoint: P
     result = await inline(client, URI, line, character, invoked=True)
     engine = Engine.open(checkpoint)
     offset = sum(len(x) + 1 for x in TEXT.split("\n")[:line]) + character
-    ctx = build_context(TEXT, offset, path="/work/pkg/stats.py", language_id="python")
+    ctx = build_context(TEXT, offset, path="/home/dev/pkg/stats.py", language_id="python")
     ids = prompt_format(engine.tokenizer).fim(ctx.prefix, ctx.suffix, ctx.extra)
     raw = engine.generate_ids([ids], SamplingParams(max_tokens=OPTIONS["maxTokens"], temperature=0))[0].text
     expected = shape(raw, ctx).text
@@ -89,7 +89,7 @@ async def test_greedy_item_is_what_the_engine_writes(session: Any, checkpoint: P
 
 async def test_ten_rapid_edits_make_one_model_call(session: Any) -> None:
     client, _, _ = session
-    uri = "file:///work/pkg/typing.py"
+    uri = "file:///home/dev/pkg/typing.py"
     open_doc(client, uri, "def f(x):\n    return \n")
     before = await server_stats(client)
     requests = []
@@ -110,7 +110,7 @@ async def test_cancel_request_before_the_model(session: Any) -> None:
     """$/cancelRequest while the request waits (an automatic request right after an edit waits for
     the next key): it answers RequestCancelled and never reaches the model."""
     client, _, _ = session
-    uri = "file:///work/pkg/cancel.py"
+    uri = "file:///home/dev/pkg/cancel.py"
     open_doc(client, uri, "x = 1\n")
     client.text_document_did_change(types.DidChangeTextDocumentParams(
         text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
@@ -137,7 +137,7 @@ async def test_cancel_request_before_the_model(session: Any) -> None:
 async def test_bad_requests_get_errors_and_the_server_keeps_serving(session: Any) -> None:
     client, _, _ = session
     with pytest.raises(JsonRpcException, match="unknown document"):
-        await inline(client, "file:///work/pkg/never_opened.py", 0, 0)
+        await inline(client, "file:///home/dev/pkg/never_opened.py", 0, 0)
     with pytest.raises(JsonRpcException, match="outside the document"):
         await inline(client, URI, 400, 0)
     with pytest.raises(JsonRpcException, match="past the end of its line"):

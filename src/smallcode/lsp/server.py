@@ -255,8 +255,8 @@ class SmallcodeServer(LanguageServer):
         def enough(text: str) -> bool:
             return shape(text, ctx, final=False, max_lines=self.settings.max_lines).done
 
-        task = st.model_task = asyncio.ensure_future(
-            asyncio.gather(*(self.model.complete(r, enough) for r in requests)))
+        calls = [asyncio.ensure_future(self.model.complete(r, enough)) for r in requests]
+        task = st.model_task = asyncio.ensure_future(asyncio.gather(*calls))
         try:
             # Shielded, so that a supersede (which cancels the model task) and $/cancelRequest (which
             # cancels this handler) can be told apart below.
@@ -275,6 +275,8 @@ class SmallcodeServer(LanguageServer):
             self.show_error(str(e))
             raise RequestFailed(str(e)) from e
         finally:
+            for call in calls:  # gather leaves the other samples running when one fails
+                call.cancel()
             if st.model_task is task:
                 st.model_task = None
         texts: list[str] = []
