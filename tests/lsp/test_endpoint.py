@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from app_helpers import make_engine, metric, running_server  # type: ignore[import-not-found]
+from lsp_helpers import inline, lsp_session, open_doc, server_stats  # type: ignore[import-not-found]
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from conftest import inline, lsp_session, open_doc, server_stats  # type: ignore[import-not-found]
 from smallcode.infer.sampling import SamplingParams
 from smallcode.lsp.context import OtherFile, build_context
 from smallcode.lsp.postprocess import shape

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
+from lsp_helpers import inline, lsp_session, open_doc, server_stats  # type: ignore[import-not-found]
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from conftest import inline, lsp_session, open_doc, server_stats  # type: ignore[import-not-found]
 from smallcode.cli.stats import stats as stats_command
 from smallcode.infer.engine import Engine
 from smallcode.infer.sampling import SamplingParams
