@@ -25,7 +25,8 @@ Last figures (2 cores shared with other jobs, load average 2.9-3.6, 130 keys per
 OMP_NUM_THREADS=1, p50/p95 66.7/100.6 ms in process (98 answered; 0.8% cancelled before the model,
 23% stopped in it) and 81.3/100.0 ms via ``smallcode serve`` (77 answered; 1.5%, 32%). With
 OMP_NUM_THREADS unset (two threads on the two busy cores) cold prefills of new lines took seconds:
-701/7930 ms in process on 2 answers, 7857 ms via serve on 1. Analysis: docs/editors.md#latency.
+701/7930 ms in process on 2 answers, 7857 ms via serve on 1 (again: 109/9002 and 104/7071 ms on 4
+answers each). Analysis: docs/editors.md#latency.
 """
 
 from __future__ import annotations
