@@ -30,6 +30,8 @@ VERBS: dict[str, str] = {
     "export": "smallcode.cli.export:export",
     "serve": "smallcode.cli.serve:serve",
     "agent": "smallcode.cli.agent:agent",
+    "lsp": "smallcode.cli.lsp:lsp",
+    "stats": "smallcode.cli.stats:stats",
 }
 
 

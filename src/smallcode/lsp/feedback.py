@@ -1,0 +1,93 @@
+"""The local feedback log: what was shown, accepted and dismissed, one JSON object per line.
+
+Events come from the server itself (``served``: a completion returned, with its latency and size)
+and from the editor (``shown``, ``accepted``, ``dismissed``, through the ``smallcode/feedback``
+notification or the command an accepted item runs). They are appended to ``lsp-feedback.jsonl``
+in the user's data directory (``$SMALLCODE_DATA_DIR`` when set, else ``platformdirs``' user data
+directory if it is installed, else ``$XDG_DATA_HOME/smallcode`` or ``~/.local/share/smallcode``).
+Nothing is sent anywhere. ``summarize`` turns the log into what ``smallcode stats`` prints.
+
+A line is appended with one ``write`` of a whole line on a file opened for appending, so two
+editors sharing the log do not interleave within a line; a line that does not parse (a crash
+mid-write) is skipped when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "lsp-feedback.jsonl"
+EVENTS = ("served", "shown", "accepted", "dismissed")
+
+
+def data_dir() -> Path:
+    """The user's smallcode data directory (see the module docstring for the order looked in)."""
+    if os.environ.get("SMALLCODE_DATA_DIR"):
+        return Path(os.environ["SMALLCODE_DATA_DIR"])
+    try:
+        from platformdirs import user_data_dir
+    except ImportError:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "smallcode"
+    return Path(user_data_dir("smallcode", appauthor=False))
+
+
+def default_log() -> Path:
+    return data_dir() / LOG_NAME
+
+
+def append(path: Path, event: dict[str, Any]) -> None:
+    """Append one event (``"event"`` one of ``EVENTS``), stamped with the time, to the log at ``path``."""
+    if event.get("event") not in EVENTS:
+        raise ValueError(f"unknown feedback event {event.get('event')!r}; one of {', '.join(EVENTS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": round(time.time(), 3), **event}, ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """The events in the log at ``path`` (none if it does not exist), unreadable lines skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and event.get("event") in EVENTS:
+                yield event
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, acceptance rate (accepted over shown, or over served when the editor reports no
+    ``shown``), accepted characters and latency percentiles of ``served`` completions (ms)."""
+    counts = dict.fromkeys(EVENTS, 0)
+    accepted_chars = 0
+    latencies: list[float] = []
+    for event in events:
+        kind = event["event"]
+        counts[kind] += 1
+        if kind == "accepted":
+            chars = event.get("chars")
+            accepted_chars += chars if isinstance(chars, int) and chars >= 0 else 0
+        if kind == "served" and isinstance(event.get("latency_ms"), int | float):
+            latencies.append(float(event["latency_ms"]))
+    shown = counts["shown"] or counts["served"]
+    return {**counts, "acceptance_rate": counts["accepted"] / shown if shown else None,
+            "accepted_chars": accepted_chars,
+            "latency_ms": {"p50": _percentile(latencies, 0.5), "p90": _percentile(latencies, 0.9),
+                           "p99": _percentile(latencies, 0.99)}}

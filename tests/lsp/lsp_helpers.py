@@ -1,0 +1,62 @@
+"""Helpers of the language-server tests: ``smallcode lsp`` started as a real process that talks LSP
+over stdio to pygls's client (pytest-lsp's test client), and the few requests the tests send."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pytest_lsp import LanguageClient, client_capabilities, make_test_lsp_client
+
+import smallcode
+
+SRC = Path(smallcode.__file__).resolve().parents[1]
+
+
+def server_env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "SMALLCODE_DATA_DIR": str(data_dir)}
+
+
+@asynccontextmanager
+async def lsp_session(args: list[str], data_dir: Path, options: dict[str, Any] | None = None,
+                      root: Path | None = None) -> AsyncIterator[tuple[LanguageClient, types.InitializeResult]]:
+    """``smallcode lsp ARGS`` started, initialised (with ``options`` as initializationOptions), shut down
+    and exited cleanly on the way out."""
+    client = make_test_lsp_client()
+    await client.start_io(sys.executable, "-m", "smallcode.cli.main", "lsp", *args, env=server_env(data_dir))
+    try:
+        result = await client.initialize_session(types.InitializeParams(
+            capabilities=client_capabilities("visual-studio-code"), initialization_options=options or {},
+            root_uri=root.as_uri() if root else None))
+        yield client, result
+        await client.shutdown_session()
+        assert client._server is not None and client._server.returncode == 0  # shutdown + exit: a clean stop
+    finally:
+        await client.stop()
+
+
+def open_doc(client: LanguageClient, uri: str, text: str, language: str = "python") -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=uri, language_id=language, version=1, text=text)))
+
+
+async def inline(client: LanguageClient, uri: str, line: int, character: int, *, invoked: bool = True
+                 ) -> types.InlineCompletionList:
+    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=kind),
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character)))
+    assert isinstance(result, types.InlineCompletionList), result
+    return result
+
+
+async def server_stats(client: LanguageClient) -> dict[str, Any]:
+    result = await client.protocol.send_request_async("smallcode/stats", {})
+    return result if isinstance(result, dict) else dict(result._asdict())
+
