@@ -184,12 +184,13 @@ def main() -> None:
         "t0.2": GENERATE_DEFAULTS.replace(temperature=0.2),
         "t0.5": GENERATE_DEFAULTS.replace(temperature=0.5),
         "default": GENERATE_DEFAULTS,
-        "t1.0": GENERATE_DEFAULTS.replace(temperature=1.0),
     }
-    distinct = {}
+    distinct, empty = {}, {}
     for name, params in settings.items():
-        distinct[name] = round(sum(mean_distinct(sample_prompts(engine, params.replace(seed=seed)))
-                                   for seed in range(3)) / 3, 3)
+        runs = [sample_prompts(engine, params.replace(seed=seed)) for seed in range(2)]
+        distinct[name] = round(sum(mean_distinct(r) for r in runs) / len(runs), 3)
+        # an empty completion does not loop, but says nothing either: counted apart
+        empty[name] = sum(not smp.completion.strip() for r in runs for smp in r) / sum(len(r) for r in runs)
 
     evaluation = {}
     summary_path = out / "eval" / "summary.json"
@@ -206,7 +207,7 @@ def main() -> None:
         "baseline": {"bits_per_byte": round(bl.bits_per_byte, 4), "tokens": baseline["tokens"],
                      "steps": baseline["steps"], "wall_s": baseline["wall_s"], **bl_speed},
         "ratio_baseline_over_best": round(bl.bits_per_byte / stages[best]["bits_per_byte"], 4),
-        "finetune": finetune, "expert_load": loads, "distinct_4": distinct,
+        "finetune": finetune, "expert_load": loads, "distinct_4": distinct, "empty_share": empty,
         "generate_defaults": {"temperature": GENERATE_DEFAULTS.temperature, "top_p": GENERATE_DEFAULTS.top_p},
         "pass@1": evaluation,
     }
