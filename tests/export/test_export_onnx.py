@@ -172,8 +172,13 @@ def test_quantised_exports(quantize: str, loss_bound: float, agreement: float, t
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
 
     assert abs(loss(got) - loss(want)) <= loss_bound * loss(want), (loss(got), loss(want))
-    same = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
-    assert same >= agreement, same
+    # Greedy choices where float32 is decided (its best logit 0.5 above the next): a near-tie of a
+    # briefly trained model flips under any rounding, and which positions are near-ties moves with
+    # the library versions that tokenise and train it (0.91 of all positions with onnxruntime 1.32).
+    top2 = want.topk(2, dim=-1).values
+    decided = (top2[..., 0] - top2[..., 1]) > 0.5
+    same = (got.argmax(-1) == want.argmax(-1))[decided].float().mean().item()
+    assert decided.float().mean() > 0.5 and same >= agreement, (same, decided.float().mean().item())
 
 
 def test_bad_directories_are_one_line_errors(tmp_path: Path, checkpoints: dict, exports: dict,
