@@ -39,8 +39,9 @@ from smallcode.fileio import atomic_write_json
 from smallcode.infer.engine import Engine
 from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
 from smallcode.model.checkpoint import Checkpoint
+from smallcode.pipeline import run_main_job
 from smallcode.train.config import TrainConfig
-from smallcode.train.recipe import RecipeConfig, _final, run_recipe, stage_config
+from smallcode.train.recipe import RecipeConfig, stage_config, stage_final
 from smallcode.train.trainer import Trainer, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def main() -> None:
 
     fresh = not (out / "recipe_times.json").is_file()
     t0 = time.perf_counter()
-    run_recipe(recipe)
+    run_main_job(recipe)
     session_s = time.perf_counter() - t0
     times = json.loads((out / "recipe_times.json").read_text())
     recipe_wall = sum(times.values())
@@ -145,7 +146,7 @@ def main() -> None:
     scores = json.loads((out / "heldout.json").read_text())["stages"]
     stages: dict[str, Any] = {}
     for spec in recipe.stages:
-        ckpt_cfg = Checkpoint.open(_final(out, spec.name)).config
+        ckpt_cfg = Checkpoint.open(stage_final(out, spec.name)).config
         row: dict[str, Any] = {"bits_per_byte": scores[spec.name]["bits_per_byte"], "wall_s": times.get(spec.name)}
         if spec.config is not None:
             cfg = stage_config(recipe, spec, out)
@@ -166,8 +167,8 @@ def main() -> None:
         finetune = {
             "stage": last.name, "parent": parent,
             "bits_per_byte_change": round(stages[last.name]["bits_per_byte"] - stages[parent]["bits_per_byte"], 4),
-            "mbpp_val_loss_parent": round(mbpp_validation_loss(_final(out, parent), recipe, seq), 4),
-            "mbpp_val_loss": round(mbpp_validation_loss(_final(out, last.name), recipe, seq), 4),
+            "mbpp_val_loss_parent": round(mbpp_validation_loss(stage_final(out, parent), recipe, seq), 4),
+            "mbpp_val_loss": round(mbpp_validation_loss(stage_final(out, last.name), recipe, seq), 4),
         }
 
     loads = {}
@@ -178,7 +179,7 @@ def main() -> None:
             loads[spec.name] = {"min": round(sum(r["expert_load_min"] for r in tail) / len(tail), 3),
                                 "max": round(sum(r["expert_load_max"] for r in tail) / len(tail), 3)}
 
-    engine = Engine.from_checkpoint(_final(out, last.name))
+    engine = Engine.from_checkpoint(stage_final(out, last.name))
     settings = {
         "greedy": SamplingParams(max_tokens=GENERATE_DEFAULTS.max_tokens),
         "t0.2": GENERATE_DEFAULTS.replace(temperature=0.2),

@@ -47,3 +47,12 @@ def test_the_fine_tuning_loader_reads_mbpp_without_eval() -> None:
                                      "assert len(load_mbpp_train()) == 374")
     assert "smallcode.tasks.mbpp" in loaded
     assert not {m for m in loaded if m.startswith("smallcode.eval")}
+
+
+def test_eval_never_imports_train() -> None:
+    """The evaluation (held-out bits per byte included) scores models without the training code;
+    ``smallcode.pipeline`` is the one module that runs both."""
+    evals = submodules("smallcode.eval")
+    assert "smallcode.eval.heldout" in evals and "smallcode.eval.samples" in evals
+    loaded = smallcode_modules_after("\n".join(f"import {m}" for m in evals))
+    assert not {m for m in loaded if m.startswith("smallcode.train")}

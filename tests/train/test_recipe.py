@@ -12,6 +12,7 @@ from trainer_helpers import STDLIB  # tests/train/trainer_helpers.py
 
 from smallcode.config import ConfigError
 from smallcode.model.checkpoint import Checkpoint
+from smallcode.pipeline import run_main_job
 from smallcode.train.recipe import RecipeConfig, run_recipe
 from smallcode.train.trainer import read_metrics
 
@@ -58,7 +59,7 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     run_recipe(recipe(tmp_path, stages[:1]), progress=False)
     out = tmp_path / "run"
     teacher_metrics = (out / "teacher" / "metrics.jsonl").read_text()
-    report = run_recipe(recipe(tmp_path, stages), progress=False)
+    report = run_main_job(recipe(tmp_path, stages), progress=False)
     assert (out / "teacher" / "metrics.jsonl").read_text() == teacher_metrics  # not trained again
     text = report.read_text()
     for name in ("teacher", "pruned", "student", "upcycled", "moe", "finetune"):
@@ -96,7 +97,7 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
                                    atol=1e-5, rtol=1e-5)
     # a finished recipe runs again as a no-op
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
-    run_recipe(recipe(tmp_path, stages), progress=False)
+    run_main_job(recipe(tmp_path, stages), progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
 
 

@@ -1,4 +1,4 @@
-"""``smallcode recipe RECIPE.yaml``: the whole recipe, resumable (see ``smallcode.train.recipe``)."""
+"""``smallcode recipe RECIPE.yaml``: the whole main job, resumable (see ``smallcode.pipeline``)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Change a recipe field (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def recipe(recipe: Path, out: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Run every step of RECIPE: tokenizer, shards, training stages, report. Re-running continues."""
-    from smallcode.train.recipe import RecipeConfig, run_recipe
+    """Run every step of RECIPE: tokenizer, shards, training stages, held-out scoring, samples, sandboxed
+    evaluation, report. Re-running continues."""
+    from smallcode.pipeline import run_main_job
+    from smallcode.train.recipe import RecipeConfig
 
     cfg = RecipeConfig.load(recipe)
     if overrides:
         cfg = cfg.with_overrides(list(overrides))
     if out:
         cfg = cfg.replace(out=out)
-    report = run_recipe(cfg, progress=not quiet)
+    report = run_main_job(cfg, progress=not quiet)
     click.echo(report.read_text())
     click.echo(f"report: {report}")

@@ -112,8 +112,7 @@ def bits_per_byte(model: SmallCodeLM, tokenizer: CodeTokenizer, texts: Sequence[
                   context: int = EVAL_CONTEXT, batch_size: int = 16) -> BitsPerByte:
     """Summed next-token negative log-likelihood of ``texts`` in bits, over their UTF-8 bytes."""
     import torch
-
-    from smallcode.train.objectives import linear_cross_entropy
+    import torch.nn.functional as F
 
     stream: list[int] = []
     for ids in tokenizer.encode_batch(list(texts)):
@@ -135,12 +134,10 @@ def bits_per_byte(model: SmallCodeLM, tokenizer: CodeTokenizer, texts: Sequence[
                     ids[i, : len(r)] = torch.tensor(r)
                     labels[i, : len(r) - 1] = torch.tensor(r[1:])
                 ids, labels = ids.to(device), labels.to(device)
-                hidden = model.trunk(ids[:, :-1]).hidden
-                n = int((labels != -100).sum())
-                mean = linear_cross_entropy(hidden.flatten(0, 1).float(), model.lm_head.weight.float(),
-                                            labels.reshape(-1))
-                total_nats += float(mean) * n
-                count += n
+                logits = model(ids[:, :-1]).logits.float()
+                total_nats += float(F.cross_entropy(logits.flatten(0, 1), labels.reshape(-1), ignore_index=-100,
+                                                    reduction="sum"))
+                count += int((labels != -100).sum())
     finally:
         model.train(was_training)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)

@@ -5,9 +5,9 @@
     tokenizer/   a code BPE trained on the corpus (the standard library's sources by default)
     shards/      the corpus tokenized, deduplicated and split (``smallcode data prepare``)
     <stage>/     one directory per stage: a training run (``smallcode train``) or an upcycled checkpoint
-    heldout.json each stage's bits per byte on held-out third-party Python (``eval/heldout.py``)
-    samples.json the final model's completions of fixed prompts, greedy and with ``generate``'s defaults
-    eval/        the final model's sandboxed HumanEval and MBPP run (``smallcode eval run``), pass@1
+    heldout.json each stage's bits per byte on held-out third-party Python   } written by
+    samples.json the final model's completions of fixed prompts              } smallcode.pipeline,
+    eval/        the final model's sandboxed HumanEval and MBPP run, pass@1  } which runs this first
     report.md    each stage's validation loss, bits per byte, size, tokens and time, the samples,
                  pass@1, and what to run next
     report.png   the stages' training and validation curves on one step axis
@@ -106,7 +106,8 @@ class RecipeConfig(Config):
             seen.add(s.name)
 
 
-def _final(out: Path, name: str) -> Path:
+def stage_final(out: Path, name: str) -> Path:
+    """Stage ``name``'s model under ``out``: a training run's ``final/``, or the upcycled/pruned checkpoint itself."""
     run = out / name
     return run / "final" if (run / "final").is_dir() else run
 
@@ -123,16 +124,19 @@ def stage_config(recipe: RecipeConfig, spec: StageSpec, out: Path) -> TrainConfi
         if cfg.data.kind == "mbpp" and recipe.mbpp is not None:
             changes["data.path"] = recipe.mbpp
     if spec.init_from:
-        changes["init"] = str(_final(out, spec.init_from))
+        changes["init"] = str(stage_final(out, spec.init_from))
     cfg = cfg.with_overrides(changes)
     if spec.teacher_from:
-        teacher = str(_final(out, spec.teacher_from))
+        teacher = str(stage_final(out, spec.teacher_from))
         cfg = cfg.replace(distill=cfg.distill.replace(teacher=teacher) if cfg.distill else DistillConfig(teacher))
     return cfg.with_overrides(spec.set) if spec.set else cfg
 
 
-def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
-    """Run (or continue) every step; returns the report's path."""
+def run_recipe(recipe: RecipeConfig, progress: bool = True, report: bool = True) -> Path:
+    """Run (or continue) every training step; returns the report's path (``report=False``: the run directory).
+
+    ``smallcode.pipeline.run_main_job`` (what ``make run`` runs) calls this, then scores and evaluates.
+    """
     from smallcode.data.build import prepare
     from smallcode.data.config import PrepareConfig
     from smallcode.model.checkpoint import Checkpoint
@@ -143,15 +147,9 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
 
     out = Path(recipe.out)
     out.mkdir(parents=True, exist_ok=True)
-    times_path = out / "recipe_times.json"
-    times: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
 
     def timed(name: str, fn: Any) -> Any:
-        t0 = time.perf_counter()
-        result = fn()
-        times[name] = round(times.get(name, 0.0) + time.perf_counter() - t0, 1)
-        atomic_write_text(times_path, json.dumps(times, indent=2) + "\n")
-        return result
+        return timed_step(out, name, fn)
 
     tok_dir = out / "tokenizer"
     if not (tok_dir / TOKENIZER_FILE).is_file():
@@ -159,10 +157,10 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
             with atomic_dir(tok_dir) as tmp:
                 train_tokenizer(recipe.corpus, recipe.vocab_size, tmp, show_progress=progress)
 
-        _say(progress, f"[recipe] training the tokenizer ({recipe.vocab_size} tokens)")
+        say(progress, f"[recipe] training the tokenizer ({recipe.vocab_size} tokens)")
         timed("tokenizer", build_tokenizer)
     if not (out / "shards" / "index.json").is_file():
-        _say(progress, "[recipe] tokenizing the corpus into shards")
+        say(progress, "[recipe] tokenizing the corpus into shards")
         timed("shards", lambda: prepare(recipe.corpus, tok_dir, out / "shards",
                                         PrepareConfig(val_fraction=recipe.val_fraction), overwrite=True,
                                         progress=progress))
@@ -170,87 +168,38 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True) -> Path:
         if spec.prune_from is not None:
             target = out / spec.name
             if not Checkpoint.is_checkpoint(target):
-                _say(progress, f"[recipe] {spec.name}: pruning {spec.prune_from}'s feed-forward to {spec.d_ff} units")
+                say(progress, f"[recipe] {spec.name}: pruning {spec.prune_from}'s feed-forward to {spec.d_ff} units")
                 timed(spec.name, lambda s=spec, t=target: prune_checkpoint(
-                    _final(out, s.prune_from), t, s.d_ff, _calibration(out, s.calibration_rows)))
+                    stage_final(out, s.prune_from), t, s.d_ff, _calibration(out, s.calibration_rows)))
             continue
         if spec.upcycle_from is not None:
             target = out / spec.name
             if not Checkpoint.is_checkpoint(target):
-                _say(progress, f"[recipe] {spec.name}: upcycling {spec.upcycle_from} to {spec.experts} experts "
+                say(progress, f"[recipe] {spec.name}: upcycling {spec.upcycle_from} to {spec.experts} experts "
                                f"top-{spec.top_k}")
                 timed(spec.name, lambda s=spec, t=target: upcycle_checkpoint(
-                    _final(out, s.upcycle_from), t, s.experts, s.top_k))
+                    stage_final(out, s.upcycle_from), t, s.experts, s.top_k))
             continue
         cfg = stage_config(recipe, spec, out)
-        _say(progress, f"[recipe] {spec.name}: {cfg.objective}, {cfg.steps} steps")
+        say(progress, f"[recipe] {spec.name}: {cfg.objective}, {cfg.steps} steps")
         timed(spec.name, lambda c=cfg, s=spec: Trainer(c, out / s.name, show_progress=progress).run(resume=True))
-    if recipe.stages:
-        final = _final(out, recipe.stages[-1].name)
-        if recipe.held_out:
-            timed("held-out", lambda: score_stages(recipe, out, progress))
-        if not (out / "samples.json").is_file():
-            _say(progress, "[recipe] sampling the final model on fixed prompts")
-            timed("samples", lambda: write_samples(final, out / "samples.json"))
-        if recipe.eval_suites and not (out / "eval" / "summary.json").is_file():
-            _say(progress, f"[recipe] evaluating the final model in the sandbox: {', '.join(recipe.eval_suites)}")
-            timed("eval", lambda: evaluate_final(recipe, final, out / "eval", progress))
-    return write_report(recipe, out, times)
+    return write_report(recipe, out) if report else out
 
 
-def score_stages(recipe: RecipeConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Bits per byte of every stage's final model on the held-out set, kept in ``heldout.json``.
-
-    A stage already scored on the same held-out set (same fingerprint) is not scored again.
-    """
-    from smallcode.eval.heldout import bits_per_byte, held_out_set
-    from smallcode.model.checkpoint import Checkpoint
-
-    held = held_out_set(bytes_per_package=recipe.held_out_bytes)
-    path = out / "heldout.json"
-    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    if data.get("set") != held.fingerprint:
-        data = {"set": held.fingerprint, "stages": {}}
-    for spec in recipe.stages:
-        if spec.name in data["stages"]:
-            continue
-        _say(progress, f"[recipe] {spec.name}: bits per byte on held-out code ({held.n_bytes} bytes)")
-        ckpt = Checkpoint.open(_final(out, spec.name))
-        r = bits_per_byte(ckpt.load_model(), ckpt.load_tokenizer(), held.texts)
-        data["stages"][spec.name] = {"bits_per_byte": round(r.bits_per_byte, 4),
-                                     "nats_per_token": round(r.nats_per_token, 4), "tokens": r.tokens}
-        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    return data
+def timed_step(out: Path, name: str, fn: Any) -> Any:
+    """Run ``fn`` and add its wall time to step ``name`` in ``out/recipe_times.json`` (the report's times)."""
+    path = out / "recipe_times.json"
+    t0 = time.perf_counter()
+    result = fn()
+    times: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+    times[name] = round(times.get(name, 0.0) + time.perf_counter() - t0, 1)
+    atomic_write_text(path, json.dumps(times, indent=2) + "\n")
+    return result
 
 
-def write_samples(checkpoint: Path, path: Path) -> list[dict[str, Any]]:
-    """The model's completions of the fixed prompts, greedy and with ``generate``'s default settings."""
-    from smallcode.eval.samples import sample_prompts
-    from smallcode.infer.engine import Engine
-    from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
-
-    engine = Engine.from_checkpoint(checkpoint)
-    rows = []
-    for label, params in (("greedy", SamplingParams(max_tokens=GENERATE_DEFAULTS.max_tokens)),
-                          ("default", GENERATE_DEFAULTS.replace(seed=0))):
-        for smp in sample_prompts(engine, params):
-            rows.append({"settings": label, "prompt": smp.prompt, "completion": smp.completion,
-                         "distinct_4": round(smp.distinct_4, 3)})
-    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
-    return rows
-
-
-def evaluate_final(recipe: RecipeConfig, checkpoint: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Greedy pass@1 of ``checkpoint`` on the recipe's suites, run and checked as ``smallcode eval run`` does."""
-    from smallcode.backends import open_backend
-    from smallcode.eval.runner import RunConfig, evaluate, load_tasks
-
-    # no bandit scan here (it is `smallcode eval run`'s, and would cost the recipe's time budget)
-    cfg = RunConfig(suites=list(recipe.eval_suites), max_tokens=recipe.eval_max_tokens, k=[1],
-                    data_dir=recipe.mbpp, generate_batch=16, security_scan=False)
-    tasks = load_tasks(cfg.suites, cfg.data_dir, recipe.eval_limit, None)
-    backend = open_backend(checkpoint, kinds=("smallcode",))
-    return evaluate(tasks, backend, cfg, out_dir, backend.name, progress=progress)
+def final_checkpoint(recipe: RecipeConfig) -> Path:
+    """The last stage's final checkpoint: the recipe's product."""
+    return stage_final(Path(recipe.out), recipe.stages[-1].name)
 
 
 def _calibration(out: Path, rows: int) -> Any:
@@ -260,20 +209,23 @@ def _calibration(out: Path, rows: int) -> Any:
     return ShardLoader(out / "shards", rows, 256, seed=0).batch(0)[:, :-1].long()
 
 
-def _say(progress: bool, text: str) -> None:
+def say(progress: bool, text: str) -> None:
+    """A ``[recipe]`` progress line, unless quiet."""
     if progress:
         print(text, flush=True)
 
 
-def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Path:
+def write_report(recipe: RecipeConfig, out: Path) -> Path:
     """``report.md`` and ``report.png``: every stage's validation loss, size, tokens and time."""
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.trainer import read_metrics
 
+    times_path = out / "recipe_times.json"
+    times: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
     held = json.loads((out / "heldout.json").read_text()).get("stages", {}) if (out / "heldout.json").is_file() else {}
     rows = []
     for spec in recipe.stages:
-        model_cfg = Checkpoint.open(_final(out, spec.name)).config
+        model_cfg = Checkpoint.open(stage_final(out, spec.name)).config
         size = f"{model_cfg.num_params() / 1e6:.1f}M / {model_cfg.num_active_params() / 1e6:.1f}M"
         bpb = f"{held[spec.name]['bits_per_byte']:.3f}" if spec.name in held else "-"
         if spec.upcycle_from is not None:
@@ -295,7 +247,7 @@ def write_report(recipe: RecipeConfig, out: Path, times: dict[str, float]) -> Pa
         rows.append((spec.name, f"{what} on {data}", size, str(summary["steps"]), f"{summary['tokens'] / 1e6:.2f}M",
                      f"{summary['tokens'] / wall / 1e3:.1f}K" if wall else "-", val_text, bpb, wall))
     total = sum(times.values())
-    last = _final(out, recipe.stages[-1].name) if recipe.stages else out / "<checkpoint>"
+    last = stage_final(out, recipe.stages[-1].name) if recipe.stages else out / "<checkpoint>"
     data_dir = f"--data-dir {recipe.mbpp} " if recipe.mbpp is not None else ""
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in times.items() if k not in {s.name for s in recipe.stages})
     lines = [
