@@ -16,6 +16,7 @@ Shape legend: B batch, T sequence, D model width, V vocabulary, L layers, E expe
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -162,3 +163,22 @@ class SmallCodeLM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@torch.no_grad()
+def model_from_state(parent: SmallCodeLM, config: ModelConfig, state: dict[str, torch.Tensor]) -> SmallCodeLM:
+    """A model of ``config`` holding ``state`` (copied in), on ``parent``'s device and dtype, with its
+    RoPE tables and training mode: how upcycling and pruning turn a trained model into a new shape.
+
+    Built on the meta device, since a full random initialisation would be thrown away; the RoPE
+    geometry is the parent's (``to_empty`` leaves the tables uninitialised, so they are copied).
+    """
+    ref = parent.lm_head.weight
+    with torch.device("meta"):
+        model = SmallCodeLM(config)
+    model = model.to_empty(device=ref.device).to(ref.dtype)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.rope = copy.deepcopy(parent.rope)
+    model.load_state_dict(state, strict=True)
+    return model.train(parent.training)

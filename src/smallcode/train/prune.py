@@ -15,7 +15,6 @@ Only dense models are pruned (the recipe upcycles after pruning, not before).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from smallcode.config import ConfigError
 from smallcode.fileio import sha256_file
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
-from smallcode.model.transformer import SmallCodeLM
+from smallcode.model.transformer import SmallCodeLM, model_from_state
 
 
 @torch.no_grad()
@@ -67,15 +66,7 @@ def prune_ffn(model: SmallCodeLM, d_ff: int, calibration_BT: torch.Tensor) -> Sm
         w_gate_up = state[prefix + "w_gate_up"]  # (1, 2 * d_ff_old, D)
         state[prefix + "w_gate_up"] = torch.cat([w_gate_up[:, keep], w_gate_up[:, config.d_ff + keep]], dim=1)
         state[prefix + "w_down"] = state[prefix + "w_down"][:, :, keep]  # (1, D, d_ff)
-    ref = model.lm_head.weight
-    with torch.device("meta"):
-        pruned = SmallCodeLM(dataclasses.replace(config, d_ff=d_ff))
-    pruned = pruned.to_empty(device=ref.device).to(ref.dtype)
-    if config.tie_embeddings:
-        pruned.lm_head.weight = pruned.embed.weight
-    pruned.rope = copy.deepcopy(model.rope)
-    pruned.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True)
-    return pruned.train(model.training)
+    return model_from_state(model, dataclasses.replace(config, d_ff=d_ff), state)
 
 
 def prune_checkpoint(parent_dir: str | Path, out_dir: str | Path, d_ff: int, calibration_BT: torch.Tensor) -> Path:

@@ -26,7 +26,6 @@ the parent's), does not copy optimizer state, and refuses a parent that already 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from smallcode.config import ConfigError
 from smallcode.fileio import sha256_file
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.model.config import ModelConfig
-from smallcode.model.transformer import SmallCodeLM
+from smallcode.model.transformer import SmallCodeLM, model_from_state
 
 _EXPERT_SUFFIXES = (".ffn.experts.w_gate_up", ".ffn.experts.w_down")
 
@@ -67,7 +66,6 @@ def upcycle(dense: SmallCodeLM, n_experts: int, top_k: int, seed: int = 0,
     std = config.init_std if router_std is None else router_std
     if not std > 0:
         raise ConfigError(f"upcycle: router_std must be > 0, got {router_std!r}")
-    ref = dense.lm_head.weight
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
     state = dict(dense.state_dict())
@@ -78,16 +76,7 @@ def upcycle(dense: SmallCodeLM, n_experts: int, top_k: int, seed: int = 0,
         # Drawn on the CPU in float32 so the router depends on the seed only, not on device or dtype.
         router_ED = torch.randn(n_experts, config.d_model, generator=gen) * std
         state[f"blocks.{i}.ffn.router.weight"] = router_ED
-
-    # Built on the meta device: the random initialisation of a full model would be thrown away.
-    with torch.device("meta"):
-        moe = SmallCodeLM(config)
-    moe = moe.to_empty(device=ref.device).to(ref.dtype)
-    if config.tie_embeddings:
-        moe.lm_head.weight = moe.embed.weight
-    moe.rope = copy.deepcopy(dense.rope)  # unchanged geometry; to_empty left its tables uninitialised
-    moe.load_state_dict(state, strict=True)
-    return moe.train(dense.training)
+    return model_from_state(dense, config, state)
 
 
 def upcycle_checkpoint(dense_dir: str | Path, out_dir: str | Path, n_experts: int, top_k: int,
