@@ -104,10 +104,7 @@ def build_optimizers(model: nn.Module, lr: float, weight_decay: float, betas: tu
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     out: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)]
     if hidden:
-        muon = Muon(hidden, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay)
-        muon.peak_lr = muon_lr  # type: ignore[attr-defined]
-        out.append(muon)
-    out[0].peak_lr = lr  # type: ignore[attr-defined]
+        out.append(Muon(hidden, lr=muon_lr, momentum=muon_momentum, weight_decay=weight_decay))
     return out
 
 

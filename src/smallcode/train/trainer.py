@@ -48,7 +48,7 @@ from smallcode.train.checkpoint import latest_checkpoint, load_train_state, save
 from smallcode.train.config import TrainConfig
 from smallcode.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed, wrap_model
 from smallcode.train.objectives import linear_cross_entropy, next_token_objective
-from smallcode.train.optim import build_optimizers, lr_at
+from smallcode.train.optim import Muon, build_optimizers, lr_at
 from smallcode.train.sources import Batch, DataSource, build_source
 
 Objective = Callable[[SmallCodeLM, Batch], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
@@ -195,9 +195,10 @@ class Trainer:
         self.module.train()
         for step in range(start, cfg.steps):
             lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.schedule, cfg.decay_fraction)
-            for opt in self.optimizers:
+            for opt in self.optimizers:  # one schedule, scaled to each optimizer's peak
+                peak = cfg.muon_lr if isinstance(opt, Muon) else cfg.lr
                 for group in opt.param_groups:
-                    group["lr"] = opt.peak_lr * lr / cfg.lr
+                    group["lr"] = peak * lr / cfg.lr
             t0 = time.perf_counter()
             loss, ce, metrics = self._accumulate(step)
             grad_norm = self._clip()
