@@ -41,7 +41,7 @@ from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.pipeline import run_main_job
 from smallcode.train.config import TrainConfig
-from smallcode.train.recipe import RecipeConfig, stage_config, stage_final
+from smallcode.train.recipe import RecipeConfig, final_expert_load, stage_config, stage_final
 from smallcode.train.trainer import Trainer, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,10 +60,15 @@ def peak_flops(seconds: float = 2.0, n: int = 1024) -> float:
     return 2 * n**3 * count / (time.perf_counter() - t0)
 
 
-def stage_speed(run_dir: Path, seq_len: int, config: Any, peak: float) -> dict[str, float]:
+def median_rate(run_dir: Path, skip: int) -> float:
+    """The median step's tokens/s after ``skip`` warm-up steps: evaluation and checkpoint pauses are not steps."""
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("type") == "train"]
-    rates = sorted(r["tokens_per_s"] for r in rows[2:]) or [math.nan]
-    tok_s = rates[len(rates) // 2]  # the median step: evaluation and checkpoint pauses are not steps
+    rates = sorted(r["tokens_per_s"] for r in rows[skip:]) or [math.nan]
+    return rates[len(rates) // 2]
+
+
+def stage_speed(run_dir: Path, seq_len: int, config: Any, peak: float) -> dict[str, float]:
+    tok_s = median_rate(run_dir, skip=2)
     return {"tokens_per_s": round(tok_s, 1), "mfu": round(config.flops_per_token(seq_len) * tok_s / peak, 3)}
 
 
@@ -84,8 +89,7 @@ def train_baseline(recipe: RecipeConfig, out: Path, dense: TrainConfig, budget_s
     probe_dir = out.parent / "baseline_probe"
     probe = Trainer(baseline_config(recipe, probe_dir, dense, 12), probe_dir, show_progress=False)
     probe.run(resume=True)
-    rows = [r for r in read_metrics(probe_dir / "metrics.jsonl") if r.get("type") == "train"][3:]
-    tok_s = sorted(r["tokens_per_s"] for r in rows)[len(rows) // 2]
+    tok_s = median_rate(probe_dir, skip=3)
     per_step = dense.batch_size * dense.data.seq_len * dense.grad_accum
     steps = max(1, int(budget_s * tok_s / per_step))
     cfg = baseline_config(recipe, out, dense, steps)
@@ -135,21 +139,24 @@ def main() -> None:
     print(f"[speedrun] recipe: {recipe_wall / 60:.1f} min in all, {train_wall / 60:.1f} min of training "
           f"({time.perf_counter() - t0:.0f} s this session)", flush=True)
 
-    trained = [s for s in recipe.stages if s.config is not None]
-    dense_spec = next(s for s in trained if stage_config(recipe, s, out).init is None
-                      and stage_config(recipe, s, out).objective == "next_token")
-    dense = stage_config(recipe, dense_spec, out)
+    configs = {s.name: stage_config(recipe, s, out) for s in recipe.stages if s.config is not None}
+    # the baseline takes the shape of the recipe's first stage trained from scratch on next-token
+    dense = next(c for c in configs.values() if c.init is None and c.objective == "next_token")
     baseline = train_baseline(recipe, args.out / "baseline", dense, train_wall)
 
     peak = peak_flops()
-    held = held_out_set()
-    scores = json.loads((out / "heldout.json").read_text())["stages"]
+    held = held_out_set(bytes_per_package=recipe.held_out_bytes)
+    scored = json.loads((out / "heldout.json").read_text())
+    if scored["set"] != held.fingerprint:
+        raise SystemExit(f"the recipe's stages were scored on another held-out set ({scored['set']}); "
+                         f"this one is {held.fingerprint}: delete {out / 'heldout.json'} and run again")
+    scores = scored["stages"]
     stages: dict[str, Any] = {}
     for spec in recipe.stages:
         ckpt_cfg = Checkpoint.open(stage_final(out, spec.name)).config
         row: dict[str, Any] = {"bits_per_byte": scores[spec.name]["bits_per_byte"], "wall_s": times.get(spec.name)}
-        if spec.config is not None:
-            cfg = stage_config(recipe, spec, out)
+        if spec.name in configs:
+            cfg = configs[spec.name]
             summary = json.loads((out / spec.name / "summary.json").read_text())
             row.update({"tokens": summary["tokens"], **stage_speed(out / spec.name, cfg.data.seq_len, ckpt_cfg, peak)})
         stages[spec.name] = row
@@ -158,12 +165,12 @@ def main() -> None:
     bl_speed = stage_speed(args.out / "baseline", dense.data.seq_len, bl_ckpt.config, peak)
 
     # general models: every stage but task fine-tuning
-    general = [s.name for s in recipe.stages if s.config is None or stage_config(recipe, s, out).data.kind == "shards"]
+    general = [s.name for s in recipe.stages if s.name not in configs or configs[s.name].data.kind == "shards"]
     best = min(general, key=lambda n: stages[n]["bits_per_byte"])
     last, parent = recipe.stages[-1], recipe.stages[-1].init_from
     finetune: dict[str, Any] = {}
-    if last.config is not None and parent is not None and stage_config(recipe, last, out).data.kind == "mbpp":
-        seq = stage_config(recipe, last, out).data.seq_len
+    if last.name in configs and parent is not None and configs[last.name].data.kind == "mbpp":
+        seq = configs[last.name].data.seq_len
         finetune = {
             "stage": last.name, "parent": parent,
             "bits_per_byte_change": round(stages[last.name]["bits_per_byte"] - stages[parent]["bits_per_byte"], 4),
@@ -172,12 +179,10 @@ def main() -> None:
         }
 
     loads = {}
-    for spec in trained:
-        rows = [r for r in read_metrics(out / spec.name / "metrics.jsonl") if "expert_load_min" in r]
-        if rows:
-            tail = rows[-max(1, len(rows) // 10):]
-            loads[spec.name] = {"min": round(sum(r["expert_load_min"] for r in tail) / len(tail), 3),
-                                "max": round(sum(r["expert_load_max"] for r in tail) / len(tail), 3)}
+    for name in configs:
+        load = final_expert_load(out / name / "metrics.jsonl")
+        if load is not None:
+            loads[name] = {"min": round(load[0], 3), "max": round(load[1], 3)}
 
     engine = Engine.from_checkpoint(stage_final(out, last.name))
     settings = {

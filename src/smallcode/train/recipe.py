@@ -281,20 +281,28 @@ def _held_out_fingerprint(out: Path) -> str:
     return json.loads((out / "heldout.json").read_text()).get("set", "?")
 
 
-def _expert_load_lines(recipe: RecipeConfig, out: Path) -> list[str]:
-    """Each MoE training stage's expert load over its last tenth of steps, as multiples of the uniform share."""
+def final_expert_load(metrics: Path) -> tuple[float, float, int] | None:
+    """A run's expert load over its last tenth of steps: (least-used, most-used) as multiples of the
+    uniform share, and the steps averaged; None for a dense run."""
     from smallcode.train.trainer import read_metrics
 
+    rows = [r for r in read_metrics(metrics) if r.get("type") == "train" and "expert_load_min" in r]
+    if not rows:
+        return None
+    tail = rows[-max(1, len(rows) // 10):]
+    return (sum(r["expert_load_min"] for r in tail) / len(tail), sum(r["expert_load_max"] for r in tail) / len(tail),
+            len(tail))
+
+
+def _expert_load_lines(recipe: RecipeConfig, out: Path) -> list[str]:
+    """Each MoE training stage's expert load over its last tenth of steps, as multiples of the uniform share."""
     lines = []
     for spec in recipe.stages:
-        rows = [r for r in read_metrics(out / spec.name / "metrics.jsonl")
-                if r.get("type") == "train" and "expert_load_min" in r]
-        if not rows:
+        load = final_expert_load(out / spec.name / "metrics.jsonl")
+        if load is None:
             continue
-        tail = rows[-max(1, len(rows) // 10):]
-        lo = sum(r["expert_load_min"] for r in tail) / len(tail)
-        hi = sum(r["expert_load_max"] for r in tail) / len(tail)
-        lines.append(f"Expert load at the end of `{spec.name}` (mean of its last {len(tail)} steps): the least-used "
+        lo, hi, n = load
+        lines.append(f"Expert load at the end of `{spec.name}` (mean of its last {n} steps): the least-used "
                      f"expert of a layer gets {lo:.2f}x the uniform share of tokens, the most-used {hi:.2f}x.")
     return [*lines, ""] if lines else []
 
