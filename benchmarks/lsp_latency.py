@@ -101,10 +101,11 @@ def make_trace(lines: int, seed: int) -> tuple[str, list[tuple[int, str]], list[
 
 
 def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000, 1)
+    """``smallcode stats``'s nearest-rank percentile of seconds, in milliseconds."""
+    from smallcode.lsp.feedback import nearest_rank
+
+    value = nearest_rank(values, q)
+    return None if value is None else round(value * 1000, 1)
 
 
 async def replay(command: list[str], text: str, typed: list[tuple[int, str]], gaps: list[float],

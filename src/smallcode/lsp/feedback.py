@@ -65,7 +65,8 @@ def read(path: Path) -> Iterator[dict[str, Any]]:
                 yield event
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def nearest_rank(values: list[float], q: float) -> float | None:
+    """The value at rank ``q`` (0-1) of ``values``, no interpolation (a latency that was measured); None if empty."""
     if not values:
         return None
     ordered = sorted(values)
@@ -89,5 +90,5 @@ def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     shown = counts["shown"] or counts["served"]
     return {**counts, "acceptance_rate": counts["accepted"] / shown if shown else None,
             "accepted_chars": accepted_chars,
-            "latency_ms": {"p50": _percentile(latencies, 0.5), "p90": _percentile(latencies, 0.9),
-                           "p99": _percentile(latencies, 0.99)}}
+            "latency_ms": {"p50": nearest_rank(latencies, 0.5), "p90": nearest_rank(latencies, 0.9),
+                           "p99": nearest_rank(latencies, 0.99)}}
