@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -57,20 +56,14 @@ def mbpp_texts(shared: Path) -> list[str]:
         return [json.loads(line)["code"] for line in f if line.strip()]
 
 
-def held_out_files() -> tuple[list[str], list[str]]:
-    texts, names = [], []
-    for pkg in HELD_OUT_PACKAGES:
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"held-out package {pkg} is not installed; run `make setup`")
-        root = Path(next(iter(spec.submodule_search_locations)))
-        for p in sorted(root.rglob("*.py")):
-            try:
-                texts.append(p.read_text(encoding="utf-8"))
-            except UnicodeDecodeError:
-                continue
-            names.append(pkg)
-    return texts, names
+def held_out_files() -> list[str]:
+    """Every (non-blank) ``.py`` file of ``HELD_OUT_PACKAGES``, read as the recipe's held-out set is."""
+    from smallcode.eval.heldout import HeldOutError, held_out_set
+
+    try:
+        return list(held_out_set(HELD_OUT_PACKAGES, bytes_per_package=None).texts)
+    except HeldOutError as e:
+        raise SystemExit(f"{e}; run `make setup`") from e
 
 
 def load_baselines(shared: Path) -> dict[str, object]:
@@ -117,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     from smallcode.tokenizer import load_tokenizer, train_tokenizer
     from smallcode.tokenizer.pretokenize import DEFAULT_SCHEME, SCHEMES
 
-    held_texts, _ = held_out_files()
+    held_texts = held_out_files()
     sets = {
         "humaneval": humaneval_texts(),
         "mbpp": mbpp_texts(args.shared_data),
