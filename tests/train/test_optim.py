@@ -90,3 +90,29 @@ def test_a_muon_run_learns_and_its_schedule_drives_both_optimizers(tmp_path) -> 
     assert evals[1] < evals[0] < math.log(cfg.model_overrides["vocab_size"])
     # the last step ran at the floor: both optimizers' groups were set from the one schedule
     assert all(g["lr"] == pytest.approx(0.0, abs=1e-12) for opt in trainer.optimizers for g in opt.param_groups)
+
+
+def test_zero_init_starts_uniform_then_every_parameter_learns(tmp_path) -> None:  # noqa: ANN001
+    cfg = tiny_config(steps=3, eval_every=0, optimizer="muon", zero_init=True, warmup_steps=0)
+    trainer = Trainer(cfg, tmp_path)
+    model = trainer.model
+    zeroed = {n for n, p in model.named_parameters() if not p.any()}
+    assert "lm_head.weight" in zeroed and any(n.endswith("wo.weight") for n in zeroed)
+    assert any(n.endswith("w_down") for n in zeroed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (2, 8))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits, -1)
+    assert torch.allclose(logp, torch.full_like(logp, -math.log(vocab)))  # a uniform first prediction
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.run()
+    # the head moves at step 1; the blocks' outputs, which get no gradient through a zero head, by step 3
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.any() for p in model.parameters())
+
+
+def test_zero_init_is_refused_on_a_checkpoint() -> None:
+    from smallcode.config import ConfigError
+
+    with pytest.raises(ConfigError, match="zero_init"):
+        tiny_config(zero_init=True, init="some/checkpoint")

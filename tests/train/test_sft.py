@@ -266,3 +266,27 @@ def test_the_objective_takes_cross_entropy_on_completion_tokens_only(tok: CodeTo
     torch.testing.assert_close(total, ce + aux)
     total.backward()
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_mbpp_source_leaves_out_stop_holders_and_ends_each_completion_at_its_code(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from smallcode.backends.base import DEFAULT_STOP
+    from smallcode.train.config import DataConfig
+    from smallcode.train.sources import build_source
+
+    out = tmp_path_factory.mktemp("mbpp-tok")
+    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
+    tokenizer = load_tokenizer(out)
+    source = build_source(DataConfig(kind="mbpp", tokenizer=str(out), seq_len=2048), 8, 0, 0, 1)
+    refs = {ex["task_id"]: ex["completion"] for ex in load_mbpp_train()}
+    dropped = {ex["task_id"] for ex in source.dropped}
+    assert len(dropped) == 104 and all("\ndef" in refs[t].rstrip("\n") for t in dropped)
+    kept = [t for t in refs if t not in dropped]
+    assert len(kept) == 270 and not any(s in refs[t].rstrip("\n") for t in kept for s in DEFAULT_STOP)
+    # every row's targets are its reference without the trailing whitespace, then the end of text
+    batch = source.batch(0)
+    for labels in batch["labels"]:
+        targets = labelled(labels)
+        assert targets[-1] == tokenizer.eot_id
+        text = tokenizer.decode(targets[:-1])
+        assert text and text in {r.rstrip() for r in refs.values()}

@@ -88,15 +88,22 @@ class SmallCodeLM(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Normal(0, init_std) everywhere; residual-output projections scaled by 1/sqrt(2L) (GPT-2)."""
+    def reset_parameters(self, zero_outputs: bool = False) -> None:
+        """Normal(0, init_std) everywhere; residual-output projections scaled by 1/sqrt(2L) (GPT-2).
+
+        ``zero_outputs``: the residual-output projections and an untied head start at zero instead
+        (the nanoGPT speedruns' initialisation): every block starts as the identity and the first
+        prediction is uniform, so early steps are not spent undoing random outputs.
+        """
         std = self.config.init_std
-        out_std = std / math.sqrt(2 * self.config.n_layers)
+        out_std = 0.0 if zero_outputs else std / math.sqrt(2 * self.config.n_layers)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             elif name.endswith(("wo.weight", "w_down")):
-                p.normal_(0.0, out_std)
+                p.normal_(0.0, out_std) if out_std else p.zero_()
+            elif zero_outputs and name == "lm_head.weight" and not self.config.tie_embeddings:
+                p.zero_()
             else:
                 p.normal_(0.0, std)
 

@@ -131,6 +131,9 @@ class TrainConfig(Config):
     """Clip the global gradient norm to this (0 disables clipping, not the norm check)."""
     seed: int = 0
     """Seeds model initialisation and the data order."""
+    zero_init: bool = False
+    """From scratch only: residual-output projections and the head start at zero
+    (``SmallCodeLM.reset_parameters(zero_outputs=True)``)."""
     eval_every: int = 100
     """Validation loss every this many steps (and at the end); 0: only at the end."""
     eval_batches: int = 8
@@ -159,6 +162,9 @@ class TrainConfig(Config):
             raise ConfigError("TrainConfig.distill is required when objective is distill")
         if self.model is None and self.init is None:
             raise ConfigError("TrainConfig needs a model preset or an init checkpoint")
+        if self.zero_init and self.init is not None:
+            raise ConfigError("TrainConfig.zero_init initialises a model from scratch; this stage starts from "
+                              f"the checkpoint {self.init!r}")
         for name in ("steps", "batch_size", "grad_accum", "keep_checkpoints"):
             value = getattr(self, name)
             if value < 1:

@@ -63,6 +63,17 @@ def kd_loss(student_logits_NV: torch.Tensor, teacher: torch.Tensor | TopK, kind:
         # Only the rows that count are computed (prompt tokens in fine-tuning can be most of a batch).
         student_logits_NV = student_logits_NV[mask_N]
         teacher = (teacher[0][mask_N], teacher[1][mask_N]) if top_k else teacher[mask_N]
+    if not top_k and kind == "forward":
+        # KL(p || q) = H(p, q) - H(p): the cross-entropy against soft targets is one fused kernel (about
+        # half the time of spelling it out at V = 8192), and the teacher's entropy needs no gradient.
+        with torch.no_grad():
+            log_p_NV = F.log_softmax(_scaled(teacher.to(dtype), temperature), dim=-1)
+            p_NV = log_p_NV.exp()
+            # the clamp keeps 0 * log 0 = 0 where a teacher logit is -inf (cheaper than xlogy here)
+            neg_entropy_N = (p_NV * log_p_NV.clamp(min=torch.finfo(dtype).min)).sum(-1)
+        cross_N = F.cross_entropy(_scaled(student_logits_NV.to(dtype), temperature), p_NV, reduction="none")
+        kl_N = cross_N + neg_entropy_N
+        return kl_N.sum() / max(kl_N.shape[0], 1) * temperature**2
     log_q_NV = F.log_softmax(student_logits_NV.to(dtype) / temperature, dim=-1)
     if top_k:
         if kind == "reverse":
@@ -73,14 +84,14 @@ def kd_loss(student_logits_NV: torch.Tensor, teacher: torch.Tensor | TopK, kind:
         kl_N = (log_p_Nk.exp() * (log_p_Nk - log_q_NV.gather(1, ids_Nk))).sum(-1)
     else:
         log_p_NV = F.log_softmax(teacher.to(dtype) / temperature, dim=-1)
-        # xlogy keeps 0 * log 0 = 0 where a probability underflows
-        if kind == "forward":
-            p_NV = log_p_NV.exp()
-            kl_N = (torch.special.xlogy(p_NV, p_NV) - p_NV * log_q_NV).sum(-1)
-        else:
-            q_NV = log_q_NV.exp()
-            kl_N = (torch.special.xlogy(q_NV, q_NV) - q_NV * log_p_NV).sum(-1)
+        # reverse KL(q || p); xlogy keeps 0 * log 0 = 0 where a probability underflows
+        q_NV = log_q_NV.exp()
+        kl_N = (torch.special.xlogy(q_NV, q_NV) - q_NV * log_p_NV).sum(-1)
     return kl_N.sum() / max(kl_N.shape[0], 1) * temperature**2
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits if temperature == 1.0 else logits / temperature
 
 
 class DistillObjective:

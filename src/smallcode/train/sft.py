@@ -296,6 +296,19 @@ def without_stops(examples: list[dict], stops: Sequence[str]) -> tuple[list[dict
     return kept, dropped
 
 
+def end_at_code(examples: list[dict]) -> list[dict]:
+    """The examples with the whitespace at the end of each completion removed: the eot follows code.
+
+    MBPP's references end in a newline, so a completion ``code + "\n" + eot`` teaches that a line
+    end is often the end of the text (one eot per ~60 tokens, against one per file in the corpus).
+    Prompts also end in a line end, and a model fine-tuned that way gives up at once: measured on the
+    nano recipe, the final model's first-token P(eot) after the fixed sample prompts went from
+    0.004-0.18 before fine-tuning to 0.05-0.72 after it, and most sampled completions were empty.
+    The evaluation runs a completion with or without its final newline alike.
+    """
+    return [{**ex, "completion": ex["completion"].rstrip()} for ex in examples]
+
+
 def load_mbpp_validation(data_dir: str | Path | None = None) -> list[dict]:
     """MBPP's validation split (task ids 511-600, 90 tasks), in the form of ``load_mbpp_train``."""
     return _mbpp_pairs(data_dir, "validation")

@@ -93,6 +93,7 @@ class SFTSource:
         from smallcode.backends.base import DEFAULT_STOP
         from smallcode.train.sft import (
             SFTLoader,
+            end_at_code,
             load_mbpp_train,
             load_mbpp_validation,
             read_jsonl,
@@ -105,7 +106,7 @@ class SFTSource:
             # references the evaluation would cut at a stop sequence are left out (see without_stops);
             # the validation loss stays on the whole validation split
             train, self.dropped = without_stops(load_mbpp_train(data.path), DEFAULT_STOP)
-            val = load_mbpp_validation(data.path)
+            train, val = end_at_code(train), end_at_code(load_mbpp_validation(data.path))
         else:
             train = read_jsonl(data.path)
             val = read_jsonl(data.validation_path) if data.validation_path else []

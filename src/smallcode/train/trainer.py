@@ -158,7 +158,10 @@ class Trainer:
                                   f"({self.source.tokenizer_file})")
             return model
         torch.manual_seed(cfg.seed)
-        return SmallCodeLM(ModelConfig.preset(cfg.model, **cfg.model_overrides))
+        model = SmallCodeLM(ModelConfig.preset(cfg.model, **cfg.model_overrides))
+        if cfg.zero_init:
+            model.reset_parameters(zero_outputs=True)
+        return model
 
     def _build_objective(self) -> Objective:
         if self.config.objective == "next_token":
