@@ -72,6 +72,11 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     assert held["stages"]["upcycled"]["bits_per_byte"] == pytest.approx(held["stages"]["student"]["bits_per_byte"],
                                                                         abs=1e-3)  # the same function
     assert "held-out bits/byte" in text and "Expert load at the end of `moe`" in text
+    # each stage's row says what it bought against the stage it started from
+    moe_change = held["stages"]["moe"]["bits_per_byte"] - held["stages"]["upcycled"]["bits_per_byte"]
+    moe_row = next(line for line in text.splitlines() if line.startswith("| moe |"))
+    assert f"({moe_change:+.3f})" in moe_row
+    assert "(" not in next(line for line in text.splitlines() if line.startswith("| teacher |")).split("|")[8]
     samples = json.loads((out / "samples.json").read_text())
     assert {r["settings"] for r in samples} == {"greedy", "default"} and all(0 <= r["distinct_4"] <= 1 for r in samples)
     assert "def fibonacci(n):" in text

@@ -228,6 +228,9 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         model_cfg = Checkpoint.open(stage_final(out, spec.name)).config
         size = f"{model_cfg.num_params() / 1e6:.1f}M / {model_cfg.num_active_params() / 1e6:.1f}M"
         bpb = f"{held[spec.name]['bits_per_byte']:.3f}" if spec.name in held else "-"
+        parent = spec.init_from or spec.prune_from or spec.upcycle_from
+        if spec.name in held and parent in held:  # what the stage bought
+            bpb += f" ({held[spec.name]['bits_per_byte'] - held[parent]['bits_per_byte']:+.3f})"
         if spec.upcycle_from is not None:
             rows.append((spec.name, f"upcycle {spec.upcycle_from} ({spec.experts} experts, top-{spec.top_k})", size,
                          "-", "-", "-", "same function as its parent", bpb, times.get(spec.name, 0.0)))
@@ -254,7 +257,7 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         "# smallcode recipe report", "",
         f"Run directory `{out}`; total wall time of the steps {total / 60:.1f} min ({steps}).", "",
         "| stage | what | params total / active | steps | tokens | tokens/s | validation loss (nats/token) "
-        "| held-out bits/byte | wall s |",
+        "| held-out bits/byte (change from its parent) | wall s |",
         "|---|---|---|---|---|---|---|---|---|",
         *[f"| {' | '.join(r[:-1])} | {r[-1]:.0f} |" for r in rows], "",
     ]
