@@ -3,6 +3,7 @@ over stdio to pygls's client (pytest-lsp's test client), and the few requests th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -54,6 +55,20 @@ async def inline(client: LanguageClient, uri: str, line: int, character: int, *,
         text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character)))
     assert isinstance(result, types.InlineCompletionList), result
     return result
+
+
+async def type_rapidly(client: LanguageClient, uri: str, line: int, character: int, text: str
+                       ) -> list[types.InlineCompletionList]:
+    """Type ``text`` one character at a time at (line, character), with no pause, asking for an automatic
+    inline completion after every keystroke as an editor does; the document must be at version 1."""
+    requests = []
+    for i, ch in enumerate(text):
+        at = types.Position(line, character + i)
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2 + i),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=ch)]))
+        requests.append(asyncio.ensure_future(inline(client, uri, line, character + i + 1, invoked=False)))
+    return list(await asyncio.gather(*requests))
 
 
 async def server_stats(client: LanguageClient) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
-from lsp_helpers import inline, lsp_session, open_doc, server_stats  # type: ignore[import-not-found]
+from lsp_helpers import inline, lsp_session, open_doc, server_stats, type_rapidly  # type: ignore[import-not-found]
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
@@ -92,14 +92,7 @@ async def test_ten_rapid_edits_make_one_model_call(session: Any) -> None:
     uri = "file:///home/dev/pkg/typing.py"
     open_doc(client, uri, "def f(x):\n    return \n")
     before = await server_stats(client)
-    requests = []
-    for i, ch in enumerate("x + 1 - y2"):
-        client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2 + i),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(types.Position(1, 11 + i), types.Position(1, 11 + i)), text=ch)]))
-        requests.append(asyncio.ensure_future(inline(client, uri, 1, 12 + i, invoked=False)))
-    results = await asyncio.gather(*requests)
+    results = await type_rapidly(client, uri, 1, 11, "x + 1 - y2")
     after = await server_stats(client)
     assert after["model_calls"] - before["model_calls"] == 1
     assert after["superseded_before_model"] - before["superseded_before_model"] == 9
