@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup run test lint bench-moe clean
 
 $(STAMP): pyproject.toml
-	@# bubblewrap: the evaluation sandbox; a C compiler: the few-row CPU decode kernel (smallcode.infer.cpu_decode)
+	@# bubblewrap: the evaluation sandbox; a C compiler: the few-row CPU decode kernel (smallcode.runtime.cpu_decode)
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null || echo "warning: bubblewrap missing and cannot be installed (not root)"; }
 	@command -v cc >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq gcc libc6-dev) >/dev/null || echo "warning: no C compiler and cannot install one (not root): CPU decoding will use torch's slower products"; }
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)

@@ -21,8 +21,8 @@ Where the decode step's time goes: it is bound by reading float32 weights from m
 sum reads 11.7 GB/s on one core here, 17 on two; nano is 68 MB, and at batch 8 about 7 of 8
 experts per layer are hit, ~56 MB a step). MKL's and oneDNN's float32 products read a weight at
 only 2-8 GB/s when it meets 2-8 rows, and that was 10.5 of ~18 ms per batch-8 step. The engine
-swaps decode modules into its model (``infer/cpu_decode.py``) that run a step's products through
-``infer/few_rows.c`` (compiled on first use): each weight row is read once, in order, and dotted
+swaps decode modules into its model (``runtime/cpu_decode.py``) that run a step's products through
+``runtime/few_rows.c`` (compiled on first use): each weight row is read once, in order, and dotted
 with up to four input rows held in L1, the columns split over torch's threads: 9-16 GB/s at 1-8
 rows on two threads (one 1024 x 256 expert matrix, 8 rows: 0.11 ms vs MKL's 0.33). At 32 rows the
 kernel is level with MKL, at 64 MKL's blocked product wins, hence its limit of 32 rows. A few
@@ -62,8 +62,8 @@ from pathlib import Path
 import torch
 
 from smallcode.export.hf import to_hf_model
-from smallcode.infer import Engine, SamplingParams, cpu_decode
 from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.runtime import Engine, SamplingParams, cpu_decode
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 

@@ -23,8 +23,8 @@ import torch
 
 
 def child(context: int, full: bool, decode_tokens: int) -> dict:
-    from smallcode.infer.cpu_decode import prepare_for_decoding
     from smallcode.model import ModelConfig, SmallCodeLM
+    from smallcode.runtime.cpu_decode import prepare_for_decoding
 
     torch.manual_seed(0)
     config = ModelConfig.preset("nano")

@@ -77,8 +77,8 @@ def prepare(args: argparse.Namespace, root: Path) -> dict[str, object]:
 
 def worker(name: str, root: Path, args: argparse.Namespace) -> dict[str, object]:
     """Measure one runtime in this process."""
-    from smallcode.infer import Engine, SamplingParams
     from smallcode.model.checkpoint import Checkpoint
+    from smallcode.runtime import Engine, SamplingParams
     from smallcode.tokenizer import load_tokenizer
 
     torch.set_num_threads(args.threads)
@@ -103,7 +103,7 @@ def worker(name: str, root: Path, args: argparse.Namespace) -> dict[str, object]
         if name == "torch":
             engine = Engine.from_checkpoint(root / "ckpt")
         else:
-            from smallcode.infer.onnx_runtime import onnx_engine
+            from smallcode.runtime.onnx import onnx_engine
 
             engine = onnx_engine(root / name, threads=args.threads)
 

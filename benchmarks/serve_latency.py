@@ -119,8 +119,8 @@ def build_engine(options: ServerOptions) -> Any:
     thread would halve the model loop's decode speed)."""
     import torch
 
-    from smallcode.infer.engine import Engine
     from smallcode.model import ModelConfig, SmallCodeLM
+    from smallcode.runtime.engine import Engine
     from smallcode.tokenizer import load_tokenizer
 
     built: list[Engine] = []
@@ -147,9 +147,9 @@ def _serve(options: ServerOptions, port_out: Any) -> None:
     import torch
     import uvicorn
 
+    from smallcode.runtime.formats import prompt_format
+    from smallcode.runtime.scheduler import Scheduler
     from smallcode.serve.app import create_app
-    from smallcode.serve.formats import prompt_format
-    from smallcode.serve.scheduler import Scheduler
 
     torch.set_num_threads(options.threads)
     engine = build_engine(options)
@@ -369,9 +369,9 @@ def model_costs(options: ServerOptions, docs: list[Doc], max_tokens: int, batch:
     the model's cost when nothing else wants the cores."""
     import torch
 
-    from smallcode.infer.engine import Prefill
     from smallcode.model.kv_cache import KVCache
-    from smallcode.serve.formats import prompt_format
+    from smallcode.runtime.engine import Prefill
+    from smallcode.runtime.formats import prompt_format
 
     torch.set_num_threads(options.threads)
     engine = build_engine(options)

@@ -36,10 +36,10 @@ import torch
 from smallcode.eval.heldout import bits_per_byte, held_out_set
 from smallcode.eval.samples import mean_distinct, sample_prompts
 from smallcode.fileio import atomic_write_json
-from smallcode.infer.engine import Engine
-from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.pipeline import run_main_job
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.sampling import GENERATE_DEFAULTS, SamplingParams
 from smallcode.train.config import TrainConfig
 from smallcode.train.recipe import RecipeConfig, final_expert_load, stage_config, stage_final
 from smallcode.train.trainer import Trainer, read_metrics

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,22 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/data beside the checkout, as laid out for developers and CI.
 SHARED_DATA = Path(os.environ.get("SMALLCODE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir() -> Path:
+    """The one test tokenizer's directory (``factories.tiny_tokenizer_dir``), trained once per run."""
+    from factories import tiny_tokenizer_dir as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir: Path) -> Any:
+    """The one test tokenizer, loaded."""
+    from smallcode.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_tokenizer_dir)
 
 
 @pytest.fixture(autouse=True)

@@ -77,8 +77,8 @@ def score_stages(recipe: RecipeConfig, out: Path, progress: bool = True) -> dict
 def write_samples(checkpoint: Path, path: Path) -> list[dict[str, Any]]:
     """The model's completions of the fixed prompts, greedy and with ``generate``'s default settings."""
     from smallcode.eval.samples import sample_prompts
-    from smallcode.infer.engine import Engine
-    from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
+    from smallcode.runtime.engine import Engine
+    from smallcode.runtime.sampling import GENERATE_DEFAULTS, SamplingParams
 
     engine = Engine.from_checkpoint(checkpoint)
     rows = []

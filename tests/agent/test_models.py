@@ -3,20 +3,17 @@ ends by its budget whatever the (random) model says."""
 
 from __future__ import annotations
 
-import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
+from factories import make_model  # noqa: E402
 from smallcode.agent import AgentConfig, EngineChat, Workspace, open_chat_model, run_agent
 from smallcode.model.checkpoint import save_checkpoint
-from smallcode.serve.formats import prompt_format
+from smallcode.runtime.formats import prompt_format
 from smallcode.tokenizer import load_tokenizer
 from smallcode.tokenizer.train import train_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infer"))
-from infer_helpers import make_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

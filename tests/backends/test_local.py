@@ -10,9 +10,9 @@ import torch
 
 from smallcode.backends.base import BackendError
 from smallcode.backends.local import LocalBackend
-from smallcode.infer import Engine, SamplingParams
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
+from smallcode.runtime import Engine, SamplingParams
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 

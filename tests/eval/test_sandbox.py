@@ -99,7 +99,7 @@ def test_rlimits_layer_still_limits(tmp_path: Path) -> None:
 
 
 def test_unavailable_isolation_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import smallcode.eval.sandbox.isolation as sbm
+    import smallcode.sandbox.isolation as sbm
 
     monkeypatch.setitem(sbm._PROBED, "bwrap", False)
     with pytest.raises(RuntimeError, match="not available"):
@@ -113,7 +113,7 @@ def test_probe_runs_the_sandbox_command_line(layer: str, monkeypatch: pytest.Mon
     import subprocess
     from types import SimpleNamespace
 
-    import smallcode.eval.sandbox.isolation as iso
+    import smallcode.sandbox.isolation as iso
     from smallcode.eval.sandbox.harness import Sandbox as HarnessSandbox
 
     seen: list[list[str]] = []
@@ -155,7 +155,7 @@ def test_file_size_and_open_files_limits(bwrap: Sandbox) -> None:
 
 
 def test_missing_bwrap_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    import smallcode.eval.sandbox.isolation as sbm
+    import smallcode.sandbox.isolation as sbm
 
     monkeypatch.setitem(sbm._PROBED, "bwrap", False)
     monkeypatch.setenv("CI", "1")

@@ -16,8 +16,8 @@ from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
 from smallcode.cli.main import main as cli_main
 from smallcode.export.hf import REMOTE_DIR, REMOTE_FILES, export_hf
-from smallcode.infer import Completion, Engine, SamplingParams
 from smallcode.model.checkpoint import save_checkpoint
+from smallcode.runtime import Completion, Engine, SamplingParams
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -180,7 +180,7 @@ def test_our_loaders_run_an_export_of_ours_and_no_other_code(checkpoints: dict, 
 
     from smallcode.backends.choose import open_backend
     from smallcode.export.hf import trusted_remote_code
-    from smallcode.serve.hf_scheduler import open_hf
+    from smallcode.runtime.hf import open_hf
 
     kind = "moe-global"
     prompt = "def dumps(obj, *, skipkeys=False):\n    "

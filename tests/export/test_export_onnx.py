@@ -18,15 +18,15 @@ from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
 from smallcode.cli.main import main as cli_main
 from smallcode.export import ExportError
-from smallcode.infer import Engine, SamplingParams
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.model.kv_cache import KVCache
+from smallcode.runtime import Engine, SamplingParams
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 pytest.importorskip("onnxruntime")
 from smallcode.export.onnx import MODEL_FILE, export_onnx  # noqa: E402
-from smallcode.infer.onnx_runtime import CONFIG_FILE, OnnxModel, OnnxModelError, onnx_engine  # noqa: E402
+from smallcode.runtime.onnx import CONFIG_FILE, OnnxModel, OnnxModelError, onnx_engine  # noqa: E402
 
 KINDS = {
     "moe-global": {},

@@ -15,10 +15,10 @@ from lsp_helpers import inline, lsp_session, open_doc, server_stats, type_rapidl
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from smallcode.infer.sampling import SamplingParams
 from smallcode.lsp.context import OtherFile, build_context
 from smallcode.lsp.postprocess import shape
-from smallcode.serve.formats import prompt_format
+from smallcode.runtime.formats import prompt_format
+from smallcode.runtime.sampling import SamplingParams
 from smallcode.tokenizer import CodeTokenizer
 
 pytestmark = pytest.mark.asyncio
@@ -98,8 +98,8 @@ async def test_a_server_without_infill_is_asked_through_v1_completions(lsp_token
     ``suffix`` and gets the same greedy text."""
     from app_helpers import serve  # type: ignore[import-not-found]
 
+    from smallcode.runtime.scheduler import Scheduler
     from smallcode.serve.app import create_app
-    from smallcode.serve.scheduler import Scheduler
 
     engine = make_engine(lsp_tokenizer)
     scheduler = Scheduler(engine)

@@ -16,11 +16,11 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
 from smallcode.cli.stats import stats as stats_command
-from smallcode.infer.engine import Engine
-from smallcode.infer.sampling import SamplingParams
 from smallcode.lsp.context import build_context
 from smallcode.lsp.postprocess import shape
-from smallcode.serve.formats import prompt_format
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.formats import prompt_format
+from smallcode.runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

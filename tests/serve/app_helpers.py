@@ -13,11 +13,11 @@ from typing import Any
 import torch
 import uvicorn
 
-from smallcode.infer.engine import Engine
 from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.formats import prompt_format
+from smallcode.runtime.scheduler import Scheduler
 from smallcode.serve.app import Limits, create_app
-from smallcode.serve.formats import prompt_format
-from smallcode.serve.scheduler import Scheduler
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 CONTEXT = 1024

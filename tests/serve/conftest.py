@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from app_helpers import CONTEXT, make_engine, make_tokenizer, running_server  # type: ignore[import-not-found]
 
-from smallcode.infer.engine import Engine
+from smallcode.runtime.engine import Engine
 from smallcode.serve.app import Limits
 from smallcode.tokenizer import CodeTokenizer
 
@@ -29,7 +29,7 @@ def reference(tokenizer: CodeTokenizer) -> Engine:
 
 @pytest.fixture(scope="session")
 def prompt_format(tokenizer: CodeTokenizer) -> Any:
-    from smallcode.serve.formats import prompt_format
+    from smallcode.runtime.formats import prompt_format
 
     return prompt_format(tokenizer)
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from smallcode.infer.engine import Engine
-from smallcode.infer.sampling import SamplingParams
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.sampling import SamplingParams
 
 PREFIX = "import json\n\n\ndef load(path):\n    with open(path) as f:\n        "
 SUFFIX = "\n\n\ndef save(path, obj):\n    pass\n"
@@ -82,11 +82,11 @@ def test_a_body_sent_as_curl_sends_it_is_read_as_json(http: httpx.Client) -> Non
 
 def test_fim_on_a_model_without_fim_tokens_is_a_400(tmp_path) -> None:
     from app_helpers import serve  # type: ignore[import-not-found]
-    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
+    from smallcode.runtime.hf import open_hf
     from smallcode.serve.app import create_app
-    from smallcode.serve.hf_scheduler import open_hf
 
     tok = family_tokenizer("plain")
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from smallcode.infer.engine import Engine
-from smallcode.infer.sampling import SamplingParams
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.sampling import SamplingParams
 
 PREFIX = "import json\n\n\ndef load(path):\n    with open(path) as f:\n        "
 SUFFIX = "\n\n\ndef save(path, obj):\n    pass\n"

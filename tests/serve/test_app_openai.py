@@ -8,8 +8,8 @@ from typing import Any
 import openai
 import pytest
 
-from smallcode.infer.engine import Completion, Engine
-from smallcode.infer.sampling import SamplingParams
+from smallcode.runtime.engine import Completion, Engine
+from smallcode.runtime.sampling import SamplingParams
 
 
 @pytest.fixture(scope="module")

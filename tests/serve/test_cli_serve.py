@@ -105,9 +105,10 @@ def test_the_server_process_gets_ready_and_serves_with_the_key(checkpoint: Path)
 def test_a_hugging_face_directory_loads_behind_the_same_app(tmp_path: Path) -> None:
     # What the command's loader does with --model HF_DIR, in-process (a second server process would
     # pay for importing transformers again).
-    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
     from prometheus_client import CollectorRegistry
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
 
     tok = family_tokenizer("qwen2.5-coder")
     torch.manual_seed(0)
@@ -186,8 +187,8 @@ def test_an_onnx_export_is_served_through_the_same_scheduler(checkpoint: Path, t
     from prometheus_client import CollectorRegistry
 
     from smallcode.export.onnx import export_onnx
-    from smallcode.infer import Engine, SamplingParams
-    from smallcode.serve.scheduler import Scheduler
+    from smallcode.runtime import Engine, SamplingParams
+    from smallcode.runtime.scheduler import Scheduler
 
     export_onnx(checkpoint, tmp_path / "onnx")
     registry = CollectorRegistry()

@@ -51,7 +51,7 @@ def test_upcycled_equals_parent_with_a_short_window_and_tied_embeddings() -> Non
 
 def test_upcycled_equals_parent_when_decoding_token_by_token() -> None:
     # cached decoding through the engine's decode modules (one-token and few-row expert paths) agrees too
-    from smallcode.infer.cpu_decode import prepare_for_decoding
+    from smallcode.runtime.cpu_decode import prepare_for_decoding
 
     dense, tokens = dense_model(), torch.randint(0, 256, (2, 20))
     moe = prepare_for_decoding(upcycle(dense, 4, 2).eval())

@@ -3,7 +3,7 @@
 A :class:`ChatModel` turns a conversation (``[{"role", "content"}, ...]``) into ``n`` replies, each
 with its token counts. Three kinds:
 
-* :class:`EngineChat`: a smallcode checkpoint (or ONNX export) on :class:`smallcode.infer.Engine`,
+* :class:`EngineChat`: a smallcode checkpoint (or ONNX export) on :class:`smallcode.runtime.Engine`,
   the conversation laid out by the tokenizer's chat template (``serve.formats.prompt_format``, the
   same layout ``smallcode serve`` uses). A conversation longer than the model's context loses its
   oldest turns first (the system message and the task stay).
@@ -73,8 +73,8 @@ class EngineChat:
     """A local checkpoint or ONNX export, prompted through its tokenizer's chat template."""
 
     def __init__(self, directory: str | Path, device: str = "cpu") -> None:
-        from smallcode.infer.engine import Engine
-        from smallcode.serve.formats import prompt_format
+        from smallcode.runtime.engine import Engine
+        from smallcode.runtime.formats import prompt_format
 
         self.engine = Engine.open(directory, device=device)
         self.format = prompt_format(self.engine.tokenizer)
@@ -83,8 +83,8 @@ class EngineChat:
 
     def chat(self, messages: list[dict[str, str]], n: int = 1, temperature: float = 0.0, max_tokens: int = 512,
              seed: int = 0) -> list[Reply]:
-        from smallcode.infer.engine import GenerationError
-        from smallcode.infer.sampling import SamplingParams
+        from smallcode.runtime.engine import GenerationError
+        from smallcode.runtime.sampling import SamplingParams
 
         budget = self.engine.max_context - max_tokens
         msgs = list(messages)

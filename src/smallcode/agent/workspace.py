@@ -4,7 +4,7 @@
 untracked ones git does not ignore; otherwise every file but ``.git``) into a fresh temporary
 directory and records that state in a private baseline repository kept *beside* the copy, where
 nothing the agent runs can reach it. Every command runs under bubblewrap
-(:func:`smallcode.eval.sandbox.isolation.shell_argv`): the copy is the only writable host
+(:func:`smallcode.sandbox.isolation.shell_argv`): the copy is the only writable host
 directory, there is no network, and memory, processes, file sizes, CPU, wall time and output are
 capped. As root, commands run as an unprivileged uid of their own that owns the copy.
 
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-# The evaluation sandbox's uid allocator: agent commands get uids no zygote of this process uses.
-from smallcode.eval.sandbox.harness import _allocate_uid
-from smallcode.eval.sandbox.isolation import available, shell_argv
 from smallcode.fileio import atomic_write_text
+
+# The evaluation sandbox's uid allocator: agent commands get uids no zygote of this process uses.
+from smallcode.sandbox.isolation import allocate_uid, available, shell_argv
 
 DEFAULT_PROTECT: tuple[str, ...] = (
     "tests/*", "test/*", "*/tests/*", "*/test/*", "test_*.py", "*/test_*.py", "*_test.py", "conftest.py",
@@ -128,7 +128,7 @@ class Workspace:
                                "cannot create namespaces here; `make setup` installs it")
         self.protect = tuple(protect)
         self.limits = limits or ShellLimits()
-        self.uid = _allocate_uid(63000) if os.geteuid() == 0 else None
+        self.uid = allocate_uid(63000) if os.geteuid() == 0 else None
         self._tmp = Path(tempfile.mkdtemp(prefix="smallcode-agent-"))
         self.path = self._tmp / "repo"
         self._git_dir = self._tmp / "baseline.git"

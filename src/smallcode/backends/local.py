@@ -1,4 +1,4 @@
-"""smallcode checkpoints as a backend, through the inference engine (``smallcode.infer``).
+"""smallcode checkpoints as a backend, through the inference engine (``smallcode.runtime``).
 
 The engine batches the prompts it is given, prefills each prompt once for its ``n`` samples and
 stops each sample at the first stop sequence, so this module is only the translation between the
@@ -17,8 +17,8 @@ class LocalBackend:
     name: str
 
     def __init__(self, checkpoint: str | Path, device: str = "cpu", seed: int = 0, batch_prompts: int = 8) -> None:
-        from smallcode.infer.engine import Engine
         from smallcode.model.checkpoint import CheckpointError
+        from smallcode.runtime.engine import Engine
 
         self.name = f"smallcode:{checkpoint}"
         self.seed = seed
@@ -31,8 +31,8 @@ class LocalBackend:
     def generate(
         self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int, stop: list[str]
     ) -> list[list[str]]:
-        from smallcode.infer.engine import GenerationError
-        from smallcode.infer.sampling import SamplingParams
+        from smallcode.runtime.engine import GenerationError
+        from smallcode.runtime.sampling import SamplingParams
 
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=self.seed,
                                 stop=[s for s in stop if s])

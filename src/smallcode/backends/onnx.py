@@ -14,7 +14,7 @@ from smallcode.backends.local import LocalBackend
 
 class OnnxBackend(LocalBackend):
     def __init__(self, directory: str | Path, seed: int = 0, batch_prompts: int = 8) -> None:
-        from smallcode.infer.onnx_runtime import OnnxModelError, onnx_engine
+        from smallcode.runtime.onnx import OnnxModelError, onnx_engine
 
         self.name = f"onnx:{directory}"
         self.seed = seed

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from smallcode.cli.options import config_options
-from smallcode.infer.sampling import GENERATE_DEFAULTS, SamplingParams
+from smallcode.runtime.sampling import GENERATE_DEFAULTS, SamplingParams
 
 # The sampling options are SamplingParams' fields (name, type, help written once, there); their
 # defaults are GENERATE_DEFAULTS (measured: a small model's greedy output loops), not the API's greedy.
@@ -27,7 +27,7 @@ runtime_option = click.option(
 @runtime_option
 def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: SamplingParams) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
-    from smallcode.infer.engine import Engine
+    from smallcode.runtime.engine import Engine
 
     engine = Engine.open(checkpoint, device, runtime)  # type: ignore[arg-type]
     for delta in engine.stream(prompt, params):
@@ -46,7 +46,7 @@ def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: S
 def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str,
              params: SamplingParams) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
-    from smallcode.infer.engine import Engine
+    from smallcode.runtime.engine import Engine
 
     engine = Engine.open(checkpoint, device, runtime)  # type: ignore[arg-type]
     suffix = suffix_file.read_text() if suffix_file else ""

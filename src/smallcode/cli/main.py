@@ -69,7 +69,7 @@ def _is_user_error(e: Exception) -> bool:
         return True
     # Only modules already imported by the failing command can have raised their errors.
     for module, name in (("smallcode.model.checkpoint", "CheckpointError"),
-                         ("smallcode.infer.engine", "GenerationError"),
+                         ("smallcode.runtime.engine", "GenerationError"),
                          ("smallcode.tokenizer.code_tokenizer", "TokenizerError"),
                          ("smallcode.train.trainer", "TrainingError"),
                          ("smallcode.train.teacher", "TeacherError"),
@@ -77,7 +77,7 @@ def _is_user_error(e: Exception) -> bool:
                          ("smallcode.train.sft", "SFTDataError"),
                          ("smallcode.corpus", "DataError"),
                          ("smallcode.export", "ExportError"),
-                         ("smallcode.infer.onnx_runtime", "OnnxModelError")):
+                         ("smallcode.runtime.onnx", "OnnxModelError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(e, cls):
             return True

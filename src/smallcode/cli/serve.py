@@ -30,17 +30,17 @@ def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, regis
     """The scheduler and the prompt format for the model in ``checkpoint``: a smallcode checkpoint or an
     ONNX export (the engine behind the batching scheduler), or a Hugging Face directory."""
     from smallcode.backends.choose import backend_kind
-    from smallcode.serve.metrics import Metrics
+    from smallcode.runtime.metrics import Metrics
 
     metrics = Metrics(registry)
     kind = backend_kind(checkpoint)
     if kind == "huggingface":
-        from smallcode.serve.hf_scheduler import open_hf
+        from smallcode.runtime.hf import open_hf
 
         return open_hf(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    from smallcode.infer.engine import Engine
-    from smallcode.serve.formats import prompt_format
-    from smallcode.serve.scheduler import Scheduler
+    from smallcode.runtime.engine import Engine
+    from smallcode.runtime.formats import prompt_format
+    from smallcode.runtime.scheduler import Scheduler
 
     engine = Engine.open(checkpoint, device)  # a checkpoint or an ONNX export
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)

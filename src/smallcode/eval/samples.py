@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from smallcode.infer.engine import Engine
-    from smallcode.infer.sampling import SamplingParams
+    from smallcode.runtime.engine import Engine
+    from smallcode.runtime.sampling import SamplingParams
 
 # Fixed prompts: a function to write from a signature, a docstring, a class, code in the middle of
 # a module. None of them is a task of the evaluation suites.

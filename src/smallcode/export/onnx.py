@@ -13,7 +13,7 @@ tokenizer's hash). The graph is one step of our cached forward:
   stores them with one write.
 
 The graph builds the window + global mask from the positions, so B, T and S are all dynamic and the
-caller decides where new keys go: ``smallcode.infer.onnx_runtime`` writes them into the ring as
+caller decides where new keys go: ``smallcode.runtime.onnx`` writes them into the ring as
 ``KVCache`` does, which keeps memory at ``n_global + window`` slots however long a row runs. The
 graph does not own the cache, so onnxruntime-genai (which expects the graph to return the whole
 grown cache) cannot drive it; ``genai_config.json`` is not written (see docs/export.md).
@@ -47,10 +47,10 @@ from torch import nn
 
 from smallcode.export import ExportError, check_destination
 from smallcode.fileio import atomic_dir
-from smallcode.infer.onnx_runtime import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
+from smallcode.runtime.onnx import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 

@@ -18,7 +18,7 @@ Budgets are in tokens, turned into characters with ``chars_per_token``: counting
 with the tokenizer would cost more than the model's prompt-cache hit on every keystroke, and an
 endpoint's tokenizer is not known here.
 
-Not here: laying the pieces out as tokens (``smallcode.serve.formats``), cleaning up what the model
+Not here: laying the pieces out as tokens (``smallcode.runtime.formats``), cleaning up what the model
 returns (``smallcode.lsp.postprocess``).
 """
 

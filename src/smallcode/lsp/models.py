@@ -78,9 +78,9 @@ class LocalModel:
 
     def _load(self, device: str, max_batch: int) -> None:
         try:
-            from smallcode.infer.engine import Engine
-            from smallcode.serve.formats import prompt_format
-            from smallcode.serve.scheduler import Scheduler
+            from smallcode.runtime.engine import Engine
+            from smallcode.runtime.formats import prompt_format
+            from smallcode.runtime.scheduler import Scheduler
 
             engine = Engine.open(self.directory, device)
             self._format = prompt_format(engine.tokenizer)
@@ -100,9 +100,9 @@ class LocalModel:
         return self._scheduler
 
     async def complete(self, request: FimRequest, enough: Callable[[str], bool]) -> str:
-        from smallcode.infer.engine import GenerationError
-        from smallcode.infer.sampling import SamplingParams
-        from smallcode.serve.scheduler import QueueFull
+        from smallcode.runtime.engine import GenerationError
+        from smallcode.runtime.sampling import SamplingParams
+        from smallcode.runtime.scheduler import QueueFull
 
         await self.ready()
         ids = self._format.fim(request.prefix, request.suffix, list(request.extra))

@@ -6,7 +6,7 @@ sorted by expert so each expert's rows are contiguous, and one grouped matmul pe
 all experts at once: there is no Python loop over tokens or experts. A dense model is the same
 module with one expert and no router. It has one path whatever the torch mode (under
 ``torch.inference_mode()`` too it returns the auxiliary losses); decode-time shortcuts are
-swapped in by ``smallcode.infer.cpu_decode``.
+swapped in by ``smallcode.runtime.cpu_decode``.
 
 Auxiliary losses, per layer (the model averages them over layers):
 * load balance (Switch Transformer, eq. 4; Mixtral): ``E * sum_e f_e * P_e`` with ``f_e`` the share

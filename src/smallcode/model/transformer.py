@@ -9,7 +9,7 @@ training objective's business, not the model's.
 This is the reference network: every product goes through its ``nn.Linear`` or ``MoE`` module, and
 one forward path serves training, scoring and decoding, whatever the torch mode. Runtime tricks for
 decoding (compiled few-row kernels, weight layouts, a prepacked head) are swapped in by
-``smallcode.infer.cpu_decode`` and compute the same function.
+``smallcode.runtime.cpu_decode`` and compute the same function.
 
 Shape legend: B batch, T sequence, D model width, V vocabulary, L layers, E experts.
 """

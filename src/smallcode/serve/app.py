@@ -39,8 +39,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smallcode.config import ConfigError
-from smallcode.infer.engine import GenerationError
-from smallcode.infer.sampling import SamplingParams
+from smallcode.runtime.engine import GenerationError
+from smallcode.runtime.sampling import SamplingParams
+from smallcode.runtime.scheduler import QueueFull
 from smallcode.serve.protocol import (
     MAX_SEED,
     ChatRequest,
@@ -51,7 +52,6 @@ from smallcode.serve.protocol import (
     InfillRequest,
     unsupported,
 )
-from smallcode.serve.scheduler import QueueFull
 
 
 @dataclass

@@ -6,7 +6,7 @@
 """
 
 from smallcode.eval.sandbox.harness import Limits, RunMode, RunResult, Sandbox, Status, run_python
-from smallcode.eval.sandbox.isolation import Isolation, available, resolve_isolation
+from smallcode.sandbox.isolation import Isolation, available, resolve_isolation
 
 __all__ = [
     "Isolation",

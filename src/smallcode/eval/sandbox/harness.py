@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from smallcode.eval.sandbox.isolation import SANDBOX_WORKDIR, Isolation, interpreter, resolve_isolation, wrap
+from smallcode.sandbox.isolation import SANDBOX_WORKDIR, Isolation, allocate_uid, interpreter, resolve_isolation, wrap
 
 RunMode = Literal["exec", "call"]
 Status = Literal["ok", "exception", "timeout", "memory", "crashed", "sandbox"]
@@ -104,17 +104,6 @@ class RunResult:
         return self.status == "ok"
 
 
-_uid_lock = threading.Lock()
-_next_slot = 0
-
-
-def _allocate_uid(base: int) -> int:
-    global _next_slot
-    with _uid_lock:
-        # Distinct per sandbox of this process (up to 64 at once) and, very likely, across processes.
-        uid = base + (os.getpid() % 4096) * 64 + _next_slot % 64
-        _next_slot += 1
-        return uid
 
 
 class Sandbox:
@@ -129,7 +118,7 @@ class Sandbox:
         self.isolation = resolve_isolation(isolation)
         self.limits = limits or Limits()
         self.root = os.geteuid() == 0
-        self.child_uid = _allocate_uid(uid_base) if self.root else None
+        self.child_uid = allocate_uid(uid_base) if self.root else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._hostdir: str | None = None
         self._start()

@@ -23,7 +23,7 @@ prefix, where the model reads them as earlier code of the same file. Neither the
 nor the current file's path is part of the request, so the repository header and the path after the
 current file's separator are left out.
 
-Not here: running a model (``smallcode.serve.scheduler``, ``smallcode.serve.hf_scheduler``), the
+Not here: running a model (``smallcode.runtime.scheduler``, ``smallcode.runtime.hf``), the
 HTTP schemas (``smallcode.serve.app``), formats for chat-only models without FIM tokens beyond what
 their chat template does.
 """

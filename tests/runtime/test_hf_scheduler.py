@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from smallcode.infer.engine import GenerationError
-from smallcode.infer.sampling import SamplingParams
-from smallcode.serve.formats import HFFormat, hf_prompt_format
-from smallcode.serve.hf_scheduler import HFScheduler, _TokenizerView, open_hf
-from smallcode.serve.scheduler import Event, RequestHandle
+from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
+from smallcode.runtime.engine import GenerationError
+from smallcode.runtime.formats import HFFormat, hf_prompt_format
+from smallcode.runtime.hf import HFScheduler, _TokenizerView, open_hf
+from smallcode.runtime.sampling import SamplingParams
+from smallcode.runtime.scheduler import Event, RequestHandle
 
 PROMPT = "def add(a, b):\n"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_helpers import make_model  # type: ignore[import-not-found]
 
-from smallcode.infer import Engine, SamplingParams
-from smallcode.infer.engine import Prefill, PromptCache, Row
-from smallcode.infer.sampling import choose, sample
+from factories import make_model  # type: ignore[import-not-found]
 from smallcode.model.kv_cache import KVCache
+from smallcode.runtime import Engine, SamplingParams
+from smallcode.runtime.engine import Prefill, PromptCache, Row
+from smallcode.runtime.sampling import choose, sample
 
 IDS = list(range(40, 80))
 

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import pytest
-from infer_helpers import make_model  # type: ignore[import-not-found]
 
+from factories import make_model  # type: ignore[import-not-found]
 from smallcode.cli.main import main as cli_main
-from smallcode.infer import Engine, SamplingParams
-from smallcode.infer.sampling import GENERATE_DEFAULTS
 from smallcode.model.checkpoint import save_checkpoint
+from smallcode.runtime import Engine, SamplingParams
+from smallcode.runtime.sampling import GENERATE_DEFAULTS
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from infer_helpers import make_model  # type: ignore[import-not-found]
 
-from smallcode.infer import Engine, SamplingParams
+from factories import make_model  # type: ignore[import-not-found]
 from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.runtime import Engine, SamplingParams
 from smallcode.tokenizer import CodeTokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallcode.infer import cpu_decode
+from smallcode.runtime import cpu_decode
 
 # CI installs a C compiler (`make setup`): there the kernel must build, not quietly fall back.
 if not cpu_decode.available():
@@ -124,7 +124,7 @@ def test_a_source_that_does_not_compile_falls_back_to_torch(tmp_path, monkeypatc
     broken.write_text("this is not C\n")
     monkeypatch.setattr(cpu_decode, "SOURCE", broken)
     monkeypatch.setenv("SMALLCODE_CACHE_DIR", str(tmp_path / "cache"))
-    with caplog.at_level(logging.WARNING, logger="smallcode.infer.cpu_decode"):
+    with caplog.at_level(logging.WARNING, logger="smallcode.runtime.cpu_decode"):
         assert not cpu_decode.available()
     assert "could not build few_rows.c" in caplog.text
     assert not list((tmp_path / "cache").glob("*.so")) and not list((tmp_path / "cache").glob(".few_rows-*"))
@@ -142,6 +142,6 @@ def test_the_switch_turns_the_kernels_off(monkeypatch, rebuilt) -> None:
 def test_a_compiler_that_is_not_there_falls_back_with_a_warning(tmp_path, monkeypatch, caplog, rebuilt) -> None:
     monkeypatch.setenv("CC", "no-such-compiler --quiet")
     monkeypatch.setenv("SMALLCODE_CACHE_DIR", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="smallcode.infer.cpu_decode"):
+    with caplog.at_level(logging.WARNING, logger="smallcode.runtime.cpu_decode"):
         assert not cpu_decode.available()
     assert "could not build few_rows.c" in caplog.text and "no-such-compiler" in caplog.text

@@ -7,7 +7,7 @@ finish (end-of-text, a stop sequence, or ``max_tokens``). Stop sequences are mat
 text, so they are found even when a token boundary splits them; streaming holds back text that
 could still turn into a stop sequence or that ends inside an unfinished UTF-8 character.
 
-The loop is built from step-level pieces that ``smallcode.serve.scheduler`` shares for continuous
+The loop is built from step-level pieces that ``smallcode.runtime.scheduler`` shares for continuous
 batching: ``Prefill`` (a prompt into a cache, piece by piece, reusing a ``PromptCache``),
 ``Engine.decode_step`` (one token for every row of a cache), ``sampling.choose`` (per-row
 parameters) and ``Row.push`` (end-of-text, stop sequences, ``max_tokens``, the streaming hold-back).
@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from smallcode.infer.cpu_decode import prepare_for_decoding
-from smallcode.infer.sampling import SamplingParams, sample
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import SmallCodeLM
+from smallcode.runtime.cpu_decode import prepare_for_decoding
+from smallcode.runtime.sampling import SamplingParams, sample
 
 if TYPE_CHECKING:
-    from smallcode.infer.onnx_runtime import OnnxModel
+    from smallcode.runtime.onnx import OnnxModel
     from smallcode.tokenizer import CodeTokenizer
 
 FinishReason = Literal["stop", "length", "eos"]
@@ -273,7 +273,7 @@ class Engine:
              ) -> Engine:
         """The engine on a checkpoint (``torch``) or on a ``smallcode export onnx`` directory (``onnx``,
         on the CPU); None: whichever ``directory`` is. One generation loop for both."""
-        from smallcode.infer.onnx_runtime import is_onnx_export, onnx_engine
+        from smallcode.runtime.onnx import is_onnx_export, onnx_engine
 
         if runtime == "onnx" or (runtime is None and is_onnx_export(directory)):
             return onnx_engine(directory)

@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from typing import Literal
 
 Isolation = Literal["auto", "bwrap", "unshare", "rlimits"]
@@ -188,3 +189,17 @@ def shell_argv(
     # /tmp is bwrap's size-capped tmpfs; opened to the unprivileged uid like a host's /tmp.
     options = ["--bind", workdir, SHELL_WORKDIR, "--chdir", SHELL_WORKDIR, "--chmod", "1777", SANDBOX_WORKDIR, *env]
     return _bwrap([*options, *drop, *limits, "/bin/bash", "-c", command])
+
+
+_uid_lock = threading.Lock()
+_next_slot = 0
+
+
+def allocate_uid(base: int) -> int:
+    """A uid for one sandbox's children: ``base`` plus a slot of this process (see ``Sandbox``)."""
+    global _next_slot
+    with _uid_lock:
+        # Distinct per sandbox of this process (up to 64 at once) and, very likely, across processes.
+        uid = base + (os.getpid() % 4096) * 64 + _next_slot % 64
+        _next_slot += 1
+        return uid

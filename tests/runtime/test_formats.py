@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
 
-from smallcode.serve.formats import FormatError, hf_prompt_format, prompt_format
-from smallcode.serve.scheduler import RequestHandle
+from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
+from smallcode.runtime.formats import FormatError, hf_prompt_format, prompt_format
+from smallcode.runtime.scheduler import RequestHandle
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 PREFIX = "def area(r):\n    return "
@@ -158,10 +158,10 @@ def test_generation_config_stop_ids_are_added_once() -> None:
 def test_ours_through_the_app_reuses_the_prompt_as_the_user_types(ours: CodeTokenizer) -> None:
     from fastapi.testclient import TestClient
 
-    from smallcode.infer import Engine
     from smallcode.model import ModelConfig, SmallCodeLM
+    from smallcode.runtime import Engine
+    from smallcode.runtime.scheduler import Scheduler
     from smallcode.serve.app import create_app
-    from smallcode.serve.scheduler import Scheduler
 
     torch.manual_seed(0)
     engine = Engine(SmallCodeLM(ModelConfig.preset("tiny", vocab_size=512)), ours)

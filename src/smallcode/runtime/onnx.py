@@ -170,7 +170,7 @@ def load_export_tokenizer(directory: str | Path, expected_hash: str | None) -> A
 
 def onnx_engine(directory: str | Path, max_context: int | None = None, threads: int | None = None) -> Any:
     """An ``Engine`` generating with the export in ``directory`` (the same loop as for a checkpoint)."""
-    from smallcode.infer.engine import Engine
+    from smallcode.runtime.engine import Engine
 
     model = OnnxModel(directory, threads=threads)
     tokenizer = load_export_tokenizer(directory, model.tokenizer_hash)

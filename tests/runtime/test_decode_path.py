@@ -11,10 +11,13 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from infer_helpers import make_model  # type: ignore[import-not-found]
 
-from smallcode.infer import Engine, cpu_decode
-from smallcode.infer.cpu_decode import (
+from factories import make_model  # type: ignore[import-not-found]
+from smallcode.model import ModelConfig, SmallCodeLM
+from smallcode.model.checkpoint import Checkpoint, save_checkpoint
+from smallcode.model.moe import MoE
+from smallcode.runtime import Engine, cpu_decode
+from smallcode.runtime.cpu_decode import (
     DecodeExperts,
     DecodeHead,
     DecodeLinear,
@@ -22,9 +25,6 @@ from smallcode.infer.cpu_decode import (
     PackedLinear,
     prepare_for_decoding,
 )
-from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import Checkpoint, save_checkpoint
-from smallcode.model.moe import MoE
 from smallcode.tokenizer import CodeTokenizer
 
 

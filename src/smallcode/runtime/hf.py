@@ -2,9 +2,9 @@
 
 ``open_hf(path, device=..., max_batch=..., max_queue=..., metrics=...)`` loads a transformers model
 directory (``AutoModelForCausalLM`` and ``AutoTokenizer``, local files only) and returns an
-``HFScheduler`` and the tokenizer's ``PromptFormat`` (``smallcode.serve.formats.hf_prompt_format``).
+``HFScheduler`` and the tokenizer's ``PromptFormat`` (``smallcode.runtime.formats.hf_prompt_format``).
 
-``HFScheduler`` is ``smallcode.serve.scheduler.Scheduler`` with another model step: its queue,
+``HFScheduler`` is ``smallcode.runtime.scheduler.Scheduler`` with another model step: its queue,
 handles, events, cancellation, time limits, logprobs and metrics are the scheduler's own, and so are
 token choice (``sampling.choose``) and stops, end-of-sequence, ``max_tokens`` and the streaming
 hold-back (``Row.push``). Only the model work differs: one request at a time, its whole prompt in one
@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from smallcode.infer.engine import Engine
-from smallcode.infer.sampling import choose
-from smallcode.serve.formats import HFFormat, hf_prompt_format
-from smallcode.serve.metrics import Metrics
-from smallcode.serve.scheduler import Scheduler, _Request
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.formats import HFFormat, hf_prompt_format
+from smallcode.runtime.metrics import Metrics
+from smallcode.runtime.sampling import choose
+from smallcode.runtime.scheduler import Scheduler, _Request
 
 # Context length assumed when a model's config does not say (transformers' own common default).
 DEFAULT_CONTEXT = 2048

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from infer_helpers import make_model  # type: ignore[import-not-found]
 
+from factories import make_model  # type: ignore[import-not-found]
 from smallcode.config import ConfigError
-from smallcode.infer import Engine, SamplingParams
-from smallcode.infer.engine import GenerationError
 from smallcode.model.checkpoint import CheckpointError, save_checkpoint
+from smallcode.runtime import Engine, SamplingParams
+from smallcode.runtime.engine import GenerationError
 
 PROMPTS = ["def add(a, b):\n    return", "import json\n", "class Decoder:\n    def __init__(self"]
 

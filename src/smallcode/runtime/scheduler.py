@@ -52,10 +52,10 @@ from dataclasses import dataclass
 
 import torch
 
-from smallcode.infer.engine import Engine, GenerationError, Prefill, PromptCache, Row
-from smallcode.infer.sampling import SamplingParams, choose
 from smallcode.model.kv_cache import KVCache
-from smallcode.serve.metrics import Metrics
+from smallcode.runtime.engine import Engine, GenerationError, Prefill, PromptCache, Row
+from smallcode.runtime.metrics import Metrics
+from smallcode.runtime.sampling import SamplingParams, choose
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from smallcode.infer import Engine, SamplingParams
-from smallcode.infer.engine import Completion, GenerationError
 from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.serve.scheduler import Event, QueueFull, RequestHandle, Scheduler
+from smallcode.runtime import Engine, SamplingParams
+from smallcode.runtime.engine import Completion, GenerationError
+from smallcode.runtime.scheduler import Event, QueueFull, RequestHandle, Scheduler
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 CODE = [
@@ -473,7 +473,7 @@ class RecordingModel(SlowModel):
 def test_the_shortest_prefill_goes_first_and_a_long_one_still_gets_its_turn(
         tokenizer: CodeTokenizer, scheduler_factory: Callable[..., Scheduler], monkeypatch: pytest.MonkeyPatch,
         passed_over: int) -> None:
-    import smallcode.serve.scheduler as scheduler_module
+    import smallcode.runtime.scheduler as scheduler_module
 
     monkeypatch.setattr(scheduler_module, "MAX_PASSED_OVER", passed_over)
     engine = make_engine(tokenizer)

@@ -6,9 +6,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from infer_helpers import make_model  # type: ignore[import-not-found]
 
-from smallcode.infer import Engine
+from factories import make_model  # type: ignore[import-not-found]
+from smallcode.runtime import Engine
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 
