@@ -3,7 +3,7 @@
 One checkpoint (``--preset``, default ``nano`` with ``n_global = 0`` so that ``MixtralForCausalLM``
 computes the same function), exported as ONNX float32, int8 and int4, plus float32 with onnxruntime's
 ``com.microsoft::MoE`` op. Each runtime runs in its own process (so peak RSS is its own): our torch
-engine (``Engine.from_checkpoint``), the ONNX exports through the same engine (``onnx_engine``), and
+engine (``Engine.from_checkpoint``), the ONNX exports through the same engine (``open_engine``), and
 transformers' ``generate``. Decode tokens/s at batch 1 and 8 is isolated from prefill by timing
 ``N + 1`` and 1 new tokens (greedy, end-of-text ignored) and dividing the difference by ``N``; time
 to first token is a ``--ttft-len`` prompt to one sampled token. Held-out loss and greedy agreement
@@ -103,9 +103,9 @@ def worker(name: str, root: Path, args: argparse.Namespace) -> dict[str, object]
         if name == "torch":
             engine = Engine.from_checkpoint(root / "ckpt")
         else:
-            from smallcode.runtime.onnx import onnx_engine
+            from smallcode.runtime.load import open_engine
 
-            engine = onnx_engine(root / name, threads=args.threads)
+            engine = open_engine(root / name, threads=args.threads)
 
         def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
             params = SamplingParams(max_tokens=n, ignore_eos=True)

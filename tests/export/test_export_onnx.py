@@ -26,7 +26,8 @@ from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 pytest.importorskip("onnxruntime")
 from smallcode.export.onnx import MODEL_FILE, export_onnx  # noqa: E402
-from smallcode.runtime.onnx import CONFIG_FILE, OnnxModel, OnnxModelError, onnx_engine  # noqa: E402
+from smallcode.runtime.load import open_engine  # noqa: E402
+from smallcode.runtime.onnx import CONFIG_FILE, OnnxModel, OnnxModelError  # noqa: E402
 
 KINDS = {
     "moe-global": {},
@@ -116,14 +117,14 @@ def test_greedy_equals_torch_engine_past_the_window(kind: str, checkpoints: dict
     params = SamplingParams(max_tokens=200 + WINDOW, temperature=0.0, ignore_eos=True)
     prompts = ["import json\n", "def load(path):\n    with open(path) as f:\n"]
     want = Engine.from_checkpoint(checkpoints[kind]).generate(prompts, params)
-    got = onnx_engine(exports[kind], threads=1).generate(prompts, params)
+    got = open_engine(exports[kind], threads=1).generate(prompts, params)
     assert [c.token_ids for c in got] == [c.token_ids for c in want]
     assert all(len(c.token_ids) == 200 + WINDOW for c in got)
 
 
 def test_engine_stops_streams_and_fills_in_the_middle(checkpoints: dict, exports: dict) -> None:
     torch_engine = Engine.from_checkpoint(checkpoints["moe-global"])
-    engine = onnx_engine(exports["moe-global"], threads=1)
+    engine = open_engine(exports["moe-global"], threads=1)
     params = SamplingParams(max_tokens=40, temperature=0.8, top_p=0.9, seed=3, stop=["\n\n"])
     assert [c.text for c in engine.generate(["import json\n"], params, n=3)] == \
            [c.text for c in torch_engine.generate(["import json\n"], params, n=3)]
@@ -203,7 +204,7 @@ def test_bad_directories_are_one_line_errors(tmp_path: Path, checkpoints: dict, 
     train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "email"], 380, tmp_path / "tok2", show_progress=False)
     shutil.copyfile(tmp_path / "tok2" / "tokenizer.json", mismatched / "tokenizer.json")
     with pytest.raises(OnnxModelError, match="mismatched tokenizer"):
-        onnx_engine(mismatched)
+        open_engine(mismatched)
     with pytest.raises(ExportError, match="not a smallcode checkpoint"):
         export_onnx(exports["moe-global"], tmp_path / "x")
     with pytest.raises(ExportError, match="not empty"):

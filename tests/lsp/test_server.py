@@ -18,8 +18,8 @@ from pygls.exceptions import JsonRpcException
 from smallcode.cli.stats import stats as stats_command
 from smallcode.lsp.context import build_context
 from smallcode.lsp.postprocess import shape
-from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import prompt_format
+from smallcode.runtime.load import open_engine
 from smallcode.runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -77,7 +77,7 @@ async def test_greedy_item_is_what_the_engine_writes(session: Any, checkpoint: P
     client, _, _ = session
     line, character = 5, 14
     result = await inline(client, URI, line, character, invoked=True)
-    engine = Engine.open(checkpoint)
+    engine = open_engine(checkpoint)
     offset = sum(len(x) + 1 for x in TEXT.split("\n")[:line]) + character
     ctx = build_context(TEXT, offset, path="/home/dev/pkg/stats.py", language_id="python")
     ids = prompt_format(engine.tokenizer).fim(ctx.prefix, ctx.suffix, ctx.extra)

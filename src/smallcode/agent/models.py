@@ -73,10 +73,10 @@ class EngineChat:
     """A local checkpoint or ONNX export, prompted through its tokenizer's chat template."""
 
     def __init__(self, directory: str | Path, device: str = "cpu") -> None:
-        from smallcode.runtime.engine import Engine
         from smallcode.runtime.formats import prompt_format
+        from smallcode.runtime.load import open_engine
 
-        self.engine = Engine.open(directory, device=device)
+        self.engine = open_engine(directory, device=device)
         self.format = prompt_format(self.engine.tokenizer)
         self.name = f"smallcode:{directory}"
         self._lock = threading.Lock()  # one generation at a time: candidates share the engine

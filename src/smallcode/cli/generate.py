@@ -27,9 +27,9 @@ runtime_option = click.option(
 @runtime_option
 def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: SamplingParams) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
-    from smallcode.runtime.engine import Engine
+    from smallcode.runtime.load import open_engine
 
-    engine = Engine.open(checkpoint, device, runtime)  # type: ignore[arg-type]
+    engine = open_engine(checkpoint, device=device, runtime=runtime)  # type: ignore[arg-type]
     for delta in engine.stream(prompt, params):
         sys.stdout.write(delta)
         sys.stdout.flush()
@@ -46,8 +46,8 @@ def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: S
 def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str,
              params: SamplingParams) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
-    from smallcode.runtime.engine import Engine
+    from smallcode.runtime.load import open_engine
 
-    engine = Engine.open(checkpoint, device, runtime)  # type: ignore[arg-type]
+    engine = open_engine(checkpoint, device=device, runtime=runtime)  # type: ignore[arg-type]
     suffix = suffix_file.read_text() if suffix_file else ""
     click.echo(engine.complete(prefix_file.read_text(), suffix, params)[0].text)

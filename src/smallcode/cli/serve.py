@@ -38,11 +38,11 @@ def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, regis
         from smallcode.runtime.hf import open_hf
 
         return open_hf(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    from smallcode.runtime.engine import Engine
     from smallcode.runtime.formats import prompt_format
+    from smallcode.runtime.load import open_engine
     from smallcode.runtime.scheduler import Scheduler
 
-    engine = Engine.open(checkpoint, device)  # a checkpoint or an ONNX export
+    engine = open_engine(checkpoint, device=device)  # a checkpoint or an ONNX export
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     return scheduler, prompt_format(engine.tokenizer)
 

@@ -4,7 +4,7 @@ Both adapters answer ``await model.complete(request, enough)``: the text the mod
 ``FimRequest``, streamed, stopped as soon as ``enough(text_so_far)`` says the rest cannot change the
 result. Cancelling the awaiting task stops the model within one decode step:
 
-* ``LocalModel`` (``--model DIR``) runs ``serve.scheduler.Scheduler`` on ``Engine.open(DIR)`` (the
+* ``LocalModel`` (``--model DIR``) runs ``serve.scheduler.Scheduler`` on ``open_engine(DIR)`` (the
   server's continuous batching, cancellation and prompt cache, without HTTP) and lays the prompt out
   with ``serve.formats`` (our suffix-prefix-middle layout, other files as ``<|file_sep|>`` blocks);
   leaving its event stream cancels the request's row.
@@ -78,11 +78,11 @@ class LocalModel:
 
     def _load(self, device: str, max_batch: int) -> None:
         try:
-            from smallcode.runtime.engine import Engine
             from smallcode.runtime.formats import prompt_format
+            from smallcode.runtime.load import open_engine
             from smallcode.runtime.scheduler import Scheduler
 
-            engine = Engine.open(self.directory, device)
+            engine = open_engine(self.directory, device=device)
             self._format = prompt_format(engine.tokenizer)
             self._scheduler = Scheduler(engine, max_batch=max_batch, max_queue=64)
         except BaseException as e:  # noqa: BLE001 - reported to the client on each request

@@ -268,17 +268,6 @@ class Engine:
         checkpoint = Checkpoint.open(directory)
         return cls(checkpoint.load_model(device=device), checkpoint.load_tokenizer(), max_context)
 
-    @classmethod
-    def open(cls, directory: str | Path, device: str = "cpu", runtime: Literal["torch", "onnx"] | None = None
-             ) -> Engine:
-        """The engine on a checkpoint (``torch``) or on a ``smallcode export onnx`` directory (``onnx``,
-        on the CPU); None: whichever ``directory`` is. One generation loop for both."""
-        from smallcode.runtime.onnx import is_onnx_export, onnx_engine
-
-        if runtime == "onnx" or (runtime is None and is_onnx_export(directory)):
-            return onnx_engine(directory)
-        return cls.from_checkpoint(directory, device=device)
-
     # ------------------------------------------------------------------ public API
     def generate(self, prompts: list[str] | str, params: SamplingParams | None = None, n: int = 1) -> list[Completion]:
         """``n`` completions per prompt, prompt-major (prompt 0's samples first)."""

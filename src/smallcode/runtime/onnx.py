@@ -6,8 +6,8 @@ is our ``KVCache`` itself (global slots plus a window ring, per-slot positions),
 ``KVCache.stack`` work unchanged and memory stays constant. Each call feeds the cache's tensors to
 the graph as numpy views (no copy), gets back the new tokens' keys and values, and writes them into
 the slots ``KVCache.slots`` assigns, exactly where the torch model writes them.
-``onnx_engine(dir)`` builds the engine around it, so sampling, stop sequences, streaming and FIM
-are the engine's and there is no second generation loop.
+``smallcode.runtime.load.open_engine(dir)`` builds the engine around it, so sampling, stop sequences,
+streaming and FIM are the engine's and there is no second generation loop.
 
 Not here: training, gradients, router statistics (the graph returns logits only), devices other
 than the CPU.
@@ -166,13 +166,3 @@ def load_export_tokenizer(directory: str | Path, expected_hash: str | None) -> A
         raise OnnxModelError(f"{directory}: tokenizer hash {tokenizer.hash[:12]} differs from the "
                              f"{expected_hash[:12]} the model was exported with (mismatched tokenizer)")
     return tokenizer
-
-
-def onnx_engine(directory: str | Path, max_context: int | None = None, threads: int | None = None) -> Any:
-    """An ``Engine`` generating with the export in ``directory`` (the same loop as for a checkpoint)."""
-    from smallcode.runtime.engine import Engine
-
-    model = OnnxModel(directory, threads=threads)
-    tokenizer = load_export_tokenizer(directory, model.tokenizer_hash)
-    return Engine(model, tokenizer, max_context)  # type: ignore[arg-type]
-
