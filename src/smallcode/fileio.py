@@ -1,4 +1,5 @@
-"""Atomic writes of files and directories (the one writer every part of smallcode uses) and file digests.
+"""Atomic writes of files and directories (the one writer every part of smallcode uses), the one JSONL
+reader and appender, and file digests.
 
 A file is written to a temporary name in its target's directory, flushed, fsync'd and renamed over
 the target, so a reader sees the old file or the new one, never half of one. A directory is built
@@ -11,6 +12,12 @@ with a ``mode`` the temporary file is created 0600 and set to ``mode`` before th
 private file is never readable by others, not even for an instant. What this module does not do:
 locking (two writers of one path race, the last rename wins) or durability of the parent
 directories above the target's own.
+
+JSONL (one JSON object a line) has one policy, in ``read_jsonl`` and ``JsonlLog``: blank lines are
+skipped; a last line without its newline that does not parse is a torn write (a crash mid-append)
+and is dropped, and cut from the file when ``JsonlLog`` opens it to append again; any other line
+that is not valid UTF-8 JSON holding an object is a ``JsonlError`` naming the file and line, never
+skipped, since a silently dropped row changes what a run counts.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import json
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from smallcode.errors import UserError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,3 +145,75 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ---- JSONL ----------------------------------------------------------------------------------------
+class JsonlError(UserError, ValueError):
+    """A JSONL file with a line that is not a JSON object (the message names the file and line)."""
+
+
+def _jsonl_rows(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``data`` and how many of its bytes they cover (less than all: a torn last line)."""
+    rows: list[dict[str, Any]] = []
+    good = 0
+    lines = data.split(b"\n")
+    for lineno, line in enumerate(lines, start=1):
+        last = lineno == len(lines)  # no newline after it: the empty remainder, or a torn write
+        if not line.strip():
+            good += len(line) + (0 if last else 1)
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if last:
+                break
+            raise JsonlError(f"{path}:{lineno}: not a JSON line ({e})") from e
+        if not isinstance(row, dict):
+            raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+        good += len(line) + (0 if last else 1)
+    return rows, good
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON objects of ``path``, one a line, under the module's JSONL policy (a torn last line is
+    left out; any other bad line raises ``JsonlError``). ``FileNotFoundError`` when it is missing."""
+    path = Path(path)
+    return _jsonl_rows(path, path.read_bytes())[0]
+
+
+class JsonlLog:
+    """An append-only JSONL file: the rows already there (``rows``), and ``append``, which writes,
+    flushes and fsyncs each row before returning. Opening it cuts a torn last line off the file.
+    Safe to append from several threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            data = self.path.read_bytes()
+            self.rows, good = _jsonl_rows(self.path, data)
+            if good < len(data):
+                with open(self.path, "r+b") as f:
+                    f.truncate(good)
+        self._lock = threading.Lock()
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        if self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
+            self._f.write("\n")  # a complete last row written without its newline
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self.rows.append(row)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> JsonlLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

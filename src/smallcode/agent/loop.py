@@ -183,7 +183,7 @@ def run_agent(task: str, ws: Workspace, model: ChatModel, cfg: AgentConfig | Non
     ``trajectory``: a JSONL file written turn by turn (a start row, one row per turn, an end row).
     ``stop``: set from elsewhere to end the run before its next turn (``exit_reason`` ``stopped``).
     """
-    from smallcode.eval.runner import JsonlLog
+    from smallcode.fileio import JsonlLog
 
     cfg = cfg or AgentConfig()
     t0 = time.monotonic()

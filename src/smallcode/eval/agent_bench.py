@@ -176,7 +176,7 @@ def run_repair(tasks: list[RepairTask], model_for: ModelFactory, out_dir: str | 
     """Run (or resume) the agent on every task; write results, trajectories, summary.json and report.md."""
     from smallcode.agent.loop import AgentConfig, run_candidates
     from smallcode.agent.workspace import ShellLimits
-    from smallcode.eval.runner import JsonlLog
+    from smallcode.fileio import JsonlLog
 
     cfg = cfg or AgentConfig()
     out = Path(out_dir)
@@ -264,7 +264,7 @@ def write_repair_report(out: Path, rows: list[dict[str, Any]], meta: dict[str, A
 
 def report_repair_dir(run_dir: str | Path) -> dict[str, Any]:
     """Rebuild ``summary.json`` and ``report.md`` from a run directory."""
-    from smallcode.eval.runner import JsonlLog
+    from smallcode.fileio import JsonlLog
 
     out = Path(run_dir)
     meta = json.loads((out / "config.json").read_text())

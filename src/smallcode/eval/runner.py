@@ -43,7 +43,7 @@ from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import JsonlLog, atomic_write_text
 from smallcode.tasks.base import Task
 
 
@@ -107,47 +107,6 @@ class RunConfig(Config):
 
 
 # ---- append-only JSONL with fsync --------------------------------------------------------------
-
-
-class JsonlLog:
-    """Append-only JSONL: each row is written, flushed and fsync'd before ``append`` returns."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = self._load()
-        self._lock = threading.Lock()
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-
-    def _load(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        rows: list[dict[str, Any]] = []
-        good = 0
-        for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                break  # a torn write: everything from here on is discarded
-            if not isinstance(row, dict):
-                break
-            rows.append(row)
-            good += len(line) + 1
-        if good < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-        return rows
-
-    def append(self, row: dict[str, Any]) -> None:
-        line = json.dumps(row, ensure_ascii=False) + "\n"
-        with self._lock:
-            self._f.write(line)
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self.rows.append(row)
-
-    def close(self) -> None:
-        self._f.close()
 
 
 # ---- the run ----------------------------------------------------------------------------------
