@@ -6,6 +6,7 @@ from factories import make_model  # type: ignore[import-not-found]
 from smallcode.cli.main import main as cli_main
 from smallcode.model.checkpoint import save_checkpoint
 from smallcode.runtime import Engine, SamplingParams
+from smallcode.runtime.formats import prompt_format
 from smallcode.runtime.sampling import GENERATE_DEFAULTS
 
 
@@ -34,6 +35,24 @@ def test_complete_fills_the_middle(ckpt, tmp_path, capsys) -> None:
     engine = Engine.from_checkpoint(ckpt)
     expected = engine.complete("def f(x):\n    return ", "\n\nprint(f(1))\n", SamplingParams(max_tokens=6))[0].text
     assert capsys.readouterr().out == expected + "\n"
+
+
+def test_complete_sends_the_servers_fim_prompt(ckpt, tmp_path, capsys, monkeypatch) -> None:
+    prefix, suffix = "def f(x):\n    return ", "\n\nprint(f(1))\n"
+    (tmp_path / "p.py").write_text(prefix)
+    (tmp_path / "s.py").write_text(suffix)
+    seen: list[list[list[int]]] = []
+    generate_ids = Engine.generate_ids
+
+    def spy(self: Engine, ids: list[list[int]], *args: object, **kwargs: object) -> list:
+        seen.append(ids)
+        return generate_ids(self, ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Engine, "generate_ids", spy)
+    assert cli_main(["complete", str(ckpt), "--prefix-file", str(tmp_path / "p.py"),
+                     "--suffix-file", str(tmp_path / "s.py"), "--max-tokens", "2"]) == 0
+    tokenizer = Engine.from_checkpoint(ckpt).tokenizer
+    assert seen == [[prompt_format(tokenizer).fim(prefix, suffix)]]  # the layout the server and the LSP send
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -40,9 +40,9 @@ def decode_logits(model: SmallCodeLM, ids: torch.Tensor, prefill: int) -> torch.
 def no_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The switch that turns the compiled kernels off, as a user sets it."""
     monkeypatch.setenv("SMALLCODE_CPU_KERNELS", "0")
-    cpu_decode._library.cache_clear()
+    cpu_decode.forget_kernel()
     yield
-    cpu_decode._library.cache_clear()
+    cpu_decode.forget_kernel()
 
 
 def test_column_major_weights_keep_values_state_dict_and_logits(tmp_path, no_kernel) -> None:
@@ -81,17 +81,17 @@ def test_packed_head_matches_the_head_and_follows_weight_updates(no_kernel) -> N
         cache = model.new_cache(4)
         model(ids[:, :-2], cache)
         model(ids[:, -2:-1], cache)  # a batched decode step packs the head
-        assert head._packed is not None and head._packed.current(head.weight)
+        assert head.packed is not None and head.packed.current(head.weight)
     with torch.no_grad():
         head.weight.mul_(-2.0)  # an in-place update, as an optimizer step makes
-    assert not head._packed.current(head.weight)
+    assert not head.packed.current(head.weight)
     with torch.inference_mode():
         got = model(ids[:, -1:], cache).logits[:, -1]
         want = model(ids).logits[:, -1]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     # the packed copy has no storage: copies of the model drop it and repack when they decode
-    assert copy.deepcopy(model).lm_head._packed is None
-    assert pickle.loads(pickle.dumps(model)).lm_head._packed is None
+    assert copy.deepcopy(model).lm_head.packed is None
+    assert pickle.loads(pickle.dumps(model)).lm_head.packed is None
 
 
 @pytest.mark.skipif(not cpu_decode.available(), reason="no C compiler: the few-row kernel is not built")

@@ -12,6 +12,8 @@ from smallcode.config import ConfigError
 from smallcode.model.checkpoint import CheckpointError, save_checkpoint
 from smallcode.runtime import Engine, SamplingParams
 from smallcode.runtime.engine import GenerationError
+from smallcode.runtime.formats import prompt_format
+from smallcode.runtime.step import StepLimits
 
 PROMPTS = ["def add(a, b):\n    return", "import json\n", "class Decoder:\n    def __init__(self"]
 
@@ -91,14 +93,49 @@ def test_stream_concatenates_to_generate(engine: Engine) -> None:
     assert len(deltas) > 1 and "".join(deltas) == engine.generate(PROMPTS[0], params)[0].text
 
 
-def test_fill_in_the_middle_uses_fim_tokens(engine: Engine) -> None:
+def test_fill_in_the_middle_uses_the_servers_fim_layout(engine: Engine, monkeypatch) -> None:
     tok = engine.tokenizer
     prefix, suffix = "def area(r):\n    return ", "\n\nprint(area(2))\n"
     got = engine.complete(prefix, suffix, SamplingParams(max_tokens=10))[0]
-    prompt = tok.fim_prompt(prefix, suffix)
-    assert prompt[0] == tok.fim_prefix_id and prompt[-1] == tok.fim_middle_id and tok.fim_suffix_id in prompt
+    prompt = prompt_format(tok).fim(prefix, suffix)  # what the server and the LSP send
+    assert prompt[:2] == [tok.fim_prefix_id, tok.fim_suffix_id] and tok.fim_middle_id in prompt  # suffix first
     assert got.token_ids == engine.generate_ids([prompt], SamplingParams(max_tokens=10))[0].token_ids
     assert got.prompt_tokens == len(prompt)
+    seen: list[list[list[int]]] = []
+    generate_ids = engine.generate_ids
+
+    def spy(ids: list[list[int]], *args: object, **kwargs: object) -> list:
+        seen.append(ids)
+        return generate_ids(ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "generate_ids", spy)
+    engine.complete(prefix, suffix, SamplingParams(max_tokens=2))
+    assert seen == [[prompt]]
+
+
+class OneRow:
+    """The engine's model as a step that declares it takes one row at a time (as ``HFStep`` does)."""
+
+    limits = StepLimits(max_rows=1)
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, input_ids: torch.Tensor, cache: object = None, last_only: bool = False) -> object:
+        assert input_ids.shape[0] == 1, "more rows than the step declared"
+        return self.model(input_ids, cache, last_only=last_only)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.model, name)
+
+
+def test_a_one_row_step_decodes_the_rows_in_turn_with_the_same_samples(engine: Engine) -> None:
+    one = OneRow(engine.model)
+    single = Engine(one, engine.tokenizer)  # type: ignore[arg-type]
+    params = SamplingParams(max_tokens=12, temperature=0.8, seed=5)
+    want = engine.generate(PROMPTS[:2], params, n=2)
+    assert single.generate(PROMPTS[:2], params, n=2) == want
+    assert "".join(single.stream(PROMPTS[0], params)) == want[0].text
 
 
 def test_eos_ends_a_row(engine: Engine, monkeypatch) -> None:

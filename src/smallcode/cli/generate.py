@@ -1,4 +1,8 @@
-"""``smallcode generate`` (streams a continuation) and ``smallcode complete`` (fill-in-the-middle)."""
+"""``smallcode generate`` (streams a continuation) and ``smallcode complete`` (fill-in-the-middle).
+
+Both open the model directory with ``runtime.load.open_engine`` (a checkpoint, an ONNX export or a
+Hugging Face directory); ``complete`` lays the prompt out as the server and the LSP do
+(``Engine.complete``: the tokenizer's ``PromptFormat.fim``)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from smallcode.runtime.sampling import GENERATE_DEFAULTS, SamplingParams
 sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params", defaults=GENERATE_DEFAULTS)
 device_option = click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
 runtime_option = click.option(
-    "--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-    help="torch: CHECKPOINT is a smallcode checkpoint; onnx: it is a directory from smallcode export onnx.")
+    "--runtime", type=click.Choice(["torch", "onnx", "hf"]), default=None,
+    help="torch: CHECKPOINT is a smallcode checkpoint; onnx: a directory from smallcode export onnx; hf: a "
+         "Hugging Face model directory. Default: whichever CHECKPOINT is.")
 
 
 @click.command()
@@ -25,7 +30,7 @@ runtime_option = click.option(
 @sampling_options
 @device_option
 @runtime_option
-def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: SamplingParams) -> None:
+def generate(checkpoint: Path, prompt: str, device: str, runtime: str | None, params: SamplingParams) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
     from smallcode.runtime.load import open_engine
 
@@ -43,7 +48,7 @@ def generate(checkpoint: Path, prompt: str, device: str, runtime: str, params: S
 @sampling_options
 @device_option
 @runtime_option
-def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str,
+def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str | None,
              params: SamplingParams) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
     from smallcode.runtime.load import open_engine

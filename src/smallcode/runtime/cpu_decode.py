@@ -137,6 +137,12 @@ def available() -> bool:
     return _library() is not None
 
 
+def forget_kernel() -> None:
+    """Forget which kernel was loaded, so that the next use builds or loads it again (after
+    ``SMALLCODE_CPU_KERNELS``, ``$CC``, the cache directory or the source changed, as tests do)."""
+    _library.cache_clear()
+
+
 def _compiled_path(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> bool:
     """What both kernels need: eager float32 on CPU without autocast, contiguous weights, a built library."""
     return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
@@ -230,6 +236,11 @@ class DecodeHead(DecodeLinear):
     """The output head: the kernel where it applies, else a prepacked copy for a batched decode step."""
 
     _packed: PackedLinear | None = None
+
+    @property
+    def packed(self) -> PackedLinear | None:
+        """The prepacked copy of the head a batched decode step made, if any (None once copied)."""
+        return self._packed
 
     def __getstate__(self) -> dict:
         # oneDNN's packed tensor has no storage to copy or pickle; a copy repacks on first use.

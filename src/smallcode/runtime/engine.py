@@ -13,6 +13,11 @@ batching: ``Prefill`` (a prompt into a cache, piece by piece, reusing a ``Prompt
 parameters) and ``Row.push`` (end-of-text, stop sequences, ``max_tokens``, the streaming hold-back).
 ``generate``/``stream`` schedule statically (no request joins mid-flight); there is no speculative
 decoding.
+
+The model is any ``smallcode.runtime.step.ModelStep`` (our torch model, ``OnnxModel``, ``HFStep``)
+and the tokenizer any ``step.Tokenizer``; the engine respects the step's ``StepLimits`` (a step that
+takes one row at a time decodes the rows of a call one after another). ``complete`` lays a
+fill-in-the-middle prompt out as the server and the LSP do: the tokenizer's ``PromptFormat.fim``.
 """
 
 from __future__ import annotations
@@ -22,19 +27,17 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
+from smallcode.errors import UserError
 from smallcode.model.checkpoint import Checkpoint
-from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime.cpu_decode import prepare_for_decoding
+from smallcode.runtime.formats import prompt_format
 from smallcode.runtime.sampling import SamplingParams, sample
-
-if TYPE_CHECKING:
-    from smallcode.runtime.onnx import OnnxModel
-    from smallcode.tokenizer import CodeTokenizer
+from smallcode.runtime.step import ModelStep, StepCache, Tokenizer, stack_caches, step_limits
 
 FinishReason = Literal["stop", "length", "eos"]
 
@@ -47,7 +50,7 @@ class Completion:
     prompt_tokens: int
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """A request the engine refuses before doing any work; the message says why."""
 
 
@@ -67,7 +70,7 @@ class Row:
     """Characters of ``text`` already shown."""
     finish: FinishReason | None = None
 
-    def push(self, token: int, tokenizer: CodeTokenizer) -> str:
+    def push(self, token: int, tokenizer: Tokenizer) -> str:
         """Take the next sampled token and return the text that may be shown now."""
         params = self.params
         if token in tokenizer.stop_ids and not params.ignore_eos:
@@ -97,7 +100,7 @@ class PromptCache:
     An entry is a prompt's token ids with the cache after them (and, for a whole prompt, the logits
     of its last position). ``lookup`` finds the entry that saves the most prefill for a new prompt:
     one the prompt extends, or one it shares a start with when the cache can go back to that length
-    (``KVCache.can_truncate``). The cache after a prefix does not depend on what follows it, so a
+    (``StepCache.can_truncate``). The cache after a prefix does not depend on what follows it, so a
     reused cache is the one a cold prefill would build, up to float summation order.
     """
 
@@ -109,7 +112,7 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, ids: list[int], cache: KVCache, logits: torch.Tensor | None = None) -> None:
+    def put(self, ids: list[int], cache: StepCache, logits: torch.Tensor | None = None) -> None:
         """Keep a copy of ``cache`` (one row, after ``ids``)."""
         key = tuple(ids)
         old = self._entries.get(key)
@@ -127,7 +130,7 @@ class PromptCache:
         self._entries[key] = _CacheEntry(ids_t, cache.clone(), None if logits is None else logits.clone(), size)
         self.nbytes += size
 
-    def lookup(self, ids: list[int]) -> tuple[KVCache, int, torch.Tensor | None] | None:
+    def lookup(self, ids: list[int]) -> tuple[StepCache, int, torch.Tensor | None] | None:
         """The best reuse for ``ids``: a fresh copy of a cache holding the first ``k`` positions, ``k``,
         and the last logits when ``k == len(ids)`` (nothing left to prefill); None when nothing helps."""
         best = self._best(ids)
@@ -174,7 +177,7 @@ class PromptCache:
 @dataclass
 class _CacheEntry:
     ids: torch.Tensor
-    cache: KVCache
+    cache: StepCache
     logits: torch.Tensor | None
     nbytes: int
 
@@ -233,7 +236,7 @@ class Prefill:
             self.prompt_cache.put(self.ids[:end], self.cache, self.logits)
         return self.done
 
-    def run(self) -> tuple[KVCache, torch.Tensor]:
+    def run(self) -> tuple[StepCache, torch.Tensor]:
         """Feed what is left; the cache after the prompt and the logits of its last position."""
         while not self.step():
             pass
@@ -242,22 +245,20 @@ class Prefill:
 
 
 class Engine:
-    """Generation on one model. The model is put in eval mode and the decode modules of
+    """Generation on one model step. A ``SmallCodeLM`` is put in eval mode and the decode modules of
     ``cpu_decode.prepare_for_decoding`` are swapped into it, in place: the same function, the same
-    parameters and state dict."""
+    parameters and state dict. Any other step is used as it is."""
 
-    def __init__(self, model: SmallCodeLM | OnnxModel, tokenizer: object, max_context: int | None = None) -> None:
-        from smallcode.tokenizer import CodeTokenizer
-
-        if not isinstance(tokenizer, CodeTokenizer):
-            raise TypeError("tokenizer must be a smallcode CodeTokenizer")
+    def __init__(self, model: ModelStep, tokenizer: Tokenizer, max_context: int | None = None) -> None:
+        self.prompt_format = prompt_format(tokenizer)  # type: ignore[arg-type]
+        """How ``complete`` lays out a fill-in-the-middle prompt (the server's and the LSP's layout)."""
         cfg = model.config
         if tokenizer.vocab_size > cfg.vocab_size:
             raise GenerationError(
                 f"tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}: "
                 "they do not belong together")
-        # An ONNX Runtime model answers the same calls (new_cache, __call__) and has nothing to swap.
-        self.model = prepare_for_decoding(model.eval()) if isinstance(model, SmallCodeLM) else model
+        self.model: ModelStep = prepare_for_decoding(model.eval()) if isinstance(model, SmallCodeLM) else model
+        self.limits = step_limits(model)
         self.tokenizer = tokenizer
         self.config = cfg
         # A windowed model's memory does not grow with context; a full-attention one stops at what it was trained on.
@@ -277,10 +278,11 @@ class Engine:
 
     def complete(self, prefix: str, suffix: str = "", params: SamplingParams | None = None, n: int = 1
                  ) -> list[Completion]:
-        """Fill in the middle between ``prefix`` and ``suffix`` (the tokenizer's FIM tokens)."""
+        """Fill in the middle between ``prefix`` and ``suffix``, laid out by ``prompt_format.fim``
+        (ours: suffix-prefix-middle, as the server and the LSP send it)."""
         if not prefix and not suffix:
             raise GenerationError("empty prompt: give a prefix, a suffix or both")
-        return self.generate_ids([self.tokenizer.fim_prompt(prefix, suffix)], params or SamplingParams(), n)
+        return self.generate_ids([self.prompt_format.fim(prefix, suffix)], params or SamplingParams(), n)
 
     def stream(self, prompt: str, params: SamplingParams | None = None) -> Iterator[str]:
         """Text deltas of one completion as they are decided."""
@@ -314,7 +316,7 @@ class Engine:
             if bad:
                 raise GenerationError(f"prompt {i} has token ids outside the vocabulary: {bad[:5]}")
 
-    def decode_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
+    def decode_step(self, cache: StepCache, tokens: list[int]) -> torch.Tensor:
         """Feed one token per row of ``cache``; the (B, V) logits of the next one."""
         return self.model(torch.tensor(tokens, device=self.device)[:, None], cache).logits[:, -1]
 
@@ -334,14 +336,32 @@ class Engine:
         if rows_out is not None:
             rows_out.extend(rows)
         gens = [torch.Generator(device=self.device).manual_seed(seed + r) for r in range(len(rows))]
+        # Rows are prompt-major (row r is a sample of prompt r // n); a step that holds fewer rows
+        # than asked for decodes them in consecutive groups, each seeded as it would be in one batch.
+        group = self.limits.max_rows or len(rows)
+        for start in range(0, len(rows), group):
+            yield from self._decode_rows(prompt_ids, n, rows, gens, range(start, min(start + group, len(rows))),
+                                         stream)
+        if not watch_text:
+            for row in rows:
+                row.text = self.tokenizer.decode(row.ids)
+        if not stream:
+            yield []
+
+    def _decode_rows(self, prompt_ids: list[list[int]], n: int, rows: list[Row], gens: list[torch.Generator],
+                     group: range, stream: bool) -> Iterator[list[str]]:
+        """Decode the rows in ``group`` together until each has finished; with ``stream``, the text
+        deltas of every row (empty outside the group) after each token."""
+        params = rows[group.start].params
         caches, logits = [], []
-        for ids in prompt_ids:  # one prefill per distinct prompt, shared by its n samples
-            cache, last = Prefill(self, ids, extra_slots=params.max_tokens).run()
-            caches.append(cache.select([0] * n))
-            logits.append(last.expand(n, -1))
-        cache = KVCache.stack(caches)
+        for p in range(group.start // n, (group.stop - 1) // n + 1):  # one prefill per distinct prompt
+            samples = min(group.stop, (p + 1) * n) - max(group.start, p * n)  # its rows in this group
+            cache, last = Prefill(self, prompt_ids[p], extra_slots=params.max_tokens).run()
+            caches.append(cache.select([0] * samples))
+            logits.append(last.expand(samples, -1))
+        cache = stack_caches(caches)
         next_logits = torch.cat(logits)
-        active = list(range(len(rows)))
+        active = list(group)
         while active:
             tokens = sample(next_logits, params, [gens[r] for r in active]).tolist()
             deltas = [""] * len(rows)
@@ -359,11 +379,6 @@ class Engine:
                 active = [active[s] for s in keep]
                 tokens = [tokens[s] for s in keep]
             next_logits = self.decode_step(cache, tokens)
-        if not watch_text:
-            for row in rows:
-                row.text = self.tokenizer.decode(row.ids)
-        if not stream:
-            yield []
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

@@ -1,8 +1,8 @@
-"""Prompt formats: how a server turns text, a fill-in-the-middle request or a chat into token ids.
+"""Prompt formats: how text, a fill-in-the-middle request or a chat become token ids for a model.
 
-``prompt_format(tokenizer)`` gives the ``PromptFormat`` of a smallcode ``CodeTokenizer``;
-``hf_prompt_format(tokenizer)`` that of a transformers tokenizer, whose family is recognised from
-the special tokens in its vocabulary. A ``PromptFormat`` has:
+``prompt_format(tokenizer)`` gives the ``PromptFormat`` of a smallcode ``CodeTokenizer`` (or of an
+``HFTokenizer``: its own); ``hf_prompt_format(tokenizer)`` that of a transformers tokenizer, whose
+family is recognised from the special tokens in its vocabulary. A ``PromptFormat`` has:
 
 * ``name`` and ``stop_ids``: the tokens that end a completion (end-of-text, and what the family
   uses to close a turn or open another file);
@@ -23,8 +23,11 @@ prefix, where the model reads them as earlier code of the same file. Neither the
 nor the current file's path is part of the request, so the repository header and the path after the
 current file's separator are left out.
 
-Not here: running a model (``smallcode.runtime.scheduler``, ``smallcode.runtime.hf``), the
-HTTP schemas (``smallcode.serve.app``), formats for chat-only models without FIM tokens beyond what
+``HFTokenizer(format)`` is a transformers tokenizer as the engine asks for one (``step.Tokenizer``:
+``vocab_size``, ``stop_ids``, ``encode``, ``decode``), its stops and plain layout the format's.
+
+Not here: running a model (``smallcode.runtime.engine``, ``smallcode.runtime.hf``), the HTTP
+schemas (``smallcode.serve.app``), formats for chat-only models without FIM tokens beyond what
 their chat template does.
 """
 
@@ -35,11 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
 from smallcode.tokenizer.code_tokenizer import plain_file_block
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A request this model's prompt format cannot express (e.g. FIM on a model without FIM tokens)."""
 
 
@@ -89,11 +93,14 @@ class SmallcodeFormat(PromptFormat):
         return self.tokenizer.chat_ids(check_messages(messages), add_generation_prompt=True)
 
 
-def prompt_format(tokenizer: CodeTokenizer) -> PromptFormat:
-    """The prompt format of a smallcode tokenizer."""
+def prompt_format(tokenizer: CodeTokenizer | HFTokenizer) -> PromptFormat:
+    """The prompt format of a smallcode tokenizer, or the one an ``HFTokenizer`` was made with (so
+    that ``prompt_format(engine.tokenizer)`` is the engine's format whatever the model)."""
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.format
     if not isinstance(tokenizer, CodeTokenizer):
-        raise TypeError(f"prompt_format takes a smallcode CodeTokenizer, not {type(tokenizer).__name__}; "
-                        "use hf_prompt_format for a transformers tokenizer")
+        raise TypeError(f"prompt_format takes a smallcode CodeTokenizer or an HFTokenizer, not "
+                        f"{type(tokenizer).__name__}; use hf_prompt_format for a transformers tokenizer")
     return SmallcodeFormat(tokenizer)
 
 
@@ -224,3 +231,32 @@ def hf_prompt_format(tokenizer: Any, extra_stop_ids: Sequence[int] = ()) -> HFFo
     """The prompt format of a transformers tokenizer; ``extra_stop_ids`` adds end tokens the model's
     generation config names. FIM raises ``FormatError`` when no known family's tokens are present."""
     return HFFormat(tokenizer, extra_stop_ids)
+
+
+class HFTokenizer:
+    """What the engine asks of a tokenizer (``vocab_size``, ``stop_ids``, ``encode``, ``decode``),
+    over a transformers tokenizer and its ``HFFormat``: the stops and the plain layout are the
+    format's, and ``prompt_format(this)`` is the format itself.
+
+    ``decode`` gives a continuation's text as it reads after the prompt: the ids are decoded after
+    an anchor token whose text is then cut off, because a SentencePiece tokenizer drops the leading
+    space of the first token it decodes ("▁world" alone is "world", after "a" it is " world")."""
+
+    def __init__(self, fmt: HFFormat) -> None:
+        if not fmt.stop_ids:
+            raise FormatError("the model's tokenizer names no end-of-sequence token: nothing would end a completion")
+        self.format = fmt
+        self.tokenizer = fmt.tokenizer
+        self.stop_ids = frozenset(fmt.stop_ids)
+        self.vocab_size: int = len(fmt.tokenizer)
+        self._anchor = self.tokenizer.encode("a", add_special_tokens=False)
+        self._anchor_chars = len(self._decode(self._anchor))
+
+    def encode(self, text: str) -> list[int]:
+        return self.format.encode(text)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._decode([*self._anchor, *ids])[self._anchor_chars:]

@@ -1,136 +1,158 @@
-"""A Hugging Face causal LM behind the server's ``Scheduler`` interface.
+"""A Hugging Face causal LM as a model step (``smallcode.runtime.step.ModelStep``).
 
-``open_hf(path, device=..., max_batch=..., max_queue=..., metrics=...)`` loads a transformers model
-directory (``AutoModelForCausalLM`` and ``AutoTokenizer``, local files only) and returns an
-``HFScheduler`` and the tokenizer's ``PromptFormat`` (``smallcode.runtime.formats.hf_prompt_format``).
+``HFStep(model)`` wraps an ``AutoModelForCausalLM``: each call feeds ids after the row's
+transformers key/value cache (an ``HFCache``) and returns the logits, so an HF model directory is
+``Engine(HFStep(model), HFTokenizer(hf_prompt_format(tokenizer)))`` and the plain ``Scheduler``
+serves it: the queue, handles, events, cancellation, time limits, logprobs, metrics, token choice
+(``sampling.choose``), stops, end-of-sequence, ``max_tokens`` and the streaming hold-back
+(``Row.push``) are the engine's and the scheduler's own.
 
-``HFScheduler`` is ``smallcode.runtime.scheduler.Scheduler`` with another model step: its queue,
-handles, events, cancellation, time limits, logprobs and metrics are the scheduler's own, and so are
-token choice (``sampling.choose``) and stops, end-of-sequence, ``max_tokens`` and the streaming
-hold-back (``Row.push``). Only the model work differs: one request at a time, its whole prompt in one
-forward pass, then one token per step over transformers' key/value cache. A request's tokens are
+The step declares its limits (``StepLimits``): one row at a time, no prompt cache across requests,
+and each prompt in one forward pass, then one token per call over the cache. A request's tokens are
 therefore what ``model.generate`` gives for the same settings (greedy: the same ids).
 
+``open_hf_engine(path, device=...)`` loads a transformers model directory (``AutoModelForCausalLM``
+and ``AutoTokenizer``, local files only) as that engine; ``runtime.load.open_engine`` calls it for an
+HF directory. ``open_hf(path, device=..., max_batch=..., max_queue=..., metrics=...)`` returns the
+scheduler on it and its ``HFFormat``.
+
 Not here: batching several requests, a prompt cache across requests, or quantisation; the
-smallcode engine does the first two. ``max_batch`` is accepted for the common signature and ignored.
+smallcode engine does all three on our own models.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from smallcode.errors import UserError
 from smallcode.runtime.engine import Engine
-from smallcode.runtime.formats import HFFormat, hf_prompt_format
-from smallcode.runtime.metrics import Metrics
-from smallcode.runtime.sampling import choose
-from smallcode.runtime.scheduler import Scheduler, _Request
+from smallcode.runtime.formats import HFFormat, HFTokenizer, hf_prompt_format
+from smallcode.runtime.step import StepLimits
+
+if TYPE_CHECKING:
+    from smallcode.runtime.metrics import Metrics
+    from smallcode.runtime.scheduler import Scheduler
+
+__all__ = ["DEFAULT_CONTEXT", "HFCache", "HFConfig", "HFModelError", "HFOutput", "HFStep", "HFTokenizer",
+           "open_hf", "open_hf_engine"]
 
 # Context length assumed when a model's config does not say (transformers' own common default).
 DEFAULT_CONTEXT = 2048
 
 
-class _TokenizerView:
-    """What ``Row.push`` and the scheduler ask of a tokenizer (``stop_ids``, ``decode``), over a
-    transformers tokenizer.
+@dataclass(frozen=True)
+class HFConfig:
+    """What the engine reads of a model's config (``step.StepConfig``); a transformers model attends
+    to its whole context, so its window is its context."""
 
-    ``decode`` gives a continuation's text as it reads after the prompt: the ids are decoded after
-    an anchor token whose text is then cut off, because a SentencePiece tokenizer drops the leading
-    space of the first token it decodes ("▁world" alone is "world", after "a" it is " world")."""
-
-    def __init__(self, tokenizer: Any, stop_ids: Sequence[int]) -> None:
-        self.tokenizer = tokenizer
-        self.stop_ids = frozenset(stop_ids)
-        self._anchor = tokenizer.encode("a", add_special_tokens=False)
-        self._anchor_chars = len(self._decode(self._anchor))
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._decode([*self._anchor, *ids])[self._anchor_chars:]
+    vocab_size: int
+    window: int
+    max_seq_len: int
 
 
-class _HFEngine:
-    """The parts of ``Engine`` the scheduler uses outside the model step: ``check``, ``device``,
-    ``max_context``, ``tokenizer``."""
+@dataclass
+class HFOutput:
+    logits: torch.Tensor
+    """(1, T, V) float32 next-token logits (T = 1 with ``last_only``)."""
 
-    # Engine.check only reads ``max_context`` and ``config.vocab_size``, which this class has too.
-    check = Engine.check
 
-    def __init__(self, model: Any, tokenizer: _TokenizerView, max_context: int) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_context = max_context
-        self.config = model.config
+class HFCache:
+    """One row's transformers key/value cache behind ``step.StepCache``. It cannot be cut back or
+    share a batch (``HFStep.limits`` says so); ``select`` and ``stack`` take its one row as it is."""
+
+    batch = 1
+
+    def __init__(self) -> None:
+        self.past: Any = None
+        """Transformers' cache object, None until the first call."""
+
+    def select(self, rows: torch.Tensor | list[int]) -> HFCache:
+        if [int(r) for r in rows] != [0]:
+            raise ValueError("a transformers model's cache holds one row")
+        return self
+
+    def clone(self) -> HFCache:
+        return copy.deepcopy(self)
+
+    def can_truncate(self, length: int) -> bool:
+        return False
+
+    def truncate(self, length: int) -> HFCache:
+        raise ValueError("a transformers model's cache is not cut back here (no prompt cache)")
+
+    def nbytes(self) -> int:
+        layers = getattr(self.past, "layers", None) or []
+        tensors = [t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
+        return sum(t.nelement() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+    @staticmethod
+    def stack(caches: list[HFCache]) -> HFCache:
+        if len(caches) != 1:
+            raise ValueError("a transformers model's cache holds one row")
+        return caches[0]
+
+
+class HFStep:
+    """A transformers causal LM as a model step: one row at a time, a prompt in one pass (see the
+    module docstring). Holds no request state, so several engines may share one."""
+
+    limits = StepLimits(max_rows=1, prompt_cache=False, prefill_pieces=False)
+
+    def __init__(self, model: Any, max_context: int | None = None) -> None:
+        self.model = model.eval()
+        context = max_context or getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
+        self.config = HFConfig(model.config.vocab_size, context, context)
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (argument and output); remote code may
+        # still use the old name.
+        forward_args = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._keep_last = "logits_to_keep" in forward_args
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
+    def new_cache(self, batch: int, initial_slots: int = 256, spare: int = 0) -> HFCache:
+        if batch != 1:
+            raise ValueError(f"a transformers model's cache holds one row, not {batch}")
+        return HFCache()
 
-class HFScheduler(Scheduler):
-    """The ``Scheduler`` interface on a transformers causal LM, one request at a time (see the module docstring)."""
+    def __call__(self, input_ids: torch.Tensor, cache: HFCache | None = None, last_only: bool = False) -> HFOutput:
+        """Logits for ``input_ids`` (1, T) after the row in ``cache`` (None: from position 0)."""
+        cache = cache if cache is not None else HFCache()
+        keep = {"logits_to_keep": 1} if last_only and self._keep_last else {}
+        out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache.past}, **keep)
+        cache.past = getattr(out, self._cache_arg)
+        logits = out.logits[:, -1:] if last_only else out.logits
+        return HFOutput(logits.float())
 
-    def __init__(self, model: Any, prompt_format: HFFormat, *, max_queue: int = 64,
-                 metrics: Metrics | None = None, max_context: int | None = None) -> None:
-        if not prompt_format.stop_ids:
-            raise ValueError("the model's tokenizer names no end-of-sequence token: nothing would end a completion")
-        view = _TokenizerView(prompt_format.tokenizer, prompt_format.stop_ids)
-        context = max_context or getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
-        self.model = model.eval()
-        # transformers 5 renamed ``past_key_values`` to ``cache`` (argument and output); 4.x knows the old name.
-        forward_args = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
-        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
-        self._past: Any = None
-        """The running request's key/value cache."""
-        super().__init__(_HFEngine(model, view, context), max_batch=1, max_queue=max_queue,  # type: ignore[arg-type]
-                         prompt_cache_mb=0, batching=False, metrics=metrics)
 
-    def _step(self) -> None:
-        now = time.monotonic()
-        self._prefilling = [r for r in self._prefilling if not self._end_if_over(r, now)]
-        if self._decoding and self._end_if_over(self._decoding[0], now):
-            self._decoding = []
-        if self._prefilling:  # max_batch is 1: nothing is decoding
-            request = self._prefilling[0]
-            self.metrics.prompt_tokens.inc(len(request.ids))
-            self.metrics.cache_misses.inc()
-            self.metrics.prefill_steps.inc()
-            # It stays in _prefilling until the pass is done, so that a failure ends it with "error".
-            self._past = None
-            running = self._forward(request, request.ids)
-            self._prefilling.pop(0)
-        elif self._decoding:
-            self.metrics.decode_steps.inc()
-            request = self._decoding[0]
-            running = self._forward(request, [request.next_token])
-        else:
-            return
-        self._decoding = [request] if running else []
+class HFModelError(UserError, ValueError):
+    """A directory that transformers cannot load as a causal LM; the message says why."""
 
-    def _forward(self, request: _Request, ids: list[int]) -> bool:
-        """Feed ``ids`` after the request's cache, choose its next token and hand it on; False once
-        the request has finished."""
-        x = torch.tensor([ids], device=self.model.device)
-        out = self.model(input_ids=x, use_cache=True, **{self._cache_arg: self._past}, **self._keep_last)
-        self._past = getattr(out, self._cache_arg)
-        tokens, logp = choose(out.logits[:, -1].float(), [request.params], [request.generator],
-                              logprobs=request.logprobs > 0)
-        token = int(tokens[0])
-        request.next_token = token
-        return not self._take(request, token, None if logp is None else logp[0])
+
+def open_hf_engine(path: str | Path, *, device: str = "cpu", max_context: int | None = None) -> Engine:
+    """The engine on the transformers model in ``path`` (an ``HFStep`` and an ``HFTokenizer``)."""
+    return _load(path, device, max_context)[0]
 
 
 def open_hf(path: str | Path, *, device: str = "cpu", max_batch: int = 1, max_queue: int = 64,
-            metrics: Metrics | None = None) -> tuple[HFScheduler, HFFormat]:
-    """Load the transformers model in ``path`` and serve it: the scheduler and its prompt format."""
+            metrics: Metrics | None = None) -> tuple[Scheduler, HFFormat]:
+    """Load the transformers model in ``path`` and serve it: the scheduler and its prompt format.
+    ``max_batch`` is accepted for the common signature; the step runs one request at a time."""
+    from smallcode.runtime.scheduler import Scheduler  # its metrics need prometheus_client (the serve extra)
+
+    engine, fmt = _load(path, device, None)
+    return Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics), fmt
+
+
+def _load(path: str | Path, device: str, max_context: int | None) -> tuple[Engine, HFFormat]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from smallcode.export.hf import trusted_remote_code
@@ -143,9 +165,9 @@ def open_hf(path: str | Path, *, device: str = "cpu", max_batch: int = 1, max_qu
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust,
                                                      dtype=torch.float32 if device == "cpu" else "auto")
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot load a Hugging Face causal LM ({e})") from e
+        raise HFModelError(f"{path}: cannot load a Hugging Face causal LM ({e})") from e
     model.to(device)
     eos = model.generation_config.eos_token_id
     extra = [eos] if isinstance(eos, int) else list(eos or [])
     fmt = hf_prompt_format(tokenizer, extra_stop_ids=extra)
-    return HFScheduler(model, fmt, max_queue=max_queue, metrics=metrics), fmt
+    return Engine(HFStep(model, max_context), HFTokenizer(fmt)), fmt

@@ -1,9 +1,10 @@
-"""An ONNX export (``smallcode export onnx``) run by onnxruntime behind the model interface the engine uses.
+"""An ONNX export (``smallcode export onnx``) run by onnxruntime as a model step (``runtime.step.ModelStep``).
 
 ``OnnxModel(dir)`` answers what ``Engine`` asks of a ``SmallCodeLM`` when generating: ``config``,
-``new_cache(batch, initial_slots=...)`` and ``model(ids, cache, last_only=...).logits``. The cache
-is our ``KVCache`` itself (global slots plus a window ring, per-slot positions), so ``select`` and
-``KVCache.stack`` work unchanged and memory stays constant. Each call feeds the cache's tensors to
+``device``, ``new_cache(batch, initial_slots=..., spare=...)`` and ``model(ids, cache,
+last_only=...).logits``, with no ``StepLimits``. The cache is our ``KVCache`` itself (global slots
+plus a window ring, per-slot positions), so ``select``, ``stack``, ``truncate`` and the prompt cache
+work unchanged and memory stays constant. Each call feeds the cache's tensors to
 the graph as numpy views (no copy), gets back the new tokens' keys and values, and writes them into
 the slots ``KVCache.slots`` assigns, exactly where the torch model writes them.
 ``smallcode.runtime.load.open_engine(dir)`` builds the engine around it, so sampling, stop sequences,
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from smallcode.config import ConfigError
+from smallcode.errors import UserError
 from smallcode.model.config import ModelConfig
 from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import PREFILL_CHUNK
@@ -37,7 +39,7 @@ FORMAT_VERSION = 1
 """Of ``CONFIG_FILE`` and the graph's interface; any other is refused."""
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(UserError, ValueError):
     """A directory that is not a usable ONNX export; the message says why."""
 
 

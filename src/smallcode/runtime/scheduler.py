@@ -1,4 +1,4 @@
-"""Continuous batching for the server: one model loop, many requests, each streamed as it decodes.
+"""Continuous batching: one model loop, many requests, each streamed as it decodes (no HTTP here).
 
 ``Scheduler.submit`` checks a request, queues it and returns a ``RequestHandle`` at once; a single
 thread owns the model and, each iteration:
@@ -25,9 +25,10 @@ iterator that the loop thread wakes with ``call_soon_threadsafe`` (no thread par
 stream). An unexpected exception in the loop ends the requests it touched with finish reason
 ``"error"``; the loop goes on serving.
 
-Another model step (``hf_scheduler``) subclasses ``Scheduler`` and overrides ``_step``, keeping the
-queue, handles and metrics: it moves ``_Request``s from ``_prefilling`` to ``_decoding``, ends them
-with ``_end_if_over`` and hands each sampled token to ``_take``; those names are that contract.
+The scheduler knows the model only through the engine's step (``smallcode.runtime.step``) and
+respects its ``StepLimits``: at most ``max_rows`` requests run at once (a transformers ``HFStep``:
+one), a step whose caches cannot be kept gets no prompt cache, and one that takes a prompt in one
+call gets it in one piece.
 
 Threads and OpenMP: build the engine in a thread that has ended by the time requests come (as
 ``smallcode serve`` does, loading in a loader thread), or in no other thread than this loop. An
@@ -52,10 +53,11 @@ from dataclasses import dataclass
 
 import torch
 
-from smallcode.model.kv_cache import KVCache
+from smallcode.errors import UserError
 from smallcode.runtime.engine import Engine, GenerationError, Prefill, PromptCache, Row
 from smallcode.runtime.metrics import Metrics
 from smallcode.runtime.sampling import SamplingParams, choose
+from smallcode.runtime.step import StepCache, stack_caches
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ MAX_PASSED_OVER = 8
 """Prefill pieces of younger, shorter requests a prefilling request lets go first before it goes itself."""
 
 
-class QueueFull(RuntimeError):
+class QueueFull(UserError, RuntimeError):
     """``submit`` found every row busy and ``max_queue`` requests waiting (or the scheduler closed);
     try again later."""
 
@@ -219,10 +221,16 @@ class Scheduler:
         self.engine = engine
         self.metrics = metrics if metrics is not None else Metrics()
         self.max_context = engine.max_context
+        limits = engine.limits
         self.max_batch = max_batch if batching else 1  # the one-request-at-a-time baseline
+        if limits.max_rows is not None:
+            self.max_batch = min(self.max_batch, limits.max_rows)
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
-        self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
+        self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20) if limits.prompt_cache else 0)
+        self._reuse = self.prompt_cache if limits.prompt_cache else None
+        """The prompt cache Prefill may read and fill: none for a step whose caches cannot be kept."""
+        self._chunk = prefill_chunk if limits.prefill_pieces else None
         self._lock = threading.Condition()
         """Guards ``_waiting`` and ``_closed``; the loop waits on it when there is nothing to do."""
         self._waiting: deque[_Request] = deque()
@@ -231,7 +239,7 @@ class Scheduler:
         self._prefilling: list[_Request] = []
         self._decoding: list[_Request] = []
         """Rows of ``_cache``, in order."""
-        self._cache: KVCache | None = None
+        self._cache: StepCache | None = None
         self._rows = 0
         """Running requests as of the last admission (exact or an overestimate): ``submit``'s view."""
         self._request_s = 1.0
@@ -260,7 +268,7 @@ class Scheduler:
                            None if time_limit_s is None else now + time_limit_s, Row(len(ids), params))
         with self._lock:
             if self._closed:
-                raise QueueFull("the server is shutting down", retry_after_s=1.0)
+                raise QueueFull("the scheduler is closed (shutting down)", retry_after_s=1.0)
             # Rows not yet taken count as room: a burst of max_batch submits into an idle server fits.
             if len(self._waiting) + self._rows >= self.max_batch + self.max_queue:
                 self.metrics.requests.labels(outcome="rejected").inc()
@@ -373,7 +381,7 @@ class Scheduler:
         prefill = request.prefill
         if prefill is None:
             prefill = request.prefill = Prefill(self.engine, request.ids, extra_slots=request.params.max_tokens,
-                                                chunk=self.prefill_chunk, prompt_cache=self.prompt_cache)
+                                                chunk=self._chunk, prompt_cache=self._reuse)
             m = self.metrics
             m.prompt_tokens.inc(len(request.ids))
             request.handle.cached_tokens = prefill.cached_tokens
@@ -398,7 +406,7 @@ class Scheduler:
         if self._take(request, token, None if logp is None else logp[0]):
             return
         request.next_token = token
-        self._cache = prefill.cache if self._cache is None else KVCache.stack([self._cache, prefill.cache])
+        self._cache = prefill.cache if self._cache is None else stack_caches([self._cache, prefill.cache])
         self._decoding.append(request)
 
     def _decode(self) -> None:

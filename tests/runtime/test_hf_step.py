@@ -1,4 +1,5 @@
-"""A tiny random Llama with a Qwen2.5-Coder-like tokenizer behind the Scheduler interface and the app."""
+"""A tiny random Llama with a Qwen2.5-Coder-like tokenizer as a model step (``HFStep``), under the
+plain Scheduler, the Engine, ``open_engine`` and the app."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
-from smallcode.runtime.engine import GenerationError
-from smallcode.runtime.formats import HFFormat, hf_prompt_format
-from smallcode.runtime.hf import HFScheduler, _TokenizerView, open_hf
+from smallcode.runtime.engine import Engine, GenerationError
+from smallcode.runtime.formats import HFFormat, HFTokenizer, hf_prompt_format
+from smallcode.runtime.hf import HFStep, open_hf
+from smallcode.runtime.load import open_engine
 from smallcode.runtime.sampling import SamplingParams
-from smallcode.runtime.scheduler import Event, RequestHandle
+from smallcode.runtime.scheduler import Event, RequestHandle, Scheduler
 
 PROMPT = "def add(a, b):\n"
 
@@ -33,7 +35,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(model_dir: Path) -> Iterator[tuple[HFScheduler, HFFormat]]:
+def served(model_dir: Path) -> Iterator[tuple[Scheduler, HFFormat]]:
     scheduler, fmt = open_hf(model_dir, device="cpu", max_batch=4, max_queue=4)
     yield scheduler, fmt
     scheduler.close()
@@ -52,7 +54,7 @@ def reference(model_dir: Path, ids: list[int], n: int, eos: list[int] | None) ->
     return out[0, len(ids):].tolist()
 
 
-def test_greedy_tokens_equal_generate(served: tuple[HFScheduler, HFFormat], model_dir: Path) -> None:
+def test_greedy_tokens_equal_generate(served: tuple[Scheduler, HFFormat], model_dir: Path) -> None:
     scheduler, fmt = served
     ids = fmt.encode(PROMPT)
     events, tokens, _ = run(scheduler.submit(ids, SamplingParams(max_tokens=24)))
@@ -60,14 +62,16 @@ def test_greedy_tokens_equal_generate(served: tuple[HFScheduler, HFFormat], mode
     assert events[-1].finish_reason == "length"  # this random model happens to emit no stop id
 
 
-def test_any_stop_id_ends_the_completion(served: tuple[HFScheduler, HFFormat], model_dir: Path) -> None:
+def test_any_stop_id_ends_the_completion(served: tuple[Scheduler, HFFormat], model_dir: Path) -> None:
     scheduler, fmt = served
     ids = fmt.encode(PROMPT)
     _, tokens, _ = run(scheduler.submit(ids, SamplingParams(max_tokens=24)))
     # A format where the 4th greedy token is one more stop id (as a generation config's eos list adds).
     stop = tokens[3]
     assert stop not in tokens[:3]
-    other = HFScheduler(scheduler.model, hf_prompt_format(fmt.tokenizer, extra_stop_ids=[stop]))
+    step = scheduler.engine.model
+    assert isinstance(step, HFStep)
+    other = Scheduler(Engine(step, HFTokenizer(hf_prompt_format(fmt.tokenizer, extra_stop_ids=[stop]))))
     try:
         events, stopped, text = run(other.submit(ids, SamplingParams(max_tokens=24)))
         ignoring, _, _ = run(other.submit(ids, SamplingParams(max_tokens=24, ignore_eos=True)))
@@ -79,7 +83,7 @@ def test_any_stop_id_ends_the_completion(served: tuple[HFScheduler, HFFormat], m
     assert [t for e in ignoring for t in e.token_ids] == tokens
 
 
-def test_stop_string_cuts_the_text(served: tuple[HFScheduler, HFFormat]) -> None:
+def test_stop_string_cuts_the_text(served: tuple[Scheduler, HFFormat]) -> None:
     scheduler, fmt = served
     ids = fmt.encode(PROMPT)
     _, _, full = run(scheduler.submit(ids, SamplingParams(max_tokens=24, ignore_eos=True)))
@@ -89,7 +93,7 @@ def test_stop_string_cuts_the_text(served: tuple[HFScheduler, HFFormat]) -> None
     assert text == full[: full.index(stop)]
 
 
-def test_logprobs_cancel_and_time_limit(served: tuple[HFScheduler, HFFormat]) -> None:
+def test_logprobs_cancel_and_time_limit(served: tuple[Scheduler, HFFormat]) -> None:
     scheduler, fmt = served
     ids = fmt.encode(PROMPT)
     events, tokens, _ = run(scheduler.submit(ids, SamplingParams(max_tokens=5, ignore_eos=True), logprobs=3))
@@ -110,7 +114,7 @@ def test_logprobs_cancel_and_time_limit(served: tuple[HFScheduler, HFFormat]) ->
     assert scheduler.metrics.value("smallcode_requests_total", outcome="cancelled") >= 1
 
 
-def test_bad_requests_are_refused_before_any_work(served: tuple[HFScheduler, HFFormat]) -> None:
+def test_bad_requests_are_refused_before_any_work(served: tuple[Scheduler, HFFormat]) -> None:
     scheduler, fmt = served
     with pytest.raises(GenerationError, match="outside the vocabulary"):
         scheduler.submit([10**6], SamplingParams(max_tokens=2))
@@ -118,7 +122,7 @@ def test_bad_requests_are_refused_before_any_work(served: tuple[HFScheduler, HFF
         scheduler.submit(fmt.encode(PROMPT), SamplingParams(max_tokens=250))
 
 
-def test_app_infill_and_suffix_use_the_family_fim_layout(served: tuple[HFScheduler, HFFormat],
+def test_app_infill_and_suffix_use_the_family_fim_layout(served: tuple[Scheduler, HFFormat],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
@@ -150,9 +154,32 @@ def test_continuation_text_keeps_its_leading_space() -> None:
     tok = codellama_like()
     ids = tok.encode(" x = 1", add_special_tokens=False)
     assert tok.decode(ids) == "x = 1"  # decoded alone, a SentencePiece text loses its first space
-    assert _TokenizerView(tok, [tok.eos_token_id]).decode(ids) == " x = 1"
+    assert HFTokenizer(hf_prompt_format(tok)).decode(ids) == " x = 1"
 
 
 def test_open_hf_names_a_directory_it_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=str(tmp_path)):
         open_hf(tmp_path)
+
+
+def test_open_engine_takes_an_hf_directory_and_its_engine_decodes_row_by_row(served: tuple[Scheduler, HFFormat],
+                                                                             model_dir: Path) -> None:
+    scheduler, fmt = served
+    assert scheduler.max_batch == 1  # open_hf asked for 4; the step holds one row
+    engine = open_engine(model_dir)  # found to be a Hugging Face directory
+    assert isinstance(engine.model, HFStep) and isinstance(engine.tokenizer, HFTokenizer)
+    prompts = [fmt.encode(PROMPT), fmt.encode("import os\n")]
+    got = engine.generate_ids(prompts, SamplingParams(max_tokens=8, ignore_eos=True), n=2)
+    want = [reference(model_dir, ids, 8, None) for ids in prompts]
+    assert [c.token_ids for c in got] == [want[0], want[0], want[1], want[1]]
+    fim = engine.complete("x = ", "\n", SamplingParams(max_tokens=2))[0]
+    assert fim.prompt_tokens == len(fmt.fim("x = ", "\n"))  # the family's layout, as the server's
+
+
+def test_the_scheduler_keeps_no_prompt_cache_for_the_step(served: tuple[Scheduler, HFFormat]) -> None:
+    scheduler, fmt = served
+    for _ in range(2):
+        handle = scheduler.submit(fmt.encode(PROMPT), SamplingParams(max_tokens=2))
+        run(handle)
+        assert handle.cached_tokens == 0
+    assert len(scheduler.prompt_cache) == 0
