@@ -247,7 +247,8 @@ class Prefill:
 class Engine:
     """Generation on one model step. A ``SmallCodeLM`` is put in eval mode and the decode modules of
     ``cpu_decode.prepare_for_decoding`` are swapped into it, in place: the same function, the same
-    parameters and state dict. Any other step is used as it is."""
+    parameters and state dict. Any other step is used as it is. The tokenizer is a ``CodeTokenizer``
+    or an ``HFTokenizer``: its ``prompt_format`` lays out ``complete``'s prompt."""
 
     def __init__(self, model: ModelStep, tokenizer: Tokenizer, max_context: int | None = None) -> None:
         self.prompt_format = prompt_format(tokenizer)  # type: ignore[arg-type]
