@@ -140,6 +140,32 @@ def test_overrides_are_checked_like_everything_else() -> None:
         c.replace(style="w")
 
 
+def test_any_field_of_a_partial_mapping_can_be_set_by_its_dotted_name() -> None:
+    # the mapping names only some fields; the others are settable all the same, and checked
+    c = Outer(inner_changes={"how": "b"})
+    assert c.with_overrides(["inner_changes.name=x"]).inner_changes == {"how": "b", "name": "x"}
+    assert Outer().with_overrides({"inner_changes.how": "a"}).inner_changes == {"how": "a"}
+    with pytest.raises(ConfigError, match=r"unknown field 'nope'; allowed: \['how', 'name'\]"):
+        c.with_overrides(["inner_changes.nope=1"])
+    with pytest.raises(ConfigError, match="Outer.inner_changes.how must be one of 'a', 'b'"):
+        c.with_overrides(["inner_changes.how=c"])
+
+
+def test_a_model_field_can_be_set_over_a_stage_that_names_another(tmp_path: Path) -> None:
+    from smallcode.model.config import ModelConfig
+    from smallcode.train.config import TrainConfig
+
+    stage = tmp_path / "stage.yaml"
+    stage.write_text("model: tiny\nmodel_overrides: {d_ff: 512}\n")
+    cfg = TrainConfig.load(stage).with_overrides(["model_overrides.d_model=128"])
+    assert cfg.model_overrides == {"d_ff": 512, "d_model": 128}
+    with pytest.raises(ConfigError, match="unknown field 'nope'; allowed: .*'d_model'") as refused:
+        TrainConfig.load(stage).with_overrides(["model_overrides.nope=1"])
+    assert all(repr(f) in str(refused.value) for f in ModelConfig.__dataclass_fields__)
+    with pytest.raises(ConfigError, match="TrainConfig.model_overrides.d_model must be int"):
+        TrainConfig.load(stage).with_overrides(["model_overrides.d_model=1.5"])
+
+
 def test_check_partial_checks_names_and_types_without_building() -> None:
     assert Outer.check_partial({"scale": 3}, "where") == {"scale": 3.0}
     with pytest.raises(ConfigError, match=r"where: unknown Outer field\(s\) \['scael'\]"):

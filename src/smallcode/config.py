@@ -32,10 +32,11 @@ from typing import Any, Literal, Self
 
 import yaml
 
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value or file that cannot work; the message names the field."""
 
 
@@ -142,6 +143,18 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _fields_of(tp: Any) -> type[Config] | None:
+    """The config whose fields a value declared as ``tp`` holds: a nested config, or a Partial mapping's."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        partial = next((m for m in tp.__metadata__ if isinstance(m, Partial)), None)
+        return partial.of if partial else _fields_of(args[0])
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _fields_of(options[0]) if len(options) == 1 else None
+    return tp if isinstance(tp, type) and issubclass(tp, Config) else None
+
+
 class Config:
     """Mixin for dataclass configs: checked fields, dict/file round trips, overrides, field docs."""
 
@@ -224,14 +237,17 @@ class Config:
             overrides = parsed
         data = self.to_dict()
         for dotted, value in overrides.items():
-            node = data
+            node, of = data, _fields_of(type(self))
             *parents, leaf = dotted.split(".")
             for p in parents:
                 if not isinstance(node.get(p), dict):
                     raise ConfigError(f"override {dotted!r}: {p!r} is not a nested config")
                 node = node[p]
-            if leaf not in node:
-                raise ConfigError(f"override {dotted!r}: unknown field {leaf!r}; allowed: {sorted(node)}")
+                of = _fields_of(_field_types(of)[p]) if of is not None and p in _field_types(of) else None
+            # A partial mapping holds only the keys given so far; its config says which it may take.
+            allowed = sorted(f.name for f in dataclasses.fields(of)) if of is not None else sorted(node)  # type: ignore[arg-type]
+            if leaf not in allowed:
+                raise ConfigError(f"override {dotted!r}: unknown field {leaf!r}; allowed: {allowed}")
             node[leaf] = value
         return self.from_dict(data)
 

@@ -156,7 +156,7 @@ def test_cli_writes_the_directory_and_refuses_bad_input(checkpoints: dict, tmp_p
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert transformers.AutoConfig.from_pretrained(out, trust_remote_code=True).n_global == 2
 
-    assert cli_main(["export", "hf", str(ckpt), str(out)]) == 2  # OUT exists and is not empty
+    assert cli_main(["export", "hf", str(ckpt), str(out)]) == 1  # OUT exists and is not empty
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not empty" in err and "--force" in err and "Traceback" not in err
     (out / "stale").write_text("left from an earlier export")
@@ -164,11 +164,11 @@ def test_cli_writes_the_directory_and_refuses_bad_input(checkpoints: dict, tmp_p
     assert not (out / "stale").exists()  # replaced, not merged
 
     for bad in (tmp_path / "missing", out):  # nothing there; a Hugging Face directory, not a checkpoint
-        assert cli_main(["export", "hf", str(bad), str(tmp_path / "other")]) == 2
+        assert cli_main(["export", "hf", str(bad), str(tmp_path / "other")]) == 1
         err = capsys.readouterr().err
         assert "not a smallcode checkpoint" in err and "Traceback" not in err
     assert not (tmp_path / "other").exists()
-    assert cli_main(["export", "hf", str(ckpt), str(ckpt), "--force"]) == 2  # never over the checkpoint
+    assert cli_main(["export", "hf", str(ckpt), str(ckpt), "--force"]) == 1  # never over the checkpoint
     assert "checkpoint itself" in capsys.readouterr().err and (ckpt / "config.json").is_file()
 
 

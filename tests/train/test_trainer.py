@@ -264,9 +264,9 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     cfg = tmp_path / "cfg.yaml"
     tiny_config().replace(data=tiny_config().data.replace(path=str(tmp_path / "missing"))).save(cfg)
-    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert "missing" in err and len(err.splitlines()) == 1 and "Traceback" not in err
     tiny_config().save(cfg)
-    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--set", "steps=0"]) == 2
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--set", "steps=0"]) == 1
     assert "steps" in capsys.readouterr().err

@@ -176,9 +176,9 @@ def test_checkpoint_without_tokenizer_and_refusals(tmp_path, capsys) -> None:
     with pytest.raises(ConfigError, match="is the parent checkpoint itself"):
         upcycle_checkpoint(parent, parent, 2, 1)
     # a MoE parent is refused with one line on the command line, and nothing is written
-    assert cli_main(["upcycle", str(out), "--experts", "4", "--out", str(tmp_path / "again")]) == 2
+    assert cli_main(["upcycle", str(out), "--experts", "4", "--out", str(tmp_path / "again")]) == 1
     err = capsys.readouterr().err
     assert "already has 2 experts" in err and "Traceback" not in err
     assert not (tmp_path / "again").exists()
-    assert cli_main(["upcycle", str(parent), "--experts", "2", "--top-k", "3", "--out", str(tmp_path / "x")]) == 2
+    assert cli_main(["upcycle", str(parent), "--experts", "2", "--top-k", "3", "--out", str(tmp_path / "x")]) == 1
     assert "top_k must be between 1 and n_experts (2), got 3" in capsys.readouterr().err

@@ -38,35 +38,32 @@ def agent(cfg: AgentConfig, task: str | None, repo: Path, model: Path | None, en
     Prints the diff; with --apply (and passing tests) writes it to --repo.
     """
     from smallcode.agent.loop import replay, run_candidates
-    from smallcode.agent.models import ModelError, open_chat_model
-    from smallcode.agent.workspace import DEFAULT_PROTECT, WorkspaceError
+    from smallcode.agent.models import open_chat_model
+    from smallcode.agent.workspace import DEFAULT_PROTECT
 
+    if replay_file is not None:
+        result = replay(replay_file, repo, trajectory=trajectory)
+        _show(result.to_dict(), result.diff)
+        return
+    if not task:
+        raise click.UsageError("give the TASK (or --replay FILE)")
+    if (model is None) == (endpoint is None):
+        raise click.UsageError("give exactly one of --model and --endpoint")
+    chat = open_chat_model(model, endpoint, model_name, api_key)
+    globs = tuple(protect) or DEFAULT_PROTECT
+    best, _, ws = (run_candidates(task, repo, chat, candidates, cfg, test_command, trajectory, globs)
+                   if candidates > 1 else _single(task, repo, chat, cfg, test_command, trajectory, globs))
     try:
-        if replay_file is not None:
-            result = replay(replay_file, repo, trajectory=trajectory)
-            _show(result.to_dict(), result.diff)
-            return
-        if not task:
-            raise click.UsageError("give the TASK (or --replay FILE)")
-        if (model is None) == (endpoint is None):
-            raise click.UsageError("give exactly one of --model and --endpoint")
-        chat = open_chat_model(model, endpoint, model_name, api_key)
-        globs = tuple(protect) or DEFAULT_PROTECT
-        best, _, ws = (run_candidates(task, repo, chat, candidates, cfg, test_command, trajectory, globs)
-                       if candidates > 1 else _single(task, repo, chat, cfg, test_command, trajectory, globs))
-        try:
-            _show(best.to_dict(), best.diff)
-            if apply_:
-                if test_command and not best.tests_passed:
-                    raise click.ClickException("the tests do not pass: nothing applied")
-                if best.protected_changed:
-                    raise click.ClickException("the run changed test files: nothing applied")
-                ws.apply_to(repo)
-                click.echo(f"applied to {repo}", err=True)
-        finally:
-            ws.close()
-    except (ModelError, WorkspaceError, ValueError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from e
+        _show(best.to_dict(), best.diff)
+        if apply_:
+            if test_command and not best.tests_passed:
+                raise click.ClickException("the tests do not pass: nothing applied")
+            if best.protected_changed:
+                raise click.ClickException("the run changed test files: nothing applied")
+            ws.apply_to(repo)
+            click.echo(f"applied to {repo}", err=True)
+    finally:
+        ws.close()
 
 
 def _single(task: str, repo: Path, chat: object, cfg: AgentConfig, test_command: str | None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from smallcode.cli.tokenizer import corpus_options, user_errors
+from smallcode.cli.tokenizer import corpus_options
 
 
 @click.group()
@@ -35,7 +35,6 @@ def data() -> None:
     "--overwrite", is_flag=True, help="replace --out if it exists (only once the new one is complete)"
 )
 @click.option("--quiet", is_flag=True, help="no progress bars")
-@user_errors
 def prepare_cmd(
     corpus: tuple[str, ...],
     more_corpus: tuple[str, ...],
@@ -74,7 +73,6 @@ def prepare_cmd(
 
 @data.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path))
-@user_errors
 def verify_cmd(directory: Path) -> None:
     """Check every shard of a directory against its header and checksum."""
     from smallcode.data.shards import verify_directory

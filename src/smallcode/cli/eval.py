@@ -3,8 +3,6 @@ Wiring only."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +11,6 @@ import click
 from smallcode.agent.loop import AgentConfig
 from smallcode.cli.options import config_options
 from smallcode.eval.runner import RunConfig
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Errors with a message the user can act on become one line, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from smallcode.backends.base import BackendError
-
-        try:
-            return fn(*args, **kwargs)
-        except (BackendError, ValueError, RuntimeError) as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 @click.group(name="eval")
@@ -69,7 +52,6 @@ def eval_() -> None:
     aliases={"suites": ["--suite"], "timeout_s": ["--timeout"], "security_scan": ["--security/--no-security"]},
     click_types={"data_dir": click.Path(exists=True, file_okay=False)},
 )
-@_user_errors
 def run(
     cfg: RunConfig,
     model: Path | None,
@@ -109,7 +91,6 @@ def run(
 
 @eval_.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@_user_errors
 def report(run_dir: Path) -> None:
     """Rebuild summary.json and report.md from a run directory and print the report."""
     from smallcode.eval.report import report_dir
@@ -124,7 +105,6 @@ def report(run_dir: Path) -> None:
 @click.option("--limit", type=int, help="Keep at most N problems (a stable selection).")
 @click.option("--workers", type=int, help="Parallel checks (default: CPU cores).")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, help="Seconds per check.")
-@_user_errors
 def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout_s: float) -> None:
     """Build function-completion problems from local Python code (doctests and the repo's tests)."""
     from smallcode.eval.mining import mine_repo
@@ -149,7 +129,6 @@ def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout
               help="A file written by `smallcode eval mine` to build repair-repo from.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @config_options(AgentConfig)
-@_user_errors
 def agent(cfg: AgentConfig, suites: tuple[str, ...], model: Path | None, endpoint: str | None, api_key: str | None,
           model_name: str, oracle: bool, limit: int | None, candidates: int, repo_file: str | None, out: Path) -> None:
     """The repair benchmark: the agent fixes a seeded bug until the original tests pass (resumable)."""

@@ -1,8 +1,9 @@
 """The ``smallcode`` command: a table from verb to the click command that implements it.
 
 Verbs are imported only when invoked, so ``smallcode params`` never pays for importing
-transformers or the evaluation harness. Errors that the user can fix (``ConfigError``,
-``ValueError`` subclasses raised with a message, missing files) print one line, no traceback.
+transformers or the evaluation harness. An error the user can fix (a ``smallcode.errors.UserError``:
+a bad config value, a missing checkpoint, an endpoint that is down; or a missing file) prints one
+line, ``error: ...``, and exits 1; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import importlib.util
 import sys
 
 import click
+
+from smallcode.errors import UserError
 
 # verb -> "module:attribute" of a click.Command
 VERBS: dict[str, str] = {
@@ -61,43 +64,27 @@ def cli() -> None:
     """smallcode: small sparse code models, built and run locally."""
 
 
-def _is_user_error(e: Exception) -> bool:
-    """Errors whose message tells the user what to fix: printed as one line, no traceback."""
-    from smallcode.config import ConfigError
-
-    if isinstance(e, ConfigError | FileNotFoundError | PermissionError):
-        return True
-    # Only modules already imported by the failing command can have raised their errors.
-    for module, name in (("smallcode.model.checkpoint", "CheckpointError"),
-                         ("smallcode.runtime.engine", "GenerationError"),
-                         ("smallcode.tokenizer.code_tokenizer", "TokenizerError"),
-                         ("smallcode.train.trainer", "TrainingError"),
-                         ("smallcode.train.teacher", "TeacherError"),
-                         ("smallcode.train.teacher_cache", "CacheError"),
-                         ("smallcode.train.sft", "SFTDataError"),
-                         ("smallcode.corpus", "DataError"),
-                         ("smallcode.export", "ExportError"),
-                         ("smallcode.runtime.onnx", "OnnxModelError")):
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(e, cls):
-            return True
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; the exit status: 0, 1 for an error the user can fix, 2 for a usage error, 130 on Ctrl+C.
+
+    A :class:`UserError` (and a missing or forbidden file) is printed as one line, ``error: ...``;
+    so is a ``ClickException`` a verb raises. Click's usage errors keep click's own form (the usage,
+    then the message). Anything else is a bug and propagates with its traceback.
+    """
     try:
         cli.main(args=argv, prog_name="smallcode", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.ClickException as e:
+    except click.UsageError as e:
         e.show()
         return e.exit_code
-    except Exception as e:
-        if not _is_user_error(e):
-            raise
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except (UserError, FileNotFoundError, PermissionError) as e:
         click.echo(f"error: {e}", err=True)
-        return 2
+        return 1
     return 0
 
 

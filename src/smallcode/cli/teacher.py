@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Our input errors (bad teacher, mismatched cache, bad shards) as one line, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from smallcode.corpus import DataError
-        from smallcode.model.checkpoint import CheckpointError
-        from smallcode.tokenizer.code_tokenizer import TokenizerError
-        from smallcode.train.teacher import TeacherError
-        from smallcode.train.teacher_cache import CacheError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, TokenizerError, CheckpointError, TeacherError, CacheError) as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 @click.command("teacher-cache")
@@ -44,7 +22,6 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--teacher-batch", type=int, default=8, show_default=True, help="rows per teacher forward")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@_user_errors
 def teacher_cache(teacher: Path, data_dir: Path, steps: int, batch_size: int, seq_len: int, seed: int,
                   world_size: int, top_k: int, out: Path, teacher_batch: int, device: str, quiet: bool) -> None:
     """Cache TEACHER's top-k log-probs for every sample a run over --data visits in its first --steps steps."""

@@ -6,29 +6,12 @@ positional paths are added to them, so ``--files a.py b.py dir/`` works as writt
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show our input errors (bad file, hash mismatch, ...) as one line, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from smallcode.corpus import DataError
-        from smallcode.tokenizer.code_tokenizer import TokenizerError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, TokenizerError) as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
 
 
 def corpus_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,7 +43,6 @@ def tokenizer() -> None:
     show_default=True,
     help="leave the repo suite's modules out of the embedded corpus (explicit corpora are taken as given)",
 )
-@user_errors
 def train_cmd(
     corpus: tuple[str, ...],
     more_corpus: tuple[str, ...],
@@ -94,7 +76,6 @@ def train_cmd(
 @click.option("--files", "files", multiple=True, help="file, directory or glob (repeatable)")
 @click.argument("more_files", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of a table")
-@user_errors
 def stats_cmd(
     tokenizer_path: Path, files: tuple[str, ...], more_files: tuple[str, ...], as_json: bool
 ) -> None:

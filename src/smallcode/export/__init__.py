@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from smallcode.errors import UserError
 
-class ExportError(ValueError):
+
+class ExportError(UserError, ValueError):
     """An export refused before any work; the message says why (one line)."""
 
 

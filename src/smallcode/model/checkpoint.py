@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from smallcode.config import ConfigError
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_dir
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
@@ -46,7 +47,7 @@ __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "TOKENIZER_FILE", "WEIGHTS_FILE", "C
 ModelDirectoryKind = Literal["smallcode", "huggingface"]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read; the message names the file and what is wrong."""
 
 

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from tokenizers import Tokenizer
 
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import specials
 
@@ -53,8 +54,8 @@ CHAT_TEMPLATE = (
 )
 
 
-class TokenizerError(ValueError):
-    """A tokenizer file that cannot be used; the message names the file."""
+class TokenizerError(UserError, ValueError):
+    """A tokenizer file that cannot be used, or one that cannot be trained as asked; the message says which."""
 
 
 def canonical_hash(tokenizer_json: str) -> str:

@@ -13,6 +13,8 @@ from typing import Literal, get_args
 
 from tokenizers import Regex, pre_tokenizers
 
+from smallcode.tokenizer.code_tokenizer import TokenizerError
+
 Scheme = Literal["gpt2", "cl100k", "code_plain", "code"]
 SCHEMES: tuple[str, ...] = get_args(Scheme)
 
@@ -59,7 +61,7 @@ DEFAULT_SCHEME: Scheme = "code"
 def build_pre_tokenizer(scheme: str) -> pre_tokenizers.PreTokenizer:
     """The ``tokenizers`` pre-tokenizer for a scheme name: regex split, then bytes -> byte alphabet."""
     if scheme not in PATTERNS:
-        raise ValueError(f"unknown pre-tokenisation scheme {scheme!r}; choose one of {list(SCHEMES)}")
+        raise TokenizerError(f"unknown pre-tokenisation scheme {scheme!r}; choose one of {list(SCHEMES)}")
     return pre_tokenizers.Sequence(
         [
             # "isolated": every match and every gap between matches is its own piece, so no

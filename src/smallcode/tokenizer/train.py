@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from smallcode.corpus import EMBEDDED_LABEL, discover, iter_raw_documents
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import specials
-from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE, CodeTokenizer
+from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE, CodeTokenizer, TokenizerError
 from smallcode.tokenizer.pretokenize import DEFAULT_SCHEME, build_pre_tokenizer
 
 MIN_VOCAB = len(specials.SPECIAL_TOKENS) + 256
@@ -114,7 +114,7 @@ def train_tokenizer(
     an empty set: none); explicit corpora are taken as given.
     """
     if vocab_size < MIN_VOCAB:
-        raise ValueError(f"vocab_size {vocab_size} too small: specials and bytes alone need {MIN_VOCAB}")
+        raise TokenizerError(f"vocab_size {vocab_size} too small: specials and bytes alone need {MIN_VOCAB}")
     tok = build_untrained(scheme)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -130,7 +130,7 @@ def train_tokenizer(
     texts = (restyle(t, rates) for t in iter_corpus_texts(corpus, counts, held_out_modules=held_out_modules))
     tok.train_from_iterator(texts, trainer=trainer)
     if counts["documents"] == 0:
-        raise ValueError("the corpus holds no UTF-8 text document; nothing to train on")
+        raise TokenizerError("the corpus holds no UTF-8 text document; nothing to train on")
     code_tok = CodeTokenizer(tok, source=str(out))
     out = Path(out)
     path = code_tok.save(out)

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from smallcode.data.loader import BatchSchedule
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import CodeTokenizer, check_messages
 
@@ -61,8 +62,8 @@ IGNORE_INDEX = -100
 Overflow = Literal["drop", "truncate"]
 
 
-class SFTDataError(ValueError):
-    """A fine-tuning example that cannot be used; the message names the file and line."""
+class SFTDataError(UserError, ValueError):
+    """Fine-tuning data that cannot be used (a bad example, too few examples); the message says where."""
 
 
 # ----------------------------------------------------------------------------- examples
@@ -226,7 +227,7 @@ class SFTLoader:
         self.schedule = BatchSchedule(len(self.examples), batch_size, seed, rank, world_size)
         self.global_batch, self.steps_per_epoch = self.schedule.global_batch, self.schedule.steps_per_epoch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.examples)} training examples are fewer than one global batch "
+            raise SFTDataError(f"{len(self.examples)} training examples are fewer than one global batch "
                              f"({batch_size} x {world_size} ranks)")
 
     def epoch(self, step: int) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from smallcode.errors import UserError
 from smallcode.model.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_FILE,
@@ -42,7 +43,7 @@ CHUNK_BYTES = 1 << 20
 _HF_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 
-class TeacherError(ValueError):
+class TeacherError(UserError, ValueError):
     """A teacher that cannot be used; the message names the path and what is wrong."""
 
 

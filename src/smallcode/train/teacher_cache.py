@@ -42,6 +42,7 @@ from safetensors.numpy import save as save_arrays
 from tqdm import tqdm
 
 from smallcode.data.loader import ShardLoader
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_bytes, atomic_write_text
 from smallcode.train.teacher import Teacher
 
@@ -52,7 +53,7 @@ CHUNK_BYTES = 64 << 20
 _PER_SAMPLE_BYTES = 8 + 8  # sample id and checksum
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A teacher cache that cannot be used; the message names the directory and what is wrong."""
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from smallcode.config import ConfigError
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_json, atomic_write_text
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
@@ -60,7 +61,7 @@ RESUMABLE_CHANGES = {"eval_every", "eval_batches", "save_every", "keep_checkpoin
 INIT_OVERRIDABLE = {"balance_loss_coef", "z_loss_coef"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """The run cannot go on (non-finite steps, a mismatched resume); the message says why and what to do."""
 
 
