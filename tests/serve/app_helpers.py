@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from factories import make_model  # type: ignore[import-not-found]
+from factories import make_model, tiny_tokenizer  # type: ignore[import-not-found]
 from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import prompt_format
 from smallcode.runtime.scheduler import Scheduler
@@ -19,6 +20,15 @@ from smallcode.tokenizer import CodeTokenizer
 
 CONTEXT = 1024
 """The context of the shared test server (tokens)."""
+
+
+def make_tokenizer(out: Path) -> CodeTokenizer:
+    """The shared test tokenizer (``factories.tiny_tokenizer``), saved in ``out`` as well.
+
+    Kept for ``tests/lsp/conftest.py``, which can take the ``tiny_tokenizer`` fixture instead."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.save(out)
+    return tokenizer
 
 
 def make_engine(tokenizer: CodeTokenizer, max_context: int | None = None) -> Engine:
