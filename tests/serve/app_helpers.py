@@ -1,42 +1,39 @@
-"""The real server on loopback for the app tests: a tiny random model, the real scheduler and prompt
-format, uvicorn in a thread on a free port, stopped by the caller."""
+"""The real server on loopback for the app tests: the shared tiny model (``factories.make_model``),
+the real scheduler and prompt format, uvicorn in a thread on a free port, stopped by the caller."""
 
 from __future__ import annotations
 
-import sysconfig
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 import uvicorn
 
-from smallcode.model import ModelConfig, SmallCodeLM
+from factories import make_model, tiny_tokenizer  # type: ignore[import-not-found]
 from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import prompt_format
 from smallcode.runtime.scheduler import Scheduler
 from smallcode.serve.app import Limits, create_app
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 
 CONTEXT = 1024
 """The context of the shared test server (tokens)."""
 
 
 def make_tokenizer(out: Path) -> CodeTokenizer:
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return load_tokenizer(out)
+    """The shared test tokenizer (``factories.tiny_tokenizer``), saved in ``out`` as well.
+
+    Kept for ``tests/lsp/conftest.py``, which can take the ``tiny_tokenizer`` fixture instead."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.save(out)
+    return tokenizer
 
 
 def make_engine(tokenizer: CodeTokenizer, max_context: int | None = None) -> Engine:
-    torch.manual_seed(0)
-    model = SmallCodeLM(ModelConfig.preset("tiny", vocab_size=512))
-    with torch.no_grad():  # larger weights than the init, so that a random model has peaked logits
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(4)
-    return Engine(model.eval(), tokenizer, max_context=max_context)
+    """An engine on a fresh copy of the shared tiny model (the same weights every time)."""
+    return Engine(make_model(), tokenizer, max_context=max_context)
 
 
 @contextmanager

@@ -5,11 +5,10 @@ configuration (a key, a small queue, small prefill chunks) start their own with 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from app_helpers import CONTEXT, make_engine, make_tokenizer, running_server  # type: ignore[import-not-found]
+from app_helpers import CONTEXT, make_engine, running_server  # type: ignore[import-not-found]
 
 from smallcode.runtime.engine import Engine
 from smallcode.serve.app import Limits
@@ -17,8 +16,9 @@ from smallcode.tokenizer import CodeTokenizer
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
-    return make_tokenizer(Path(tmp_path_factory.mktemp("serve-tokenizer")))
+def tokenizer(tiny_tokenizer: CodeTokenizer) -> CodeTokenizer:
+    """The shared test tokenizer (``tests/conftest.py``), under the name these tests use."""
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

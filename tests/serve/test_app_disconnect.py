@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 from app_helpers import make_engine, metric, running_server  # type: ignore[import-not-found]
 
+from factories import wait_for  # type: ignore[import-not-found]
 from smallcode.serve.app import Limits
 from smallcode.tokenizer import CodeTokenizer
 
@@ -26,14 +27,6 @@ def server(tokenizer: CodeTokenizer) -> Iterator[tuple[str, Any]]:
     engine = make_engine(tokenizer, 16384)
     with running_server(engine, prefill_chunk=PIECE, limits=Limits(max_tokens=8000)) as served:
         yield served
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.005)
 
 
 def long_prompt(tag: str) -> str:

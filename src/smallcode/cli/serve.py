@@ -1,7 +1,8 @@
 """``smallcode serve CKPT``: the completion server (OpenAI API and llama.cpp's ``/infill``) on a local model.
 
-CKPT (or ``--model PATH``) is a smallcode checkpoint (the engine behind the continuous-batching
-scheduler) or a Hugging Face model directory (transformers behind ``serve.hf_scheduler``). The server
+CKPT (or ``--model PATH``) is a smallcode checkpoint or an ONNX export (``runtime.load.open_engine``:
+the engine behind the continuous-batching ``runtime.scheduler.Scheduler``) or a Hugging Face model
+directory (``runtime.hf.open_hf``: transformers behind the same scheduler interface). The server
 listens at once and ``/health`` says ``loading`` until the model is ready. Binding anything but a loopback address
 without an API key prints a warning: anyone who can reach the port can use the model.
 """
@@ -11,9 +12,15 @@ from __future__ import annotations
 import ipaddress
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from smallcode.runtime.formats import PromptFormat
+    from smallcode.runtime.scheduler import Scheduler
 
 
 def is_loopback(host: str) -> bool:
@@ -26,7 +33,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int, registry: Any) -> tuple[Any, Any]:
+def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int,
+         registry: CollectorRegistry) -> tuple[Scheduler, PromptFormat]:
     """The scheduler and the prompt format for the model in ``checkpoint``: a smallcode checkpoint or an
     ONNX export (the engine behind the batching scheduler), or a Hugging Face directory."""
     from smallcode.backends.choose import backend_kind

@@ -1,6 +1,15 @@
-"""The local completion server: ``scheduler`` (continuous batching over the engine), ``metrics``
-(Prometheus), ``formats`` (prompt layouts), ``app`` (the OpenAI- and llama.cpp-compatible HTTP API).
+"""The local completion server: the runtime (``smallcode.runtime``'s scheduler and prompt formats)
+behind HTTP. It defines no model logic: it does not batch, cache, sample or lay out prompts.
 
-Nothing is imported here, so that ``import smallcode.runtime.metrics`` does not pull in FastAPI and
-the scheduler does not pull in the HTTP stack.
+* ``app``: ``create_app``, the app factory: the gate (API key, body size), the error handlers,
+  ``/health``, ``/metrics``, and the routers below;
+* ``openai``: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``;
+* ``mistral``: ``/v1/fim/completions``;
+* ``llamacpp``: ``/infill`` (and its ``n_indent``);
+* ``service``: ``Service`` (a parsed request to scheduler submissions), ``Limits``, ``APIError``;
+* ``handles``: consuming the scheduler's handles (collecting, merging, cancelling when the client goes);
+* ``responses``: the shared answer shapes (errors, usage, log-probabilities, server-sent events);
+* ``protocol``: the request bodies (pydantic) and the error body.
+
+Nothing is imported here, so that importing one module does not pull in the others.
 """

@@ -6,7 +6,7 @@ and llama.cpp's ``/infill``. Types
 are strict (a JSON string is not an integer, ``NaN`` is not a temperature), so a wrong type is a 400
 before anything is tokenised. Ranges that do not depend on the server's configuration are checked
 here (``logprobs`` <= 5, ``top_p`` in (0, 1], ...); the configurable caps (``max_tokens``, ``n``,
-stop strings, body size) are the app's :class:`~smallcode.serve.app.Limits`.
+stop strings, body size) are the service's :class:`~smallcode.serve.service.Limits`.
 
 Unknown fields are ignored, as OpenAI's and llama.cpp's servers ignore them: ``model`` and ``user``
 are accepted and not used, and so are llama.cpp's tuning knobs that llama.vscode sends
@@ -17,7 +17,7 @@ other than ``n``, ``echo`` with ``suffix`` or with ``logprobs``, ``logit_bias``,
 ``presence_penalty`` / ``frequency_penalty``, chat ``tools`` / ``tool_choice`` / ``response_format``
 other than text, non-text chat content parts.
 
-Responses are plain JSON built by the app (OpenAI's shapes; llama.cpp's for ``/infill``); only the
+Responses are plain JSON built by the routes (OpenAI's shapes; llama.cpp's for ``/infill``); only the
 error body has a model here, because every 4xx/5xx uses it.
 """
 
