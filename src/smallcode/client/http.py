@@ -34,12 +34,12 @@ from typing import Any, Literal
 import httpx
 
 from smallcode.client.base import (
+    GREEDY,
     Chat,
     ClientBusy,
     ClientError,
     Completion,
     Delta,
-    GREEDY,
     Fim,
     Request,
     Sampling,
