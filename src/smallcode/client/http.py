@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -83,6 +84,7 @@ class HttpClient:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s if connect_timeout_s else timeout_s)
         self._sync: httpx.Client | None = None
+        self._sync_lock = threading.Lock()  # backends call generate from several threads at once
         self._async: httpx.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -202,14 +204,16 @@ class HttpClient:
         raise ClientError(f"{self.base} has neither /infill nor /v1/completions")
 
     def _client(self) -> httpx.Client:
-        if self._sync is None:
-            self._sync = httpx.Client(timeout=self._timeout)
-        return self._sync
+        with self._sync_lock:
+            if self._sync is None:
+                self._sync = httpx.Client(timeout=self._timeout)
+            return self._sync
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
+        with self._sync_lock:
+            if self._sync is not None:
+                self._sync.close()
+                self._sync = None
 
     # ------------------------------------------------------------------ async
     async def agenerate(self, request: Request, sampling: Sampling = GREEDY, n: int = 1) -> list[Completion]:

@@ -63,3 +63,17 @@ def test_garbage_is_passed_on_not_interpreted() -> None:
     # The parser only frames events: what their data means is the reader's to judge.
     assert both(["<html>", "data: {not json", "", "nonsense: 1"]) == ["{not json"]
     assert both([]) == [] and both(["", "", ": keep-alive"]) == []
+
+
+def test_importing_the_client_pulls_neither_torch_nor_httpx() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import json, sys; import smallcode.client, smallcode.client.sse; "
+            "print(json.dumps([m in sys.modules for m in ('torch', 'httpx', 'transformers')]))")
+    src = Path(__file__).resolve().parents[2] / "src"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(src)}).stdout
+    assert json.loads(out) == [False, False, False]
