@@ -59,14 +59,14 @@ def test_a_smallcode_checkpoint_opens_the_engine(tmp_path: Path, tokenizer: Code
 def test_a_hugging_face_directory_opens_transformers(tmp_path: Path, tokenizer: CodeTokenizer,
                                                      model: SmallCodeLM) -> None:
     pytest.importorskip("transformers")
-    from smallcode.backends.hf import HFBackend
+    from smallcode.backends.local import LocalBackend
     from smallcode.export.hf import to_hf_model
 
     to_hf_model(model).save_pretrained(tmp_path / "hf")
     tokenizer.save(tmp_path / "hf")
     assert backend_kind(tmp_path / "hf") == "huggingface"
     backend = open_backend(tmp_path / "hf", device="cpu")
-    assert isinstance(backend, HFBackend) and backend.name == f"hf:{tmp_path / 'hf'}"
+    assert isinstance(backend, LocalBackend) and backend.name == f"hf:{tmp_path / 'hf'}"
     assert [len(c) for c in backend.generate(["def f(x):\n"], 2, 0.0, 1.0, 4, [])] == [2]
 
 

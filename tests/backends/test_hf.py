@@ -1,4 +1,5 @@
-"""The Hugging Face directory backend on a tiny random GPT-2 that the test saves itself."""
+"""A Hugging Face directory as a backend (the one in-process backend, over ``runtime.hf``) on a tiny
+random GPT-2 that the test saves itself."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Pat
 
 
 def test_generates_and_truncates(tiny_dir: Path) -> None:
-    from smallcode.backends.hf import HFBackend
+    from smallcode.backends.local import LocalBackend
 
-    b = HFBackend(tiny_dir, device="cpu", dtype="float32")
+    b = LocalBackend(tiny_dir, device="cpu")  # float32 on the CPU
     assert b.name.startswith("hf:")
     greedy = b.generate(["def add(a, b):\n", "x = 1\n"], 2, 0.0, 1.0, 12, [])
     assert len(greedy) == 2 and all(len(g) == 2 for g in greedy)
@@ -42,7 +43,7 @@ def test_generates_and_truncates(tiny_dir: Path) -> None:
 
 
 def test_not_a_model_directory(tmp_path: Path) -> None:
-    from smallcode.backends.hf import HFBackend
+    from smallcode.backends.local import LocalBackend
 
     with pytest.raises(BackendError, match="not a Hugging Face model directory"):
-        HFBackend(tmp_path)
+        LocalBackend(tmp_path, kind="huggingface")

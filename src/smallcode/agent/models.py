@@ -3,14 +3,18 @@
 A :class:`ChatModel` turns a conversation (``[{"role", "content"}, ...]``) into ``n`` replies, each
 with its token counts. Three kinds:
 
-* :class:`EngineChat`: a smallcode checkpoint (or ONNX export) on :class:`smallcode.runtime.Engine`,
-  the conversation laid out by the tokenizer's chat template (``serve.formats.prompt_format``, the
+* :class:`EngineChat`: a smallcode checkpoint (or ONNX export) in this process, through the
+  client's in-process transport (:func:`smallcode.client.local.open_local`: the runtime's scheduler),
+  the conversation laid out by the tokenizer's chat template (``runtime.formats.prompt_format``, the
   same layout ``smallcode serve`` uses). A conversation longer than the model's context loses its
   oldest turns first (the system message and the task stay).
-* :class:`EndpointChat`: ``/v1/chat/completions`` of any OpenAI-compatible server, through
-  :class:`smallcode.backends.openai.OpenAIBackend`'s request code (retries, streaming). Servers do
-  not all report usage on streams, so token counts are estimated (4 characters a token).
+* :class:`EndpointChat`: ``/v1/chat/completions`` of any OpenAI-compatible server, through the
+  client's HTTP transport (retries, streaming). Servers do not all report usage on streams, so
+  token counts they leave out are estimated (4 characters a token).
 * :class:`ScriptedModel`: replies fixed in advance, in order; for tests, the oracle and replays.
+
+A model that cannot answer raises :class:`ModelError`, which is the client's one error type
+(:class:`smallcode.client.ClientError`) under the name the agent's code catches.
 
 Not here: what the replies mean (``actions.py``), the loop (``loop.py``).
 """
@@ -20,11 +24,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from smallcode.client import Chat, ClientError, Sampling
 
-class ModelError(RuntimeError):
-    """The model cannot answer (endpoint down, context too small, script exhausted)."""
+ModelError = ClientError
+"""The model cannot answer (endpoint down, context too small, script exhausted)."""
 
 
 @dataclass(frozen=True)
@@ -73,36 +78,35 @@ class EngineChat:
     """A local checkpoint or ONNX export, prompted through its tokenizer's chat template."""
 
     def __init__(self, directory: str | Path, device: str = "cpu") -> None:
-        from smallcode.runtime.formats import prompt_format
-        from smallcode.runtime.load import open_engine
+        from smallcode.client.local import open_local
 
-        self.engine = open_engine(directory, device=device)
-        self.format = prompt_format(self.engine.tokenizer)
         self.name = f"smallcode:{directory}"
-        self._lock = threading.Lock()  # one generation at a time: candidates share the engine
+        self.client = open_local(directory, device=device, name=self.name)
+        self.format = self.client.prompt_format
+
+    @property
+    def engine(self) -> Any:
+        return self.client.engine
 
     def chat(self, messages: list[dict[str, str]], n: int = 1, temperature: float = 0.0, max_tokens: int = 512,
              seed: int = 0) -> list[Reply]:
-        from smallcode.runtime.engine import GenerationError
-        from smallcode.runtime.sampling import SamplingParams
-
-        budget = self.engine.max_context - max_tokens
+        context = self.client.max_context
+        budget = context - max_tokens
         msgs = list(messages)
-        ids = self.format.chat(msgs)
+        ids = self.client.encode(Chat(msgs))
         # Drop the oldest exchanges (after the system message and the task) until the prompt fits.
         while len(ids) > budget and len(msgs) > 3:
             del msgs[2:4]
-            ids = self.format.chat(msgs)
+            ids = self.client.encode(Chat(msgs))
         if len(ids) > budget:
             raise ModelError(f"the task alone takes {len(ids)} tokens; the model's context holds "
-                             f"{self.engine.max_context} with {max_tokens} for the reply")
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=0.95)
-        try:
-            with self._lock:
-                done = self.engine.generate_ids([ids], params, n)
-        except GenerationError as e:
-            raise ModelError(str(e)) from e
-        return [Reply(c.text, c.prompt_tokens, len(c.token_ids)) for c in done]
+                             f"{context} with {max_tokens} for the reply")
+        done = self.client.generate(Chat(msgs), Sampling(max_tokens=max_tokens, temperature=temperature,
+                                                         top_p=0.95, seed=seed), n)
+        return [Reply(c.text, c.prompt_tokens or len(ids), c.completion_tokens or 0) for c in done]
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class EndpointChat:
@@ -110,27 +114,20 @@ class EndpointChat:
 
     def __init__(self, base_url: str, model: str = "default", api_key: str | None = None,
                  timeout_s: float = 300.0) -> None:
-        from smallcode.backends.openai import OpenAIBackend
+        from smallcode.client.http import HttpClient
 
-        self.backend = OpenAIBackend(base_url, model=model, api_key=api_key, api="chat", timeout_s=timeout_s)
-        self.name = self.backend.name
+        url = base_url.rstrip("/")
+        self.name = f"{url if url.endswith('/v1') else url + '/v1'} (chat, model {model})"
+        self.client = HttpClient(base_url, model=model, api_key=api_key, timeout_s=timeout_s, name=self.name)
 
     def chat(self, messages: list[dict[str, str]], n: int = 1, temperature: float = 0.0, max_tokens: int = 512,
              seed: int = 0) -> list[Reply]:
-        from smallcode.backends.base import BackendError
-
-        payload = {"model": self.backend.model, "messages": messages, "n": n, "temperature": temperature,
-                   "max_tokens": max_tokens, "seed": seed}
-        try:
-            # The backend's one request path (retries, streams, error handling), with a whole conversation.
-            answers = self.backend.post("/chat/completions", payload)
-        except BackendError as e:
-            raise ModelError(str(e)) from e
-        texts = [a.text for a in answers if isinstance(a.text, str)]
-        if not texts:
-            raise ModelError(f"{self.name}: the answer has no message text")
+        answers = self.client.generate(Chat(messages), Sampling(max_tokens=max_tokens, temperature=temperature,
+                                                                seed=seed), n)
         prompt = estimate_tokens(sum(len(m["content"]) for m in messages))
-        return [Reply(t, prompt, estimate_tokens(len(t))) for t in texts[:n]]
+        return [Reply(a.text, a.prompt_tokens if a.prompt_tokens is not None else prompt,
+                      a.completion_tokens if a.completion_tokens is not None else estimate_tokens(len(a.text)))
+                for a in answers]
 
 
 def open_chat_model(model: str | Path | None = None, endpoint: str | None = None, model_name: str = "default",

@@ -2,7 +2,8 @@
 
 Deliberately tiny: a name and one batched ``generate``; a backend that times its own requests also
 offers ``generate_timed`` (:class:`TimedBackend`). Nothing about tasks, prompts formats or scoring
-lives here.
+lives here. The backends are adapters over :mod:`smallcode.client`, whose one error type a backend
+raises (``BackendError`` is its old name) and whose stop handling it uses (``truncate_at_stop``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from smallcode.client.base import ClientError, truncate_at_stop
+
 # The stop sequences of the Codex paper for function completion: a new top-level statement ends
 # the function the model was asked to write.
 DEFAULT_STOP: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
-class BackendError(RuntimeError):
-    """A backend that cannot produce completions (down, misconfigured, answering garbage)."""
+BackendError = ClientError
+"""A backend that cannot produce completions (down, misconfigured, answering garbage): the client's
+one error type, under the name eval's code has always caught."""
+
+__all__ = ["DEFAULT_STOP", "Backend", "BackendError", "Timed", "TimedBackend", "truncate_at_stop"]
 
 
 @runtime_checkable
@@ -64,13 +70,3 @@ class TimedBackend(Backend, Protocol):
         """What ``generate`` returns, each completion with its timing."""
         ...
 
-
-def truncate_at_stop(text: str, stop: list[str] | tuple[str, ...]) -> str:
-    """Cut ``text`` at the earliest occurrence of any stop sequence (servers may ignore ``stop``)."""
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut]

