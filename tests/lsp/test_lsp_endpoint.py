@@ -104,8 +104,7 @@ async def test_a_server_without_infill_is_asked_through_v1_completions(lsp_token
     engine = make_engine(lsp_tokenizer)
     scheduler = Scheduler(engine)
     try:
-        app = create_app(scheduler, prompt_format(engine.tokenizer), model_name="tiny")
-        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/infill"]
+        app = create_app(scheduler, prompt_format(engine.tokenizer), model_name="tiny", families=("openai", "mistral"))
         with serve(app) as url:
             async with lsp_session(["--endpoint", url + "/v1"], tmp_path, {"maxTokens": 12}) as (client, _):
                 open_doc(client, "file:///q/a.py", TEXT)

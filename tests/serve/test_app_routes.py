@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from smallcode.serve import llamacpp, mistral, openai
 from smallcode.serve.app import create_app
 
@@ -13,3 +17,17 @@ def test_each_route_comes_from_its_api_family() -> None:
         assert {route.path for route in family.router.routes} == paths, family.__name__  # type: ignore[attr-defined]
     served = set(create_app(None, None).openapi()["paths"])
     assert served == {"/health", "/metrics"}.union(*families.values())
+
+
+def test_a_server_without_a_family_answers_its_routes_with_404(tiny_tokenizer: Any) -> None:
+    """``families`` leaves a family's routes out (the clients' fallback tests rely on a real 404)."""
+    from fastapi.testclient import TestClient
+
+    from smallcode.runtime.formats import prompt_format
+
+    app = create_app(None, prompt_format(tiny_tokenizer), families=("openai", "mistral"))
+    with TestClient(app) as client:
+        assert client.post("/infill", json={"input_prefix": "a", "input_suffix": "b"}).status_code == 404
+        assert client.get("/health").status_code == 200
+    with pytest.raises(ValueError, match="unknown API families"):
+        create_app(None, None, families=("openai", "ollama"))

@@ -1,7 +1,7 @@
 """The in-process transport: the runtime's scheduler and prompt format, no HTTP.
 
-``open_local(path)`` loads a smallcode checkpoint or ONNX export (``runtime.load.open_engine``) or a
-Hugging Face directory (``runtime.hf.open_hf``) and puts the batching ``Scheduler`` in front of it;
+``open_local(path)`` opens a smallcode checkpoint, an ONNX export or a Hugging Face directory
+(``runtime.load.open_engine``) and puts the batching ``Scheduler`` in front of it;
 ``LocalClient.from_engine(engine)`` does the same for an ``Engine`` already built. The model is
 loaded in a thread of its own that has ended before requests come, as the scheduler asks (an
 OpenMP pool left by a live thread slows its decode steps down).
@@ -197,7 +197,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 def open_local(path: str | Path, *, device: str = "cpu", runtime: str | None = None, max_batch: int = 16,
                max_queue: int = 64, metrics: Any = None, name: str | None = None) -> LocalClient:
     """The model in ``path`` (a smallcode checkpoint, an ONNX export or a Hugging Face directory;
-    ``runtime`` "torch" or "onnx" forces one of the first two) behind a new scheduler, loaded in a
+    ``runtime`` "torch", "onnx" or "hf" forces one) behind a new scheduler, loaded in a
     thread that has ended when this returns. :class:`ClientError` when it cannot be loaded."""
     out: list[LocalClient] = []
     failure: list[BaseException] = []
@@ -221,20 +221,11 @@ def open_local(path: str | Path, *, device: str = "cpu", runtime: str | None = N
 
 def _load(path: Path, device: str, runtime: str | None, max_batch: int, max_queue: int, metrics: Any,
           name: str | None) -> LocalClient:
-    from smallcode.runtime.onnx import is_onnx_export
-
-    if runtime is None and not is_onnx_export(path):
-        from smallcode.model.checkpoint import model_directory_kind
-
-        if model_directory_kind(path) == "huggingface":
-            from smallcode.runtime.hf import open_hf
-
-            scheduler, fmt = open_hf(path, device=device, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-            return LocalClient(scheduler, fmt, name=name or f"hf:{path}")
-    from smallcode.runtime.formats import prompt_format
-    from smallcode.runtime.load import open_engine
+    from smallcode.runtime.load import open_engine, runtime_of
     from smallcode.runtime.scheduler import Scheduler
 
+    runtime = runtime or runtime_of(path)
     engine = open_engine(path, device=device, runtime=runtime)  # type: ignore[arg-type]
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    return LocalClient(scheduler, prompt_format(engine.tokenizer), name=name or f"smallcode:{path}")
+    prefix = {"torch": "smallcode", "onnx": "onnx", "hf": "hf"}[runtime]
+    return LocalClient(scheduler, engine.prompt_format, name=name or f"{prefix}:{path}")

@@ -17,7 +17,7 @@ FastAPI's 422), an unknown route, and an unexpected failure (500). With an API k
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,10 +35,18 @@ from smallcode.serve.service import APIError, Limits, Service
 __all__ = ["Limits", "create_app"]
 
 
+FAMILIES = {"openai": openai, "mistral": mistral, "llama.cpp": llamacpp}
+"""The API families, each a module with its ``router``."""
+
+
 def create_app(scheduler: Scheduler | None, prompt_format: PromptFormat | None, *, model_name: str = "smallcode",
                api_key: str | None = None, limits: Limits | None = None,
-               registry: CollectorRegistry | None = None) -> FastAPI:
+               registry: CollectorRegistry | None = None,
+               families: Collection[str] = FAMILIES) -> FastAPI:
     """The server around ``scheduler`` and ``prompt_format`` (None while loading: see ``Service.attach``).
+
+    ``families``: the API families whose routes it answers (names of ``FAMILIES``); a server
+    without ``llama.cpp`` answers ``/infill`` with 404, as an OpenAI-only server would.
 
     ``registry``: the prometheus ``CollectorRegistry`` that ``/metrics`` shows (default: the
     scheduler's metrics' registry).
@@ -56,8 +64,12 @@ def create_app(scheduler: Scheduler | None, prompt_format: PromptFormat | None, 
     app.add_exception_handler(Exception, _crash)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
-    for family in (openai, mistral, llamacpp):
-        app.include_router(family.router)
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown API families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+    for name, family in FAMILIES.items():
+        if name in families:
+            app.include_router(family.router)
     return app
 
 
