@@ -1,8 +1,8 @@
 """``smallcode serve CKPT``: the completion server (OpenAI API and llama.cpp's ``/infill``) on a local model.
 
-CKPT (or ``--model PATH``) is a smallcode checkpoint or an ONNX export (``runtime.load.open_engine``:
-the engine behind the continuous-batching ``runtime.scheduler.Scheduler``) or a Hugging Face model
-directory (``runtime.hf.open_hf``: transformers behind the same scheduler interface). The server
+CKPT (or ``--model PATH``) is a smallcode checkpoint, an ONNX export or a Hugging Face model directory,
+opened by ``runtime.load.open_engine`` and served by the continuous-batching
+``runtime.scheduler.Scheduler`` whatever its kind (a transformers model one request at a time). The server
 listens at once and ``/health`` says ``loading`` until the model is ready. Binding anything but a loopback address
 without an API key prints a warning: anyone who can reach the port can use the model.
 """
@@ -35,24 +35,14 @@ def is_loopback(host: str) -> bool:
 
 def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int,
          registry: CollectorRegistry) -> tuple[Scheduler, PromptFormat]:
-    """The scheduler and the prompt format for the model in ``checkpoint``: a smallcode checkpoint or an
-    ONNX export (the engine behind the batching scheduler), or a Hugging Face directory."""
-    from smallcode.backends.choose import backend_kind
-    from smallcode.runtime.metrics import Metrics
-
-    metrics = Metrics(registry)
-    kind = backend_kind(checkpoint)
-    if kind == "huggingface":
-        from smallcode.runtime.hf import open_hf
-
-        return open_hf(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    from smallcode.runtime.formats import prompt_format
+    """The scheduler and the prompt format for the model in ``checkpoint`` (any kind ``open_engine`` opens)."""
     from smallcode.runtime.load import open_engine
+    from smallcode.runtime.metrics import Metrics
     from smallcode.runtime.scheduler import Scheduler
 
-    engine = open_engine(checkpoint, device=device)  # a checkpoint or an ONNX export
-    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    return scheduler, prompt_format(engine.tokenizer)
+    engine = open_engine(checkpoint, device=device)
+    scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=Metrics(registry))
+    return scheduler, engine.prompt_format
 
 
 _MODEL_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -77,8 +67,9 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from smallcode.backends.choose import BackendError, backend_kind
-    from smallcode.model.checkpoint import CheckpointError
+    from smallcode.errors import UserError
+    from smallcode.model.checkpoint import model_directory_kind
+    from smallcode.runtime.load import runtime_of
     from smallcode.serve.app import create_app
 
     if (checkpoint is None) == (model_dir is None):
@@ -88,10 +79,8 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     if not api_key and not is_loopback(host):
         click.echo(f"warning: serving on {host} without an API key: anyone who can reach this port can use "
                    "the model (set --api-key or SMALLCODE_API_KEY)", err=True)
-    try:  # a directory that is neither kind fails here, before the server starts
-        backend_kind(checkpoint)
-    except BackendError as e:
-        raise click.ClickException(str(e)) from e
+    if runtime_of(checkpoint) == "torch":  # a directory that is no model at all fails here, before the server starts
+        model_directory_kind(checkpoint)
     registry = CollectorRegistry()
     app = create_app(None, None, model_name=model_name or checkpoint.resolve().name, api_key=api_key,
                      registry=registry)
@@ -117,6 +106,6 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
             scheduler.close()
     if failure:
         error = failure[0]
-        if isinstance(error, ValueError | OSError | CheckpointError):  # the files, not the code: say so in one line
+        if isinstance(error, UserError | OSError):  # the files, not the code: say so in one line
             raise click.ClickException(f"cannot serve {checkpoint}: {error}") from error
         raise error
