@@ -42,7 +42,7 @@ def test_jsonl_errors_name_file_and_line(tmp_path: Path) -> None:
     docs = list(iter_raw_documents([f]))
     assert [(str(d.source), d.data) for d in docs] == [(f"{f}:1", b"a"), (f"{f}:3", b"b")]
     for bad, message in [
-        ("{oops", r"d.jsonl:2: not a JSON object"),
+        ("{oops", r"d.jsonl:2: not valid JSON"),
         ('{"title": "x"}', r"d.jsonl:2: no string field"),
     ]:
         f.write_text(json.dumps({"text": "a"}) + "\n" + bad + "\n")
