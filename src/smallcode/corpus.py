@@ -2,18 +2,24 @@
 
 A corpus spec is a directory (walked recursively for files with the wanted extensions), a glob
 pattern, a single source file, or a ``.jsonl`` file whose lines are JSON objects holding one
-document each. With no spec, the embedded corpus is used: the running interpreter's own
-standard-library sources (``site-packages`` excluded), which every machine has, minus the modules
-the ``repo`` evaluation suite takes its problems from (held out, so that suite is never scored on
-text the model trained on). Explicit specs are taken as given: nothing is held out of them.
+document each (read under :mod:`smallcode.fileio`'s JSONL policy). With no spec, the embedded
+corpus is used: the running interpreter's own standard-library sources (``site-packages``
+excluded), which every machine has, minus the modules the ``repo`` evaluation suite takes its
+problems from (held out, so that suite is never scored on text the model trained on). Explicit specs
+are taken as given: nothing is held out of them.
+
+Every directory is walked by one walker, :func:`python_files`. The standard library's library code,
+which the ``repo`` suite is mined from, is :func:`stdlib_modules`: the same walk less the
+directories that are not library code, its files named by the same :func:`module_name`, so what the
+suite is made of and what training holds out cannot drift apart.
 
 Reading is strict: a file that cannot be read or vanished since discovery raises
 :class:`DataError` naming it; it is never skipped silently. Deciding whether a readable file is
 *wanted* (binary, non-UTF-8, generated, oversized, contaminated) is the data pipeline's job.
 
-A leaf: the tokenizer and the data pipeline both build on this module, and it imports neither of
-them; the held-out module names come from :mod:`smallcode.tasks` (see
-:func:`default_held_out_modules`).
+The tokenizer, the data pipeline, the miner and the demo build on this module, and it imports none
+of them (only ``smallcode.errors`` and ``smallcode.fileio``); the held-out module names come from
+:mod:`smallcode.tasks` (see :func:`default_held_out_modules`), a leaf itself.
 """
 
 from __future__ import annotations
