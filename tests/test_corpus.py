@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 import smallcode
-from smallcode.corpus import DataError, default_corpus, discover, iter_raw_documents
+from smallcode.corpus import (
+    DataError,
+    default_corpus,
+    discover,
+    iter_raw_documents,
+    module_name,
+    python_files,
+    python_modules,
+    stdlib_modules,
+    stdlib_root,
+)
 
 
 def test_walk_skips_caches_and_installed_packages(tmp_path: Path) -> None:
@@ -42,12 +52,36 @@ def test_jsonl_errors_name_file_and_line(tmp_path: Path) -> None:
     docs = list(iter_raw_documents([f]))
     assert [(str(d.source), d.data) for d in docs] == [(f"{f}:1", b"a"), (f"{f}:3", b"b")]
     for bad, message in [
-        ("{oops", r"d.jsonl:2: not a JSON object"),
+        ("{oops", r"d.jsonl:2: not valid JSON"),
         ('{"title": "x"}', r"d.jsonl:2: no string field"),
     ]:
         f.write_text(json.dumps({"text": "a"}) + "\n" + bad + "\n")
         with pytest.raises(DataError, match=message):
             list(iter_raw_documents([f]))
+
+
+def test_the_one_walker_skips_hidden_and_refused_directories_and_names_modules(tmp_path: Path) -> None:
+    for rel in ["pkg/__init__.py", "pkg/a.py", "pkg/tests/t.py", ".tox/x.py", "node_modules/y.py", "top.py"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    every = [tmp_path / "pkg" / "__init__.py", tmp_path / "pkg" / "a.py", tmp_path / "pkg" / "tests" / "t.py",
+             tmp_path / "top.py"]
+    assert python_files(tmp_path) == every
+    assert python_files(tmp_path, skip_dir=lambda name: name == "tests") == [*every[:2], every[3]]
+    assert [m for m, _ in python_modules(tmp_path)] == ["pkg", "pkg.a", "pkg.tests.t", "top"]
+    assert module_name(tmp_path / "pkg", tmp_path / "pkg" / "__init__.py", "pkg.") == "pkg"
+
+
+def test_the_repo_suite_and_what_training_holds_out_come_from_one_walk() -> None:
+    from smallcode.tasks import repo_modules
+
+    modules = repo_modules()
+    mined_from = {path: m for m, path in stdlib_modules() if m in modules}
+    assert set(mined_from.values()) == modules  # the walker finds every module of the pinned suite
+    assert discover(None).held_out == mined_from  # and the embedded corpus leaves out exactly those files
+    library = {path for _, path in stdlib_modules()}
+    assert library <= set(python_files(stdlib_root()))
+    assert not any(path.relative_to(stdlib_root()).parts[0] in ("test", "idlelib") for path in library)
 
 
 # A set of held-out modules given explicitly (the default comes from smallcode.tasks): a plain

@@ -1,4 +1,5 @@
-"""Atomic writes: content, permissions, no temporaries left, the old file or directory kept on failure."""
+"""Atomic writes: content, permissions, no temporaries left, the old file or directory kept on failure;
+the one JSONL policy of read_jsonl and JsonlLog."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from pathlib import Path
 import pytest
 
 import smallcode.fileio as fileio
-from smallcode.fileio import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from smallcode.errors import UserError
+from smallcode.fileio import (
+    JsonlError,
+    JsonlLog,
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    numbered_jsonl,
+    read_jsonl,
+)
 
 
 def _mode(path: Path) -> int:
@@ -120,3 +131,58 @@ def test_atomic_dir_puts_the_old_directory_back_if_the_new_one_cannot_take_its_p
         (tmp / "a").write_text("new")
     assert (target / "a").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ---- JSONL ----------------------------------------------------------------------------------------
+def test_jsonl_skips_blank_lines_and_numbers_rows_by_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n   \n{"a": "\u00e9"}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"a": "é"}]
+    assert numbered_jsonl(path) == [(1, {"a": 1}), (4, {"a": "é"})]
+    assert numbered_jsonl("elsewhere.jsonl", b'{"b": 2}') == [(1, {"b": 2})]  # bytes in memory, named
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(tmp_path / "absent.jsonl")
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    ('{"a": ', "not valid JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ("\xff\xfe", "not valid JSON"),
+])
+def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: Path, line: str, reason: str) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n' + line.encode("latin-1") + b'\n{"a": 2}\n')
+    for read in (read_jsonl, JsonlLog):
+        with pytest.raises(JsonlError) as err:
+            read(path)
+        assert str(err.value).startswith(f"{path}:3: ") and reason in str(err.value)
+        assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
+    assert path.read_bytes().endswith(b'{"a": 2}\n')  # nothing cut from a file with a bad middle line
+
+
+def test_a_bad_last_line_with_its_newline_is_not_a_torn_write(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(JsonlError, match=":2: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_a_torn_last_line_is_dropped_and_cut_when_appending(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b')  # a crash mid-append
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert path.read_text().endswith('"b')  # reading never changes the file
+    with JsonlLog(path) as log:
+        assert log.rows == [{"a": 1}, {"a": 2}]
+        log.append({"a": 3})
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n{"a": 3}\n'
+    assert JsonlLog(path).rows == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_a_complete_last_row_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    with JsonlLog(path) as log:
+        log.append({"a": 3})
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]

@@ -2,40 +2,55 @@
 
 A corpus spec is a directory (walked recursively for files with the wanted extensions), a glob
 pattern, a single source file, or a ``.jsonl`` file whose lines are JSON objects holding one
-document each. With no spec, the embedded corpus is used: the running interpreter's own
-standard-library sources (``site-packages`` excluded), which every machine has, minus the modules
-the ``repo`` evaluation suite takes its problems from (held out, so that suite is never scored on
-text the model trained on). Explicit specs are taken as given: nothing is held out of them.
+document each (read under :mod:`smallcode.fileio`'s JSONL policy). With no spec, the embedded
+corpus is used: the running interpreter's own standard-library sources (``site-packages``
+excluded), which every machine has, minus the modules the ``repo`` evaluation suite takes its
+problems from (held out, so that suite is never scored on text the model trained on). Explicit specs
+are taken as given: nothing is held out of them.
+
+Every directory is walked by one walker, :func:`python_files`. The standard library's library code,
+which the ``repo`` suite is mined from, is :func:`stdlib_modules`: the same walk less the
+directories that are not library code, its files named by the same :func:`module_name`, so what the
+suite is made of and what training holds out cannot drift apart.
 
 Reading is strict: a file that cannot be read or vanished since discovery raises
 :class:`DataError` naming it; it is never skipped silently. Deciding whether a readable file is
 *wanted* (binary, non-UTF-8, generated, oversized, contaminated) is the data pipeline's job.
 
-A leaf: the tokenizer and the data pipeline both build on this module, and it imports neither of
-them; the held-out module names come from :mod:`smallcode.tasks` (see
-:func:`default_held_out_modules`).
+The tokenizer, the data pipeline, the miner and the demo build on this module, and it imports none
+of them (only ``smallcode.errors`` and ``smallcode.fileio``); the held-out module names come from
+:mod:`smallcode.tasks` (see :func:`default_held_out_modules`), a leaf itself.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import sysconfig
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Directories never entered when walking a corpus directory: caches, VCS data, installed
-# third-party packages (which are somebody else's corpus, and our held-out set).
+from smallcode.errors import UserError
+from smallcode.fileio import JsonlError, numbered_jsonl
+
+# Directories never entered when walking a corpus directory (nor any hidden one): caches, VCS data,
+# installed third-party packages (which are somebody else's corpus, and our held-out set).
 SKIP_DIRS = frozenset(
     {"__pycache__", ".git", ".hg", ".svn", ".venv", "venv", "node_modules", "site-packages", "dist-packages"}
 )
+STDLIB_NOT_LIBRARY_DIRS = frozenset(
+    {"test", "tests", "idlelib", "turtledemo", "tkinter", "lib2to3", "ensurepip", "pydoc_data"}
+)
+"""Standard-library directories (besides ``config-*``) that are not library code or need a display or
+a network: the ``repo`` suite's problems never come from them. The embedded corpus keeps them."""
+STDLIB_NOT_LIBRARY_MODULES = frozenset({"antigravity", "this", "turtle", "__phello__", "__hello__"})
+"""Top-level standard-library modules (and packages) that are jokes, demos or need a display."""
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".py",)
 JSONL_TEXT_FIELDS: tuple[str, ...] = ("text", "content", "code")
 EMBEDDED_LABEL = "<embedded: standard library>"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad corpus or shard input; the message names the file (and line or field)."""
 
 
@@ -66,9 +81,61 @@ class Discovery:
     held_out: dict[Path, str] = field(default_factory=dict)
 
 
+def stdlib_root() -> Path:
+    """The standard-library source directory of the running interpreter."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def default_corpus() -> list[Path]:
     """The embedded corpus: the standard-library source directory of the running interpreter."""
-    return [Path(sysconfig.get_paths()["stdlib"])]
+    return [stdlib_root()]
+
+
+def python_files(
+    root: Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, skip_dir: Callable[[str], bool] | None = None
+) -> list[Path]:
+    """THE walker: every file under ``root`` with one of ``extensions``, in sorted path order.
+
+    Never enters ``SKIP_DIRS``, a hidden directory, a symlinked one, or one whose name ``skip_dir``
+    refuses. The embedded corpus, the ``repo`` suite's miner (:func:`stdlib_modules`) and the demo all
+    walk with it, so what the suite is mined from and what training holds out name the same files.
+    """
+    found: list[Path] = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.is_symlink():
+            if p.name not in SKIP_DIRS and not p.name.startswith(".") and not (skip_dir and skip_dir(p.name)):
+                found += python_files(p, extensions, skip_dir)
+        elif p.is_file() and p.suffix in extensions:
+            found.append(p)
+    return found
+
+
+def module_name(root: Path, path: Path, prefix: str = "") -> str:
+    """The dotted module name of the source file ``path`` below ``root`` (``a/b/__init__.py`` is ``a.b``),
+    after ``prefix`` (``"pkg."`` when ``root`` is itself package ``pkg``)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return prefix + ".".join(parts) if parts else prefix.rstrip(".")
+
+
+def python_modules(
+    root: Path, prefix: str = "", skip_dir: Callable[[str], bool] | None = None
+) -> list[tuple[str, Path]]:
+    """(module name, file) of every ``.py`` file :func:`python_files` finds under ``root``."""
+    return [(module_name(root, p, prefix), p) for p in python_files(root, (".py",), skip_dir)]
+
+
+def _not_library(name: str) -> bool:
+    return name in STDLIB_NOT_LIBRARY_DIRS or name.startswith("config-")
+
+
+def stdlib_modules() -> list[tuple[str, Path]]:
+    """(module name, file) of the standard library's own library code: the embedded corpus's walk
+    without ``STDLIB_NOT_LIBRARY_DIRS`` and ``STDLIB_NOT_LIBRARY_MODULES``. What the ``repo`` suite is
+    mined from."""
+    return [(m, p) for m, p in python_modules(stdlib_root(), skip_dir=_not_library)
+            if m.split(".")[0] not in STDLIB_NOT_LIBRARY_MODULES]
 
 
 def default_held_out_modules() -> frozenset[str]:
@@ -81,29 +148,13 @@ def default_held_out_modules() -> frozenset[str]:
     return repo_modules()
 
 
-def module_files(root: Path, module: str) -> list[Path]:
-    """The source file of a dotted module name under ``root``: ``a/b.py``, or ``a/b/__init__.py``.
-
-    Only the module's own file: the submodules of a package are modules of their own. Empty when
-    this interpreter's library has no such pure-Python module.
-    """
-    base = root.joinpath(*module.split("."))
-    candidates = [base.with_name(base.name + ".py"), base / "__init__.py"]
-    return [p for p in candidates if p.is_file()]
-
-
 def held_out_files(root: Path, modules: Set[str]) -> dict[Path, str]:
-    """Every file under ``root`` that one of ``modules`` lives in, mapped to that module's name."""
-    return {path: m for m in sorted(modules) for path in module_files(root, m)}
+    """Every file of the walk of ``root`` that one of ``modules`` lives in, mapped to that module's name.
 
-
-def _walk(root: Path, extensions: Sequence[str]) -> Iterator[Path]:
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and not p.is_symlink():
-            if p.name not in SKIP_DIRS:
-                yield from _walk(p, extensions)
-        elif p.is_file() and (p.suffix in extensions):
-            yield p
+    Only a module's own file (``a/b.py`` or ``a/b/__init__.py``): the submodules of a package are
+    modules of their own. Named by :func:`module_name`, as the miner names the modules it mines.
+    """
+    return {path: m for m, path in python_modules(root) if m in modules}
 
 
 def discover(
@@ -128,14 +179,14 @@ def discover(
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found.update(_walk(path, extensions))
+            found.update(python_files(path, extensions))
         elif path.is_file():
             found.add(path)
         elif any(ch in str(spec) for ch in "*?["):
             matches = [Path(m) for m in glob.glob(str(spec), recursive=True)]
             files = [m for m in matches if m.is_file()]
             for d in (m for m in matches if m.is_dir()):
-                files.extend(_walk(d, extensions))
+                files.extend(python_files(d, extensions))
             if not files:
                 raise DataError(f"corpus glob {spec!r} matches no file")
             found.update(files)
@@ -156,16 +207,11 @@ def read_bytes(path: Path) -> bytes:
 
 
 def _jsonl_documents(path: Path, text_fields: Sequence[str]) -> Iterator[RawDocument]:
-    raw = read_bytes(path)
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    try:
+        rows = numbered_jsonl(path, read_bytes(path))
+    except JsonlError as e:
+        raise DataError(str(e)) from e
+    for lineno, obj in rows:
         field = next((f for f in text_fields if f in obj), None)
         if field is None or not isinstance(obj[field], str):
             raise DataError(f"{path}:{lineno}: no string field among {list(text_fields)}")

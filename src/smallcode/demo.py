@@ -1,95 +1,95 @@
 """A minutes-long end-to-end check of the model on this machine: train briefly, checkpoint, reload.
 
-Builds a model from a preset, trains it for a few hundred AdamW steps on the embedded corpus (the
-running interpreter's standard-library sources) read as bytes, reports held-out loss before and
-after, writes a checkpoint and checks that it loads back bit-exact. It does not train a tokenizer
-or follow the training recipe (``smallcode.train.recipe`` does both).
+Reads the first few megabytes of the embedded corpus (the running interpreter's standard-library
+sources, as :func:`smallcode.corpus.discover` finds them, the ``repo`` suite's modules held out),
+gives it a byte-level tokenizer (the special tokens and the 256 bytes, no merges: nothing to wait
+for), tokenizes it into shards with ``smallcode data prepare``'s pipeline, and trains a model from
+a preset for a few hundred steps with the one training loop (:class:`smallcode.train.trainer.Trainer`,
+what every recipe stage runs). It reports held-out loss before and after, copies the final checkpoint
+(weights, config and ``tokenizer.json``, so ``smallcode generate OUT/checkpoint`` runs it) to
+``OUT/checkpoint`` and checks that it loads back bit-exact. It does not follow the training recipe
+(``smallcode.train.recipe`` does).
+
+Under ``out``: ``tokenizer/``, ``shards/``, ``train/`` (the trainer's run directory: metrics,
+``loss.png``), ``checkpoint/`` and ``report.json``; each run starts them afresh.
 """
 
 from __future__ import annotations
 
-import sysconfig
-import time
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from smallcode.fileio import atomic_write_json
-from smallcode.model import ModelConfig, SmallCodeLM
-from smallcode.model.checkpoint import Checkpoint, save_checkpoint
+from smallcode.corpus import discover
+from smallcode.fileio import atomic_dir, atomic_write_json
+
+DEMO_BYTES = 4_000_000
+"""How much of the embedded corpus the demo reads."""
+
+
+def stdlib_files(limit: int) -> list[Path]:
+    """The first files of the embedded corpus, in sorted path order, until they hold ``limit`` bytes."""
+    files, total = [], 0
+    for path in discover(None).files:
+        files.append(path)
+        total += path.stat().st_size
+        if total >= limit:
+            break
+    return files
 
 
 def stdlib_bytes(limit: int) -> np.ndarray:
-    """Up to ``limit`` bytes of the standard library's .py files, in sorted path order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    chunks, total = [], 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts:
-            continue
-        data = path.read_bytes()
-        chunks.append(data)
-        total += len(data)
-        if total >= limit:
-            break
-    return np.frombuffer(b"".join(chunks)[:limit], dtype=np.uint8)
+    """Up to ``limit`` bytes of the files :func:`stdlib_files` chooses, concatenated."""
+    data = b"".join(p.read_bytes() for p in stdlib_files(limit))
+    return np.frombuffer(data[:limit], dtype=np.uint8)
 
 
 def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, seq_len: int = 256,
              lr: float = 3e-3, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    config = ModelConfig.preset(preset)
-    model = SmallCodeLM(config)
-    data = torch.from_numpy(stdlib_bytes(4_000_000).astype(np.int64))
-    split = int(len(data) * 0.95)
-    train, val = data[:split], data[split:]
-    gen = torch.Generator().manual_seed(seed)
+    """Train ``preset`` for ``steps`` steps on the demo corpus under ``out``; returns the report."""
+    from smallcode.data import PrepareConfig, prepare
+    from smallcode.model.checkpoint import Checkpoint
+    from smallcode.tokenizer import load_tokenizer, train_tokenizer
+    from smallcode.tokenizer.train import MIN_VOCAB
+    from smallcode.train.config import DataConfig, TrainConfig
+    from smallcode.train.trainer import Trainer
 
-    def batch_from(source: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-        starts = torch.randint(0, len(source) - seq_len - 1, (n,), generator=g)
-        return torch.stack([source[s : s + seq_len + 1] for s in starts.tolist()])
-
-    val_batch = batch_from(val, 16, torch.Generator().manual_seed(seed + 1))
-
-    @torch.no_grad()
-    def val_loss() -> float:
-        model.eval()
-        logits = model(val_batch[:, :-1]).logits
-        model.train()
-        return F.cross_entropy(logits.reshape(-1, config.vocab_size), val_batch[:, 1:].reshape(-1)).item()
-
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    before = val_loss()
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"train {preset}", unit="step")
-    for step in bar:
-        for group in opt.param_groups:  # linear warmup, then cosine to 10%
-            warm = min(1.0, (step + 1) / 20)
-            group["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / steps)))
-        xy = batch_from(train, batch, gen)
-        out_ = model(xy[:, :-1])
-        loss = F.cross_entropy(out_.logits.reshape(-1, config.vocab_size), xy[:, 1:].reshape(-1))
-        (loss + out_.aux_loss(config)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}", balance=f"{out_.balance_loss.item():.3f}")
-    elapsed = time.perf_counter() - t0
-    after = val_loss()
-    ckpt = save_checkpoint(model, out / "checkpoint")
-    reloaded = Checkpoint.open(ckpt).load_model()
-    probe = val_batch[:2, :-1]
+    out = Path(out)
+    files = stdlib_files(DEMO_BYTES)
+    with atomic_dir(out / "tokenizer") as tmp:
+        train_tokenizer(files, MIN_VOCAB, tmp, show_progress=False)
+    tokenizer = load_tokenizer(out / "tokenizer")
+    # The corpus already holds the repo suite out, and the standard library is not a benchmark:
+    # decontamination would only cost time here.
+    prepare(files, tokenizer, out / "shards", PrepareConfig(decontaminate=False), overwrite=True, progress=False)
+    config = TrainConfig(
+        model=preset, model_overrides={"vocab_size": tokenizer.vocab_size},
+        data=DataConfig(kind="shards", path=str(out / "shards"), seq_len=seq_len),
+        steps=steps, batch_size=batch, lr=lr, warmup_steps=min(20, max(1, steps // 10)), seed=seed,
+        eval_every=0, eval_batches=4, save_every=steps, keep_checkpoints=1,
+    )
+    shutil.rmtree(out / "train", ignore_errors=True)  # the demo's own run directory: start afresh
+    trainer = Trainer(config, out / "train")
+    before = trainer.evaluate()
+    result = trainer.run()
+    with atomic_dir(out / "checkpoint") as tmp:
+        shutil.copytree(result.final, tmp, dirs_exist_ok=True)
+    ckpt = out / "checkpoint"
+    reloaded = Checkpoint.open(ckpt).load_model().to(trainer.info.device)
+    probe = next(trainer.source.validation(1))["input_ids"][:2].to(trainer.info.device)
+    model = trainer.model.eval()
     with torch.no_grad():
-        model.eval()
         exact = torch.equal(model(probe).logits, reloaded(probe).logits)
+    model_config = trainer.model.config
     report = {
-        "preset": preset, "steps": steps, "tokens": steps * batch * seq_len,
-        "tokens_per_s": round(steps * batch * seq_len / elapsed, 1),
-        "val_loss_before": round(before, 4), "val_loss_after": round(after, 4),
+        "preset": preset, "steps": steps, "tokens": result.tokens,
+        "tokens_per_s": round(result.tokens / result.wall_s, 1) if result.wall_s else None,
+        "val_loss_before": round(before, 4) if before is not None else None,
+        "val_loss_after": round(result.val_loss, 4) if result.val_loss is not None else None,
         "checkpoint": str(ckpt), "reload_bit_exact": exact,
-        "total_params": config.num_params(), "active_params": config.num_active_params(),
+        "total_params": model_config.num_params(), "active_params": model_config.num_active_params(),
     }
     atomic_write_json(out / "report.json", report)
     if not exact:

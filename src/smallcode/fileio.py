@@ -152,9 +152,10 @@ class JsonlError(UserError, ValueError):
     """A JSONL file with a line that is not a JSON object (the message names the file and line)."""
 
 
-def _jsonl_rows(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """The rows of ``data`` and how many of its bytes they cover (less than all: a torn last line)."""
-    rows: list[dict[str, Any]] = []
+def _jsonl_rows(path: Path, data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The (line number, row) pairs of ``data`` and how many of its bytes they cover (less than all:
+    a torn last line)."""
+    rows: list[tuple[int, dict[str, Any]]] = []
     good = 0
     lines = data.split(b"\n")
     for lineno, line in enumerate(lines, start=1):
@@ -167,10 +168,10 @@ def _jsonl_rows(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if last:
                 break
-            raise JsonlError(f"{path}:{lineno}: not a JSON line ({e})") from e
+            raise JsonlError(f"{path}:{lineno}: not valid JSON ({e})") from e
         if not isinstance(row, dict):
             raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+        rows.append((lineno, row))
         good += len(line) + (0 if last else 1)
     return rows, good
 
@@ -178,8 +179,15 @@ def _jsonl_rows(path: Path, data: bytes) -> tuple[list[dict[str, Any]], int]:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The JSON objects of ``path``, one a line, under the module's JSONL policy (a torn last line is
     left out; any other bad line raises ``JsonlError``). ``FileNotFoundError`` when it is missing."""
+    return [row for _, row in numbered_jsonl(path)]
+
+
+def numbered_jsonl(path: str | Path, data: bytes | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """``read_jsonl`` with each object's 1-based line number, for callers whose own checks of a row
+    name its line. ``data``: the file's bytes when they are already in memory (a decompressed copy);
+    ``path`` then only names them in errors."""
     path = Path(path)
-    return _jsonl_rows(path, path.read_bytes())[0]
+    return _jsonl_rows(path, path.read_bytes() if data is None else data)[0]
 
 
 class JsonlLog:
@@ -192,7 +200,8 @@ class JsonlLog:
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():
             data = self.path.read_bytes()
-            self.rows, good = _jsonl_rows(self.path, data)
+            numbered, good = _jsonl_rows(self.path, data)
+            self.rows = [row for _, row in numbered]
             if good < len(data):
                 with open(self.path, "r+b") as f:
                     f.truncate(good)

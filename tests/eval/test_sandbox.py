@@ -11,7 +11,7 @@ import pytest
 from test_sandbox_helpers import require_bwrap
 
 from smallcode.eval.sandbox import Limits, Sandbox, available, resolve_isolation
-from smallcode.eval.values import decode, encode
+from smallcode.tasks.values import decode, encode
 
 
 def test_bwrap_is_installed() -> None:

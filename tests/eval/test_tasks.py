@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallcode.eval import values
 from smallcode.eval.check import compat_program
 from smallcode.eval.sandbox import run_python
-from smallcode.tasks import load_suite
+from smallcode.tasks import load_suite, values
 from smallcode.tasks.evalplus import load_mbppplus
 from smallcode.tasks.mbpp import load_mbpp
 

@@ -19,7 +19,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smallcode.eval.values import DIGEST_OVER, decode, encode, encode_output, same
+from smallcode.tasks.values import DIGEST_OVER, decode, encode, encode_output, same
 
 leaves = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-4, 4) | st.text(max_size=3)
 hashables = st.recursive(
@@ -145,7 +145,7 @@ def test_values_and_payload_import_under_isolated_mode() -> None:
     src = os.path.join(os.path.dirname(__file__), "..", "..", "src")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules)\n"
-        "from smallcode.eval import values\n"
+        "from smallcode.tasks import values\n"
         "from smallcode.eval.sandbox import payload\n"
         "assert callable(payload.serve) and values.same(values.encode(1), values.encode(1))\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"

@@ -7,14 +7,19 @@ import ast
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from smallcode.tasks import DATA_SUITES, DataFileError, load_suite, reference_texts
+from smallcode.tasks import DATA_SUITES, SUITES, DataFileError, load_suite, reference_texts
 from smallcode.tasks.evalplus import load_mbppplus, mbpp_plus_args
+from smallcode.tasks.manifest import load_manifest
 from smallcode.tasks.mbpp import _docstring, load_mbpp, strict_inputs
 from smallcode.tasks.pinned import MBPP_PLUS, PINNED_FILES, parse_jsonl
+from smallcode.tasks.repo import task_sha256
+
+SAME_PYTHON = load_manifest().python.rsplit(".", 1)[0] == f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def test_suite_sizes() -> None:
@@ -46,9 +51,15 @@ def test_unknown_suite_and_missing_dir(tmp_path: Path) -> None:
         load_suite("mbpp+", tmp_path)
     with pytest.raises(ValueError, match="split"):
         load_suite("mbpp:dev", Path("."))
-    # The mined suite is not data: the tasks package sends the caller to the evaluation's loader.
-    with pytest.raises(ValueError, match="load_tasks"):
-        load_suite("repo")
+
+
+@pytest.mark.skipif(not SAME_PYTHON, reason="the pinned repo suite is tied to the Python version that mined it")
+def test_every_listed_suite_loads_the_pinned_repo_suite_included() -> None:
+    assert set(SUITES) == {*DATA_SUITES, "repo"}
+    tasks = load_suite("repo")  # rebuilt here, without the miner or the sandbox
+    manifest = load_manifest()
+    assert [(t.task_id, task_sha256(t)) for t in tasks] == [(e.task_id, e.sha256) for e in manifest.tasks]
+    assert {t.suite for t in tasks} == {"repo"}
 
 
 @pytest.mark.parametrize("suite", DATA_SUITES)
@@ -150,13 +161,13 @@ def test_reference_texts_hold_prompts_solutions_and_tests() -> None:
     assert mbpp[-1].reference in texts and mbpp[-1].test in texts
     assert len(texts) == len(set(texts))  # mbpp is part of mbpp:full: each text once
     assert all(t.strip() for t in texts)
-    with pytest.raises(ValueError, match="repo"):
+    with pytest.raises(ValueError, match="'repo' is not a data suite"):
         reference_texts(["repo"])
 
 
 def test_malformed_lines_are_named() -> None:
     good = json.dumps({"task_id": "a", "x": 1}).encode()
-    with pytest.raises(DataFileError, match=r"f\.jsonl:2: not a JSON record"):
+    with pytest.raises(DataFileError, match=r"f\.jsonl:2: not valid JSON"):
         parse_jsonl(Path("f.jsonl"), good + b"\n{oops\n", ("task_id",), 2)
     with pytest.raises(DataFileError, match=r"f\.jsonl:2: record lacks field\(s\) task_id"):
         parse_jsonl(Path("f.jsonl"), good + b'\n{"x": 2}\n', ("task_id",), 2)

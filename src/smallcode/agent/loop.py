@@ -16,7 +16,6 @@ Not here: the sandbox (``workspace.py``), the model (``models.py``), the benchma
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -29,6 +28,7 @@ from smallcode.agent.actions import FORMAT_HELP, Action, ActionError, apply_edit
 from smallcode.agent.models import ChatModel, ModelError, ScriptedModel
 from smallcode.agent.workspace import DEFAULT_PROTECT, ShellLimits, Workspace, WorkspaceError
 from smallcode.config import Config, ConfigError
+from smallcode.fileio import JsonlLog, read_jsonl
 
 ExitReason = Literal["tests_passed", "submitted", "max_steps", "max_tokens", "max_seconds", "model_error",
                      "stopped"]
@@ -183,8 +183,6 @@ def run_agent(task: str, ws: Workspace, model: ChatModel, cfg: AgentConfig | Non
     ``trajectory``: a JSONL file written turn by turn (a start row, one row per turn, an end row).
     ``stop``: set from elsewhere to end the run before its next turn (``exit_reason`` ``stopped``).
     """
-    from smallcode.fileio import JsonlLog
-
     cfg = cfg or AgentConfig()
     t0 = time.monotonic()
     state = _Run(ws, cfg, test_command, t0)
@@ -250,8 +248,9 @@ def run_agent(task: str, ws: Workspace, model: ChatModel, cfg: AgentConfig | Non
 
 
 def read_trajectory(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A trajectory's start row and its turns; ``ValueError`` for a file that is not one."""
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """A trajectory's start row and its turns; ``ValueError`` (``JsonlError`` for a bad line) for a file
+    that is not one."""
+    rows = read_jsonl(path)
     if not rows or rows[0].get("type") != "start":
         raise ValueError(f"{path}: not an agent trajectory (no start row)")
     return rows[0], [r for r in rows if r.get("type") == "turn"]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_text
 
 # The evaluation sandbox's uid allocator: agent commands get uids no zygote of this process uses.
@@ -51,7 +52,7 @@ CommandStatus = Literal["ok", "failed", "timeout", "output_limit"]
 _BWRAP_NOISE = "bwrap: Only the last --chdir option will take effect\n"
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(UserError, ValueError):
     """A request on the copy that is refused (a path outside it, a protected file); the message says why."""
 
 

@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from smallcode.eval import values
 from smallcode.eval.sandbox import RunResult, Sandbox
+from smallcode.tasks import values
 from smallcode.tasks.base import Task
 
 CheckMode = Literal["strict", "compat"]

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smallcode.eval import values
 from smallcode.eval.check import encoded_inputs, strict_program, strict_timeout
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox
 from smallcode.fileio import atomic_write_bytes
+from smallcode.tasks import values
 from smallcode.tasks.base import Task
 
 REFERENCE_TIMEOUT_FACTOR = 10.0

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from smallcode.corpus import python_files
+from smallcode.errors import UserError
+
 if TYPE_CHECKING:
     from smallcode.model import SmallCodeLM
     from smallcode.tokenizer import CodeTokenizer
@@ -43,8 +46,8 @@ BYTES_PER_PACKAGE = 24_000
 EVAL_CONTEXT = 256
 
 
-class HeldOutError(RuntimeError):
-    """A package of the held-out list is not installed."""
+class HeldOutError(UserError, RuntimeError):
+    """A package of the held-out list is not installed (the message says what to install)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def held_out_set(packages: Sequence[str] | dict[str, str] = tuple(HELD_OUT_PACKA
             versions[pkg] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = "?"
-        files = sorted(root.rglob("*.py"), key=lambda p: hashlib.sha256(p.relative_to(root).as_posix().encode())
+        files = sorted(python_files(root), key=lambda p: hashlib.sha256(p.relative_to(root).as_posix().encode())
                        .hexdigest())
         spent = 0
         for path in files:

@@ -18,7 +18,7 @@ from typing import Any
 
 from smallcode.eval.passk import mean_pass_at_k
 from smallcode.eval.security import summarise
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import atomic_write_text, read_jsonl
 from smallcode.tasks.base import Task
 
 
@@ -196,8 +196,8 @@ def report_dir(out: str | Path) -> dict[str, Any]:
     res = out / "results.jsonl"
     if not res.is_file():
         raise FileNotFoundError(f"{out}: not a run directory (no results.jsonl)")
-    rows = _read_jsonl(res)
-    samples = _read_jsonl(out / "samples.jsonl") if (out / "samples.jsonl").is_file() else None
+    rows = read_jsonl(res)
+    samples = read_jsonl(out / "samples.jsonl") if (out / "samples.jsonl").is_file() else None
     meta = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
     cfg = meta.get("config", {})
     sec_path = out / "security.json"
@@ -213,14 +213,3 @@ def report_dir(out: str | Path) -> dict[str, Any]:
         meta.get("sandbox", ""),
         samples,
     )
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-    return rows

@@ -304,18 +304,18 @@ def load_tasks(
 ) -> list[Task]:
     """Tasks of the named suites: the one place a suite name is turned into tasks.
 
-    The data suites come from :func:`smallcode.tasks.load_suite` (the package's data, or ``data_dir``
-    when given); ``repo`` from :mod:`smallcode.eval.mining`: the tasks of ``repo_file`` (a file written
-    by ``smallcode eval mine``) when given, else the pinned standard-library problems.
+    Every suite comes from :func:`smallcode.tasks.load_suite` (the package's data, or ``data_dir``
+    when given; ``repo``: the pinned standard-library problems), except ``repo`` with a ``repo_file``
+    (a file written by ``smallcode eval mine``), whose tasks :mod:`smallcode.eval.mining` reads.
     """
     from smallcode.tasks import load_suite
 
     tasks: list[Task] = []
     for name in suites:
-        if name == "repo":
-            from smallcode.eval.mining import load_repo_suite
+        if name == "repo" and repo_file:
+            from smallcode.eval.mining import load_mined
 
-            got = load_repo_suite(Path(repo_file) if repo_file else None)
+            got = load_mined(Path(repo_file))
         else:
             got = load_suite(name, Path(data_dir) if data_dir else None)
         tasks.extend(got[:limit] if limit else got)

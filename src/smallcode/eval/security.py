@@ -16,11 +16,13 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from smallcode.errors import UserError
+
 SEVERITIES = ("LOW", "MEDIUM", "HIGH")
 
 
-class SecurityScanError(RuntimeError):
-    pass
+class SecurityScanError(UserError, RuntimeError):
+    """bandit did not run or its report did not parse (is it installed?); the message says which."""
 
 
 def scan(programs: Mapping[str, str], timeout_s: float = 600.0) -> dict[str, str | None]:

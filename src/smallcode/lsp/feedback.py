@@ -7,19 +7,21 @@ in the user's data directory (``$SMALLCODE_DATA_DIR`` when set, else ``platformd
 directory if it is installed, else ``$XDG_DATA_HOME/smallcode`` or ``~/.local/share/smallcode``).
 Nothing is sent anywhere. ``summarize`` turns the log into what ``smallcode stats`` prints.
 
-A line is appended with one ``write`` of a whole line on a file opened for appending, so two
-editors sharing the log do not interleave within a line; a line that does not parse (a crash
-mid-write) is skipped when reading.
+The log is read and appended under :mod:`smallcode.fileio`'s JSONL policy (``read_jsonl`` and
+``JsonlLog``): each event is one ``write`` of a whole line on a file opened for appending, so two
+editors sharing the log do not interleave within a line; a last line torn by a crash mid-write is
+left out when reading and cut before the next append; any other bad line is an error naming it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from smallcode.fileio import JsonlLog, read_jsonl
 
 LOG_NAME = "lsp-feedback.jsonl"
 EVENTS = ("served", "shown", "accepted", "dismissed")
@@ -46,23 +48,18 @@ def append(path: Path, event: dict[str, Any]) -> None:
     if event.get("event") not in EVENTS:
         raise ValueError(f"unknown feedback event {event.get('event')!r}; one of {', '.join(EVENTS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": round(time.time(), 3), **event}, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    with JsonlLog(path) as log:
+        log.append({"time": round(time.time(), 3), **event})
 
 
 def read(path: Path) -> Iterator[dict[str, Any]]:
-    """The events in the log at ``path`` (none if it does not exist), unreadable lines skipped."""
+    """The events in the log at ``path`` (none if it does not exist); rows of an unknown kind (a newer
+    editor's) are left out."""
     if not path.exists():
         return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict) and event.get("event") in EVENTS:
-                yield event
+    for event in read_jsonl(path):
+        if event.get("event") in EVENTS:
+            yield event
 
 
 def nearest_rank(values: list[float], q: float) -> float | None:

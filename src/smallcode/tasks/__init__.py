@@ -8,16 +8,19 @@ one suite by name:
 * ``mbpp``: the standard 500-task test split; ``mbpp:full`` (974), ``mbpp:sanitized`` (427), also
   ``mbpp:test``, ``mbpp:prompt``, ``mbpp:validation``, ``mbpp:train``.
 * ``mbpp+``: MBPP+ (399 tasks of the pre-release snapshot).
+* ``repo``: the 500 pinned standard-library problems (:mod:`smallcode.tasks.repo`), rebuilt from the
+  running interpreter's standard library and checked against the package's manifest.
 
 Their data ship with the package (``data/``, each file pinned by sha256; see ``data/NOTICE``);
 ``data_dir`` is an optional override, a directory laid out like the releases
 (``humanevalplus/``, ``mbpp/``, ``mbppplus/``). Nothing here touches the network
 (:mod:`smallcode.tasks.fetch` downloads the releases on request only).
 
-The ``repo`` suite is mined from the standard library by :mod:`smallcode.eval.mining`, which this
-package must not import (``train`` uses it and never imports ``eval``); an evaluation loads every
-suite, ``repo`` included, with ``smallcode.eval.runner.load_tasks``. Here only its pinned manifest is
-read (:func:`repo_modules`), so that the training corpus can hold those modules out.
+Mining a ``repo`` suite of one's own needs the sandbox, so it lives in :mod:`smallcode.eval.mining`,
+which this package must not import (``train`` uses it and never imports ``eval``); here the pinned
+suite is only rebuilt from source, and its manifest read (:func:`repo_modules`) so that the training
+corpus can hold those modules out. A leaf: besides itself, it imports only ``smallcode.fileio`` and
+``smallcode.errors``.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ DATA_SUITES: tuple[str, ...] = (
     "mbpp:train",
     "mbpp+",
 )
-"""Suites whose data ship with the package, loaded by :func:`load_suite`."""
+"""Suites whose data ship with the package."""
 SUITES: tuple[str, ...] = (*DATA_SUITES, "repo")
-"""Every suite name an evaluation accepts."""
+"""Every suite name :func:`load_suite` (and so an evaluation) accepts."""
 
 __all__ = ["DATA_SUITES", "SUITES", "DataFileError", "Task", "load_suite", "reference_texts", "repo_modules"]
 
@@ -71,10 +74,9 @@ def load_suite(name: str, data_dir: Path | None = None) -> list[Task]:
 
         return load_mbppplus(data_dir)
     if name == "repo":
-        raise ValueError(
-            "suite 'repo' is mined from the standard library: load it with "
-            "smallcode.eval.runner.load_tasks(['repo'], ...) (or smallcode.eval.mining)"
-        )
+        from smallcode.tasks.repo import load_pinned_stdlib
+
+        return load_pinned_stdlib()  # built from this interpreter's stdlib: data_dir does not apply
     raise ValueError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
 
 
@@ -83,10 +85,13 @@ def reference_texts(suites: Sequence[str], data_dir: Path | None = None) -> dict
     labelled ``"<task_id>:<prompt|reference|test>"`` (the first task that has a text names it).
 
     What a training corpus is decontaminated against: a document sharing a long n-gram with one of
-    these texts has seen the benchmark, and the label says which task.
+    these texts has seen the benchmark, and the label says which task. Not ``repo``: its problems are
+    whole standard-library modules, held out of the embedded corpus by module instead.
     """
     texts: dict[str, str] = {}
     for name in suites:
+        if name not in DATA_SUITES:
+            raise ValueError(f"reference_texts: {name!r} is not a data suite; choose from {', '.join(DATA_SUITES)}")
         for task in load_suite(name, data_dir):
             for part in ("prompt", "reference", "test"):
                 text = getattr(task, part)

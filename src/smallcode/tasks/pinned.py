@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from smallcode.errors import UserError
+from smallcode.fileio import JsonlError, numbered_jsonl
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 """Where the package keeps the suites' data (gzip files), the repo manifest and their NOTICE."""
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError, ValueError):
     """A suite data file that is missing, altered or malformed; the message names the file (and line)."""
 
 
@@ -127,17 +129,14 @@ def pinned_bytes(pinned: PinnedFile, data_dir: Path | None = None) -> tuple[Path
 
 
 def parse_jsonl(path: Path, data: bytes, required: tuple[str, ...], expected_records: int) -> list[dict]:
-    """Parse JSON Lines bytes into dicts, naming ``path`` and the 1-based line of any bad record."""
+    """Parse JSON Lines bytes into dicts (:func:`smallcode.fileio.numbered_jsonl`), naming ``path`` and
+    the 1-based line of any bad record."""
     records: list[dict] = []
-    for lineno, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataFileError(f"{path}:{lineno}: not a JSON record ({e})") from e
-        if not isinstance(rec, dict):
-            raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    try:
+        rows = numbered_jsonl(path, data)
+    except JsonlError as e:
+        raise DataFileError(str(e)) from e
+    for lineno, rec in rows:
         missing = [k for k in required if k not in rec]
         if missing:
             raise DataFileError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}")

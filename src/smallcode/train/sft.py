@@ -55,7 +55,7 @@ import torch
 
 from smallcode.data.loader import BatchSchedule
 from smallcode.errors import UserError
-from smallcode.fileio import atomic_write_text
+from smallcode.fileio import JsonlError, atomic_write_text, numbered_jsonl
 from smallcode.tokenizer import CodeTokenizer, check_messages
 
 IGNORE_INDEX = -100
@@ -90,20 +90,14 @@ def check_example(obj: Any, where: str) -> dict:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Examples from a JSONL file; blank lines are skipped, anything else malformed is an error."""
+    """Examples from a JSONL file, read under :mod:`smallcode.fileio`'s JSONL policy; an example that
+    is malformed is an ``SFTDataError`` naming its file and line."""
     path = Path(path)
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SFTDataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-            examples.append(check_example(obj, where))
-    return examples
+    try:
+        rows = numbered_jsonl(path)
+    except JsonlError as e:
+        raise SFTDataError(str(e)) from e
+    return [check_example(obj, f"{path}:{lineno}") for lineno, obj in rows]
 
 
 def write_jsonl(examples: Sequence[dict], path: str | Path) -> Path:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from smallcode.config import ConfigError
 from smallcode.errors import UserError
-from smallcode.fileio import atomic_write_json, atomic_write_text
+from smallcode.fileio import JsonlLog, atomic_write_json, atomic_write_text, read_jsonl
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.train.checkpoint import latest_checkpoint, load_train_state, save_train_checkpoint, saved_train_config
@@ -377,14 +377,9 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= start:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a kill
-        atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+        # A line cut short by a kill is the torn last line read_jsonl leaves out.
+        keep = [row for row in read_jsonl(path) if "step" in row and row["step"] <= start]
+        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in keep))
 
     def _open_loggers(self) -> list[Any]:
         loggers: list[Any] = [_JsonlLogger(self.run_dir / "metrics.jsonl")]
@@ -431,14 +426,13 @@ def _yaml(data: dict) -> str:
 
 class _JsonlLogger:
     def __init__(self, path: Path) -> None:
-        self.file = open(path, "a")  # noqa: SIM115 (kept open for the run)
+        self.log_file = JsonlLog(path)
 
     def log(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self.log_file.append(record)
 
     def close(self) -> None:
-        self.file.close()
+        self.log_file.close()
 
 
 class _TensorBoardLogger:
@@ -467,11 +461,8 @@ class _WandbLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
+    """The rows of a run's ``metrics.jsonl`` (none when it does not exist yet)."""
+    return read_jsonl(path) if path.exists() else []
 
 
 def plot_metrics(metrics: Path, png: Path, title: str = "") -> Path:

@@ -1,22 +1,16 @@
-"""Repository problems: function-completion tasks mined from local Python code, and the pinned ``repo`` suite.
+"""Mining repository problems: function-completion tasks from local Python code, checked in the sandbox.
 
 ``repo.py`` finds candidates (functions that a doctest or, for the standard library, CPython's own
-unit tests exercise), keeps those the harness passes with the original body and fails with trivially
-wrong ones, writes and reads mined task files, and rebuilds the pinned 500 standard-library problems
-listed in the package's manifest (:mod:`smallcode.tasks.manifest`). ``repo_tests.py`` traces the unit
-tests. The evaluation loads the suite through :func:`load_repo_suite`; ``smallcode eval mine`` calls
-:func:`mine_repo`. The other suites (HumanEval, MBPP, EvalPlus) are data, in :mod:`smallcode.tasks`.
+unit tests exercise; :mod:`smallcode.tasks.repo` builds each into a task), keeps those the harness
+passes with the original body and fails with trivially wrong ones, writes and reads mined task files
+and pins mined tasks as the ``repo`` suite's manifest. ``repo_tests.py`` traces the unit tests.
+``smallcode eval mine`` calls :func:`mine_repo`. The pinned suite itself is rebuilt without the
+sandbox by :func:`smallcode.tasks.repo.load_pinned_stdlib` (``load_suite("repo")``).
 """
 
 from __future__ import annotations
 
-from smallcode.eval.mining.repo import (
-    load_mined,
-    load_pinned_stdlib,
-    load_repo_suite,
-    mine_repo,
-    task_sha256,
-    write_manifest,
-)
+from smallcode.eval.mining.repo import load_mined, mine_repo, write_manifest
+from smallcode.tasks.repo import load_pinned_stdlib, task_sha256
 
-__all__ = ["load_mined", "load_pinned_stdlib", "load_repo_suite", "mine_repo", "task_sha256", "write_manifest"]
+__all__ = ["load_mined", "load_pinned_stdlib", "mine_repo", "task_sha256", "write_manifest"]

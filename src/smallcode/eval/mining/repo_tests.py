@@ -24,13 +24,13 @@ import ast
 import json
 import os
 import sys
-import sysconfig
 import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from smallcode.corpus import stdlib_root
 from smallcode.eval.sandbox import run_python
 
 # Test modules of the standard library whose subjects are pure-Python, deterministic and need no
@@ -165,7 +165,7 @@ class TracedTest:
 
 def trace_tests(test_module: str, timeout_s: float = 120.0) -> list[TracedTest]:
     """Run one test module with call tracing; its quick passing tests and what they called."""
-    root = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    root = os.path.realpath(stdlib_root())
     with tempfile.TemporaryDirectory(prefix="smallcode-trace-") as tmp:
         out = os.path.join(tmp, "trace.json")
         run = run_python(_TRACER % {"max_s": _MAX_TEST_SECONDS}, timeout=timeout_s, args=(root, out, test_module))

@@ -3,7 +3,7 @@ bring back what they produced. Also the one way to run *trusted* Python without 
 
 A :class:`Sandbox` starts one long-lived zygote (``payload.py``) inside an isolation layer
 (``isolation.py``) and keeps it for many programs; :meth:`Sandbox.run` sends one program and returns
-a :class:`RunResult`. The payload's source and that of :mod:`smallcode.eval.values` travel on the
+a :class:`RunResult`. The payload's source and that of :mod:`smallcode.tasks.values` travel on the
 command line (the checkout is not visible inside bwrap), so the sandbox needs only the interpreter.
 
 What it defends against: runaway CPU (also with SIGALRM/SIGXCPU ignored: the wall deadline and
@@ -40,8 +40,8 @@ RunMode = Literal["exec", "call"]
 Status = Literal["ok", "exception", "timeout", "memory", "crashed", "sandbox"]
 
 # Modules shipped into the sandbox, in import order: each is standard library only.
-_SHIPPED = ("smallcode.eval.values", "smallcode.eval.sandbox.payload")
-_PACKAGES = ("smallcode", "smallcode.eval", "smallcode.eval.sandbox")
+_SHIPPED = ("smallcode.tasks.values", "smallcode.eval.sandbox.payload")
+_PACKAGES = ("smallcode", "smallcode.tasks", "smallcode.eval", "smallcode.eval.sandbox")
 
 # Runs under ``python -I -S -B -c``: registers the shipped sources under their package names (with
 # empty parent packages, so nothing else of smallcode is importable) and hands over to the payload.
@@ -94,7 +94,7 @@ class RunResult:
     failed."""
     error: str = ""
     outputs: list[Any] | None = None
-    """``call`` mode: the wire encodings of the return values (see ``smallcode.eval.values``)."""
+    """``call`` mode: the wire encodings of the return values (see ``smallcode.tasks.values``)."""
     output: str = ""
     """Captured stdout+stderr (:func:`run_python`: stderr), up to a cap; never used for a verdict."""
     duration_s: float = 0.0
@@ -217,9 +217,9 @@ class Sandbox:
 
         ``exec``: execute it; ``ok`` means it finished without raising. ``call``: execute it, then
         call ``entry_point(*args)`` for each encoded argument tuple in ``inputs`` (see
-        :func:`smallcode.eval.values.encode`); ``outputs`` holds one encoded return value (or
+        :func:`smallcode.tasks.values.encode`); ``outputs`` holds one encoded return value (or
         ``["raise", type, msg]``) per input; very large outputs come back as digests (see
-        :func:`smallcode.eval.values.encode_output`). Inputs reach the child; nothing else of the
+        :func:`smallcode.tasks.values.encode_output`). Inputs reach the child; nothing else of the
         caller's does. ``timeout_s``/``memory_mb`` override the sandbox's limits for this run.
         """
         if self._proc is None or self._proc.poll() is not None:

@@ -15,7 +15,7 @@ or /proc/PID/mem from its children) and, under root, runs as a different uid fro
 they cannot signal it either.
 
 In ``call`` mode the child calls the entry point on each decoded input and sends back wire
-encodings of the results (:mod:`smallcode.eval.values`); the verdict is computed in the harness,
+encodings of the results (:mod:`smallcode.tasks.values`); the verdict is computed in the harness,
 never here. This module and ``values`` are standard library only: the harness ships their source
 into the sandbox, where the checkout is not visible, and runs them with ``python -I -S``
 (:func:`serve` is the entry point). Nothing here decides how the process is isolated
@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from smallcode.eval import values
+from smallcode.tasks import values
 
 # Modules the zygote imports before forking, so children need not read the interpreter's files
 # (which an unprivileged uid may not be allowed to) and start faster. All are standard library.
