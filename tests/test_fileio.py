@@ -167,22 +167,24 @@ def test_a_bad_last_line_with_its_newline_is_not_a_torn_write(tmp_path: Path) ->
         read_jsonl(path)
 
 
-def test_a_torn_last_line_is_dropped_and_cut_when_appending(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_rows", [True, False])
+def test_a_torn_last_line_is_dropped_and_cut_when_appending(tmp_path: Path, read_rows: bool) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b')  # a crash mid-append
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert path.read_text().endswith('"b')  # reading never changes the file
-    with JsonlLog(path) as log:
-        assert log.rows == [{"a": 1}, {"a": 2}]
+    with JsonlLog(path, read_rows=read_rows) as log:
+        assert log.rows == ([{"a": 1}, {"a": 2}] if read_rows else [])
         log.append({"a": 3})
     assert path.read_text() == '{"a": 1}\n{"a": 2}\n{"a": 3}\n'
     assert JsonlLog(path).rows == [{"a": 1}, {"a": 2}, {"a": 3}]
 
 
-def test_a_complete_last_row_without_its_newline_is_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_rows", [True, False])
+def test_a_complete_last_row_without_its_newline_is_kept(tmp_path: Path, read_rows: bool) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}')
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
-    with JsonlLog(path) as log:
+    with JsonlLog(path, read_rows=read_rows) as log:
         log.append({"a": 3})
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}, {"a": 3}]

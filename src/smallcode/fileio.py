@@ -190,25 +190,47 @@ def numbered_jsonl(path: str | Path, data: bytes | None = None) -> list[tuple[in
     return _jsonl_rows(path, path.read_bytes() if data is None else data)[0]
 
 
-class JsonlLog:
-    """An append-only JSONL file: the rows already there (``rows``), and ``append``, which writes,
-    flushes and fsyncs each row before returning. Opening it cuts a torn last line off the file.
-    Safe to append from several threads."""
+def _last_line(path: Path) -> tuple[int, bytes]:
+    """Where the file's last line starts and its bytes, when the file does not end with a newline
+    (else its size and nothing); read backwards from the end, so a long log costs one block."""
+    with open(path, "rb") as f:
+        pos = f.seek(0, os.SEEK_END)
+        tail = b""
+        while pos > 0:
+            step = min(1 << 16, pos)
+            pos -= step
+            f.seek(pos)
+            block = f.read(step)
+            newline = block.rfind(b"\n")
+            if newline != -1:
+                return pos + newline + 1, block[newline + 1:] + tail
+            tail = block + tail
+        return 0, tail
 
-    def __init__(self, path: str | Path) -> None:
+
+class JsonlLog:
+    """An append-only JSONL file: the rows already there (``rows``, unless ``read_rows=False``: a log
+    that is only ever added to need not be read), and ``append``, which writes, flushes and fsyncs
+    each row before returning. Opening it cuts a torn last line off the file (and ends a complete last
+    row that lacks its newline). Safe to append from several threads."""
+
+    def __init__(self, path: str | Path, read_rows: bool = True) -> None:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
-            data = self.path.read_bytes()
-            numbered, good = _jsonl_rows(self.path, data)
-            self.rows = [row for _, row in numbered]
-            if good < len(data):
-                with open(self.path, "r+b") as f:
-                    f.truncate(good)
+        if read_rows and self.path.exists():
+            self.rows = read_jsonl(self.path)
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-        if self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n"):
-            self._f.write("\n")  # a complete last row written without its newline
+        start, tail = _last_line(self.path)
+        if tail.strip():
+            try:
+                complete = isinstance(json.loads(tail.decode("utf-8")), dict)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                complete = False
+            if complete:
+                self._f.write("\n")
+            else:  # a torn write: the rows before it are whole
+                self._f.truncate(start)
 
     def append(self, row: dict[str, Any]) -> None:
         line = json.dumps(row, ensure_ascii=False) + "\n"

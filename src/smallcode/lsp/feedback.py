@@ -48,7 +48,7 @@ def append(path: Path, event: dict[str, Any]) -> None:
     if event.get("event") not in EVENTS:
         raise ValueError(f"unknown feedback event {event.get('event')!r}; one of {', '.join(EVENTS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with JsonlLog(path) as log:
+    with JsonlLog(path, read_rows=False) as log:  # only its last line is looked at: the log only grows
         log.append({"time": round(time.time(), 3), **event})
 
 
