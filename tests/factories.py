@@ -9,7 +9,9 @@ fixtures of ``tests/conftest.py`` are it. ``make_model`` builds the tiny random 
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import sysconfig
 import tempfile
 import time
@@ -22,6 +24,7 @@ from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TOKENIZER_CORPUS = [STDLIB / "json"]
 TOKENIZER_VOCAB = 400
 
 
@@ -29,7 +32,8 @@ TOKENIZER_VOCAB = 400
 def tiny_tokenizer_dir() -> Path:
     """A directory holding the shared tokenizer (``tokenizer.json``), trained on first use."""
     out = Path(tempfile.mkdtemp(prefix="smallcode-test-tok-"))
-    train_tokenizer([STDLIB / "json"], TOKENIZER_VOCAB, out, show_progress=False)
+    atexit.register(shutil.rmtree, out, True)
+    train_tokenizer(TOKENIZER_CORPUS, TOKENIZER_VOCAB, out, show_progress=False)
     return out
 
 
