@@ -17,11 +17,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+
+if TYPE_CHECKING:
+    from smallcode.model import SmallCodeLM
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TOKENIZER_CORPUS = [STDLIB / "json"]
@@ -43,6 +44,12 @@ def tiny_tokenizer() -> CodeTokenizer:
 
 def make_model(scale: float = 4.0, **overrides: object) -> SmallCodeLM:
     """The ``tiny`` preset at vocabulary 512, seeded, weights scaled by ``scale`` (peaked logits)."""
+    # Imported here: the model package takes seconds to import, and tests that only want the tokenizer
+    # (the tokenizer and data tests) need not pay for it.
+    import torch
+
+    from smallcode.model import ModelConfig, SmallCodeLM
+
     torch.manual_seed(0)
     model = SmallCodeLM(ModelConfig.preset("tiny", **{"vocab_size": 512, **overrides}))
     with torch.no_grad():
