@@ -9,19 +9,23 @@ fixtures of ``tests/conftest.py`` are it. ``make_model`` builds the tiny random 
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
 
+if TYPE_CHECKING:
+    from smallcode.model import SmallCodeLM
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TOKENIZER_CORPUS = [STDLIB / "json"]
 TOKENIZER_VOCAB = 400
 
 
@@ -29,7 +33,8 @@ TOKENIZER_VOCAB = 400
 def tiny_tokenizer_dir() -> Path:
     """A directory holding the shared tokenizer (``tokenizer.json``), trained on first use."""
     out = Path(tempfile.mkdtemp(prefix="smallcode-test-tok-"))
-    train_tokenizer([STDLIB / "json"], TOKENIZER_VOCAB, out, show_progress=False)
+    atexit.register(shutil.rmtree, out, True)
+    train_tokenizer(TOKENIZER_CORPUS, TOKENIZER_VOCAB, out, show_progress=False)
     return out
 
 
@@ -39,6 +44,12 @@ def tiny_tokenizer() -> CodeTokenizer:
 
 def make_model(scale: float = 4.0, **overrides: object) -> SmallCodeLM:
     """The ``tiny`` preset at vocabulary 512, seeded, weights scaled by ``scale`` (peaked logits)."""
+    # Imported here: the model package takes seconds to import, and tests that only want the tokenizer
+    # (the tokenizer and data tests) need not pay for it.
+    import torch
+
+    from smallcode.model import ModelConfig, SmallCodeLM
+
     torch.manual_seed(0)
     model = SmallCodeLM(ModelConfig.preset("tiny", **{"vocab_size": 512, **overrides}))
     with torch.no_grad():

@@ -1,29 +1,14 @@
-"""A tiny tokenizer and a small synthetic corpus for the data pipeline tests."""
+"""A small synthetic corpus for the data pipeline tests (the tokenizer is the run's shared
+``tiny_tokenizer``)."""
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import pytest
 from data_helpers import make_module  # tests/data/data_helpers.py
 
 from smallcode.data.config import PrepareConfig
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-
-
-@pytest.fixture(scope="session")
-def data_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data_tok")
-    train_tokenizer([STDLIB / "json", STDLIB / "textwrap.py"], 500, out, show_progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def data_tokenizer(data_tokenizer_dir: Path) -> CodeTokenizer:
-    return load_tokenizer(data_tokenizer_dir)
 
 
 @pytest.fixture

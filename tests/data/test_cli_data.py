@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_prepare_verify_and_load(
-    small_corpus: Path, data_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "shards"
-    argv = ["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", str(data_tokenizer_dir), "--out", str(out),
+    argv = ["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", str(tiny_tokenizer_dir), "--out", str(out),
             "--config", str(REPO / "configs" / "data" / "prepare.yaml"), "--set", "workers=1", "--set",
             "val_fraction=0.3", "--quiet"]  # fmt: skip
     assert main(argv) == 0
@@ -31,9 +31,9 @@ def test_prepare_verify_and_load(
 
 
 def test_bad_override_is_a_config_error(
-    small_corpus: Path, data_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", str(data_tokenizer_dir),
+    argv = ["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", str(tiny_tokenizer_dir),
             "--out", str(tmp_path / "o"), "--set", "val_fraction=2"]  # fmt: skip
     assert main(argv) == 2
     assert "val_fraction" in capsys.readouterr().err

@@ -45,17 +45,17 @@ def test_filters_each_reason() -> None:
 
 
 def test_prepare_round_trips_every_kept_document(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, fast_config: PrepareConfig
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer, fast_config: PrepareConfig
 ) -> None:
     out = tmp_path / "shards"
     cfg = fast_config.replace(shard_tokens=3000)
-    summary = prepare([small_corpus], data_tokenizer, out, cfg, progress=False)
+    summary = prepare([small_corpus], tiny_tokenizer, out, cfg, progress=False)
     assert summary["files"] == 30 and summary["kept"] == 30
-    docs = _docs_from_shards(out, data_tokenizer)
+    docs = _docs_from_shards(out, tiny_tokenizer)
     originals = {str(p): p.read_text() for p in small_corpus.rglob("mod*.py")}
     assert {s: t for s, (_, t) in docs.items()} == originals
     index = read_index(out)
-    assert index["dtype"] == "uint16" and index["tokenizer_hash"] == data_tokenizer.hash
+    assert index["dtype"] == "uint16" and index["tokenizer_hash"] == tiny_tokenizer.hash
     assert len(index["splits"]["train"]["shards"]) > 1, "small shard_tokens must give several shards"
     # The split is by content hash, and both splits are used at this fraction.
     for source, (split, _text) in docs.items():
@@ -75,7 +75,7 @@ def test_prepare_round_trips_every_kept_document(
 
 
 def test_drop_reasons_and_duplicates_are_counted(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, fast_config: PrepareConfig
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer, fast_config: PrepareConfig
 ) -> None:
     extra = small_corpus / "extra"
     extra.mkdir()
@@ -88,7 +88,7 @@ def test_drop_reasons_and_duplicates_are_counted(
     near = make_module(5).replace("return math.sqrt(x_0", "return math.hypot(x_0")  # one line changed
     (extra / "near.py").write_text(near)
     (extra / "notes.txt").write_text("not python\n")  # wrong extension: not even discovered
-    summary = prepare([small_corpus], data_tokenizer, tmp_path / "out", fast_config, progress=False)
+    summary = prepare([small_corpus], tiny_tokenizer, tmp_path / "out", fast_config, progress=False)
     assert summary["files"] == 37
     assert {k: v for k, v in summary["dropped"].items() if v} == {
         "binary": 1,
@@ -118,34 +118,34 @@ def test_minhash_estimate_tracks_true_jaccard() -> None:
     assert index.offer("other", minhash_signature(make_module(2), 256, 5)) is None
 
 
-def test_jsonl_corpus_and_split_stability(tmp_path: Path, data_tokenizer: CodeTokenizer) -> None:
+def test_jsonl_corpus_and_split_stability(tmp_path: Path, tiny_tokenizer: CodeTokenizer) -> None:
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps({"content": make_module(i, 5)}) for i in range(40)) + "\n")
     cfg = PrepareConfig(workers=1, val_fraction=0.25, near_dedup=False)
-    s1 = prepare([docs], data_tokenizer, tmp_path / "a", cfg, progress=False)
-    got = _docs_from_shards(tmp_path / "a", data_tokenizer)
+    s1 = prepare([docs], tiny_tokenizer, tmp_path / "a", cfg, progress=False)
+    got = _docs_from_shards(tmp_path / "a", tiny_tokenizer)
     assert {s.rsplit(":", 1)[1] for s in got} == {str(i) for i in range(1, 41)}
     # Adding other documents does not move any existing document to the other split.
     more = tmp_path / "more.jsonl"
     more.write_text("\n".join(json.dumps({"text": make_module(100 + i, 5)}) for i in range(20)) + "\n")
-    s2 = prepare([docs, more], data_tokenizer, tmp_path / "b", cfg, progress=False)
-    got2 = _docs_from_shards(tmp_path / "b", data_tokenizer)
+    s2 = prepare([docs, more], tiny_tokenizer, tmp_path / "b", cfg, progress=False)
+    got2 = _docs_from_shards(tmp_path / "b", tiny_tokenizer)
     assert all(got2[s][0] == split for s, (split, _) in got.items())
     assert s2["kept"] == s1["kept"] + 20
 
 
 def test_workers_give_the_same_shards(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer
 ) -> None:
-    one = prepare([small_corpus], data_tokenizer, tmp_path / "w1", PrepareConfig(workers=1), progress=False)
-    two = prepare([small_corpus], data_tokenizer, tmp_path / "w2", PrepareConfig(workers=2), progress=False)
+    one = prepare([small_corpus], tiny_tokenizer, tmp_path / "w1", PrepareConfig(workers=1), progress=False)
+    two = prepare([small_corpus], tiny_tokenizer, tmp_path / "w2", PrepareConfig(workers=2), progress=False)
     assert one["train"] == two["train"] and one["validation"] == two["validation"]
     i1, i2 = read_index(tmp_path / "w1"), read_index(tmp_path / "w2")
     assert i1["splits"] == i2["splits"]  # same shard sha256s
 
 
 def test_unreadable_and_vanished_files_are_errors_naming_them(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, monkeypatch: pytest.MonkeyPatch
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     victim = small_corpus / "pkg1" / "mod04.py"
     real = prepare_module.discover
@@ -160,7 +160,7 @@ def test_unreadable_and_vanished_files_are_errors_naming_them(
         victim.write_text("x = 1\n")
         with pytest.raises(DataError, match=rf"{victim}: file vanished"):
             prepare(
-                [small_corpus], data_tokenizer, tmp_path / "o", PrepareConfig(workers=workers), progress=False
+                [small_corpus], tiny_tokenizer, tmp_path / "o", PrepareConfig(workers=workers), progress=False
             )
         assert not (tmp_path / "o").exists()
     monkeypatch.undo()
@@ -174,11 +174,11 @@ def test_unreadable_and_vanished_files_are_errors_naming_them(
 
     monkeypatch.setattr(Path, "read_bytes", deny)
     with pytest.raises(DataError, match=r"mod07.py: cannot read \(Permission denied\)"):
-        prepare([small_corpus], data_tokenizer, tmp_path / "o", PrepareConfig(workers=1), progress=False)
+        prepare([small_corpus], tiny_tokenizer, tmp_path / "o", PrepareConfig(workers=1), progress=False)
 
 
 def test_crash_while_writing_leaves_nothing_that_looks_complete(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, monkeypatch: pytest.MonkeyPatch
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
     real = prepare_module.write_shard
@@ -192,19 +192,19 @@ def test_crash_while_writing_leaves_nothing_that_looks_complete(
     monkeypatch.setattr(prepare_module, "write_shard", crash_on_second)
     cfg = PrepareConfig(workers=1, shard_tokens=2000)
     with pytest.raises(OSError, match="No space"):
-        prepare([small_corpus], data_tokenizer, tmp_path / "out", cfg, progress=False)
+        prepare([small_corpus], tiny_tokenizer, tmp_path / "out", cfg, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
 
 
 def test_existing_output_needs_overwrite(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer
 ) -> None:
     out = tmp_path / "out"
     cfg = PrepareConfig(workers=1)
-    prepare([small_corpus], data_tokenizer, out, cfg, progress=False)
+    prepare([small_corpus], tiny_tokenizer, out, cfg, progress=False)
     with pytest.raises(DataError, match="already exists"):
-        prepare([small_corpus], data_tokenizer, out, cfg, progress=False)
-    s = prepare([small_corpus / "pkg0"], data_tokenizer, out, cfg, overwrite=True, progress=False)
+        prepare([small_corpus], tiny_tokenizer, out, cfg, progress=False)
+    s = prepare([small_corpus / "pkg0"], tiny_tokenizer, out, cfg, overwrite=True, progress=False)
     assert s["files"] == 10 and read_index(out)["summary"]["files"] == 10
     with pytest.raises(DataError, match="no such file"):
-        prepare([tmp_path / "missing"], data_tokenizer, tmp_path / "x", cfg, progress=False)
+        prepare([tmp_path / "missing"], tiny_tokenizer, tmp_path / "x", cfg, progress=False)

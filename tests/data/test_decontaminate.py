@@ -78,7 +78,7 @@ def test_contamination_index_counts_words_not_layout() -> None:
 
 
 def test_prepare_drops_a_copied_solution_and_names_the_task(
-    small_corpus: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, fast_config: PrepareConfig
+    small_corpus: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer, fast_config: PrepareConfig
 ) -> None:
     extra = small_corpus / "extra"
     extra.mkdir()
@@ -87,7 +87,7 @@ def test_prepare_drops_a_copied_solution_and_names_the_task(
     (extra / "thirteen.py").write_text(_shared_run(13))
     refs = {"HumanEval/0": "def unrelated(): pass\n", "HumanEval/999": REFERENCE}
     out = tmp_path / "out"
-    summary = prepare([small_corpus], data_tokenizer, out, fast_config, progress=False, references=refs)
+    summary = prepare([small_corpus], tiny_tokenizer, out, fast_config, progress=False, references=refs)
     assert summary["dropped"]["decontaminated"] == 2
     assert summary["kept"] == 31, "the 30 modules and the file sharing only 12 words"
     assert summary["held_out"] == 0, "an explicit corpus is taken as given"
@@ -105,14 +105,14 @@ def test_prepare_drops_a_copied_solution_and_names_the_task(
     assert str(extra / "twelve.py") in sources and str(extra / "copied.py") not in sources
     # Worker processes see the same index.
     two = fast_config.replace(workers=2)
-    assert prepare([small_corpus], data_tokenizer, tmp_path / "two", two, progress=False, references=refs)[
+    assert prepare([small_corpus], tiny_tokenizer, tmp_path / "two", two, progress=False, references=refs)[
         "dropped"
     ]["decontaminated"] == 2
     assert _removed(tmp_path / "two") == removed
 
     # Switched off, nothing is checked (and no benchmark text is looked up).
     off = fast_config.replace(decontaminate=False)
-    summary = prepare([small_corpus], data_tokenizer, tmp_path / "off", off, progress=False)
+    summary = prepare([small_corpus], tiny_tokenizer, tmp_path / "off", off, progress=False)
     assert summary["dropped"]["decontaminated"] == 0 and summary["kept"] == 33
     assert _removed(tmp_path / "off") == []
 
@@ -129,23 +129,23 @@ def fake_stdlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_prepare_holds_the_repo_modules_out_of_the_embedded_corpus(
-    fake_stdlib: Path, tmp_path: Path, data_tokenizer: CodeTokenizer, fast_config: PrepareConfig
+    fake_stdlib: Path, tmp_path: Path, tiny_tokenizer: CodeTokenizer, fast_config: PrepareConfig
 ) -> None:
     held = frozenset({"textwrap", "json.decoder"})
     cfg = fast_config.replace(decontaminate=False, near_dedup=False)
-    summary = prepare(None, data_tokenizer, tmp_path / "a", cfg, progress=False, held_out_modules=held)
+    summary = prepare(None, tiny_tokenizer, tmp_path / "a", cfg, progress=False, held_out_modules=held)
     assert summary["files"] == 3 and summary["held_out"] == 2
     assert _removed(tmp_path / "a") == [
         {"source": str(fake_stdlib / "json" / "decoder.py"), "reason": "held_out", "module": "json.decoder"},
         {"source": str(fake_stdlib / "textwrap.py"), "reason": "held_out", "module": "textwrap"},
     ]
     off = cfg.replace(hold_out_repo_modules=False)
-    summary = prepare(None, data_tokenizer, tmp_path / "b", off, progress=False, held_out_modules=held)
+    summary = prepare(None, tiny_tokenizer, tmp_path / "b", off, progress=False, held_out_modules=held)
     assert summary["files"] == 5 and summary["held_out"] == 0
 
 
 def test_cli_prints_what_was_removed(
-    small_corpus: Path, data_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    small_corpus: Path, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from smallcode.cli.main import main
@@ -155,7 +155,7 @@ def test_cli_prints_what_was_removed(
     # The CLI resolves the default benchmark texts; give it ours under the first suite's name.
     monkeypatch.setattr(build, "default_references", lambda suites: {f"{suites[0]}/999": REFERENCE})
     out = tmp_path / "shards"
-    argv = ["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", str(data_tokenizer_dir),
+    argv = ["data", "prepare", "--corpus", str(small_corpus), "--tokenizer", str(tiny_tokenizer_dir),
             "--out", str(out), "--set", "workers=1", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out

@@ -19,13 +19,13 @@ B, T = 4, 32
 
 
 @pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory: pytest.TempPathFactory, data_tokenizer: CodeTokenizer) -> Path:
+def shard_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: CodeTokenizer) -> Path:
     corpus = tmp_path_factory.mktemp("loader_corpus")
     for i in range(30):
         (corpus / f"m{i:02d}.py").write_text(make_module(i, lines=20))
     out = tmp_path_factory.mktemp("loader") / "shards"
     cfg = PrepareConfig(workers=1, val_fraction=0.2, shard_tokens=4000)
-    prepare([corpus], data_tokenizer, out, cfg, progress=False)
+    prepare([corpus], tiny_tokenizer, out, cfg, progress=False)
     return out
 
 
@@ -106,18 +106,18 @@ def _parse_fim(ids: list[int], tok: CodeTokenizer) -> str:
     return tok.decode(ids[1:i_suf]) + tok.decode(ids[i_mid + 1 :]) + tok.decode(ids[i_suf + 1 : i_mid])
 
 
-def test_fim_document_keeps_the_text(data_tokenizer: CodeTokenizer) -> None:
+def test_fim_document_keeps_the_text(tiny_tokenizer: CodeTokenizer) -> None:
     text = make_module(4, lines=3)
     modes = set()
     for seed in range(20):
-        ids = fim_document(text, data_tokenizer, np.random.default_rng(seed), spm_rate=0.5)
-        assert _parse_fim(ids, data_tokenizer) == text
-        modes.add(ids[1] == data_tokenizer.fim_suffix_id)
+        ids = fim_document(text, tiny_tokenizer, np.random.default_rng(seed), spm_rate=0.5)
+        assert _parse_fim(ids, tiny_tokenizer) == text
+        modes.add(ids[1] == tiny_tokenizer.fim_suffix_id)
     assert modes == {True, False}, "both PSM and SPM must occur at spm_rate 0.5"
 
 
-def test_apply_fim_on_a_window(data_tokenizer: CodeTokenizer) -> None:
-    tok = data_tokenizer
+def test_apply_fim_on_a_window(tiny_tokenizer: CodeTokenizer) -> None:
+    tok = tiny_tokenizer
     docs = [make_module(i, lines=2) for i in range(3)]
     window = np.array(sum((tok.encode(d) + [tok.eot_id] for d in docs), []), dtype=np.int64)
     rng = np.random.default_rng(0)
@@ -136,8 +136,8 @@ def test_apply_fim_on_a_window(data_tokenizer: CodeTokenizer) -> None:
     assert [_parse_fim(p, tok) for p in pieces] == docs
 
 
-def test_fim_with_context_files_moves_earlier_pieces_before_the_fim_document(data_tokenizer: CodeTokenizer) -> None:
-    tok = data_tokenizer
+def test_fim_with_context_files_moves_earlier_pieces_before_the_fim_document(tiny_tokenizer: CodeTokenizer) -> None:
+    tok = tiny_tokenizer
     assert tok.file_sep_id is not None
     docs = [make_module(i, lines=2) for i in range(4)]
     window = np.array(sum((tok.encode(d) + [tok.eot_id] for d in docs), []), dtype=np.int64)
@@ -191,10 +191,11 @@ def test_fim_in_batches_is_deterministic_and_rate_controlled(shard_dir: Path) ->
 
 
 def test_tokenizer_hash_mismatch_is_refused(
-    shard_dir: Path, data_tokenizer_dir: Path, tmp_path: Path
+    shard_dir: Path, tiny_tokenizer_dir: Path, tmp_path: Path
 ) -> None:
-    ShardLoader(shard_dir, B, T, seed=0, tokenizer=data_tokenizer_dir)  # the right one is accepted
+    ShardLoader(shard_dir, B, T, seed=0, tokenizer=tiny_tokenizer_dir)  # the right one is accepted
     (tmp_path / "c.py").write_text(make_module(1))
+    # A second, different tokenizer on purpose: the loader must refuse it.
     train_tokenizer([tmp_path / "c.py"], 300, tmp_path / "other", show_progress=False)
     other = load_tokenizer(tmp_path / "other")
     with pytest.raises(DataError, match=r"prepared with tokenizer .* but the given tokenizer is"):

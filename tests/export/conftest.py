@@ -1,15 +1,12 @@
-"""Fixtures both export test files use: one torch thread, and a small tokenizer trained once."""
+"""A fixture both export test files use: one torch thread (the tokenizer is the run's shared
+``tiny_tokenizer_dir``)."""
 
 from __future__ import annotations
 
-import sysconfig
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
-
-from smallcode.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -19,10 +16,3 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return out

@@ -37,16 +37,17 @@ CODE = 'import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    wit
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir: Path) -> CodeTokenizer:
-    return load_tokenizer(tokenizer_dir)
+def tokenizer(tiny_tokenizer_dir: Path) -> CodeTokenizer:
+    return load_tokenizer(tiny_tokenizer_dir)
 
 
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
-    return {name: save_checkpoint(make_model(**overrides), root / name, tokenizer_file=tokenizer_dir / "tokenizer.json")
+    tokenizer_file = tiny_tokenizer_dir / "tokenizer.json"
+    return {name: save_checkpoint(make_model(**overrides), root / name, tokenizer_file=tokenizer_file)
             for name, (overrides, _) in KINDS.items()}
 
 
@@ -85,9 +86,9 @@ def test_logits_match_ours(kind: str, T: int, checkpoints: dict, hf_models: dict
         torch.testing.assert_close(hf_models[kind](ids).logits, ours(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_tied_embeddings_and_wide_heads(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_tied_embeddings_and_wide_heads(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     model = make_model(tie_embeddings=True, head_dim=32, n_global=3)
-    ckpt = save_checkpoint(model, tmp_path / "ck", tokenizer_file=tokenizer_dir / "tokenizer.json")
+    ckpt = save_checkpoint(model, tmp_path / "ck", tokenizer_file=tiny_tokenizer_dir / "tokenizer.json")
     hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / "hf"), trust_remote_code=True)
     assert hf.lm_head.weight.data_ptr() == hf.embed.weight.data_ptr()  # tied again on load
     ids = torch.randint(0, 512, (1, 2 * WINDOW + 3))

@@ -47,9 +47,10 @@ CODE = ('import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    wi
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
-    return {name: save_checkpoint(make_model(**overrides), root / name, tokenizer_file=tokenizer_dir / "tokenizer.json")
+    tokenizer_file = tiny_tokenizer_dir / "tokenizer.json"
+    return {name: save_checkpoint(make_model(**overrides), root / name, tokenizer_file=tokenizer_file)
             for name, overrides in KINDS.items()}
 
 
@@ -135,11 +136,11 @@ def test_engine_stops_streams_and_fills_in_the_middle(checkpoints: dict, exports
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, torch.Tensor]:
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> tuple[Path, torch.Tensor]:
     """A tiny MoE trained for a few seconds on the json package (tool.py held out), so that a loss
     change means something, and the held-out ids."""
     package = Path(sysconfig.get_paths()["stdlib"]) / "json"
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
     train = torch.tensor([t for p in sorted(package.glob("*.py")) if p.name != "tool.py"
                           for t in tokenizer.encode(p.read_text())])
     torch.manual_seed(0)
@@ -153,7 +154,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tu
         (loss + out.aux_loss(model.config)).backward()
         opt.step()
     ckpt = save_checkpoint(model.eval(), tmp_path_factory.mktemp("trained") / "ckpt",
-                           tokenizer_file=tokenizer_dir / "tokenizer.json")
+                           tokenizer_file=tiny_tokenizer_dir / "tokenizer.json")
     return ckpt, torch.tensor([tokenizer.encode((package / "tool.py").read_text())])
 
 
@@ -183,7 +184,7 @@ def test_quantised_exports(quantize: str, loss_bound: float, agreement: float, t
 
 
 def test_bad_directories_are_one_line_errors(tmp_path: Path, checkpoints: dict, exports: dict,
-                                             tokenizer_dir: Path) -> None:
+                                             tiny_tokenizer_dir: Path) -> None:
     with pytest.raises(OnnxModelError, match="not an ONNX export"):
         OnnxModel(checkpoints["moe-global"])
     other = tmp_path / "other-version"
@@ -201,6 +202,7 @@ def test_bad_directories_are_one_line_errors(tmp_path: Path, checkpoints: dict, 
         OnnxModel(other)
     mismatched = tmp_path / "mismatched"
     shutil.copytree(exports["moe-global"], mismatched)
+    # Another tokenizer on purpose (another corpus and size): the export must refuse to pair with it.
     train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "email"], 380, tmp_path / "tok2", show_progress=False)
     shutil.copyfile(tmp_path / "tok2" / "tokenizer.json", mismatched / "tokenizer.json")
     with pytest.raises(OnnxModelError, match="mismatched tokenizer"):

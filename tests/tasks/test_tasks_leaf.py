@@ -1,5 +1,7 @@
-"""Import direction: ``smallcode.tasks`` is a leaf under ``train`` and ``eval``, and ``train`` never
-imports ``eval``. Checked in a fresh interpreter, where ``sys.modules`` shows everything an import pulled in."""
+"""What importing and calling pulls in at run time, checked in a fresh interpreter where ``sys.modules``
+shows everything loaded: ``smallcode.tasks`` is a leaf, and fine-tuning reads MBPP without ``eval``.
+The import direction as written (every import statement, function-level ones included) is
+``tests/test_layering.py``; these are what it cannot see."""
 
 from __future__ import annotations
 
@@ -31,15 +33,9 @@ def test_tasks_import_neither_eval_nor_train() -> None:
     loaded = smallcode_modules_after("\n".join(f"import {m}" for m in modules))
     assert "smallcode.tasks.fetch" in loaded
     assert not {m for m in loaded if m.startswith(("smallcode.eval", "smallcode.train"))}
-    # a leaf: besides itself, only the package root and the atomic writer
-    assert {m for m in loaded if not m.startswith("smallcode.tasks")} == {"smallcode", "smallcode.fileio"}
-
-
-def test_train_never_imports_eval() -> None:
-    train = submodules("smallcode.train")
-    assert "smallcode.train.sft" in train and "smallcode.train.recipe" in train
-    loaded = smallcode_modules_after("\n".join(f"import {m}" for m in train))
-    assert not {m for m in loaded if m.startswith("smallcode.eval")}
+    # a leaf: besides itself, only the package root, the atomic writer and the error base it raises
+    assert {m for m in loaded if not m.startswith("smallcode.tasks")} == {"smallcode", "smallcode.fileio",
+                                                                          "smallcode.errors"}
 
 
 def test_the_fine_tuning_loader_reads_mbpp_without_eval() -> None:
@@ -47,12 +43,3 @@ def test_the_fine_tuning_loader_reads_mbpp_without_eval() -> None:
                                      "assert len(load_mbpp_train()) == 374")
     assert "smallcode.tasks.mbpp" in loaded
     assert not {m for m in loaded if m.startswith("smallcode.eval")}
-
-
-def test_eval_never_imports_train() -> None:
-    """The evaluation (held-out bits per byte included) scores models without the training code;
-    ``smallcode.pipeline`` is the one module that runs both."""
-    evals = submodules("smallcode.eval")
-    assert "smallcode.eval.heldout" in evals and "smallcode.eval.samples" in evals
-    loaded = smallcode_modules_after("\n".join(f"import {m}" for m in evals))
-    assert not {m for m in loaded if m.startswith("smallcode.train")}

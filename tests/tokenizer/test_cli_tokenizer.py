@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from factories import STDLIB
 from smallcode.cli.main import main
 from smallcode.tokenizer import load_tokenizer
 
 
-def test_train_then_stats(tmp_path: Path, tiny_corpus: tuple, capsys: pytest.CaptureFixture[str]) -> None:
-    corpus, _ = tiny_corpus
+def test_train_then_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = [STDLIB / "json", STDLIB / "string.py"]  # two --corpus paths: a package and a module
     out = tmp_path / "tok"
     argv = [
         "tokenizer",

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from factories import STDLIB
 from smallcode.tokenizer import (
     CodeTokenizer,
     TokenizerError,
@@ -246,13 +247,12 @@ def test_context_files_come_first_with_the_file_separator(tiny_tokenizer: CodeTo
     assert t.context_ids([("a", "<|file_sep|>b\n")]).count(t.file_sep_id) == 1
 
 
-def test_tokenizer_trained_before_file_sep_still_loads(
-    tmp_path: Path, tiny_corpus: tuple, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tokenizer_trained_before_file_sep_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Old tokenizers lack <|file_sep|>: they load, and lay context files out as commented plain text."""
     old = tuple(t for t in specials.SPECIAL_TOKENS if t != specials.FILE_SEP)
     monkeypatch.setattr(specials, "SPECIAL_TOKENS", old)
-    train_tokenizer([tiny_corpus[0][-1]], 400, tmp_path, show_progress=False)
+    # Its own training on purpose: a tokenizer made without <|file_sep|> (one small module is enough).
+    train_tokenizer([STDLIB / "string.py"], 400, tmp_path, show_progress=False)
     monkeypatch.undo()
     tok = load_tokenizer(tmp_path)
     assert tok.file_sep_id is None and specials.FILE_SEP not in tok.special_ids

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import subprocess
-import sysconfig
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.tasks.mbpp import load_mbpp
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 from smallcode.train.objectives import next_token_objective
 from smallcode.train.sft import (
     IGNORE_INDEX,
@@ -42,10 +41,8 @@ PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
-    out = tmp_path_factory.mktemp("sft-tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return load_tokenizer(out)
+def tok(tiny_tokenizer: CodeTokenizer) -> CodeTokenizer:
+    return tiny_tokenizer
 
 
 def labelled(row_labels: torch.Tensor) -> list[int]:
@@ -269,15 +266,13 @@ def test_the_objective_takes_cross_entropy_on_completion_tokens_only(tok: CodeTo
 
 
 def test_mbpp_source_leaves_out_stop_holders_and_ends_each_completion_at_its_code(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+        tiny_tokenizer_dir: Path, tiny_tokenizer: CodeTokenizer) -> None:
     from smallcode.backends.base import DEFAULT_STOP
     from smallcode.train.config import DataConfig
     from smallcode.train.sources import build_source
 
-    out = tmp_path_factory.mktemp("mbpp-tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    tokenizer = load_tokenizer(out)
-    source = build_source(DataConfig(kind="mbpp", tokenizer=str(out), seq_len=2048), 8, 0, 0, 1)
+    tokenizer = tiny_tokenizer
+    source = build_source(DataConfig(kind="mbpp", tokenizer=str(tiny_tokenizer_dir), seq_len=2048), 8, 0, 0, 1)
     refs = {ex["task_id"]: ex["completion"] for ex in load_mbpp_train()}
     dropped = {ex["task_id"] for ex in source.dropped}
     assert len(dropped) == 104 and all("\ndef" in refs[t].rstrip("\n") for t in dropped)

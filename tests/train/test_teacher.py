@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from factories import TOKENIZER_VOCAB
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
-from smallcode.tokenizer import load_tokenizer, train_tokenizer
+from smallcode.tokenizer import load_tokenizer
 from smallcode.train.teacher import TeacherError, load_teacher, teacher_hash
 
-VOCAB = 300
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = tmp_path_factory.mktemp("teacher_corpus")
-    for i in range(6):
-        (corpus / f"m{i}.py").write_text("".join(f"def f_{i}_{j}(x):\n    return x * {i * j + 7}\n" for j in range(30)))
-    out = tmp_path_factory.mktemp("teacher_tok")
-    train_tokenizer([corpus], VOCAB, out, show_progress=False)
-    return out
+VOCAB = TOKENIZER_VOCAB  # the shared tiny tokenizer's
 
 
 def _model(moe: bool = False, vocab: int = VOCAB) -> SmallCodeLM:
@@ -33,10 +24,10 @@ def _model(moe: bool = False, vocab: int = VOCAB) -> SmallCodeLM:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> tuple[Path, SmallCodeLM]:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> tuple[Path, SmallCodeLM]:
     torch.manual_seed(1)
     model = _model()
-    out = save_checkpoint(model, tmp_path_factory.mktemp("teacher") / "ckpt", tokenizer_dir / "tokenizer.json")
+    out = save_checkpoint(model, tmp_path_factory.mktemp("teacher") / "ckpt", tiny_tokenizer_dir / "tokenizer.json")
     return out, model
 
 
@@ -44,9 +35,10 @@ def _hash(tokenizer_dir: Path) -> str:
     return load_tokenizer(tokenizer_dir).hash
 
 
-def test_smallcode_teacher_gives_the_models_logits(checkpoint: tuple[Path, SmallCodeLM], tokenizer_dir: Path) -> None:
+def test_smallcode_teacher_gives_the_models_logits(checkpoint: tuple[Path, SmallCodeLM],
+                                                   tiny_tokenizer_dir: Path) -> None:
     path, model = checkpoint
-    teacher = load_teacher(path, VOCAB, _hash(tokenizer_dir))
+    teacher = load_teacher(path, VOCAB, _hash(tiny_tokenizer_dir))
     ids = torch.randint(0, VOCAB, (2, 20))
     logits = teacher.logits(ids)
     assert logits.shape == (2, 20, VOCAB) and logits.dtype == torch.float32 and not logits.requires_grad
@@ -74,10 +66,10 @@ def test_vocab_mismatch_is_refused(checkpoint: tuple[Path, SmallCodeLM]) -> None
         load_teacher(path, 512)
 
 
-def test_tokenizer_mismatch_is_refused(checkpoint: tuple[Path, SmallCodeLM], tokenizer_dir: Path,
+def test_tokenizer_mismatch_is_refused(checkpoint: tuple[Path, SmallCodeLM], tiny_tokenizer_dir: Path,
                                        tmp_path: Path) -> None:
     path, model = checkpoint
-    ours = _hash(tokenizer_dir)
+    ours = _hash(tiny_tokenizer_dir)
     with pytest.raises(TeacherError, match=rf"teacher tokenizer {ours[:16]} differs from the student's 0123456789"):
         load_teacher(path, VOCAB, "0123456789abcdef" * 4)
     bare = save_checkpoint(model, tmp_path / "bare")  # no tokenizer.json: nothing to check against

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file
 
+from factories import TOKENIZER_VOCAB
 from smallcode.cli.main import main
 from smallcode.data import PrepareConfig, ShardLoader, prepare
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
-from smallcode.tokenizer import train_tokenizer
 from smallcode.train.config import DistillConfig
 from smallcode.train.distill import DistillObjective, build_distill_objective
 from smallcode.train.teacher import Teacher
@@ -27,19 +27,18 @@ from smallcode.train.teacher_cache import (
     visited_samples,
 )
 
-VOCAB, B, T, W, STEPS, K = 300, 2, 16, 2, 5, 8
+VOCAB, B, T, W, STEPS, K = TOKENIZER_VOCAB, 2, 16, 2, 5, 8
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shards(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("cache_data")
     corpus = root / "corpus"
     corpus.mkdir()
     for i in range(12):
         text = "".join(f"def f_{i}_{j}(x):\n    return x * {i * j + 7} + {j}  # v{i % 5}\n" for j in range(30))
         (corpus / f"m{i}.py").write_text(text)
-    train_tokenizer([corpus], VOCAB, root / "tok", show_progress=False)
-    prepare([corpus], root / "tok", root / "shards", PrepareConfig(workers=1, val_fraction=0.1, near_dedup=False),
+    prepare([corpus], tiny_tokenizer_dir, root / "shards", PrepareConfig(workers=1, val_fraction=0.1, near_dedup=False),
             progress=False)
     return root / "shards"
 
@@ -250,4 +249,4 @@ def test_cli_builds_a_cache_the_trainer_can_open(shards: Path, tmp_path: Path, c
     # a teacher with another vocabulary: one line, exit status 1
     small = save_checkpoint(SmallCodeLM(ModelConfig.preset("tiny")), tmp_path / "small", shards / "tokenizer.json")
     assert main(["teacher-cache", str(small), *argv[2:-3], "--out", str(tmp_path / "c2"), "--quiet"]) == 1
-    assert "256 tokens but the student's has 300" in capsys.readouterr().err
+    assert f"256 tokens but the student's has {VOCAB}" in capsys.readouterr().err

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from trainer_helpers import tiny_config  # tests/train/trainer_helpers.py
 
+import factories
 from smallcode.train.checkpoint import latest_checkpoint
 from smallcode.train.trainer import read_metrics
 
@@ -49,12 +50,15 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "train"]
 
 
-def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:  # noqa: ANN001
-    end = time.monotonic() + timeout
-    while not predicate():
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    """``factories.wait_for``, failing at once if the run ``proc`` ends before ``predicate`` holds."""
+    def ready() -> bool:
+        if predicate():
+            return True
         assert proc.poll() is None, f"the run ended before {what}: {proc.stderr.read()[-2000:]}"
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        return False
+
+    factories.wait_for(ready, what, timeout_s=timeout, poll_s=0.02)
 
 
 @pytest.fixture(scope="module")
