@@ -27,10 +27,14 @@ SRC = Path(smallcode.__file__).resolve().parents[1]
 # Exceptions that never reach a user as a message of their own: each is turned into something else
 # (an HTTP answer, a JSON-RPC error, a retry) by the module that raises it.
 INTERNAL = {
-    "smallcode.serve.app.APIError",  # the HTTP error body of a request; serve answers it, never raises it out
-    "smallcode.serve.app._ClientGone",  # a streaming client hung up: stops the stream
+    "smallcode.serve.service.APIError",  # the HTTP error body of a request; serve answers it, never raises it out
+    "smallcode.serve.handles.ClientGone",  # a streaming client hung up: stops the stream
     "smallcode.lsp.server.RequestFailed",  # a JSON-RPC error answer sent to the editor
-    "smallcode.runtime.scheduler.QueueFull",  # backpressure: serve answers 503, callers retry
+    "smallcode.client.http._Missing",  # a server without /infill: the client falls back to /v1/completions
+    "smallcode.client.http._Retry",  # a transient HTTP failure: retried, then a ClientError
+    "smallcode.agent.actions.ActionError",  # a malformed model reply: sent back to the model as its error
+    "smallcode.eval.expected.ReferenceFailure",  # a reference solution that fails: a bug in the packaged data
+    "smallcode.tasks.values.CodecError",  # a value the sandbox cannot carry: the sample's verdict, not the user's
 }
 
 

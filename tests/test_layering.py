@@ -27,28 +27,30 @@ ROOT = "(root)"  # the package's own __init__: __version__ and nothing else, imp
 
 # What each top-level part sits directly on; it may import those parts and everything they sit on
 # (the closure), never anything else. From the design's import direction: the leaves (errors,
-# fileio, config, corpus); model, tokenizer, data, tasks and sandbox above them (a checkpoint carries
-# its tokenizer, data tokenizes and decontaminates against the benchmarks); runtime on model and
-# tokenizer only; export writes what runtime reads; client above runtime, backends above client;
-# serve on runtime; lsp and agent on client, runtime and sandbox; eval on backends, client, runtime,
-# tasks and sandbox, and on agent, which it benchmarks; train on data, model and tasks (never eval or
-# runtime); pipeline, demo and cli on top.
+# fileio, config, tasks, then corpus, which holds the repo suite's modules out of the corpus); model,
+# tokenizer, data and sandbox above them (a checkpoint carries its tokenizer, data tokenizes and
+# decontaminates against the benchmarks); export (the one place that knows Hugging Face's and ONNX's
+# names) on model and tokenizer; runtime on model, tokenizer and export (it loads what export writes,
+# and Hugging Face directories); client above runtime, backends above client; serve on runtime; lsp
+# and agent on client, runtime and sandbox; eval on backends, client, runtime, tasks and sandbox, and
+# on agent, which it benchmarks; train on data, model, tasks and export (a Hugging Face teacher),
+# never eval or runtime; pipeline, demo and cli on top.
 LAYERS: dict[str, set[str]] = {
     ROOT: set(),
     "errors": set(),
     "fileio": {"errors"},
     "config": {"fileio"},
-    "corpus": {"config"},
+    "corpus": {"config", "tasks"},
     "tokenizer": {"corpus"},
     "model": {"tokenizer"},
     "tasks": {"fileio"},
     "sandbox": {"config"},
     "data": {"tokenizer", "tasks"},
-    "runtime": {"model", "tokenizer"},
-    "export": {"runtime"},
+    "export": {"model", "tokenizer"},
+    "runtime": {"model", "tokenizer", "export"},
     "client": {"runtime"},
     "backends": {"client", "export"},
-    "train": {"data", "model", "tasks"},
+    "train": {"data", "model", "tasks", "export"},
     "serve": {"runtime"},
     "lsp": {"client", "runtime", "sandbox"},
     "agent": {"client", "runtime", "sandbox"},

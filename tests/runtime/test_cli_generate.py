@@ -55,19 +55,19 @@ def test_complete_sends_the_servers_fim_prompt(ckpt, tmp_path, capsys, monkeypat
     assert seen == [[prompt_format(tokenizer).fim(prefix, suffix)]]  # the layout the server and the LSP send
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["", "--max-tokens", "4"], "empty prompt"),
-    (["x", "--max-tokens", "0"], "max_tokens"),
-    (["x", "--top-p", "1.5"], "top_p"),
+@pytest.mark.parametrize(("args", "message", "code"), [
+    (["", "--max-tokens", "4"], "empty prompt", 1),  # the engine refuses it: a user error
+    (["x", "--max-tokens", "0"], "max_tokens", 2),  # a bad option value: a usage error, as click's own
+    (["x", "--top-p", "1.5"], "top_p", 2),
 ])
-def test_bad_requests_print_one_line(ckpt, capsys, args: list[str], message: str) -> None:
-    assert cli_main(["generate", str(ckpt), *args]) == 2
+def test_bad_requests_print_one_line(ckpt, capsys, args: list[str], message: str, code: int) -> None:
+    assert cli_main(["generate", str(ckpt), *args]) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
 def test_missing_checkpoint(tmp_path, capsys) -> None:
-    assert cli_main(["generate", str(tmp_path / "nope"), "x"]) == 2
+    assert cli_main(["generate", str(tmp_path / "nope"), "x"]) == 1
     assert "not a checkpoint directory" in capsys.readouterr().err
 
 

@@ -267,7 +267,7 @@ def test_the_objective_takes_cross_entropy_on_completion_tokens_only(tok: CodeTo
 
 def test_mbpp_source_leaves_out_stop_holders_and_ends_each_completion_at_its_code(
         tiny_tokenizer_dir: Path, tiny_tokenizer: CodeTokenizer) -> None:
-    from smallcode.backends.base import DEFAULT_STOP
+    from smallcode.tasks.base import DEFAULT_STOP
     from smallcode.train.config import DataConfig
     from smallcode.train.sources import build_source
 

@@ -9,20 +9,17 @@ raises (``BackendError`` is its old name) and whose stop handling it uses (``tru
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
 
 from smallcode.client.base import ClientError, truncate_at_stop
-
-# The stop sequences of the Codex paper for function completion: a new top-level statement ends
-# the function the model was asked to write.
-DEFAULT_STOP: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
+from smallcode.export import ONNX_CONFIG_FILE
 
 BackendError = ClientError
 """A backend that cannot produce completions (down, misconfigured, answering garbage): the client's
 one error type, under the name eval's code has always caught."""
 
-__all__ = ["DEFAULT_STOP", "Backend", "BackendError", "Timed", "TimedBackend", "truncate_at_stop"]
+__all__ = ["Backend", "BackendError", "Timed", "TimedBackend", "truncate_at_stop"]
 
 
 @runtime_checkable
@@ -70,3 +67,34 @@ class TimedBackend(Backend, Protocol):
         """What ``generate`` returns, each completion with its timing."""
         ...
 
+
+BackendKind = Literal["smallcode", "onnx", "huggingface", "endpoint", "samples"]
+
+KIND_WHAT = {
+    "smallcode": "a smallcode checkpoint directory",
+    "onnx": "an ONNX export directory (smallcode export onnx)",
+    "huggingface": "a Hugging Face model directory",
+    "endpoint": "an http(s) URL of an OpenAI-compatible endpoint",
+    "samples": "a samples file (JSONL with task_id and completion)",
+}
+
+
+def backend_kind(spec: str | Path) -> BackendKind:
+    """What ``spec`` names (see the module docstring); raises :class:`BackendError` when it is none of them."""
+    text = str(spec)
+    if text.startswith(("http://", "https://")):
+        return "endpoint"
+    path = Path(spec)
+    if path.is_dir() and (path / ONNX_CONFIG_FILE).is_file():
+        return "onnx"
+    if path.is_dir():
+        from smallcode.model.checkpoint import CheckpointError, model_directory_kind
+
+        try:
+            return model_directory_kind(path)
+        except CheckpointError as e:
+            raise BackendError(str(e)) from e
+    if path.is_file():
+        return "samples"
+    raise BackendError(f"{spec}: no such file or directory, and not an http(s) URL (a backend is "
+                       f"{', '.join(KIND_WHAT.values())})")

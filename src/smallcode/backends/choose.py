@@ -1,6 +1,6 @@
 """Choosing the backend for what the user named: the one place that decides it.
 
-``backend_kind(spec)`` says what ``spec`` is, ``open_backend(spec, ...)`` opens it:
+``backend_kind(spec)`` (in ``base``) says what ``spec`` is, ``open_backend(spec, ...)`` opens it:
 
 * an ``http://`` or ``https://`` URL: an OpenAI-compatible endpoint (``openai.OpenAIBackend``);
 * a directory whose ``config.json`` is a smallcode checkpoint's (kind ``smallcode``), a directory
@@ -20,39 +20,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
-from smallcode.backends.base import Backend, BackendError
+from smallcode.backends.base import KIND_WHAT, Backend, BackendError, BackendKind, backend_kind
 from smallcode.backends.samples import Samples, read_samples
-
-BackendKind = Literal["smallcode", "onnx", "huggingface", "endpoint", "samples"]
-
-_WHAT = {
-    "smallcode": "a smallcode checkpoint directory",
-    "onnx": "an ONNX export directory (smallcode export onnx)",
-    "huggingface": "a Hugging Face model directory",
-    "endpoint": "an http(s) URL of an OpenAI-compatible endpoint",
-    "samples": "a samples file (JSONL with task_id and completion)",
-}
-
-
-def backend_kind(spec: str | Path) -> BackendKind:
-    """What ``spec`` names (see the module docstring); raises :class:`BackendError` when it is none of them."""
-    text = str(spec)
-    if text.startswith(("http://", "https://")):
-        return "endpoint"
-    path = Path(spec)
-    if path.is_dir() and (path / "smallcode_onnx.json").is_file():  # runtime.onnx.CONFIG_FILE, not imported
-        return "onnx"
-    if path.is_dir():
-        from smallcode.model.checkpoint import CheckpointError, model_directory_kind
-
-        try:
-            return model_directory_kind(path)
-        except CheckpointError as e:
-            raise BackendError(str(e)) from e
-    if path.is_file():
-        return "samples"
-    raise BackendError(f"{spec}: no such file or directory, and not an http(s) URL (a backend is "
-                       f"{', '.join(_WHAT.values())})")
 
 
 def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = None, device: str | None = None,
@@ -67,8 +36,8 @@ def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = No
     """
     kind = backend_kind(spec)
     if kinds is not None and kind not in kinds:
-        wanted = " or ".join(what for k, what in _WHAT.items() if k in kinds)
-        raise BackendError(f"{spec}: {_WHAT[kind]}, but {wanted} is wanted here")
+        wanted = " or ".join(what for k, what in KIND_WHAT.items() if k in kinds)
+        raise BackendError(f"{spec}: {KIND_WHAT[kind]}, but {wanted} is wanted here")
     if kind == "endpoint":
         from smallcode.backends.openai import OpenAIBackend
 

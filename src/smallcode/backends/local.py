@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from smallcode.backends.base import BackendError
+from smallcode.backends.base import BackendError, backend_kind
 
 Kind = Literal["smallcode", "onnx", "huggingface"]
 
@@ -30,7 +30,6 @@ class LocalBackend:
                  max_batch: int = 32) -> None:
         """``kind``: what ``directory`` must be (None: whatever it is). ``device``: where the model runs
         (None: the CPU, or the GPU when there is one for a Hugging Face model)."""
-        from smallcode.backends.choose import backend_kind
         from smallcode.client.local import open_local
 
         self.seed = seed

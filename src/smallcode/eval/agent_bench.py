@@ -283,7 +283,7 @@ def execution_guided(tasks: list[Task], backend: Any, k: int, temperature: float
 
     The visible tests are the task's own (MBPP shows them in the prompt); the verdict is the harness's
     compat check (``check.check_compat``), so both numbers use the same checker."""
-    from smallcode.backends.base import DEFAULT_STOP
+    from smallcode.tasks.base import DEFAULT_STOP
 
     stops = list(stop if stop is not None else DEFAULT_STOP)
     prompts = [t.prompt for t in tasks]

@@ -38,13 +38,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from smallcode.backends.base import DEFAULT_STOP, Backend, BackendError, Timed, TimedBackend
+from smallcode.backends.base import Backend, BackendError, Timed, TimedBackend
 from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
 from smallcode.fileio import JsonlLog, atomic_write_text
-from smallcode.tasks.base import Task
+from smallcode.tasks.base import DEFAULT_STOP, Task
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Exports of a smallcode model to other runtimes (Hugging Face, ONNX).
 
 What both exports share lives here: their error, and the checks of a checkpoint and a destination
-made before any work (``check_destination``).
+made before any work (``check_destination``); and the names of an ONNX export's files, which the
+runtime (``smallcode.runtime.onnx``) reads: exports sit below the runtime, so it imports them from here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from smallcode.errors import UserError
+
+ONNX_CONFIG_FILE = "smallcode_onnx.json"
+"""An ONNX export's config (model config, tokenizer hash, graph inputs and outputs); its presence marks one."""
+ONNX_MODEL_FILE = "model.onnx"
+ONNX_FORMAT_VERSION = 1
+"""Of ``ONNX_CONFIG_FILE`` and the graph's interface; a reader refuses any other."""
 
 
 class ExportError(UserError, ValueError):

@@ -45,12 +45,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from smallcode.export import ONNX_CONFIG_FILE as CONFIG_FILE
+from smallcode.export import ONNX_FORMAT_VERSION as FORMAT_VERSION
+from smallcode.export import ONNX_MODEL_FILE as MODEL_FILE
 from smallcode.export import ExportError, check_destination
 from smallcode.fileio import atomic_dir
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
-from smallcode.runtime.onnx import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 

@@ -28,15 +28,13 @@ import torch
 
 from smallcode.config import ConfigError
 from smallcode.errors import UserError
+from smallcode.export import ONNX_CONFIG_FILE, ONNX_FORMAT_VERSION, ONNX_MODEL_FILE
 from smallcode.model.config import ModelConfig
 from smallcode.model.kv_cache import KVCache
 from smallcode.model.transformer import PREFILL_CHUNK
 
-# An export directory's files and format; export/onnx.py writes what this reads (and imports these).
-CONFIG_FILE = "smallcode_onnx.json"
-MODEL_FILE = "model.onnx"
-FORMAT_VERSION = 1
-"""Of ``CONFIG_FILE`` and the graph's interface; any other is refused."""
+# The export's file names and format version, written by export/onnx.py (exports sit below the runtime).
+CONFIG_FILE, MODEL_FILE, FORMAT_VERSION = ONNX_CONFIG_FILE, ONNX_MODEL_FILE, ONNX_FORMAT_VERSION
 
 
 class OnnxModelError(UserError, ValueError):

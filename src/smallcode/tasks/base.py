@@ -15,6 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The stop sequences of the Codex paper for function completion: a new top-level statement ends
+# the function the model was asked to write (what eval sends with every task, and what fine-tuning
+# keeps out of the completions it trains on).
+DEFAULT_STOP: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
 
 @dataclass(frozen=True)
 class Task:

@@ -90,7 +90,7 @@ class SFTSource:
 
     def __init__(self, data: DataConfig, tokenizer: CodeTokenizer, tokenizer_file: Path, batch_size: int,
                  seed: int, rank: int, world_size: int) -> None:
-        from smallcode.backends.base import DEFAULT_STOP
+        from smallcode.tasks.base import DEFAULT_STOP
         from smallcode.train.sft import (
             SFTLoader,
             end_at_code,
