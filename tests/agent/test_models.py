@@ -3,7 +3,6 @@ ends by its budget whatever the (random) model says."""
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,13 @@ from factories import make_model  # noqa: E402
 from smallcode.agent import AgentConfig, EngineChat, Workspace, open_chat_model, run_agent
 from smallcode.model.checkpoint import save_checkpoint
 from smallcode.runtime.formats import prompt_format
-from smallcode.tokenizer import load_tokenizer
-from smallcode.tokenizer.train import train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: CodeTokenizer) -> Path:
     out = tmp_path_factory.mktemp("agent-ckpt")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out / "tok", show_progress=False)
-    tok = load_tokenizer(out / "tok").save(out / "tok2")
+    tok = tiny_tokenizer.save(out / "tok")
     return save_checkpoint(make_model(), out / "ck", tokenizer_file=tok)
 
 

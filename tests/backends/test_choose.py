@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,20 @@ from smallcode.backends import BackendError, backend_kind, open_backend
 from smallcode.backends.samples import Samples, SamplesError
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
-    root = tmp_path_factory.mktemp("tok")
-    return load_tokenizer(train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 300, root / "tok",
-                                          show_progress=False))
+def tokenizer(tiny_tokenizer: CodeTokenizer) -> CodeTokenizer:
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model() -> SmallCodeLM:
     torch.manual_seed(0)
-    return SmallCodeLM(ModelConfig.preset("tiny", vocab_size=320, n_global=0))
+    return SmallCodeLM(ModelConfig.preset("tiny", vocab_size=512, n_global=0))
 
 
 def test_an_endpoint_opens_without_importing_torch() -> None:

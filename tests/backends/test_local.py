@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,13 @@ from smallcode.backends.local import LocalBackend
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.runtime import Engine, SamplingParams
-from smallcode.tokenizer import load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: CodeTokenizer) -> Path:
     root = tmp_path_factory.mktemp("local")
-    tok = train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, root / "tok", show_progress=False)
+    tok = tiny_tokenizer.save(root / "tok")
     torch.manual_seed(0)
     model = SmallCodeLM(ModelConfig.preset("tiny", vocab_size=512))
     return save_checkpoint(model, root / "ck", tokenizer_file=tok, extra={"tokenizer_hash": load_tokenizer(tok).hash})

@@ -1,22 +1,18 @@
-"""A tokenizer trained on the json package and a tiny random model sized to it."""
+"""The run's shared tiny tokenizer (``infer_tokenizer``, the name these tests use) and the tiny random
+model sized to it."""
 
 from __future__ import annotations
-
-import sysconfig
-from pathlib import Path
 
 import pytest
 
 from factories import make_model  # type: ignore[import-not-found]
 from smallcode.runtime import Engine
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 
 
 @pytest.fixture(scope="session")
-def infer_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
-    out = tmp_path_factory.mktemp("infer-tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return load_tokenizer(out)
+def infer_tokenizer(tiny_tokenizer: CodeTokenizer) -> CodeTokenizer:
+    return tiny_tokenizer
 
 
 @pytest.fixture

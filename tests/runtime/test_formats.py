@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sysconfig
-from pathlib import Path
-
 import pytest
 import torch
 
 from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
 from smallcode.runtime.formats import FormatError, hf_prompt_format, prompt_format
 from smallcode.runtime.scheduler import RequestHandle
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 
 PREFIX = "def area(r):\n    return "
 SUFFIX = " * r\n\nprint(area(2))\n"
@@ -19,10 +16,8 @@ EXTRA = [("geometry/consts.py", "PI = 3.14159\n"), ("README", "circles")]
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
-    out = tmp_path_factory.mktemp("formats-tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return load_tokenizer(out)
+def ours(tiny_tokenizer: CodeTokenizer) -> CodeTokenizer:
+    return tiny_tokenizer
 
 
 # ------------------------------------------------------------------------------------ smallcode

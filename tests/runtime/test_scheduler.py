@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import torch
 
-from smallcode.model import ModelConfig, SmallCodeLM
+from factories import make_model, wait_for  # type: ignore[import-not-found]
+from smallcode.model import SmallCodeLM
 from smallcode.runtime import Engine, SamplingParams
 from smallcode.runtime.engine import Completion, GenerationError
 from smallcode.runtime.scheduler import Event, QueueFull, RequestHandle, Scheduler
-from smallcode.tokenizer import CodeTokenizer, load_tokenizer, train_tokenizer
+from smallcode.tokenizer import CodeTokenizer
 
 CODE = [
     "def add(a, b):\n    return",
@@ -32,20 +31,13 @@ CODE = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CodeTokenizer:
-    out = tmp_path_factory.mktemp("sched-tok")
-    train_tokenizer([Path(sysconfig.get_paths()["stdlib"]) / "json"], 400, out, show_progress=False)
-    return load_tokenizer(out)
+def tokenizer(tiny_tokenizer: CodeTokenizer) -> CodeTokenizer:
+    return tiny_tokenizer
 
 
 def make_engine(tokenizer: CodeTokenizer, **overrides: object) -> Engine:
-    torch.manual_seed(0)
-    model = SmallCodeLM(ModelConfig.preset("tiny", **{"vocab_size": 512, **overrides}))
-    with torch.no_grad():  # larger weights than the init: peaked logits, so float order never flips a token
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(4)
-    return Engine(model, tokenizer)
+    # peaked logits (factories.make_model), so float summation order never flips a token
+    return Engine(make_model(**overrides), tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +101,6 @@ def drain(handle: RequestHandle) -> tuple[list[int], str, list[Event]]:
 
 def alone(engine: Engine, ids: list[int], params: SamplingParams) -> Completion:
     return engine.generate_ids([ids], params)[0]
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30  # generous: the test machine may be busy
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 @pytest.fixture(scope="module")
