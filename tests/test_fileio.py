@@ -147,7 +147,7 @@ def test_jsonl_skips_blank_lines_and_numbers_rows_by_their_line(tmp_path: Path) 
 @pytest.mark.parametrize(("line", "reason"), [
     ('{"a": ', "not valid JSON"),
     ("[1, 2]", "expected a JSON object, got list"),
-    ("\xff\xfe", "not valid JSON"),
+    ("\xff\xfe", "not valid UTF-8 (byte 0)"),
 ])
 def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path: Path, line: str, reason: str) -> None:
     path = tmp_path / "x.jsonl"

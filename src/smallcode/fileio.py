@@ -165,10 +165,14 @@ def _jsonl_rows(path: Path, data: bytes) -> tuple[list[tuple[int, dict[str, Any]
             continue
         try:
             row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except UnicodeDecodeError as e:
             if last:
                 break
-            raise JsonlError(f"{path}:{lineno}: not valid JSON ({e})") from e
+            raise JsonlError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from e
+        except json.JSONDecodeError as e:
+            if last:
+                break
+            raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
         if not isinstance(row, dict):
             raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((lineno, row))

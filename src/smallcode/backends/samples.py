@@ -4,9 +4,9 @@ Strict about its input, because a silently skipped or doubled row changes pass@k
 (not UTF-8, not JSON, not an object, a missing or non-string field, an unknown task id, a repeated
 row) is a :class:`SamplesError` naming the file and line. Two rows for the same task are distinct
 samples; they are duplicates when they carry the same ``completion_id`` or, lacking ids, are the
-same row twice (give ``completion_id`` to keep identical greedy samples apart). Blank lines are
-skipped. Stricter than ``fileio.read_jsonl`` on purpose: a torn last line is an error here too (a
-file handed in, not a log being appended), and duplicates are reported with the line they repeat.
+same row twice (give ``completion_id`` to keep identical greedy samples apart). The file is read
+under ``smallcode.fileio``'s one JSONL policy (blank lines skipped, a last line torn by a crash
+mid-write left out, any other bad line an error naming it); the checks above name the line too.
 Not a ``Backend``: it answers by task id, not by prompt.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smallcode.errors import UserError
+from smallcode.fileio import JsonlError, numbered_jsonl
 
 
 class SamplesError(UserError, ValueError):
@@ -41,25 +42,15 @@ def read_samples(path: str | Path, known_task_ids: set[str] | None = None) -> di
     """Completions per task id, in file order."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        rows = numbered_jsonl(path)
     except OSError as e:
         raise SamplesError(f"{path}: cannot read samples file ({e.strerror})") from e
+    except JsonlError as e:
+        raise SamplesError(str(e)) from e
     out: dict[str, list[str]] = {}
     seen: dict[tuple[str, str], int] = {}
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
-            continue
+    for lineno, row in rows:
         where = f"{path}:{lineno}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SamplesError(f"{where}: not valid UTF-8 (byte {e.start})") from e
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SamplesError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise SamplesError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for key in ("task_id", "completion"):
             if key not in row:
                 raise SamplesError(f"{where}: missing field {key!r}")
@@ -68,7 +59,8 @@ def read_samples(path: str | Path, known_task_ids: set[str] | None = None) -> di
         tid = row["task_id"]
         if known_task_ids is not None and tid not in known_task_ids:
             raise SamplesError(f"{where}: unknown task id {tid!r} (not in the chosen suites)")
-        ident = ("id", str(row["completion_id"])) if "completion_id" in row else ("row", text.strip())
+        same = json.dumps(row, sort_keys=True, ensure_ascii=False)
+        ident = ("id", str(row["completion_id"])) if "completion_id" in row else ("row", same)
         key = (tid, json.dumps(ident))
         if key in seen:
             what = f"completion_id {row['completion_id']!r}" if ident[0] == "id" else "the same row"
