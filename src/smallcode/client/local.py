@@ -36,6 +36,7 @@ from smallcode.client.base import (
     Sampling,
     Text,
 )
+from smallcode.errors import UserError
 
 T = TypeVar("T")
 
@@ -213,9 +214,9 @@ def open_local(path: str | Path, *, device: str = "cpu", runtime: str | None = N
     thread.join()
     if failure:
         e = failure[0]
-        if isinstance(e, ClientError | KeyboardInterrupt | SystemExit):
-            raise e
-        raise ClientError(f"{path}: cannot load the model ({e})") from e
+        if isinstance(e, UserError | OSError) and not isinstance(e, ClientError):  # the files, not the code
+            raise ClientError(f"{path}: cannot load the model ({e})") from e
+        raise e  # a ClientError already, or a bug: it keeps its traceback
     return out[0]
 
 
