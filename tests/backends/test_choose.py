@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from smallcode.backends import BackendError, backend_kind, open_backend
+from smallcode.backends import backend_kind, open_backend
 from smallcode.backends.samples import Samples, SamplesError
+from smallcode.client import ClientError
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import save_checkpoint
 from smallcode.tokenizer import CodeTokenizer
@@ -80,17 +81,17 @@ def test_a_file_is_read_as_samples(tmp_path: Path) -> None:
 
 
 def test_what_is_not_a_backend_or_not_wanted(tmp_path: Path, model: SmallCodeLM) -> None:
-    with pytest.raises(BackendError, match="no such file or directory, and not an http"):
+    with pytest.raises(ClientError, match="no such file or directory, and not an http"):
         open_backend(tmp_path / "missing")
-    with pytest.raises(BackendError, match="no such file or directory"):
+    with pytest.raises(ClientError, match="no such file or directory"):
         open_backend("ftp://example.org/model")
-    with pytest.raises(BackendError, match=r"no config\.json \(a model is a smallcode checkpoint or a Hugging Face"):
+    with pytest.raises(ClientError, match=r"no config\.json \(a model is a smallcode checkpoint or a Hugging Face"):
         open_backend(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hello": 1}))
-    with pytest.raises(BackendError, match="neither a smallcode checkpoint config nor a Hugging Face config"):
+    with pytest.raises(ClientError, match="neither a smallcode checkpoint config nor a Hugging Face config"):
         open_backend(tmp_path)
     ckpt = save_checkpoint(model, tmp_path / "ck")  # refused by kind before anything is loaded
-    with pytest.raises(BackendError, match="a smallcode checkpoint directory, but a samples file .* is wanted"):
+    with pytest.raises(ClientError, match="a smallcode checkpoint directory, but a samples file .* is wanted"):
         open_backend(ckpt, kinds=("samples",))
-    with pytest.raises(BackendError, match="an http.* endpoint, but a smallcode checkpoint directory or a Hugging"):
+    with pytest.raises(ClientError, match="an http.* endpoint, but a smallcode checkpoint directory or a Hugging"):
         open_backend("https://example.org/v1", kinds=("huggingface", "smallcode"))

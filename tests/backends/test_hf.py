@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smallcode.backends.base import BackendError
+from smallcode.client import ClientError
 
 
 @pytest.fixture
@@ -45,5 +45,5 @@ def test_generates_and_truncates(tiny_dir: Path) -> None:
 def test_not_a_model_directory(tmp_path: Path) -> None:
     from smallcode.backends.local import LocalBackend
 
-    with pytest.raises(BackendError, match="not a Hugging Face model directory"):
+    with pytest.raises(ClientError, match="not a Hugging Face model directory"):
         LocalBackend(tmp_path, kind="huggingface")

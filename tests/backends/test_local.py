@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from smallcode.backends.base import BackendError
 from smallcode.backends.local import LocalBackend
+from smallcode.client import ClientError
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.runtime import Engine, SamplingParams
@@ -41,7 +41,7 @@ def test_completions_come_from_the_engine(ckpt: Path) -> None:
 def test_recognises_and_refuses(ckpt: Path, tmp_path: Path) -> None:
     assert Checkpoint.is_checkpoint(ckpt)
     assert not Checkpoint.is_checkpoint(tmp_path)
-    with pytest.raises(BackendError, match="cannot load"):
+    with pytest.raises(ClientError, match="cannot load"):
         LocalBackend(tmp_path)
-    with pytest.raises(BackendError, match="empty prompt"):
+    with pytest.raises(ClientError, match="empty prompt"):
         LocalBackend(ckpt).generate([""], 1, 0.0, 1.0, 4, [])

@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from smallcode.backends.base import Backend, BackendError, TimedBackend, truncate_at_stop
+from smallcode.backends.base import Backend, TimedBackend, truncate_at_stop
 from smallcode.backends.openai import OpenAIBackend, extract_code
+from smallcode.client import ClientError
 
 SSE = "text/event-stream"
 
@@ -166,7 +167,7 @@ def test_broken_streams_are_retried(server: Server) -> None:
     out = OpenAIBackend(server.url, backoff_s=0.01, max_retries=4).generate(["p"], 1, 0.0, 1.0, 8, STOP)
     assert out == [["    return a + b\n"]] and len(server.requests) == 5
     server.plan = [(200, b'data: {"error": {"message": "model crashed"}}\n\n', SSE)] * 3
-    with pytest.raises(BackendError, match=r"gave up after 2 attempts.*mid-stream.*model crashed"):
+    with pytest.raises(ClientError, match=r"gave up after 2 attempts.*mid-stream.*model crashed"):
         OpenAIBackend(server.url, backoff_s=0.01, max_retries=1).generate(["p"], 1, 0.0, 1.0, 8, STOP)
 
 
@@ -202,10 +203,10 @@ def test_retries_transient_failures(server: Server) -> None:
 
 def test_gives_up_with_a_clear_error(server: Server) -> None:
     server.plan = [(500, b"down")] * 10
-    with pytest.raises(BackendError, match=r"gave up after 3 attempts; last problem: HTTP 500"):
+    with pytest.raises(ClientError, match=r"gave up after 3 attempts; last problem: HTTP 500"):
         OpenAIBackend(server.url, backoff_s=0.01, max_retries=2).generate(["p"], 1, 0.0, 1.0, 8, STOP)
     server.plan = [(401, b"bad key")]
-    with pytest.raises(BackendError, match="HTTP 401"):
+    with pytest.raises(ClientError, match="HTTP 401"):
         OpenAIBackend(server.url, backoff_s=0.01).generate(["p"], 1, 0.0, 1.0, 8, STOP)
     assert len(server.requests) == 4  # a 401 is not retried
 
@@ -215,7 +216,7 @@ def test_endpoint_down() -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    with pytest.raises(BackendError, match=r"cannot reach the endpoint"):
+    with pytest.raises(ClientError, match=r"cannot reach the endpoint"):
         OpenAIBackend(f"http://127.0.0.1:{port}", backoff_s=0.01, max_retries=1).generate(["p"], 1, 0.0, 1.0, 8, STOP)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smallcode.backends.base import BackendError
+from smallcode.client import ClientError
 from smallcode.config import ConfigError
 from smallcode.eval.report import report_dir
 from smallcode.eval.runner import RunConfig, evaluate
@@ -49,7 +49,7 @@ class CountingBackend:
     def generate(self, prompts, n, temperature, top_p, max_tokens, stop):  # noqa: ANN001, ANN201
         self.calls += 1
         if self.fail_after is not None and self.prompts >= self.fail_after:
-            raise BackendError("http://127.0.0.1:9/v1/completions: gave up after 5 attempts")
+            raise ClientError("http://127.0.0.1:9/v1/completions: gave up after 5 attempts")
         self.prompts += len(prompts)
         out = []
         for p in prompts:
@@ -145,7 +145,7 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
 
 def test_backend_failure_keeps_finished_samples(tmp_path: Path) -> None:
     tasks = make_tasks(20)
-    with pytest.raises(BackendError, match="samples finished before this are kept"):
+    with pytest.raises(ClientError, match="samples finished before this are kept"):
         evaluate(tasks, CountingBackend(fail_after=8), cfg(generate_batch=4), tmp_path, progress=False)
     kept = rows(tmp_path / "samples.jsonl")
     assert len(kept) == 8 * 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from smallcode.client import ClientError
 from smallcode.lsp.models import FimRequest, LocalModel
 
 pytestmark = pytest.mark.asyncio
@@ -41,9 +42,8 @@ async def test_cancelling_the_task_stops_the_model(checkpoint: Path) -> None:
 
 
 async def test_a_directory_without_a_model_is_a_model_error(tmp_path: Path) -> None:
-    from smallcode.lsp.models import ModelError
 
     model = LocalModel(tmp_path)
-    with pytest.raises(ModelError, match="could not be loaded"):
+    with pytest.raises(ClientError, match="could not be loaded"):
         await model.complete(FimRequest("a", "b"), lambda text: False)
     assert model.calls == 0

@@ -8,8 +8,8 @@ measures it is :mod:`smallcode.eval.agent_bench`. See ``docs/agent.md``.
 """
 
 from smallcode.agent.loop import AgentConfig, AgentResult, replay, run_agent, run_candidates
-from smallcode.agent.models import ChatModel, EndpointChat, EngineChat, ModelError, ScriptedModel, open_chat_model
+from smallcode.agent.models import ChatModel, EndpointChat, EngineChat, ScriptedModel, open_chat_model
 from smallcode.agent.workspace import ShellLimits, Workspace, WorkspaceError
 
-__all__ = ["AgentConfig", "AgentResult", "ChatModel", "EndpointChat", "EngineChat", "ModelError", "ScriptedModel",
+__all__ = ["AgentConfig", "AgentResult", "ChatModel", "EndpointChat", "EngineChat", "ScriptedModel",
            "ShellLimits", "Workspace", "WorkspaceError", "open_chat_model", "replay", "run_agent", "run_candidates"]

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from smallcode.agent.actions import FORMAT_HELP, Action, ActionError, apply_edit, parse_action, parse_edit
-from smallcode.agent.models import ChatModel, ModelError, ScriptedModel
+from smallcode.agent.models import ChatModel, ScriptedModel
 from smallcode.agent.workspace import DEFAULT_PROTECT, ShellLimits, Workspace, WorkspaceError
+from smallcode.client import ClientError
 from smallcode.config import Config, ConfigError
 from smallcode.fileio import JsonlLog, read_jsonl
 
@@ -213,7 +214,7 @@ def run_agent(task: str, ws: Workspace, model: ChatModel, cfg: AgentConfig | Non
             turn_t0 = time.monotonic()
             try:
                 reply = model.chat(messages, 1, cfg.temperature, cfg.reply_tokens, cfg.seed + candidate)[0]
-            except ModelError as e:
+            except ClientError as e:
                 reason, detail = "model_error", str(e)
                 break
             steps += 1

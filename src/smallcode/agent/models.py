@@ -13,8 +13,7 @@ with its token counts. Three kinds:
   token counts they leave out are estimated (4 characters a token).
 * :class:`ScriptedModel`: replies fixed in advance, in order; for tests, the oracle and replays.
 
-A model that cannot answer raises :class:`ModelError`, which is the client's one error type
-(:class:`smallcode.client.ClientError`) under the name the agent's code catches.
+A model that cannot answer raises the client's one error type, :class:`smallcode.client.ClientError`.
 
 Not here: what the replies mean (``actions.py``), the loop (``loop.py``).
 """
@@ -27,9 +26,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from smallcode.client import Chat, ClientError, Sampling
-
-ModelError = ClientError
-"""The model cannot answer (endpoint down, context too small, script exhausted)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,7 @@ class ChatModel(Protocol):
 
 
 class ScriptedModel:
-    """Replays ``replies`` one per call, whatever it is asked; :class:`ModelError` once they run out."""
+    """Replays ``replies`` one per call, whatever it is asked; :class:`ClientError` once they run out."""
 
     def __init__(self, replies: list[str], name: str = "scripted") -> None:
         self.replies = list(replies)
@@ -62,7 +58,7 @@ class ScriptedModel:
              seed: int = 0) -> list[Reply]:
         with self._lock:
             if self.calls >= len(self.replies):
-                raise ModelError(f"the script has no reply left after {len(self.replies)}")
+                raise ClientError(f"the script has no reply left after {len(self.replies)}")
             text = self.replies[self.calls]
             self.calls += 1
         prompt_chars = sum(len(m["content"]) for m in messages)
@@ -99,7 +95,7 @@ class EngineChat:
             del msgs[2:4]
             ids = self.client.encode(Chat(msgs))
         if len(ids) > budget:
-            raise ModelError(f"the task alone takes {len(ids)} tokens; the model's context holds "
+            raise ClientError(f"the task alone takes {len(ids)} tokens; the model's context holds "
                              f"{context} with {max_tokens} for the reply")
         done = self.client.generate(Chat(msgs), Sampling(max_tokens=max_tokens, temperature=temperature,
                                                          top_p=0.95, seed=seed), n)

@@ -12,7 +12,7 @@ torch or transformers. Both backends are thin adapters over :mod:`smallcode.clie
   not a Backend, since it answers by task id rather than by prompt.
 """
 
-from smallcode.backends.base import Backend, BackendError, truncate_at_stop
+from smallcode.backends.base import Backend, truncate_at_stop
 from smallcode.backends.choose import BackendKind, backend_kind, open_backend
 
-__all__ = ["Backend", "BackendError", "BackendKind", "backend_kind", "open_backend", "truncate_at_stop"]
+__all__ = ["Backend", "BackendKind", "backend_kind", "open_backend", "truncate_at_stop"]

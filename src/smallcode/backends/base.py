@@ -3,7 +3,7 @@
 Deliberately tiny: a name and one batched ``generate``; a backend that times its own requests also
 offers ``generate_timed`` (:class:`TimedBackend`). Nothing about tasks, prompts formats or scoring
 lives here. The backends are adapters over :mod:`smallcode.client`, whose one error type a backend
-raises (``BackendError`` is its old name) and whose stop handling it uses (``truncate_at_stop``).
+raises (``smallcode.client.ClientError``) and whose stop handling it uses (``truncate_at_stop``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 from smallcode.client.base import ClientError, truncate_at_stop
 from smallcode.export import ONNX_CONFIG_FILE
 
-BackendError = ClientError
-"""A backend that cannot produce completions (down, misconfigured, answering garbage): the client's
-one error type, under the name eval's code has always caught."""
-
-__all__ = ["Backend", "BackendError", "Timed", "TimedBackend", "truncate_at_stop"]
+__all__ = ["Backend", "Timed", "TimedBackend", "truncate_at_stop"]
 
 
 @runtime_checkable
@@ -80,7 +76,7 @@ KIND_WHAT = {
 
 
 def backend_kind(spec: str | Path) -> BackendKind:
-    """What ``spec`` names (see the module docstring); raises :class:`BackendError` when it is none of them."""
+    """What ``spec`` names (see the module docstring); raises :class:`ClientError` when it is none of them."""
     text = str(spec)
     if text.startswith(("http://", "https://")):
         return "endpoint"
@@ -93,8 +89,8 @@ def backend_kind(spec: str | Path) -> BackendKind:
         try:
             return model_directory_kind(path)
         except CheckpointError as e:
-            raise BackendError(str(e)) from e
+            raise ClientError(str(e)) from e
     if path.is_file():
         return "samples"
-    raise BackendError(f"{spec}: no such file or directory, and not an http(s) URL (a backend is "
+    raise ClientError(f"{spec}: no such file or directory, and not an http(s) URL (a backend is "
                        f"{', '.join(KIND_WHAT.values())})")

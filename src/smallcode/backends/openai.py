@@ -5,7 +5,7 @@ prompt goes into a user message asking for the function; the code is extracted f
 see :func:`extract_code`). The requests are :class:`smallcode.client.http.HttpClient`'s: transient
 failures (connection refused, timeouts, HTTP 429/5xx, bodies that are not the expected JSON, a
 stream that breaks off or reports an error) are retried with exponential backoff; after the last
-attempt a :class:`BackendError` names the URL and the problem. Servers that ignore ``n`` are asked
+attempt a :class:`ClientError` names the URL and the problem. Servers that ignore ``n`` are asked
 again until each prompt has ``n`` answers; stop sequences are applied here whatever the server did.
 Prompts are sent ``concurrency`` at a time.
 

@@ -38,7 +38,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from smallcode.backends.base import Backend, BackendError, Timed, TimedBackend
+from smallcode.backends.base import Backend, Timed, TimedBackend
+from smallcode.client import ClientError
 from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
@@ -138,10 +139,10 @@ def _generate(tasks: list[Task], source: SampleSource, cfg: RunConfig, log: Json
                 texts = source.generate(*args)
                 call_s = time.perf_counter() - t0
                 outs = [[Timed(c, call_s, None) for c in comps] for comps in texts]
-        except BackendError as e:
+        except ClientError as e:
             bar.close()
             done = len(log.rows)
-            raise BackendError(f"{e} ({done} samples finished before this are kept in {log.path})") from e
+            raise ClientError(f"{e} ({done} samples finished before this are kept in {log.path})") from e
         for t, comps in zip(batch, outs, strict=True):
             for i in range(have.get(t.task_id, 0), cfg.n):
                 c = comps[i]

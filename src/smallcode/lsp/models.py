@@ -15,8 +15,8 @@ over :mod:`smallcode.client`, whose ``astream`` of a ``Fim`` request does the wo
 
 Each adapter counts the requests that reached the model (``calls``): a request that is superseded or
 cancelled before it gets here is never counted. A model that cannot answer (failed to load, endpoint
-down or refusing) raises ``ModelError`` (the client's ``ClientError``) with a message for the user;
-a full queue raises ``ModelBusy`` (``ClientBusy``).
+down or refusing) raises ``ClientError`` with a message for the user;
+a full queue raises ``ClientBusy``.
 """
 
 from __future__ import annotations
@@ -29,14 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from smallcode.client import Client, ClientBusy, ClientError, Fim, Sampling
-
-ModelError = ClientError
-"""The model cannot answer; the message says why, in words for the editor's user."""
-
-ModelBusy = ClientBusy
-"""The model's queue is full (it fell behind the keystrokes): this request gets no answer, and
-the next one will find room, since each request of a document cancels the one before."""
+from smallcode.client import Client, ClientError, Fim, Sampling
 
 
 @dataclass(frozen=True)
@@ -107,11 +100,11 @@ class LocalModel:
             self._error = e
 
     async def ready(self) -> None:
-        """Wait for the model; ``ModelError`` if it could not be loaded."""
+        """Wait for the model; ``ClientError`` if it could not be loaded."""
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
         if self._error is not None:
-            raise ModelError(f"the model in {self.directory} could not be loaded: {self._error}")
+            raise ClientError(f"the model in {self.directory} could not be loaded: {self._error}")
 
     @property
     def scheduler(self) -> Any:

@@ -47,10 +47,11 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
+from smallcode.client import ClientBusy, ClientError
 from smallcode.lsp import feedback
 from smallcode.lsp.context import Budget, OtherFile, build_context
 from smallcode.lsp.debounce import Debounce
-from smallcode.lsp.models import CompletionModel, FimRequest, ModelBusy, ModelError
+from smallcode.lsp.models import CompletionModel, FimRequest
 from smallcode.lsp.postprocess import MAX_LINES, multiline, shape, word_start
 
 log = logging.getLogger(__name__)
@@ -267,10 +268,10 @@ class SmallcodeServer(LanguageServer):
             if _handler_cancelled():
                 raise
             return None
-        except ModelBusy:
+        except ClientBusy:
             self.counters.busy += 1
             return None
-        except ModelError as e:
+        except ClientError as e:
             self.counters.errors += 1
             self.show_error(str(e))
             raise RequestFailed(str(e)) from e
