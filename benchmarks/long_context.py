@@ -1,8 +1,9 @@
 """Does validation loss stay flat past the training context? (the StreamingLLM question)
 
-Trains ``nano`` briefly on the embedded corpus read as bytes (``smallcode.demo``; training context
-``--train-len``, which should exceed the window so the model sees its window slide), then scores
-the standard library's long files that training never read, at 1x, 4x and 8x the training
+Trains ``nano`` briefly on the embedded corpus with a byte-level tokenizer (``smallcode.demo``;
+training context ``--train-len``, which should exceed the window so the model sees its window
+slide), then scores the corpus's long files that training never read (encoded by the checkpoint's
+own tokenizer), at 1x, 4x and 8x the training
 context. Loss is reported per position bucket, so a rise past the training length shows up
 directly. Two inference variants of the same weights: as trained (window + global tokens) and with
 the global tokens switched off, to see whether globals seen at distances never met in training hurt.
@@ -17,40 +18,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import sysconfig
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from smallcode.demo import stdlib_bytes
+from smallcode.corpus import discover
+from smallcode.demo import DEMO_BYTES, stdlib_files
 from smallcode.model.checkpoint import Checkpoint
 
-TRAIN_BYTES = 4_000_000  # what smallcode.demo reads, in sorted path order
 
-
-def held_out_long_files(min_bytes: int, limit: int) -> list[bytes]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    seen, out = 0, []
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts:
+def held_out_long_files(tokenizer: object, min_tokens: int, limit: int) -> list[list[int]]:
+    """The first ``min_tokens + 1`` tokens of corpus files the demo never trained on (those after its
+    first ``DEMO_BYTES``) that are at least that long."""
+    trained = set(stdlib_files(DEMO_BYTES))
+    out = []
+    for path in discover(None).files:
+        if path in trained:
             continue
-        data = path.read_bytes()
-        seen += len(data)
-        if seen > TRAIN_BYTES + len(data) and len(data) > min_bytes:  # entirely past the training bytes
-            out.append(data[: min_bytes + 1])
+        ids = tokenizer.encode(path.read_text(encoding="utf-8", errors="replace"))  # type: ignore[attr-defined]
+        if len(ids) > min_tokens:
+            out.append(ids[: min_tokens + 1])
             if len(out) == limit:
                 break
     return out
 
 
 @torch.no_grad()
-def position_losses(model: torch.nn.Module, docs: list[bytes]) -> torch.Tensor:
-    """Mean next-byte loss at every position (T,), averaged over documents."""
+def position_losses(model: torch.nn.Module, docs: list[list[int]]) -> torch.Tensor:
+    """Mean next-token loss at every position (T,), averaged over documents."""
     total = None
     for d in docs:
-        ids = torch.tensor(list(d), dtype=torch.long)[None]
+        ids = torch.tensor(d, dtype=torch.long)[None]
         logits = model(ids[:, :-1]).logits[0]
         loss = F.cross_entropy(logits, ids[0, 1:], reduction="none")
         total = loss if total is None else total + loss
@@ -58,15 +58,15 @@ def position_losses(model: torch.nn.Module, docs: list[bytes]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def restarted_losses(model: torch.nn.Module, docs: list[bytes], L: int) -> torch.Tensor:
+def restarted_losses(model: torch.nn.Module, docs: list[list[int]], L: int) -> torch.Tensor:
     """The same targets scored with a fresh short context: for positions >= L/2, each target is
-    predicted from a window of L bytes that starts L/2 before it, at positions 0..L-1. (T,), NaN
+    predicted from a window of L tokens that starts L/2 before it, at positions 0..L-1. (T,), NaN
     where not computed. Equal to ``position_losses`` wherever the model's loss depends only on
     the text it can see, not on how far into the sequence it is."""
     h = L // 2
     total, n = None, 0
     for d in docs:
-        ids = torch.tensor(list(d), dtype=torch.long)
+        ids = torch.tensor(d, dtype=torch.long)
         out = torch.full((len(ids) - 1,), float("nan"))
         for s in range(h, len(ids) - h, h):
             inp, tgt = ids[s - h : s + h][None], ids[s - h + 1 : s + h + 1]
@@ -94,9 +94,9 @@ def main() -> None:
             ckpt = Path(report["checkpoint"])
         else:
             ckpt, report = args.checkpoint, None
-        model = Checkpoint.open(ckpt).load_model().eval()
-    docs = held_out_long_files(8 * L, args.docs)
-    assert stdlib_bytes(16).size == 16  # the corpus reader is the demo's
+        checkpoint = Checkpoint.open(ckpt)
+        model, tokenizer = checkpoint.load_model().eval(), checkpoint.load_tokenizer()
+    docs = held_out_long_files(tokenizer, 8 * L, args.docs)
     edges = [0, L, 4 * L, 8 * L]
     result: dict[str, object] = {"train_len": L, "window": model.config.window, "n_global": model.config.n_global,
                                  "docs": len(docs), "train_report": report}

@@ -1,6 +1,6 @@
 """Latency and throughput of ``smallcode serve`` as an editor sees it: fill-in-the-middle requests over HTTP.
 
-Each configuration runs the real server (the engine, ``serve.scheduler.Scheduler`` and the app) in
+Each configuration runs the real server (the engine, ``runtime.scheduler.Scheduler`` and the app) in
 its own process on 127.0.0.1, so the clients' Python does not share the server's interpreter lock;
 the clients are ``httpx`` async, streaming from llama.cpp's ``/infill`` (what llama.vscode sends), and
 time to first token (TTFT) is the time from sending a request to its first streamed text.
