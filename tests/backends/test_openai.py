@@ -66,7 +66,8 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # a short poll, so that shutdown() at teardown returns at once (the default waits up to 0.5 s)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
 
     def answer(self, path: str, body: dict) -> bytes:
         k = body["n"] if self.choices_per_answer is None else self.choices_per_answer

@@ -56,7 +56,8 @@ class CompletionServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        # a short poll, so that shutdown() at teardown returns at once (the default waits up to 0.5 s)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
 
 
 def make_tasks(n: int, suite: str = "toy") -> list[Task]:
