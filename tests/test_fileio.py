@@ -54,6 +54,19 @@ def test_default_mode_follows_the_umask_and_a_given_mode_is_exact(tmp_path: Path
     assert _mode(tmp_path / "public") == 0o600
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_as_created_gives_a_private_file_opens_mode_under_the_umask(tmp_path: Path, mask: int) -> None:
+    path = tmp_path / "weights"
+    atomic_write_text(path, "x", mode=0o600)  # as safetensors writes it
+    old = os.umask(mask)
+    try:
+        assert fileio.umask() == mask
+        fileio.as_created(path)
+    finally:
+        os.umask(old)
+    assert _mode(path) == 0o666 & ~mask
+
+
 def test_a_private_file_is_created_private_and_has_its_mode_before_the_rename(tmp_path: Path, monkeypatch) -> None:
     created: list[int] = []
     at_fsync: list[int] = []

@@ -9,7 +9,8 @@ recognise and remove.
 
 Permissions: with ``mode=None`` a new file gets what ``open()`` would give it (0666 less the umask);
 with a ``mode`` the temporary file is created 0600 and set to ``mode`` before the rename, so a
-private file is never readable by others, not even for an instant. What this module does not do:
+private file is never readable by others, not even for an instant (0600 is for secrets: a token,
+expected outputs the sandbox must not see; weights are not, see ``as_created``). What this module does not do:
 locking (two writers of one path race, the last rename wins) or durability of the parent
 directories above the target's own.
 
@@ -79,6 +80,29 @@ def atomic_file(path: Path, mode: int | None = None) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask; read from /proc where it can be, since ``os.umask`` can only read it by
+    setting it (for an instant, under every other thread too)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(*paths: Path) -> None:
+    """Give ``paths`` the mode ``open()`` gives a new file (0666 less the umask). For files a library
+    writes private: safetensors creates its files 0600, as if weights were secrets, and other users
+    of a shared machine could not read a checkpoint."""
+    mode = 0o666 & ~umask()
+    for path in paths:
+        os.chmod(path, mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes | memoryview, mode: int | None = None) -> None:

@@ -169,3 +169,30 @@ def test_servers_that_ignore_n_are_asked_again_with_the_next_seeds(stub: Server)
     out = HttpClient(stub.url).generate(Text("p"), Sampling(seed=10), n=3)
     assert len(out) == 3 and [r[1]["seed"] for r in stub.requests] == [10, 11, 12]
     assert [r[1]["n"] for r in stub.requests] == [3, 2, 1]
+
+
+def test_more_choices_than_the_server_serves_at_once_come_in_several_requests(served: Any, engine: Any) -> None:
+    """``smallcode serve`` refuses n > Limits.max_n (8) with a 400 about ``n``: the client asks for 8,
+    then for the rest with the next seeds, so the 10 choices are the engine's for seeds 5..14."""
+    url, _ = served
+    prompt, sampling = "def add(a, b):\n", Sampling(max_tokens=6, temperature=0.9, seed=5)
+    want = [c.text for c in engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.9, seed=5), n=10)]
+    assert len(set(want)) > 1  # the seeds matter, so an answer in the wrong order or seeds would show
+    client = HttpClient(url, max_retries=0)
+    assert [c.text for c in client.generate(Text(prompt), sampling, n=10)] == want
+    assert client.max_n == 8
+    fresh = HttpClient(url, max_retries=0)
+    assert [c.text for c in asyncio.run(fresh.agenerate(Text(prompt), sampling, n=10))] == want
+    assert fresh.max_n == 8
+
+
+def test_a_refusal_of_n_that_states_no_cap_gets_one_choice_a_request(stub: Server) -> None:
+    refusal = (400, b'{"error": {"message": "n is too large", "param": "n"}}')
+    stub.plan = [refusal]
+    out = HttpClient(stub.url, max_retries=0).generate(Text("p"), Sampling(seed=10), n=3)
+    assert len(out) == 3
+    assert [(r[1]["n"], r[1]["seed"]) for r in stub.requests] == [(3, 10), (1, 10), (1, 11), (1, 12)]
+    stub.plan, stub.requests = [refusal], []
+    with pytest.raises(ClientError, match="HTTP 400: n is too large"):  # one at a time refused: that stands
+        HttpClient(stub.url, max_retries=0).generate(Text("p"), Sampling(seed=10), n=1)
+    assert len(stub.requests) == 1

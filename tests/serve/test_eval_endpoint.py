@@ -57,3 +57,18 @@ def test_eval_run_against_the_server(tmp_path: Path, tokenizer: CodeTokenizer) -
                 assert s["latency"][f"{key}_p{q}_s"] == pytest.approx(want, abs=1e-6)
         assert f"| {suite} | 2 | 4 | " in report
     assert "TTFT p50" in report and "TTFT p95" in report
+
+
+def test_eval_run_asks_for_more_samples_than_the_server_serves_per_request(tmp_path: Path,
+                                                                          tokenizer: CodeTokenizer) -> None:
+    """The README's example: --n 10 against `smallcode serve`, which serves at most 8 per request."""
+    out = tmp_path / "run"
+    with running_server(make_engine(tokenizer), max_batch=4) as (url, _):
+        argv = ["eval", "run", "--suite", "humaneval,mbpp", "--limit", "1", "--endpoint", f"{url}/v1",
+                "--out", str(out), "--n", "10", "--temperature", "0.8", "--max-tokens", "8", "--no-security",
+                "--workers", "1"]
+        assert main(argv) == 0
+    tasks = load_tasks(["humaneval", "mbpp"], limit=1)
+    samples = rows(out / "samples.jsonl")
+    assert sorted((r["task_id"], r["sample"]) for r in samples) == sorted((t.task_id, i) for t in tasks
+                                                                         for i in range(10))

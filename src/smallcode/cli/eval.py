@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from smallcode.agent.loop import AgentConfig
-from smallcode.cli.options import config_options
+from smallcode.cli.options import CommaList, config_options
 from smallcode.eval.runner import RunConfig
 
 
@@ -63,7 +64,11 @@ def run(
     repo_file: str | None,
     out: Path,
 ) -> None:
-    """Generate (or read) samples, check them in the sandbox, write summary.json and report.md."""
+    """Generate (or read) samples, check them in the sandbox, write summary.json and report.md.
+
+    An existing --out is resumed: once it has kept a sample, the settings its samples share (suites,
+    n, temperature, top-p, max tokens, mode) that are not given here are the run's own, and one given
+    otherwise is refused. A run that kept none takes the settings given."""
     from smallcode.backends import open_backend
     from smallcode.backends.samples import Samples
     from smallcode.eval.runner import evaluate, load_tasks
@@ -71,6 +76,7 @@ def run(
     chosen = [x for x in (model, endpoint, samples_file) if x is not None]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --model, --endpoint, --samples")
+    cfg = settings_of_run(cfg, out, click.get_current_context())
     tasks = load_tasks(cfg.suites, cfg.data_dir, cfg.limit, repo_file)
     kinds = (("samples",) if samples_file is not None else ("endpoint",) if endpoint is not None
              else ("smallcode", "onnx", "huggingface"))
@@ -87,6 +93,20 @@ def run(
         cfg = cfg.replace(n=opened.n)
     evaluate(tasks, source, cfg, out, name)
     click.echo((out / "report.md").read_text())
+
+
+def settings_of_run(cfg: RunConfig, out: Path, ctx: click.Context) -> RunConfig:
+    """``cfg`` with the settings of the run in ``out`` wherever the command line left them at their
+    defaults, so that ``eval run --model M --out DIR`` resumes DIR whatever settings started it. A run
+    that kept no sample (it failed first) has nothing to keep alike: it takes what is given here."""
+    from smallcode.eval.runner import SETTINGS, kept_samples, run_settings
+
+    if not kept_samples(out):
+        return cfg
+    old = run_settings(out)
+    unset = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+    kept = {k: old[k] for k in SETTINGS if k in old and ctx.get_parameter_source(k) in unset}
+    return cfg.replace(**kept) if kept else cfg
 
 
 @eval_.command("report")
@@ -115,7 +135,9 @@ def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout
 
 @eval_.command("agent")
 @click.option("--suite", "suites", multiple=True, required=True,
-              type=click.Choice(["repair-humaneval", "repair-mbpp", "repair-repo"]), help="Repair suite (repeatable).")
+              type=CommaList(click.Choice(["repair-humaneval", "repair-mbpp", "repair-repo"])),
+              help="Repair suites: repair-humaneval, repair-mbpp, repair-repo; comma-separated or repeated, as "
+                   "eval run's --suite.")
 @click.option("--model", "model", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A smallcode checkpoint or ONNX export directory.")
 @click.option("--endpoint", help="Base URL of an OpenAI-compatible chat server.")
@@ -129,15 +151,16 @@ def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout
               help="A file written by `smallcode eval mine` to build repair-repo from.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @config_options(AgentConfig)
-def agent(cfg: AgentConfig, suites: tuple[str, ...], model: Path | None, endpoint: str | None, api_key: str | None,
-          model_name: str, oracle: bool, limit: int | None, candidates: int, repo_file: str | None, out: Path) -> None:
+def agent(cfg: AgentConfig, suites: tuple[list[str], ...], model: Path | None, endpoint: str | None,
+          api_key: str | None, model_name: str, oracle: bool, limit: int | None, candidates: int,
+          repo_file: str | None, out: Path) -> None:
     """The repair benchmark: the agent fixes a seeded bug until the original tests pass (resumable)."""
     from smallcode.agent.models import ScriptedModel, open_chat_model
     from smallcode.eval.agent_bench import load_repair_suite, oracle_replies, run_repair
 
     if sum(x is not None and x is not False for x in (model, endpoint, oracle or None)) != 1:
         raise click.UsageError("give exactly one of --model, --endpoint, --oracle")
-    tasks = [t for s in suites for t in load_repair_suite(s, limit, repo_file=repo_file)]
+    tasks = [t for given in suites for s in given for t in load_repair_suite(s, limit, repo_file=repo_file)]
     if oracle:
         name = "oracle"
 

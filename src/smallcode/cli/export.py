@@ -44,4 +44,4 @@ def onnx(checkpoint: Path, out: Path, quantize: str | None, force: bool) -> None
     export_onnx(checkpoint, out, quantize=quantize, force=force)  # type: ignore[arg-type]
     size = (out / MODEL_FILE).stat().st_size / 2**20
     click.echo(f"wrote {out}: {MODEL_FILE} {size:.1f} MiB, opset {OPSET}, {quantize or 'float32'} weights; "
-               f"run it with smallcode generate --runtime onnx {out} PROMPT")
+               f"run it with smallcode generate {out} PROMPT")

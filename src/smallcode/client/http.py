@@ -14,9 +14,13 @@ applied here as well (servers may ignore them; the API takes four).
 ``generate``/``agenerate`` retry what may pass (connection refused, timeouts, HTTP 429 and 5xx,
 bodies or streams that are not what the API says, an error event mid-stream) with exponential
 backoff, ``max_retries`` times; then a :class:`ClientError` (:class:`ClientBusy` after a 503) names
-the URL and the last problem. Other 4xx are not retried. A server that gives fewer than ``n`` choices
-is asked again for the rest. ``stream``/``astream`` try once (whoever watches the text decides what
-to do next); leaving them closes the connection, which is how ``smallcode serve`` learns to cancel.
+the URL and the last problem. Other 4xx are not retried, except a 400 about ``n`` (``smallcode serve``
+serves at most 8 choices a request): the cap its message states (one, if it states none) is kept in
+``max_n`` and every request after asks for at most that many. A server that gives fewer than ``n``
+choices is asked again for the rest, with the next seeds (choice ``i`` of a request seeded ``s`` is
+seeded ``s + i``, so the choices are those one request for all ``n`` would have given).
+``stream``/``astream`` try once (whoever watches the text decides what to do next); leaving them
+closes the connection, which is how ``smallcode serve`` learns to cancel.
 
 Token counts come from the answer's ``usage`` (``tokens_predicted``/``tokens_evaluated`` on
 ``/infill``) where the server sends it; a completion's own count only when it is the answer's one choice.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -66,6 +71,15 @@ class _Missing(Exception):
     """The server has no such route (404/405): ``/infill`` falls back to ``/v1/completions``."""
 
 
+class _TooMany(ClientError):
+    """The server refused a request for more choices than it serves at once (a 400 about ``n``):
+    ``generate`` asks for ``cap`` at a time; anywhere else it is the refusal it says."""
+
+    def __init__(self, message: str, cap: int) -> None:
+        super().__init__(message)
+        self.cap = cap
+
+
 class HttpClient:
     """Completions from the server at ``url`` (see the module docstring)."""
 
@@ -81,6 +95,8 @@ class HttpClient:
         self.name = name or self.base
         self.fim_route: Literal["infill", "completions"] | None = None
         """Which FIM route the server has, once an answer said (None: not known yet)."""
+        self.max_n: int | None = None
+        """Most choices the server gives per request, once a refusal said (None: not known)."""
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s if connect_timeout_s else timeout_s)
         self._sync: httpx.Client | None = None
@@ -119,7 +135,15 @@ class HttpClient:
         return "/v1/completions", {**common, "prompt": head + request.prefix, "suffix": request.suffix}
 
     def _choices_asked(self, request: Request, n: int) -> int:
-        return 1 if isinstance(request, Fim) and self.fim_route != "completions" else n
+        if isinstance(request, Fim) and self.fim_route != "completions":
+            return 1
+        return n if self.max_n is None else min(n, self.max_n)
+
+    def _fewer(self, refused: _TooMany, n: int) -> None:
+        """Ask for fewer choices at once after ``refused`` (a request for ``n``); the refusal stands for one."""
+        if n <= 1:
+            raise refused
+        self.max_n = min(n - 1, refused.cap)
 
     def _next(self, sampling: Sampling, done: int) -> Sampling:
         return sampling if sampling.seed is None or not done else replace(sampling, seed=sampling.seed + done)
@@ -129,7 +153,10 @@ class HttpClient:
         out: list[Completion] = []
         while len(out) < n:
             want = self._choices_asked(request, n - len(out))
-            out += self._with_retries(request, self._next(sampling, len(out)), want)[:want]
+            try:
+                out += self._with_retries(request, self._next(sampling, len(out)), want)[:want]
+            except _TooMany as e:
+                self._fewer(e, want)
         return out
 
     def _with_retries(self, request: Request, sampling: Sampling, n: int) -> list[Completion]:
@@ -220,7 +247,10 @@ class HttpClient:
         out: list[Completion] = []
         while len(out) < n:
             want = self._choices_asked(request, n - len(out))
-            out += (await self._awith_retries(request, self._next(sampling, len(out)), want))[:want]
+            try:
+                out += (await self._awith_retries(request, self._next(sampling, len(out)), want))[:want]
+            except _TooMany as e:
+                self._fewer(e, want)
         return out
 
     async def _awith_retries(self, request: Request, sampling: Sampling, n: int) -> list[Completion]:
@@ -335,6 +365,9 @@ def _refuse(url: str, path: str, response: httpx.Response) -> None:
     problem = f"HTTP {code}: {_error_message(response)}"
     if code == 429 or code >= 500:
         raise _Retry(problem, busy=code == 503)
+    if code == 400 and _error_param(response) == "n":
+        cap = re.search(r"at most (\d+)", _error_message(response))
+        raise _TooMany(f"{url}: {problem}", max(1, int(cap.group(1))) if cap else 1)
     raise ClientError(f"{url}: {problem}")  # a 4xx other than 429 will not improve
 
 
@@ -347,6 +380,16 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return error["message"][:200]
     return str(error or body)[:200]
+
+
+def _error_param(response: httpx.Response) -> Any:
+    """The ``param`` an OpenAI-style error body names (None when it names none)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("param") if isinstance(error, dict) else None
 
 
 def _transport_problem(e: httpx.HTTPError) -> str:

@@ -44,7 +44,7 @@ from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
 from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
-from smallcode.fileio import JsonlLog, atomic_write_text
+from smallcode.fileio import JsonlLog, atomic_write_text, read_jsonl
 from smallcode.tasks.base import DEFAULT_STOP, Task
 
 
@@ -107,7 +107,26 @@ class RunConfig(Config):
         return self.workers or os.cpu_count() or 1
 
 
-# ---- append-only JSONL with fsync --------------------------------------------------------------
+SETTINGS = ("mode", "n", "temperature", "top_p", "max_tokens", "suites")
+"""The settings every sample of a run shares: a run that kept samples continues only with the same."""
+
+
+def run_settings(out: str | Path) -> dict[str, Any]:
+    """The settings of the run in ``out`` (``config.json``'s config), or {} when there is none yet."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text()).get("config")
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a run's config.json ({e}); use another --out") from e
+    return config if isinstance(config, dict) else {}
+
+
+def kept_samples(out: str | Path) -> bool:
+    """Whether the run in ``out`` has kept a sample (a run that kept none may start over with other settings)."""
+    path = Path(out) / "samples.jsonl"
+    return path.is_file() and bool(read_jsonl(path))
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -174,13 +193,10 @@ def evaluate(
     by_id = {t.task_id: t for t in tasks}
     cfg_path = out / "config.json"
     meta = {"config": cfg.to_dict(), "backend": backend_name, "sandbox": resolve_isolation(cfg.isolation)}  # type: ignore[arg-type]
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        keys = ("mode", "n", "temperature", "top_p", "max_tokens", "suites")
-        changed = [k for k in keys if old.get("config", {}).get(k) != meta["config"][k]]
-        if changed:
-            raise ConfigError(f"{out}: existing run used different {changed}; use another --out to compare")
-    else:
+    changed = [k for k in SETTINGS if run_settings(out).get(k, meta["config"][k]) != meta["config"][k]]
+    if changed and kept_samples(out):
+        raise ConfigError(f"{out}: existing run used different {changed}; use another --out to compare")
+    if changed or not cfg_path.exists():  # a run that kept no sample (it failed first) takes new settings
         atomic_write_text(cfg_path, json.dumps(meta, indent=2) + "\n")
 
     samples = JsonlLog(out / "samples.jsonl")

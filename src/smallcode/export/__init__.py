@@ -25,11 +25,17 @@ class ExportError(UserError, ValueError):
 def check_destination(checkpoint: Path, out: Path, force: bool) -> None:
     """Refuse a source that is not a checkpoint, and a destination that is the checkpoint, a file, or a
     non-empty directory (unless ``force``: it is then replaced, never merged into)."""
-    from smallcode.model.checkpoint import WEIGHTS_FILE, Checkpoint
+    from smallcode.model.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, model_directory_kind
 
-    if not Checkpoint.is_checkpoint(checkpoint):
-        raise ExportError(f"{checkpoint}: not a smallcode checkpoint (expected a directory with a smallcode "
-                          f"config.json and {WEIGHTS_FILE})")
+    try:  # the config is read whole here, so a corrupt one is named before any work
+        if model_directory_kind(checkpoint) == "huggingface":
+            raise ExportError(f"{checkpoint}: not a smallcode checkpoint (a Hugging Face model directory; "
+                              "export takes a smallcode checkpoint)")
+        Checkpoint.open(checkpoint)
+    except CheckpointError as e:
+        raise ExportError(f"not a smallcode checkpoint: {e}") from e
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise ExportError(f"{checkpoint}: not a smallcode checkpoint ({WEIGHTS_FILE} missing)")
     if out.resolve() == checkpoint.resolve():
         raise ExportError(f"{out}: is the checkpoint itself; write the export to another directory")
     if out.exists() and not out.is_dir():

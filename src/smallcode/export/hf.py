@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from smallcode.config import ConfigError
 from smallcode.export import check_destination
-from smallcode.fileio import atomic_dir
+from smallcode.fileio import as_created, atomic_dir
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
@@ -200,4 +200,5 @@ def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> P
             model.save_pretrained(tmp)
         shutil.copyfile(ckpt.tokenizer_file, tmp / TOKENIZER_FILE)  # type: ignore[arg-type]
         (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
+        as_created(*tmp.glob("*.safetensors"))  # safetensors writes them 0600: weights are no secret
     return out

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from smallcode.config import ConfigError
 from smallcode.errors import UserError
-from smallcode.fileio import atomic_dir
+from smallcode.fileio import as_created, atomic_dir
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
@@ -81,10 +81,16 @@ def model_directory_kind(path: str | Path) -> ModelDirectoryKind:
     if not config.is_file():
         raise CheckpointError(f"{path}: no {CONFIG_FILE} (a model is a smallcode checkpoint or a Hugging Face "
                               "model directory)")
-    kind = _kind(_read_json(config))
+    meta = _read_json(config)
+    kind = _kind(meta)
     if kind is None:
+        if not isinstance(meta, dict):
+            lacks = f"a JSON {type(meta).__name__}, not an object"
+        else:  # say which fields are missing: a user may have edited or truncated the file
+            lacks = "no " + ", ".join(k for k in ("format_version", "model", "model_type") if k not in meta)
         raise CheckpointError(f"{config}: neither a smallcode checkpoint config nor a Hugging Face config "
-                              "(no model_type)")
+                              f"({lacks}; a smallcode one has format_version and model, a Hugging Face one "
+                              "model_type)")
     return kind
 
 
@@ -227,6 +233,7 @@ def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: s
         if model.config.tie_embeddings:
             tensors.pop("lm_head.weight")  # the same tensor as embed.weight
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
+        as_created(tmp / WEIGHTS_FILE)  # safetensors writes it 0600: weights are no secret
         meta = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_file is not None:
