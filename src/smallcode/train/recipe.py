@@ -270,7 +270,8 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
     lines += [
         "## What to run next", "",
         f"- Generate: `smallcode generate {last} \"def fibonacci(n):\"`",
-        f"- Fill in the middle: `smallcode complete {last} --prefix-file examples/head.py --suffix-file examples/tail.py`",
+        f"- Fill in the middle: `smallcode complete {last} --prefix-file examples/head.py "
+        "--suffix-file examples/tail.py`",
         f"- Evaluate: `smallcode eval run --model {last} --suite humaneval,mbpp {data_dir}--out {out}/eval`",
         "- Scale up: the same stages for the flagship are in `configs/smallcode-16b-a4b/` (torchrun + FSDP2).",
     ]
