@@ -29,7 +29,11 @@ def stats(log_file: Path | None, as_json: bool) -> None:
     click.echo(f"log: {path}")
     click.echo(f"served {summary['served']}, shown {summary['shown']}, accepted {summary['accepted']}, "
                f"dismissed {summary['dismissed']}")
-    click.echo("acceptance rate: " + ("n/a" if rate is None else f"{rate:.1%}"))
+    if rate is None:
+        click.echo("acceptance rate: n/a (no completions shown yet)")
+    else:
+        of = "" if summary["rate_of"] == "shown" else " (of served: the editor reports no shown events)"
+        click.echo(f"acceptance rate: {rate:.1%}{of}")
     click.echo(f"accepted characters: {summary['accepted_chars']}")
     if lat["p50"] is not None:
         click.echo(f"latency (ms): p50 {lat['p50']:.1f}, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}")

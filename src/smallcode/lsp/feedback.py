@@ -71,8 +71,12 @@ def nearest_rank(values: list[float], q: float) -> float | None:
 
 
 def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Counts, acceptance rate (accepted over shown, or over served when the editor reports no
-    ``shown``), accepted characters and latency percentiles of ``served`` completions (ms)."""
+    """Counts, acceptance rate, accepted characters and latency percentiles of ``served`` completions (ms).
+
+    The rate is accepted over shown; over served when the editor reports acceptance but no ``shown``
+    (it runs the items' command and nothing else). With neither a ``shown`` nor an ``accepted`` event
+    nothing says that any completion reached the user, so the rate is None (a 0% there would be a
+    guess, not a measurement). ``rate_of`` says which count the rate is over (None with it)."""
     counts = dict.fromkeys(EVENTS, 0)
     accepted_chars = 0
     latencies: list[float] = []
@@ -84,8 +88,8 @@ def summarize(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             accepted_chars += chars if isinstance(chars, int) and chars >= 0 else 0
         if kind == "served" and isinstance(event.get("latency_ms"), int | float):
             latencies.append(float(event["latency_ms"]))
-    shown = counts["shown"] or counts["served"]
-    return {**counts, "acceptance_rate": counts["accepted"] / shown if shown else None,
-            "accepted_chars": accepted_chars,
+    rate_of = "shown" if counts["shown"] else "served" if counts["accepted"] and counts["served"] else None
+    return {**counts, "acceptance_rate": counts["accepted"] / counts[rate_of] if rate_of else None,
+            "rate_of": rate_of, "accepted_chars": accepted_chars,
             "latency_ms": {"p50": nearest_rank(latencies, 0.5), "p90": nearest_rank(latencies, 0.9),
                            "p99": nearest_rank(latencies, 0.99)}}

@@ -22,7 +22,9 @@ a full queue raises ``ClientBusy``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smallcode.client import Client, ClientError, Fim, Sampling
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,11 @@ async def _complete(client: Client, request: FimRequest, enough: Callable[[str],
 class LocalModel:
     """The engine in this process behind the server's scheduler (see the module docstring).
 
-    The model is loaded in a thread of its own that has ended before requests come, as the
-    scheduler asks (an OpenMP pool left by a live thread slows its decode steps down)."""
+    The model is loaded in a thread of its own, started here: ``smallcode lsp`` makes this object
+    before it reads the editor's first message, so the load runs while the editor initialises, and
+    a completion asked before it is done waits for the rest (``ready``). The thread has ended
+    before requests reach the scheduler, as the scheduler asks (an OpenMP pool left by a live
+    thread slows its decode steps down)."""
 
     def __init__(self, directory: Path, *, device: str = "cpu", max_batch: int = 4) -> None:
         self.directory = directory
@@ -93,11 +100,14 @@ class LocalModel:
     def _load(self, device: str, max_batch: int) -> None:
         from smallcode.client.local import open_local
 
+        started = time.monotonic()
         try:
             self._client = open_local(self.directory, device=device, max_batch=max_batch, max_queue=64,
                                       name=str(self.directory))
         except BaseException as e:  # noqa: BLE001 - reported to the client on each request
             self._error = e
+            return
+        log.info("model %s loaded in %.1f s", self.directory, time.monotonic() - started)
 
     async def ready(self) -> None:
         """Wait for the model; ``ClientError`` if it could not be loaded."""

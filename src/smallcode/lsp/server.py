@@ -24,7 +24,8 @@ Errors: an unknown document or a position outside it is InvalidParams; a model t
 is RequestFailed plus a ``window/showMessage`` (at most one per message per ``ERROR_REPEAT_S``); a
 model whose queue is full (it fell behind the keystrokes) answers no items;
 a message that is not JSON gets a JSON-RPC parse error (id null) and a ``window/showMessage``.
-The server keeps serving after each.
+The server keeps serving after each. Each error answer is one warning line on stderr, no traceback
+(``_Protocol``): only a bug in the server logs one.
 
 Settings come from ``initializationOptions`` (all optional): ``maxTokens``, ``automaticMaxTokens``, ``debounceMinMs``,
 ``debounceMaxMs``, ``prefixTokens``, ``suffixTokens``, ``extraTokens``, ``maxLines``.
@@ -44,8 +45,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
 
 from smallcode.client import ClientBusy, ClientError
 from smallcode.lsp import feedback
@@ -132,13 +134,30 @@ class Counters:
         """Requests the model's full queue turned away (no items, no error)."""
 
 
+class _Protocol(LanguageServerProtocol):
+    """pygls's protocol, except for how an error that a handler raises on purpose is logged.
+
+    A ``JsonRpcException`` from a handler (InvalidParams for an unknown document, RequestFailed for a
+    model that is down) is the answer the client gets, not a bug: it is logged as one line, where
+    pygls would log a traceback to stderr. Any other exception (an internal error) keeps its traceback."""
+
+    def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
+        error = None if future.cancelled() else future.exception()
+        if not isinstance(error, JsonRpcException) or isinstance(error, JsonRpcInternalError):
+            super()._send_handler_result(future, msg_id=msg_id)
+            return
+        self._request_futures.pop(msg_id, None)
+        log.warning("request %s answered with error %d: %s", msg_id, error.code, error.message)
+        self._send_response(msg_id, error=error.to_response_error())
+
+
 class SmallcodeServer(LanguageServer):
     """The language server; ``model`` answers the completions (``lsp.models``)."""
 
     def __init__(self, model: CompletionModel, settings: Settings | None = None) -> None:
         from smallcode import __version__
 
-        super().__init__("smallcode", __version__)
+        super().__init__("smallcode", __version__, protocol_cls=_Protocol)
         self.model = model
         self.settings = settings or Settings()
         self.counters = Counters()

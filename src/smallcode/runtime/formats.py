@@ -2,7 +2,9 @@
 
 ``prompt_format(tokenizer)`` gives the ``PromptFormat`` of a smallcode ``CodeTokenizer`` (or of an
 ``HFTokenizer``: its own); ``hf_prompt_format(tokenizer)`` that of a transformers tokenizer, whose
-family is recognised from the special tokens in its vocabulary. A ``PromptFormat`` has:
+family is recognised from the special tokens in its vocabulary, or, for our own tokenizer (a
+``smallcode export hf`` directory: its ``tokenizer_config.json`` names the tokenizer's hash), our
+layouts. A ``PromptFormat`` has:
 
 * ``name`` and ``stop_ids``: the tokens that end a completion (end-of-text, and what the family
   uses to close a turn or open another file);
@@ -16,7 +18,9 @@ family is recognised from the special tokens in its vocabulary. A ``PromptFormat
 Layouts. Ours is suffix-prefix-middle with the other files first
 (``[files] <|fim_prefix|><|fim_suffix|> suffix <|fim_middle|> prefix``): typing at the cursor only
 lengthens the end of the prompt, so the scheduler's prompt cache reuses all the rest. The Hugging
-Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``); other
+Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``). Our
+tokenizer spells its FIM tokens as Qwen2.5-Coder does, so an export of ours is recognised before the
+families and keeps our layout, chat and stops: the same model answers the same under both servers. Other
 files go as ``<file_sep>path\\ntext`` blocks where the family has a file separator (StarCoder2,
 Qwen2.5-Coder), and otherwise as plain text opened by a comment naming the file, at the start of the
 prefix, where the model reads them as earlier code of the same file. Neither the repository's name
@@ -38,9 +42,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
-from smallcode.tokenizer.code_tokenizer import plain_file_block
+from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, plain_file_block
 
 
 class FormatError(UserError, ValueError):
@@ -150,8 +156,29 @@ def detect_family(vocab: dict[str, int]) -> Family | None:
     return None
 
 
+def native_format(tokenizer: Any) -> SmallcodeFormat | None:
+    """Our own format for a transformers tokenizer that is ours, else None.
+
+    Ours: its ``tokenizer_config.json`` has the field ``CodeTokenizer.hf_config`` writes (``HASH_KEY``,
+    in every checkpoint and ``smallcode export hf`` directory) and its vocabulary has our special
+    tokens. The field marks it; its value is not compared, as transformers changes the tokenizer it
+    loads (it adds a post-processor), and a tokenizer saved again by transformers keeps the field."""
+    init_kwargs = getattr(tokenizer, "init_kwargs", None) or {}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not init_kwargs.get(HASH_KEY) or backend is None:
+        return None
+    try:
+        # A copy: CodeTokenizer switches special-token matching off in the object it is given, which
+        # must not change how the transformers tokenizer encodes plain prompts.
+        ours = CodeTokenizer(Tokenizer.from_str(backend.to_str()), source=str(getattr(tokenizer, "name_or_path", "")))
+    except TokenizerError:  # the field without our special tokens: not ours after all
+        return None
+    return SmallcodeFormat(ours)
+
+
 class HFFormat(PromptFormat):
-    """A transformers tokenizer's layouts: its family's FIM tokens and its own chat template.
+    """A transformers tokenizer's layouts: its family's FIM tokens and its own chat template, or ours
+    (``native``) for our own tokenizer.
 
     Text is encoded with the tokenizer's defaults, so the sequence start it adds (Llama's and
     DeepSeek's begin-of-sequence) opens every prompt, and special tokens written in a plain prompt
@@ -160,9 +187,12 @@ class HFFormat(PromptFormat):
     def __init__(self, tokenizer: Any, extra_stop_ids: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
         vocab: dict[str, int] = tokenizer.get_vocab()
-        self.family = detect_family(vocab)
-        self.name = self.family.name if self.family else "plain"
-        stops = [tokenizer.eos_token_id, *extra_stop_ids]
+        self.native = native_format(tokenizer)
+        # Our FIM tokens are spelled as Qwen2.5-Coder's: ours is recognised first, or our export
+        # would get the family's prefix-first layout and its stops.
+        self.family = None if self.native else detect_family(vocab)
+        self.name = self.native.name if self.native else self.family.name if self.family else "plain"
+        stops = [tokenizer.eos_token_id, *extra_stop_ids, *(self.native.stop_ids if self.native else ())]
         # The FIM tokens' ids, looked up once (get_vocab rebuilds the vocabulary as a dict each call).
         self._fim_ids: tuple[Any, ...] | None = None
         self._file_sep: int | None = None
@@ -199,6 +229,8 @@ class HFFormat(PromptFormat):
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def fim(self, prefix: str, suffix: str, extra: Sequence[tuple[str, str]] = ()) -> list[int]:
+        if self.native:
+            return self.native.fim(prefix, suffix, extra)
         if self._fim_ids is None:
             raise FormatError("this model has no fill-in-the-middle tokens (none of the known families: "
                               f"{', '.join(f.name for f in FAMILIES)}); send the prefix as a plain prompt")
@@ -216,6 +248,8 @@ class HFFormat(PromptFormat):
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         from jinja2 import TemplateError
 
+        if self.native:  # our template writes what chat_ids does; the ids themselves are ours
+            return self.native.chat(messages)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("this model has no chat template: use /v1/completions")
         try:

@@ -46,6 +46,9 @@ from smallcode.tokenizer import specials
 FimMode = Literal["psm", "spm"]
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
+HASH_KEY = "smallcode_tokenizer_hash"
+"""The ``tokenizer_config.json`` field holding ``hash``: it marks the tokenizer as ours, for
+``runtime.formats`` to lay a transformers-loaded copy's prompts out as ours."""
 
 # Jinja template equivalent to ``chat_ids`` so transformers' apply_chat_template agrees with us.
 CHAT_TEMPLATE = (
@@ -189,7 +192,7 @@ class CodeTokenizer:
             "chat_template": CHAT_TEMPLATE,
             "model_max_length": 1_000_000_000,
             "clean_up_tokenization_spaces": False,
-            "smallcode_tokenizer_hash": self.hash,
+            HASH_KEY: self.hash,
         }
 
     @property
