@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from smallcode.corpus import discover
+from smallcode.errors import UserError
 from smallcode.fileio import atomic_dir, atomic_write_json
 
 DEMO_BYTES = 4_000_000
@@ -47,8 +48,9 @@ def stdlib_bytes(limit: int) -> np.ndarray:
 
 
 def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, seq_len: int = 256,
-             lr: float = 3e-3, seed: int = 0) -> dict:
-    """Train ``preset`` for ``steps`` steps on the demo corpus under ``out``; returns the report."""
+             lr: float = 3e-3, seed: int = 0, corpus_bytes: int = DEMO_BYTES) -> dict:
+    """Train ``preset`` for ``steps`` steps on the first ``corpus_bytes`` of the demo corpus under
+    ``out``; returns the report."""
     from smallcode.data import PrepareConfig, prepare
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.tokenizer import load_tokenizer, train_tokenizer
@@ -57,7 +59,7 @@ def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, 
     from smallcode.train.trainer import Trainer
 
     out = Path(out)
-    files = stdlib_files(DEMO_BYTES)
+    files = stdlib_files(corpus_bytes)
     with atomic_dir(out / "tokenizer") as tmp:
         train_tokenizer(files, MIN_VOCAB, tmp, show_progress=False)
     tokenizer = load_tokenizer(out / "tokenizer")
@@ -72,13 +74,16 @@ def run_demo(out: Path, preset: str = "nano", steps: int = 200, batch: int = 8, 
     )
     shutil.rmtree(out / "train", ignore_errors=True)  # the demo's own run directory: start afresh
     trainer = Trainer(config, out / "train")
+    first = next(trainer.source.validation(1), None)
+    if first is None:
+        raise UserError(f"the first {corpus_bytes} bytes of the corpus left no validation data: read more of it")
     before = trainer.evaluate()
     result = trainer.run()
     with atomic_dir(out / "checkpoint") as tmp:
         shutil.copytree(result.final, tmp, dirs_exist_ok=True)
     ckpt = out / "checkpoint"
     reloaded = Checkpoint.open(ckpt).load_model().to(trainer.info.device)
-    probe = next(trainer.source.validation(1))["input_ids"][:2].to(trainer.info.device)
+    probe = first["input_ids"][:2].to(trainer.info.device)
     model = trainer.model.eval()
     with torch.no_grad():
         exact = torch.equal(model(probe).logits, reloaded(probe).logits)
