@@ -3,7 +3,9 @@ and the result says why it ended."""
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,24 +73,72 @@ def test_changing_tests_by_command_is_seen(repo: Path) -> None:
     assert "protected files changed" in result.detail
 
 
-def test_no_network(repo: Path) -> None:
-    cmd = ("python -c \"import socket; s = socket.socket(); s.settimeout(2); "
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP listener on the host's loopback: a sandbox with the host's network would reach it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    s.setblocking(False)
+    yield s
+    s.close()
+
+
+def test_no_network(repo: Path, listener: socket.socket) -> None:
+    # An offline machine refuses 1.1.1.1 with or without isolation; what shows the network namespace is
+    # that the sandbox has only its own loopback and cannot reach a listener on the host's.
+    port = listener.getsockname()[1]
+    cmd = ("python -c \"import socket; print('INTERFACES', sorted(n for _, n in socket.if_nameindex()))\"; "
+           f"python -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); "
+           "print('CONNECTED')\"; "
+           "python -c \"import socket; s = socket.socket(); s.settimeout(2); "
            "s.connect(('1.1.1.1', 53)); print('CONNECTED')\"; "
            "python -c \"import socket; socket.getaddrinfo('example.com', 80); print('RESOLVED')\"")
     with Workspace(repo) as ws:
         r = ws.run(cmd)
+    assert "INTERFACES ['lo']" in r.output, r.output
     assert "CONNECTED" not in r.output and "RESOLVED" not in r.output
-    assert "Network is unreachable" in r.output or "Errno" in r.output
+    assert "ConnectionRefusedError" in r.output or "Network is unreachable" in r.output, r.output
+    with pytest.raises(BlockingIOError):  # the host's listener saw no connection
+        listener.accept()
+
+
+# Forks children that wait, until a fork fails or 64 are running; prints how many and the error.
+FORK_PROBE = """python -c '
+import errno, os, time
+kids, error = [], None
+for _ in range(64):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        error = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        time.sleep(10)
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print("FORKED", len(kids), error)
+'"""
 
 
 def test_fork_bomb_and_endless_output_end_within_limits(repo: Path) -> None:
     with Workspace(repo, limits=ShellLimits(timeout_s=2.0, processes=32)) as ws:
+        # the process cap itself: the shell sees it, and a fork past it fails with EAGAIN (a bomb
+        # without the cap still ends at the time limit, so its status alone does not show the cap)
+        cap = ws.run(f"ulimit -u; {FORK_PROBE}")
         t0 = time.monotonic()
         bomb = ws.run("bomb() { bomb | bomb & }; bomb; sleep 30")
         flood = ws.run("yes flood")
         spin = ws.run("python -c 'while True: pass'")
         took = time.monotonic() - t0
         after = ws.run("echo still-works")
+    lines = cap.output.split("\n")
+    assert lines[0] == "32", cap.output
+    forked, error = lines[1].split()[1:]
+    assert error == "EAGAIN" and int(forked) < 32, cap.output
     assert bomb.status == "timeout" and spin.status == "timeout"
     assert flood.status == "output_limit" and len(flood.output) <= ws.limits.output_bytes
     assert took < 3 * 2.0 + 10  # each killed at its own limit, not left running

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -69,6 +70,34 @@ async def type_rapidly(client: LanguageClient, uri: str, line: int, character: i
             content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=ch)]))
         requests.append(asyncio.ensure_future(inline(client, uri, line, character + i + 1, invoked=False)))
     return list(await asyncio.gather(*requests))
+
+
+async def type_with_round_trips(client: LanguageClient, uri: str, line: int, character: int, text: str
+                                ) -> tuple[list[types.InlineCompletionList], list[float]]:
+    """Type ``text`` as ``type_rapidly`` does, but wait after each keystroke for a ``smallcode/stats``
+    round trip, so that the server has taken the keystroke (and its request) before the next comes:
+    keys a few milliseconds apart, as a fast typist's are to the server. Returns the answers and, for
+    each keystroke but the last, the time from sending it to the server having taken the next: an
+    upper bound on the gap between the two edits as the server saw them."""
+    requests, sent, taken = [], [], []
+    for i, ch in enumerate(text):
+        at = types.Position(line, character + i)
+        sent.append(time.monotonic())
+        client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2 + i),
+            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(at, at), text=ch)]))
+        params = types.InlineCompletionParams(
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character + i + 1))
+        # sent now (``inline`` in a task would send it only when the task runs, after the round trip)
+        requests.append(asyncio.wrap_future(client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION,
+                                                                         params)))
+        await server_stats(client)  # answered after the server took the edit and the request
+        taken.append(time.monotonic())
+    gaps = [taken[i + 1] - sent[i] for i in range(len(text) - 1)]
+    results = list(await asyncio.gather(*requests))
+    assert all(isinstance(r, types.InlineCompletionList) for r in results), results
+    return results, gaps
 
 
 async def server_stats(client: LanguageClient) -> dict[str, Any]:

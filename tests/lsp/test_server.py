@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
-from lsp_helpers import inline, lsp_session, open_doc, server_stats, type_rapidly  # type: ignore[import-not-found]
+from lsp_helpers import (  # type: ignore[import-not-found]
+    inline,
+    lsp_session,
+    open_doc,
+    server_stats,
+    type_rapidly,
+    type_with_round_trips,
+)
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
@@ -97,6 +104,45 @@ async def test_ten_rapid_edits_make_one_model_call(session: Any) -> None:
     assert after["model_calls"] - before["model_calls"] == 1
     assert after["superseded_before_model"] - before["superseded_before_model"] == 9
     assert all(not r.items for r in results[:-1])
+
+
+def may_pass(gaps: list[float], min_s: float = 0.03, pause_s: float = 0.6) -> int:
+    """How many requests of a burst, not counting its last, the adaptive debounce may let through to the
+    model when the server saw consecutive edits at most ``gaps`` apart: one followed by a gap of
+    ``min_s`` or more, or one made when the running average of the typing gaps (0.7 old + 0.3 new,
+    pauses left out) had reached ``min_s`` (typing that slow is not waited for while the model is
+    untimed). The average of the bounds bounds the server's."""
+    n, average = 0, None
+    for gap in gaps:
+        n += gap >= min_s or (average is not None and average >= min_s)
+        if gap < pause_s:
+            average = gap if average is None else 0.7 * average + 0.3 * gap
+    return n
+
+
+async def test_fast_typing_at_the_default_debounce_makes_one_model_call(checkpoint: Path, tmp_path: Path) -> None:
+    """The adaptive debounce at its defaults (no options). What it guarantees: while edits come less
+    than debounceMinMs (30 ms) apart, a request waits at least that long after the last edit however
+    fast the model is (an untimed model counts as fast), so the next edit supersedes it before it
+    reaches the model. Ten keystrokes a round trip apart (a few ms) reach the model once, for the last;
+    each gap the machine stretches past 30 ms may let one more through (``may_pass``)."""
+    async with lsp_session(["--model", str(checkpoint)], tmp_path) as (client, _):
+        open_doc(client, "file:///home/dev/pkg/warm.py", "x = 1\n")
+        await inline(client, "file:///home/dev/pkg/warm.py", 0, 5)  # the model is loaded (invoked: no wait)
+        uri = "file:///home/dev/pkg/fast.py"
+        open_doc(client, uri, "def f(x):\n    return \n")
+        before = await server_stats(client)
+        results, gaps = await type_with_round_trips(client, uri, 1, 11, "x + 1 - y2")
+        after = await server_stats(client)
+    d = {k: after[k] - before[k] for k in ("requests", "superseded_before_model", "cancelled_before_model",
+                                           "model_calls")}
+    passed = d["requests"] - d["superseded_before_model"] - d["cancelled_before_model"]
+    excused = may_pass(gaps)
+    assert d["requests"] == 10 and d["cancelled_before_model"] == 0
+    assert passed <= 1 + excused and d["model_calls"] <= 1 + excused, (d, [round(g * 1000) for g in gaps])
+    if excused == 0:  # every gap under 30 ms, as on a machine that is not overloaded
+        assert d["superseded_before_model"] == 9 and d["model_calls"] == 1
+        assert all(not r.items for r in results[:-1])
 
 
 async def test_cancel_request_before_the_model(session: Any) -> None:

@@ -1,4 +1,5 @@
-"""Muon against torch's own Newton-Schulz iteration and optimizer, the optimizer split, the WSD schedule."""
+"""Muon against torch's own Newton-Schulz iteration and optimizer and against the published iteration written
+out in float64, the optimizer split, the WSD schedule."""
 
 from __future__ import annotations
 
@@ -29,6 +30,51 @@ def test_orthogonalize_matches_torchs_iteration(shape: tuple[int, int]) -> None:
     assert s0.max() / s0.median() > 1.7 > s.max() / s.median()
 
 
+QUINTIC = (3.4445, -4.7750, 2.0315)
+"""The quintic Newton-Schulz coefficients published with Keller Jordan's Muon."""
+
+
+def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """The published iteration written out on its own, in float64: from X = G / |G|_F (wide side up),
+    ``steps`` times X <- aX + b(XX^T)X + c(XX^T)(XX^T)X."""
+    a, b, c = QUINTIC
+    x = g.double()
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / x.norm()
+    for _ in range(steps):
+        ax = x @ x.T @ x
+        x = a * x + b * ax + c * (x @ x.T @ ax)
+    return x.T if tall else x
+
+
+def muon_reference(p: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum: float, weight_decay: float,
+                   ns_steps: int = 5) -> torch.Tensor:
+    """Muon's steps on ``p`` written out in float64: Nesterov momentum, the update orthogonalised by
+    ``newton_schulz``, scaled by sqrt(max(1, rows / columns)), decoupled weight decay."""
+    p, buf = p.double(), torch.zeros_like(p, dtype=torch.float64)
+    scale = math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+    for g in grads:
+        g = g.double()
+        buf = momentum * buf + (1 - momentum) * g
+        update = newton_schulz((1 - momentum) * g + momentum * buf, ns_steps)
+        p = p * (1 - lr * weight_decay) - lr * scale * update
+    return p
+
+
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48)])
+def test_orthogonalize_takes_exactly_its_steps(shape: tuple[int, int]) -> None:
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    for steps in (1, 4, 5, 6):
+        err = (orthogonalize(g, steps).double() - newton_schulz(g, steps)).abs().max()
+        assert err < 1e-5, (steps, err)  # float32 against float64
+    # one step more or less moves the result by far more than that tolerance
+    five = newton_schulz(g, 5)
+    assert (newton_schulz(g, 4) - five).abs().max() > 1e-3 and (newton_schulz(g, 6) - five).abs().max() > 1e-3
+    assert (orthogonalize(g).double() - five).abs().max() < 1e-5  # five steps unless told otherwise
+
+
 def test_orthogonalize_treats_a_stack_as_separate_matrices() -> None:
     g = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(1))
     stacked = orthogonalize(g)
@@ -40,6 +86,7 @@ def test_muon_step_equals_torch_muon_on_a_matrix() -> None:
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(32, 16))
     b = torch.nn.Parameter(a.detach().clone())
+    start = a.detach().clone()
     ours = Muon([a], lr=0.05, momentum=0.9, weight_decay=0.1)
     theirs = torch.optim.Muon([b], lr=0.05, momentum=0.9, weight_decay=0.1, adjust_lr_fn="original")
     for step in range(3):
@@ -48,7 +95,20 @@ def test_muon_step_equals_torch_muon_on_a_matrix() -> None:
         ours.step()
         theirs.step()
     assert (a - b).abs().max() < 5e-3  # bfloat16 iteration on their side
-    assert (a - torch.randn(32, 16, generator=torch.Generator().manual_seed(99))).abs().max() > 0.1
+    # That bound cannot tell Newton-Schulz step counts apart; the float64 reference can.
+    grads = [torch.randn(32, 16, generator=torch.Generator().manual_seed(step)) for step in range(3)]
+    want = muon_reference(start, grads, lr=0.05, momentum=0.9, weight_decay=0.1)
+    assert (a.detach().double() - want).abs().max() < 1e-5
+    for wrong in (4, 6):
+        off = muon_reference(start, grads, lr=0.05, momentum=0.9, weight_decay=0.1, ns_steps=wrong)
+        assert (off - want).abs().max() > 1e-3, wrong
+    c = torch.nn.Parameter(start.clone())  # the step count asked for is the one run
+    three = Muon([c], lr=0.05, momentum=0.9, weight_decay=0.1, ns_steps=3)
+    for g in grads:
+        c.grad = g.clone()
+        three.step()
+    want = muon_reference(start, grads, lr=0.05, momentum=0.9, weight_decay=0.1, ns_steps=3)
+    assert (c.detach().double() - want).abs().max() < 1e-5
 
 
 def test_muon_refuses_vectors() -> None:

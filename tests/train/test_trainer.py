@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,11 +85,31 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path: Path) -> None:
                                rtol=1e-5, atol=1e-5)
 
 
+def grad_forwards(trainer: Trainer) -> list[int]:
+    """Counts, per block, the calls of its attention made with autograd recording: once per training
+    forward, and once more in the backward when the block is recomputed there (evaluation runs without
+    grad and is not counted). The hook is on a module inside the block, which a recomputation calls again."""
+    counts = [0] * len(trainer.model.blocks)
+    for i, block in enumerate(trainer.model.blocks):
+        def count(*_: object, i: int = i) -> None:
+            counts[i] += torch.is_grad_enabled()
+
+        block.attn.register_forward_hook(count)
+    return counts
+
+
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path: Path) -> None:
-    Trainer(tiny_config(steps=3), tmp_path / "a").run()
-    Trainer(tiny_config(steps=3, activation_checkpointing=True), tmp_path / "b").run()
+    plain = Trainer(tiny_config(steps=3), tmp_path / "a")
+    plain_calls = grad_forwards(plain)
+    plain.run()
+    checkpointed = Trainer(tiny_config(steps=3, activation_checkpointing=True), tmp_path / "b")
+    checkpointed_calls = grad_forwards(checkpointed)
+    checkpointed.run()
     torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "b")), torch.tensor(train_losses(tmp_path / "a")),
                                rtol=1e-6, atol=1e-6)
+    # the feature is on: every block ran again in each of the 3 backward passes (its activations were not kept)
+    assert plain_calls == [3, 3]
+    assert checkpointed_calls == [6, 6]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -246,17 +267,37 @@ def test_asking_for_a_missing_logger_is_a_clear_error(tmp_path: Path, monkeypatc
 @pytest.mark.parametrize("experts", [1, 4])
 def test_compiled_blocks_train_like_eager_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                experts: int) -> None:
-    # dynamo's capture of every block, run by the "eager" backend: inductor's C++ build is too slow for CI,
-    # and the capture of the blocks is what this checks (float32 MoE: grouped_mm runs outside the graph)
+    # dynamo's capture of every block, run as captured (what the "eager" backend does: inductor's C++ build
+    # is too slow for CI, and the capture of the blocks is what this checks; float32 MoE: grouped_mm runs
+    # outside the graph) by a backend that counts the graphs it is given and their calls
+    graphs: list[torch.fx.GraphModule] = []
+    calls = [0]
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable:
+        graphs.append(gm)
+
+        def run(*args: object) -> object:
+            calls[0] += 1
+            return gm.forward(*args)
+
+        return run
+
     original = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend=backend))
+    torch._dynamo.reset()  # blocks compiled by earlier tests fill dynamo's cache; past its limit it runs eager
     cfg = tiny_config(steps=3)
     if experts > 1:
         cfg = cfg.replace(model_overrides={**cfg.model_overrides, "n_experts": experts, "top_k": 2})
     Trainer(cfg, tmp_path / "eager").run()
-    Trainer(cfg.replace(compile=True), tmp_path / "compiled").run()
+    assert calls == [0]
+    compiled = Trainer(cfg.replace(compile=True), tmp_path / "compiled")
+    compiled.run()
     torch.testing.assert_close(torch.tensor(train_losses(tmp_path / "compiled")),
                                torch.tensor(train_losses(tmp_path / "eager")), rtol=1e-6, atol=1e-6)
+    # the blocks were captured: graphs came to the backend, and every block's forward of every training
+    # step (3 steps, each block once) ran through one
+    n_blocks = len(compiled.model.blocks)
+    assert graphs and calls[0] >= 3 * n_blocks, (len(graphs), calls)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
