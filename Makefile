@@ -22,8 +22,10 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python -m smallcode.cli.main recipe configs/nano/recipe.yaml
 
+# Two workers (pytest-xdist), each file on one of them so that its module-scoped servers and models
+# are built once: the suite is sized for two cores.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -25,7 +25,7 @@ is RequestFailed plus a ``window/showMessage`` (at most one per message per ``ER
 model whose queue is full (it fell behind the keystrokes) answers no items;
 a message that is not JSON gets a JSON-RPC parse error (id null) and a ``window/showMessage``.
 The server keeps serving after each. Each error answer is one warning line on stderr, no traceback
-(``_Protocol``): only a bug in the server logs one.
+(``_AnswersAreNotBugs``): only a bug in the server logs one.
 
 Settings come from ``initializationOptions`` (all optional): ``maxTokens``, ``automaticMaxTokens``, ``debounceMinMs``,
 ``debounceMaxMs``, ``prefixTokens``, ``suffixTokens``, ``extraTokens``, ``maxLines``.
@@ -47,7 +47,6 @@ from urllib.parse import unquote, urlparse
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
 
 from smallcode.client import ClientBusy, ClientError
 from smallcode.lsp import feedback
@@ -134,21 +133,18 @@ class Counters:
         """Requests the model's full queue turned away (no items, no error)."""
 
 
-class _Protocol(LanguageServerProtocol):
-    """pygls's protocol, except for how an error that a handler raises on purpose is logged.
+class _AnswersAreNotBugs(logging.Filter):
+    """pygls logs a traceback for every ``JsonRpcException`` a handler raises. Ours are answers the
+    client gets (InvalidParams for an unknown document, RequestFailed for a model that is down), not
+    bugs: such a record becomes one warning line. An internal error keeps its traceback."""
 
-    A ``JsonRpcException`` from a handler (InvalidParams for an unknown document, RequestFailed for a
-    model that is down) is the answer the client gets, not a bug: it is logged as one line, where
-    pygls would log a traceback to stderr. Any other exception (an internal error) keeps its traceback."""
-
-    def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
-        error = None if future.cancelled() else future.exception()
-        if not isinstance(error, JsonRpcException) or isinstance(error, JsonRpcInternalError):
-            super()._send_handler_result(future, msg_id=msg_id)
-            return
-        self._request_futures.pop(msg_id, None)
-        log.warning("request %s answered with error %d: %s", msg_id, error.code, error.message)
-        self._send_response(msg_id, error=error.to_response_error())
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, JsonRpcException) and not isinstance(error, JsonRpcInternalError):
+            record.msg, record.args = "request answered with error %d: %s", (error.code, error.message)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 class SmallcodeServer(LanguageServer):
@@ -157,7 +153,11 @@ class SmallcodeServer(LanguageServer):
     def __init__(self, model: CompletionModel, settings: Settings | None = None) -> None:
         from smallcode import __version__
 
-        super().__init__("smallcode", __version__, protocol_cls=_Protocol)
+        super().__init__("smallcode", __version__)
+        # pygls logs from its JSON-RPC module; the filter sits on that logger, where the records are made.
+        rpc_log = logging.getLogger("pygls.protocol.json_rpc")
+        if not any(isinstance(f, _AnswersAreNotBugs) for f in rpc_log.filters):
+            rpc_log.addFilter(_AnswersAreNotBugs())
         self.model = model
         self.settings = settings or Settings()
         self.counters = Counters()
