@@ -31,3 +31,19 @@ def test_a_server_without_a_family_answers_its_routes_with_404(tiny_tokenizer: A
         assert client.get("/health").status_code == 200
     with pytest.raises(ValueError, match="unknown API families"):
         create_app(None, None, families=("openai", "ollama"))
+
+
+def test_no_route_waits_for_the_thread_pool() -> None:
+    """FastAPI runs a plain ``def`` endpoint or dependency in its thread pool: a thread hop per
+    request, which the model loop's thread slows down (a keystroke paid about 3 ms at p50). Every
+    endpoint and dependency of the API routes is a coroutine function."""
+    import inspect
+
+    def calls(dependant: Any) -> list[Any]:
+        return [dependant.call, *(c for d in dependant.dependencies for c in calls(d))]
+
+    for family in (openai, mistral, llamacpp):
+        for route in family.router.routes:
+            for call in calls(route.dependant):  # type: ignore[attr-defined]
+                if call is not None and not inspect.isclass(call):
+                    assert inspect.iscoroutinefunction(call), f"{route.path}: {call.__qualname__} is not async"  # type: ignore[attr-defined]
