@@ -4,7 +4,9 @@
 package, 400 merges) and hands out that one object; the ``tiny_tokenizer`` / ``tiny_tokenizer_dir``
 fixtures of ``tests/conftest.py`` are it. ``make_model`` builds the tiny random model sized to it
 (vocabulary 512) with peaked logits, so that float summation order never flips a greedy token.
-``wait_for`` polls a condition with a deadline and says what it waited for when it gives up.
+``wait_for`` polls a condition with a deadline and says what it waited for when it gives up;
+``loopback_listener`` is a TCP listener on the host's loopback, which a sandbox with the host's
+network would reach.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
+import socket
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,3 +70,16 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(poll_s)
+
+
+@contextmanager
+def loopback_listener() -> Iterator[socket.socket]:
+    """A listening TCP socket on 127.0.0.1 (a free port), closed on exit."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        s.setblocking(False)
+        yield s
+    finally:
+        s.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import TEST_COMMAND, tree_digest
 
+from factories import loopback_listener  # type: ignore[import-not-found]
 from smallcode.agent import AgentConfig, ScriptedModel, ShellLimits, Workspace, run_agent
 from smallcode.agent.actions import search_replace_block
 
@@ -76,12 +77,8 @@ def test_changing_tests_by_command_is_seen(repo: Path) -> None:
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
     """A TCP listener on the host's loopback: a sandbox with the host's network would reach it."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    s.setblocking(False)
-    yield s
-    s.close()
+    with loopback_listener() as s:
+        yield s
 
 
 def test_no_network(repo: Path, listener: socket.socket) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_sandbox_helpers import descendants, processes_of_uid, require_bwrap
 
+from factories import loopback_listener  # type: ignore[import-not-found]
 from smallcode.eval.check import check_compat, check_strict
 from smallcode.eval.expected import expected_outputs
 from smallcode.eval.sandbox import Limits, Sandbox, available
@@ -46,12 +47,8 @@ def canaries() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def listener() -> Iterator[socket.socket]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    s.setblocking(False)
-    yield s
-    s.close()
+    with loopback_listener() as s:
+        yield s
 
 
 @pytest.fixture(scope="module", params=["bwrap", "unshare"])
