@@ -176,16 +176,14 @@ class JsonlError(UserError, ValueError):
     """A JSONL file with a line that is not a JSON object (the message names the file and line)."""
 
 
-def _jsonl_rows(path: Path, data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-    """The (line number, row) pairs of ``data`` and how many of its bytes they cover (less than all:
-    a torn last line)."""
+def _jsonl_rows(path: Path, data: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """The (line number, row) pairs of ``data``; a last line without its newline that does not parse
+    (a torn write) is left out."""
     rows: list[tuple[int, dict[str, Any]]] = []
-    good = 0
     lines = data.split(b"\n")
     for lineno, line in enumerate(lines, start=1):
         last = lineno == len(lines)  # no newline after it: the empty remainder, or a torn write
         if not line.strip():
-            good += len(line) + (0 if last else 1)
             continue
         try:
             row = json.loads(line.decode("utf-8"))
@@ -200,8 +198,7 @@ def _jsonl_rows(path: Path, data: bytes) -> tuple[list[tuple[int, dict[str, Any]
         if not isinstance(row, dict):
             raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append((lineno, row))
-        good += len(line) + (0 if last else 1)
-    return rows, good
+    return rows
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -215,7 +212,7 @@ def numbered_jsonl(path: str | Path, data: bytes | None = None) -> list[tuple[in
     name its line. ``data``: the file's bytes when they are already in memory (a decompressed copy);
     ``path`` then only names them in errors."""
     path = Path(path)
-    return _jsonl_rows(path, path.read_bytes() if data is None else data)[0]
+    return _jsonl_rows(path, path.read_bytes() if data is None else data)
 
 
 def _last_line(path: Path) -> tuple[int, bytes]:

@@ -371,24 +371,27 @@ def _refuse(url: str, path: str, response: httpx.Response) -> None:
     raise ClientError(f"{url}: {problem}")  # a 4xx other than 429 will not improve
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.content[:200].decode(errors="replace")
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"][:200]
-    return str(error or body)[:200]
-
-
-def _error_param(response: httpx.Response) -> Any:
-    """The ``param`` an OpenAI-style error body names (None when it names none)."""
+def _error_body(response: httpx.Response) -> tuple[Any, Any] | None:
+    """A JSON answer's body and its ``error`` member (None when the answer is not JSON)."""
     try:
         body = response.json()
     except ValueError:
         return None
-    error = body.get("error") if isinstance(body, dict) else None
+    return body, body.get("error") if isinstance(body, dict) else None
+
+
+def _error_message(response: httpx.Response) -> str:
+    parsed = _error_body(response)
+    if parsed is None:
+        return response.content[:200].decode(errors="replace")
+    body, error = parsed
+    return _error_text(error) if error else str(body)[:200]
+
+
+def _error_param(response: httpx.Response) -> Any:
+    """The ``param`` an OpenAI-style error body names (None when it names none)."""
+    parsed = _error_body(response)
+    error = parsed[1] if parsed is not None else None
     return error.get("param") if isinstance(error, dict) else None
 
 
