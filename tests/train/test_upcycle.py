@@ -182,3 +182,121 @@ def test_checkpoint_without_tokenizer_and_refusals(tmp_path, capsys) -> None:
     assert not (tmp_path / "again").exists()
     assert cli_main(["upcycle", str(parent), "--experts", "2", "--top-k", "3", "--out", str(tmp_path / "x")]) == 1
     assert "top_k must be between 1 and n_experts (2), got 3" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- fine-grained experts, Drop-Upcycling, router init
+
+def segment_reference(dense: SmallCodeLM, layer: int, g: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segment ``s`` of ``g`` of a dense layer's SwiGLU, sliced by hand: (gate|up rows, down columns x g)."""
+    w = dense.state_dict()
+    gate_up, down = w[f"blocks.{layer}.ffn.experts.w_gate_up"][0], w[f"blocks.{layer}.ffn.experts.w_down"][0]
+    f = down.shape[1]
+    h = f // g
+    rows = torch.cat([gate_up[s * h:(s + 1) * h], gate_up[f + s * h:f + (s + 1) * h]])
+    return rows, down[:, s * h:(s + 1) * h] * g
+
+
+@pytest.mark.parametrize(("g", "E", "K"), [(1, 4, 2), (2, 4, 2), (2, 8, 4), (4, 8, 4), (4, 16, 8)])
+def test_fine_grained_experts_keep_the_dense_function(g: int, E: int, K: int) -> None:
+    dense = dense_model(window=5, n_global=1)  # T = 40 > window: the windowed path too
+    moe = upcycle(dense, E, K, seed=2, granularity=g)
+    assert (moe.config.n_experts, moe.config.top_k, moe.config.d_ff) == (E, K, 96 // g)
+    tokens = torch.randint(0, 256, (3, 40))
+    with torch.no_grad():
+        got = moe(tokens)
+        torch.testing.assert_close(got.logits, dense(tokens).logits, atol=1e-5, rtol=1e-5)
+    # expert c * g + s is copy c of segment s, sliced by hand
+    for layer in range(2):
+        experts = moe.blocks[layer].ffn.experts
+        for e in range(E):
+            rows, cols = segment_reference(dense, layer, g, e % g)
+            assert torch.equal(experts.w_gate_up[e], rows) and torch.equal(experts.w_down[e], cols)
+    # each token gets every segment K / g times, and more than one copy of the segments is in use
+    x = torch.randn(50, 64)
+    _, _, chosen_NK = moe.blocks[0].ffn.router(x)
+    per_segment = torch.stack([(chosen_NK % g == s).sum(dim=1) for s in range(g)], dim=1)
+    assert (per_segment == K // g).all()
+    assert got.expert_load is not None
+    if E > K:
+        assert ((got.expert_load > 0).sum(dim=1) > K).all()
+
+
+def test_without_the_scale_fine_grained_experts_would_change_the_function() -> None:
+    # the scale by g is what makes the renormalised gates add up: check the test would see it missing
+    dense = dense_model()
+    moe = upcycle(dense, 8, 4, granularity=2)
+    with torch.no_grad():
+        for blk in moe.blocks:
+            blk.ffn.experts.w_down /= 2
+        tokens = torch.randint(0, 256, (2, 20))
+        assert (moe(tokens).logits - dense(tokens).logits).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("g", "rate"), [(1, 0.25), (2, 0.5), (4, 0.125)])
+def test_drop_upcycling_redraws_exactly_the_share_and_other_units_per_expert(g: int, rate: float) -> None:
+    dense = dense_model()
+    kept = upcycle(dense, 4 * g, 2 * g, seed=5, granularity=g)
+    dropped = upcycle(dense, 4 * g, 2 * g, seed=5, granularity=g, drop_rate=rate)
+    h = 96 // g
+    for layer in range(2):
+        a, b = kept.blocks[layer].ffn.experts, dropped.blocks[layer].ffn.experts
+        unit_sets = []
+        for e in range(4 * g):
+            gate = (a.w_gate_up[e, :h] != b.w_gate_up[e, :h]).any(dim=1)
+            up = (a.w_gate_up[e, h:] != b.w_gate_up[e, h:]).any(dim=1)
+            down = (a.w_down[e] != b.w_down[e]).any(dim=0)
+            assert torch.equal(gate, up) and torch.equal(gate, down)  # a unit is redrawn whole
+            assert int(gate.sum()) == round(rate * h)
+            unit_sets.append(frozenset(gate.nonzero().flatten().tolist()))
+        assert len(set(unit_sets)) == len(unit_sets)  # different units in every expert
+        # redrawn from the parent matrices' statistics: the fresh down columns have the scaled parent's spread
+        fresh = torch.cat([b.w_down[e][:, sorted(u)].flatten() for e, u in enumerate(unit_sets)])
+        assert abs(fresh.std().item() / a.w_down.std().item() - 1) < 0.25
+    assert torch.equal(kept.blocks[0].ffn.router.weight, dropped.blocks[0].ffn.router.weight)
+    again = upcycle(dense, 4 * g, 2 * g, seed=5, granularity=g, drop_rate=rate)
+    assert torch.equal(again.blocks[1].ffn.experts.w_down, dropped.blocks[1].ffn.experts.w_down)  # seeded
+    tokens = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert (dropped(tokens).logits - dense(tokens).logits).abs().max() > 1e-3
+
+
+def test_zero_router_keeps_the_function_with_uniform_gates() -> None:
+    dense = dense_model()
+    moe = upcycle(dense, 4, 2, router_init="zero")
+    assert all(torch.count_nonzero(blk.ffn.router.weight) == 0 for blk in moe.blocks)
+    _, weights, _ = moe.blocks[0].ffn.router(torch.randn(5, 64))
+    assert torch.equal(weights, torch.full_like(weights, 0.5))
+    tokens = torch.randint(0, 256, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(tokens).logits, dense(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n_experts": 8, "top_k": 3, "granularity": 2}, r"top_k \(3\) must be a multiple of granularity 2"),
+    ({"n_experts": 10, "top_k": 5, "granularity": 5}, r"d_ff \(96\) is not divisible by granularity 5"),
+    ({"n_experts": 6, "top_k": 4, "granularity": 4}, r"n_experts \(6\) must be a multiple of granularity 4"),
+    ({"n_experts": 8, "top_k": 4, "granularity": 2, "router_init": "zero"}, "router_init 'zero' ties every expert"),
+    ({"n_experts": 4, "top_k": 2, "router_init": "uniform"}, "router_init must be one of"),
+    ({"n_experts": 4, "top_k": 2, "drop_rate": 1.5}, r"drop_rate must be in \[0, 1\]"),
+    ({"n_experts": 4, "top_k": 2, "granularity": 0}, "granularity must be an integer >= 1"),
+])
+def test_fine_grained_refusals(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        upcycle(dense_model(), **kwargs)
+
+
+def test_cli_fine_grained_with_drop_and_its_record(tmp_path, capsys) -> None:
+    parent = save_checkpoint(dense_model(), tmp_path / "dense")
+    out = tmp_path / "moe"
+    args = ["upcycle", str(parent), "--experts", "8", "--top-k", "4", "--granularity", "2", "--drop-rate", "0.25",
+            "--out", str(out)]
+    assert cli_main(args) == 0
+    ckpt = Checkpoint.open(out)
+    assert (ckpt.config.n_experts, ckpt.config.top_k, ckpt.config.d_ff) == (8, 4, 48)
+    assert ckpt.extra["upcycle"] == {"n_experts": 8, "top_k": 4, "seed": 0, "router_std": 0.02,
+                                         "granularity": 2, "drop_rate": 0.25, "router_init": "normal"}
+    want = upcycle(Checkpoint.open(parent).load_model(), 8, 4, granularity=2, drop_rate=0.25)
+    assert torch.equal(ckpt.load_model().blocks[1].ffn.experts.w_gate_up, want.blocks[1].ffn.experts.w_gate_up)
+    assert cli_main(["upcycle", str(parent), "--experts", "8", "--top-k", "3", "--granularity", "2",
+                     "--out", str(tmp_path / "bad")]) == 1
+    assert "must be a multiple of granularity 2" in capsys.readouterr().err
