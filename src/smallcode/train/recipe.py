@@ -2,9 +2,12 @@
 
 ``smallcode recipe configs/nano/recipe.yaml`` builds, under ``out``:
 
-    tokenizer/   a code BPE trained on the corpus (the standard library's sources by default)
+    tokenizer/   a code BPE trained on the corpus (the standard library's sources by default), or, when
+                 the first stage imports a Hugging Face model, that model's own tokenizer files
     shards/      the corpus tokenized, deduplicated and split (``smallcode data prepare``)
-    <stage>/     one directory per stage: a training run (``smallcode train``) or an upcycled checkpoint
+    <stage>/     one directory per stage: a training run (``smallcode train``), or a checkpoint made
+                 without training: imported (``import_from``), pruned, windowed (``window.json`` beside
+                 it: long-range losses) or upcycled
     heldout.json each stage's bits per byte on held-out third-party Python   } written by
     samples.json the final model's completions of fixed prompts              } smallcode.pipeline,
     eval/        the final model's sandboxed HumanEval and MBPP run, pass@1  } which runs this first
@@ -14,24 +17,43 @@
 
 Each step is skipped when its output is complete and resumed from its newest checkpoint when it is
 not, so an interrupted recipe is continued by running the same command again. A stage names the
-stages it builds on (``init_from``, ``teacher_from``, ``upcycle_from``); the runner fills in
-those paths and the shard and tokenizer paths (and MBPP's, when the recipe overrides the packaged
-copy), so the stage files stay ordinary training configs.
-One process; the flagship's stages run one by one under torchrun (see ``configs/``).
+stages it builds on (``init_from``, ``teacher_from``, ``upcycle_from``, ``prune_from``,
+``window_from``); the runner fills in those paths and the shard and tokenizer paths (and MBPP's, when
+the recipe overrides the packaged copy), so the stage files stay ordinary training configs.
+
+**Starting from someone else's model.** A first stage with ``import_from: DIR`` imports a Hugging
+Face causal-LM directory (``smallcode.export.hf_import.import_hf``); the recipe then trains no
+tokenizer: ``tokenizer/`` is a copy of the imported model's tokenizer files and the shards are
+tokenised with it, so every later stage (and a teacher taken from the import) shares its token ids.
+``configs/import/`` holds such recipes: import, window, adapt by distillation from the imported
+original, upcycle into fine-grained experts, train the MoE with the original as teacher.
+
+**Under torchrun** (``torchrun ... -m smallcode.cli.main recipe RECIPE``) every process runs the
+training stages together (DDP or FSDP2, as the stage says); the steps without training (tokenizer,
+shards, import, prune, window, upcycle, scoring, report) run in the first process while the others
+wait for their output on the shared file system (polling, not a collective, so a long tokenisation
+cannot time a process group out).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from smallcode.config import Config, ConfigError
 from smallcode.fileio import atomic_dir, atomic_write_text
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import DistillConfig, TrainConfig
+
+try:
+    from smallcode.model.checkpoint import HF_TOKENIZER_FILES
+except ImportError:  # before the checkpoint module knew them (issue #23)
+    HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 @dataclass
@@ -39,7 +61,19 @@ class StageSpec(Config):
     name: str = ""
     """Directory name of the stage under the recipe's ``out``, and how later stages refer to it."""
     config: str | None = None
-    """A training stage's YAML (``smallcode train`` format); None for an upcycling stage."""
+    """A training stage's YAML (``smallcode train`` format); None for a stage without training."""
+    import_from: str | None = None
+    """Import this Hugging Face model directory (``smallcode import hf``); the first stage only. The recipe
+    then uses the model's own tokenizer instead of training one."""
+    window_from: str | None = None
+    """Give this earlier stage's full-attention final checkpoint a sliding ``window`` plus ``n_global``
+    sink tokens (no training); its long-range losses go to ``window.json``."""
+    window: int = 4096
+    """Windowing: positions each query sees (besides the sinks)."""
+    n_global: int = 4
+    """Windowing: sink tokens, the first positions of a sequence, visible to every query (StreamingLLM: 4)."""
+    long_range_rows: int = 8
+    """Windowing: validation sequences of 4 x ``window`` tokens the long-range loss is measured on."""
     init_from: str | None = None
     """Start from this earlier stage's final checkpoint."""
     teacher_from: str | None = None
@@ -55,16 +89,30 @@ class StageSpec(Config):
     experts: int = 8
     """Upcycling: experts per layer."""
     top_k: int = 2
-    """Upcycling: experts per token."""
+    """Upcycling: experts per token (a multiple of ``granularity``)."""
+    granularity: int = 1
+    """Upcycling: fine-grained experts each feed-forward is cut into (each of ``d_ff / granularity`` units)."""
+    drop_rate: float = 0.0
+    """Upcycling: share of every expert's hidden units re-initialised (Drop-Upcycling); 0 keeps the function."""
+    router_init: Literal["normal", "zero"] = "normal"
+    """Upcycling: the router's start (``smallcode.train.upcycle``)."""
     set: list[str] = field(default_factory=list)
     """Extra ``key=value`` overrides of the stage config."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"StageSpec.name must be a plain directory name, got {self.name!r}")
-        if sum(x is not None for x in (self.config, self.upcycle_from, self.prune_from)) != 1:
-            raise ConfigError(f"stage {self.name!r}: give exactly one of config (a training stage), upcycle_from "
-                              "or prune_from")
+        kinds = (self.config, self.upcycle_from, self.prune_from, self.import_from, self.window_from)
+        if sum(x is not None for x in kinds) != 1:
+            raise ConfigError(f"stage {self.name!r}: give exactly one of config (a training stage), upcycle_from, "
+                              "prune_from, import_from or window_from")
+        if self.window_from is not None and not (self.window >= 1 and self.n_global >= 0 and self.long_range_rows >= 1):
+            raise ConfigError(f"stage {self.name!r}: window and long_range_rows must be >= 1, n_global >= 0")
+
+    @property
+    def parent(self) -> str | None:
+        """The earlier stage whose model this one starts from (None: a fresh model or an import)."""
+        return self.init_from or self.prune_from or self.upcycle_from or self.window_from
 
 
 @dataclass
@@ -82,6 +130,9 @@ class RecipeConfig(Config):
     out like the releases (``mbpp/mbpp.jsonl``) to read instead."""
     stages: list[StageSpec] = field(default_factory=list)
     """The stages in order."""
+    hf_model: str | None = None
+    """When given, the Hugging Face directory the ``import_from`` stage imports instead of its own
+    (``--set hf_model=DIR`` points a shipped recipe at your model)."""
     gpus: int = 1
     """Processes the stages are planned for (``smallcode estimate``); torchrun decides the real count."""
     held_out: bool = True
@@ -97,17 +148,33 @@ class RecipeConfig(Config):
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
-        for s in self.stages:
-            for ref in (s.init_from, s.teacher_from, s.upcycle_from, s.prune_from):
+        for i, s in enumerate(self.stages):
+            if s.import_from is not None and i:
+                raise ConfigError(f"stage {s.name!r}: import_from is for the first stage only (the recipe's "
+                                  "tokenizer is the imported model's)")
+            for ref in (s.init_from, s.teacher_from, s.upcycle_from, s.prune_from, s.window_from):
                 if ref is not None and ref not in seen:
                     raise ConfigError(f"stage {s.name!r} refers to {ref!r}, which is not an earlier stage")
             if s.name in seen or s.name in ("tokenizer", "shards"):
                 raise ConfigError(f"stage name {s.name!r} is used twice or reserved")
             seen.add(s.name)
+        if self.hf_model is not None and not (self.stages and self.stages[0].import_from is not None):
+            raise ConfigError("hf_model is given but the recipe's first stage imports nothing (import_from)")
+
+    @property
+    def imports(self) -> bool:
+        """The first stage imports a Hugging Face model (so the tokenizer is that model's)."""
+        return bool(self.stages) and self.stages[0].import_from is not None
+
+    def import_source(self) -> str:
+        """The Hugging Face directory the first stage imports."""
+        assert self.imports
+        return self.hf_model or str(self.stages[0].import_from)
 
 
 def stage_final(out: Path, name: str) -> Path:
-    """Stage ``name``'s model under ``out``: a training run's ``final/``, or the upcycled/pruned checkpoint itself."""
+    """Stage ``name``'s model under ``out``: a training run's ``final/``, or the checkpoint a stage without
+    training wrote (imported, pruned, windowed, upcycled)."""
     run = out / name
     return run / "final" if (run / "final").is_dir() else run
 
@@ -136,54 +203,168 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True, report: bool = True)
     """Run (or continue) every training step; returns the report's path (``report=False``: the run directory).
 
     ``smallcode.pipeline.run_main_job`` (what ``make run`` runs) calls this, then scores and evaluates.
+    Under torchrun only the first process writes anything outside the training stages (module docstring).
     """
     from smallcode.data.build import prepare
     from smallcode.data.config import PrepareConfig
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.tokenizer import train_tokenizer
+    from smallcode.train.distributed import init_distributed
     from smallcode.train.prune import prune_checkpoint
     from smallcode.train.trainer import Trainer
     from smallcode.train.upcycle import upcycle_checkpoint
+    from smallcode.train.window import window_checkpoint
 
+    info = init_distributed()
+    progress = progress and info.is_main
     out = Path(recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
 
-    def timed(name: str, fn: Any) -> Any:
-        return timed_step(out, name, fn)
+    def step(name: str, done: Callable[[], bool], fn: Callable[[], Any], text: str) -> None:
+        """One step without training: run by the first process, waited for by the others."""
+        if done():
+            return
+        if not info.is_main:
+            _wait_for(done, name)
+            return
+        say(progress, f"[recipe] {text}")
+        timed_step(out, name, fn)
 
     tok_dir = out / "tokenizer"
-    if not (tok_dir / TOKENIZER_FILE).is_file():
+    if recipe.imports:
+        first = recipe.stages[0]
+        source = recipe.import_source()
+        step(first.name, lambda: Checkpoint.is_checkpoint(out / first.name),
+             lambda: _import(source, out / first.name, progress),
+             f"{first.name}: importing the Hugging Face model {source}")
+        step("tokenizer", lambda: (tok_dir / TOKENIZER_FILE).is_file(),
+             lambda: _copy_tokenizer(out / first.name, tok_dir), "using the imported model's own tokenizer")
+    else:
         def build_tokenizer() -> None:
             with atomic_dir(tok_dir) as tmp:
                 train_tokenizer(recipe.corpus, recipe.vocab_size, tmp, show_progress=progress)
 
-        say(progress, f"[recipe] training the tokenizer ({recipe.vocab_size} tokens)")
-        timed("tokenizer", build_tokenizer)
-    if not (out / "shards" / "index.json").is_file():
-        say(progress, "[recipe] tokenizing the corpus into shards")
-        timed("shards", lambda: prepare(recipe.corpus, tok_dir, out / "shards",
-                                        PrepareConfig(val_fraction=recipe.val_fraction), overwrite=True,
-                                        progress=progress))
+        step("tokenizer", lambda: (tok_dir / TOKENIZER_FILE).is_file(), build_tokenizer,
+             f"training the tokenizer ({recipe.vocab_size} tokens)")
+    step("shards", lambda: (out / "shards" / "index.json").is_file(),
+         lambda: prepare(recipe.corpus, tok_dir, out / "shards", PrepareConfig(val_fraction=recipe.val_fraction),
+                         overwrite=True, progress=progress),
+         "tokenizing the corpus into shards")
     for spec in recipe.stages:
+        target = out / spec.name
+        if spec.import_from is not None:
+            continue  # done above, before the tokenizer
         if spec.prune_from is not None:
-            target = out / spec.name
-            if not Checkpoint.is_checkpoint(target):
-                say(progress, f"[recipe] {spec.name}: pruning {spec.prune_from}'s feed-forward to {spec.d_ff} units")
-                timed(spec.name, lambda s=spec, t=target: prune_checkpoint(
-                    stage_final(out, s.prune_from), t, s.d_ff, _calibration(out, s.calibration_rows)))
+            step(spec.name, lambda t=target: Checkpoint.is_checkpoint(t),
+                 lambda s=spec, t=target: prune_checkpoint(stage_final(out, s.prune_from), t, s.d_ff,
+                                                           _calibration(out, s.calibration_rows)),
+                 f"{spec.name}: pruning {spec.prune_from}'s feed-forward to {spec.d_ff} units")
             continue
         if spec.upcycle_from is not None:
-            target = out / spec.name
-            if not Checkpoint.is_checkpoint(target):
-                say(progress, f"[recipe] {spec.name}: upcycling {spec.upcycle_from} to {spec.experts} experts "
-                               f"top-{spec.top_k}")
-                timed(spec.name, lambda s=spec, t=target: upcycle_checkpoint(
-                    stage_final(out, s.upcycle_from), t, s.experts, s.top_k))
+            detail = f", granularity {spec.granularity}" if spec.granularity > 1 else ""
+            detail += f", drop rate {spec.drop_rate:g}" if spec.drop_rate else ""
+            step(spec.name, lambda t=target: Checkpoint.is_checkpoint(t),
+                 lambda s=spec, t=target: upcycle_checkpoint(
+                     stage_final(out, s.upcycle_from), t, s.experts, s.top_k, granularity=s.granularity,
+                     drop_rate=s.drop_rate, router_init=s.router_init),
+                 f"{spec.name}: upcycling {spec.upcycle_from} to {spec.experts} experts top-{spec.top_k}{detail}")
+            continue
+        if spec.window_from is not None:
+            step(spec.name, lambda t=target: Checkpoint.is_checkpoint(t),
+                 lambda s=spec, t=target: window_checkpoint(stage_final(out, s.window_from), t, s.window, s.n_global),
+                 f"{spec.name}: windowing {spec.window_from} to {spec.window} positions + {spec.n_global} sinks")
             continue
         cfg = stage_config(recipe, spec, out)
         say(progress, f"[recipe] {spec.name}: {cfg.objective}, {cfg.steps} steps")
-        timed(spec.name, lambda c=cfg, s=spec: Trainer(c, out / s.name, show_progress=progress).run(resume=True))
+        timed(out, info.is_main, spec.name,
+              lambda c=cfg, s=spec: Trainer(c, out / s.name, show_progress=progress).run(resume=True))
+    for spec in recipe.stages:
+        if spec.window_from is not None:
+            step(f"{spec.name} long-range", lambda s=spec: not _missing_long_range(recipe, out, s),
+                 lambda s=spec: score_long_range(recipe, out, s, progress),
+                 f"{spec.name}: held-out loss at {4 * spec.window} tokens")
+    if not info.is_main:
+        return out
     return write_report(recipe, out) if report else out
+
+
+def timed(out: Path, main: bool, name: str, fn: Callable[[], Any]) -> Any:
+    """``timed_step`` in the first process; just ``fn()`` in the others (one writer of the times)."""
+    return timed_step(out, name, fn) if main else fn()
+
+
+def _wait_for(done: Callable[[], bool], name: str, poll_s: float = 2.0) -> None:
+    # torchrun stops every process when the first one fails, so this never waits on a dead writer
+    while not done():
+        time.sleep(poll_s)
+
+
+def _import(source: str, target: Path, progress: bool) -> Path:
+    try:
+        from smallcode.export.hf_import import import_hf
+    except ImportError as e:  # an installation without the importer (the module arrived with issue #23)
+        raise ConfigError(f"import_from needs smallcode.export.hf_import, which this installation lacks ({e})") from e
+    return import_hf(source, target, progress=progress)
+
+
+def _copy_tokenizer(checkpoint: Path, tok_dir: Path) -> None:
+    """The imported model's tokenizer files, unchanged, as the recipe's ``tokenizer/``."""
+    src = checkpoint / TOKENIZER_FILE
+    if not src.is_file():
+        raise ConfigError(f"{checkpoint}: the imported model has no {TOKENIZER_FILE}; the recipe tokenises its "
+                          "corpus with the model's own tokenizer, so the Hugging Face directory must hold one")
+    with atomic_dir(tok_dir) as tmp:
+        for name in (TOKENIZER_FILE, *HF_TOKENIZER_FILES):
+            if (checkpoint / name).is_file():
+                shutil.copyfile(checkpoint / name, tmp / name)
+
+
+def descendants(recipe: RecipeConfig, name: str) -> list[StageSpec]:
+    """The stages whose model comes from stage ``name``'s, directly or through others (in order)."""
+    lineage, found = {name}, []
+    for spec in recipe.stages:
+        if spec.parent in lineage:
+            lineage.add(spec.name)
+            found.append(spec)
+    return found
+
+
+def _long_range_models(recipe: RecipeConfig, out: Path, spec: StageSpec) -> dict[str, Path]:
+    """What a window stage's ``window.json`` scores: its parent ("before"), itself ("after"), then every
+    later stage built on it whose model exists, by name."""
+    assert spec.window_from is not None
+    models = {"before": stage_final(out, spec.window_from), "after": out / spec.name}
+    for later in descendants(recipe, spec.name):
+        models[later.name] = stage_final(out, later.name)
+    return models
+
+
+def _missing_long_range(recipe: RecipeConfig, out: Path, spec: StageSpec) -> list[str]:
+    from smallcode.model.checkpoint import Checkpoint
+    from smallcode.train.window import read_window_report
+
+    have = read_window_report(out / spec.name).get("losses", {})
+    models = _long_range_models(recipe, out, spec)
+    return [k for k, p in models.items() if k not in have and Checkpoint.is_checkpoint(p)]
+
+
+def score_long_range(recipe: RecipeConfig, out: Path, spec: StageSpec, progress: bool = True) -> dict[str, Any]:
+    """Fill in the window stage's ``window.json``: the loss at 4 x window tokens of every model it tracks."""
+    from smallcode.model.checkpoint import Checkpoint
+    from smallcode.train.window import long_range_loss, read_window_report, write_window_report
+
+    report = read_window_report(out / spec.name) or {"window": spec.window, "n_global": spec.n_global,
+                                                    "seq_len": 4 * spec.window, "losses": {}}
+    models = _long_range_models(recipe, out, spec)
+    for key in _missing_long_range(recipe, out, spec):
+        say(progress, f"[recipe] {spec.name}: loss of {key} at {4 * spec.window} tokens")
+        r = long_range_loss(Checkpoint.open(models[key]).load_model(), out / "shards", 4 * spec.window,
+                            rows=spec.long_range_rows)
+        report["losses"][key] = r["loss"]
+        report |= {"rows": r["rows"], "tokens": r["tokens"]}
+        write_window_report(out / spec.name, report)
+    return report
 
 
 def timed_step(out: Path, name: str, fn: Any) -> Any:
@@ -228,12 +409,23 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         model_cfg = Checkpoint.open(stage_final(out, spec.name)).config
         size = f"{model_cfg.num_params() / 1e6:.1f}M / {model_cfg.num_active_params() / 1e6:.1f}M"
         bpb = f"{held[spec.name]['bits_per_byte']:.3f}" if spec.name in held else "-"
-        parent = spec.init_from or spec.prune_from or spec.upcycle_from
+        parent = spec.parent
         if spec.name in held and parent in held:  # what the stage bought
             bpb += f" ({held[spec.name]['bits_per_byte'] - held[parent]['bits_per_byte']:+.3f})"
+        if spec.import_from is not None:
+            rows.append((spec.name, f"import `{recipe.import_source()}` (Hugging Face)", size, "-", "-", "-",
+                         "the imported model's function", bpb, times.get(spec.name, 0.0)))
+            continue
+        if spec.window_from is not None:
+            rows.append((spec.name, f"window {spec.window_from}: {spec.window} positions + {spec.n_global} sinks",
+                         size, "-", "-", "-", "its parent's up to the window", bpb, times.get(spec.name, 0.0)))
+            continue
         if spec.upcycle_from is not None:
-            rows.append((spec.name, f"upcycle {spec.upcycle_from} ({spec.experts} experts, top-{spec.top_k})", size,
-                         "-", "-", "-", "same function as its parent", bpb, times.get(spec.name, 0.0)))
+            fine = f", granularity {spec.granularity}" if spec.granularity > 1 else ""
+            drop = f", drop rate {spec.drop_rate:g}" if spec.drop_rate else ""
+            same = "same function as its parent" if not spec.drop_rate else "its parent's, partly re-initialised"
+            rows.append((spec.name, f"upcycle {spec.upcycle_from} ({spec.experts} experts, top-{spec.top_k}{fine}"
+                         f"{drop})", size, "-", "-", "-", same, bpb, times.get(spec.name, 0.0)))
             continue
         if spec.prune_from is not None:
             rows.append((spec.name, f"prune {spec.prune_from} (feed-forward to {spec.d_ff} units)", size,
@@ -263,6 +455,7 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
     ]
     if held:
         lines += [f"Held-out bits per byte: third-party Python never trained on ({_held_out_fingerprint(out)}).", ""]
+    lines += _window_lines(recipe, out)
     lines += _expert_load_lines(recipe, out)
     lines += ["![curves](report.png)", ""]
     lines += _samples_lines(out / "samples.json")
@@ -273,7 +466,8 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         f"- Fill in the middle: `smallcode complete {last} --prefix-file examples/head.py "
         "--suffix-file examples/tail.py`",
         f"- Evaluate: `smallcode eval run --model {last} --suite humaneval,mbpp {data_dir}--out {out}/eval`",
-        "- Scale up: the same stages for the flagship are in `configs/smallcode-16b-a4b/` (torchrun + FSDP2).",
+        "- Scale up: the same stages for the flagship are in `configs/smallcode-16b-a4b/` (torchrun + FSDP2)"
+        + ("; for a 1.5B imported model in `configs/import/`." if recipe.imports else "."),
     ]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
@@ -296,6 +490,28 @@ def final_expert_load(metrics: Path) -> tuple[float, float, int] | None:
     tail = rows[-max(1, len(rows) // 10):]
     return (sum(r["expert_load_min"] for r in tail) / len(tail), sum(r["expert_load_max"] for r in tail) / len(tail),
             len(tail))
+
+
+def _window_lines(recipe: RecipeConfig, out: Path) -> list[str]:
+    """Each window stage's long-range losses: the full-attention parent, the windowed model, what follows."""
+    from smallcode.train.window import read_window_report
+
+    lines: list[str] = []
+    for spec in recipe.stages:
+        report = read_window_report(out / spec.name) if spec.window_from is not None else {}
+        losses = report.get("losses", {})
+        if "before" not in losses:
+            continue
+        base = losses["before"]
+        lines += [f"## Long range after windowing (`{spec.name}`)", "",
+                  f"Held-out loss on {report['rows']} validation sequences of {report['seq_len']} tokens (4x the "
+                  f"window of {report['window']} + {report['n_global']} sink tokens), nats/token:", "",
+                  "| model | loss | relative to full attention |", "|---|---|---|"]
+        names = {"before": f"`{spec.window_from}` (full attention)", "after": f"`{spec.name}` (windowed, no training)"}
+        for key, loss in losses.items():
+            lines.append(f"| {names.get(key, f'`{key}`')} | {loss:.4f} | {loss / base - 1:+.2%} |")
+        lines.append("")
+    return lines
 
 
 def _expert_load_lines(recipe: RecipeConfig, out: Path) -> list[str]:

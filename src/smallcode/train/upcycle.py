@@ -24,9 +24,12 @@ probability zero for a random router), so every segment is picked exactly ``m`` 
 renormalisation, segment ``s`` receives the total weight ``sum_{c in top m} (p_c / g) / sum_{c in top m}
 p_c = 1 / g``. The output is ``sum_s g * (1 / g) * f_s(x) = f(x)``: the dense function at step 0, up to
 float rounding (a few ulps, far inside 1e-5 in float32; ``tests/train/test_upcycle.py`` checks g = 1,
-2, 4). Megatron reaches the same end with softmax-then-top-k gates that are not renormalised and
-weights scaled by ``E / K``; our router renormalises, so the scale is ``g`` and the equality is exact
-rather than approximate. Training makes the segment rows of a copy drift apart (each segment's
+2, 4). Megatron-LM's upcycling shares a router row among a copy's segments the same way (expert
+``c * g + s``) and scales the experts by ``g`` when the top-k gates are renormalised; with
+softmax-then-top-k gates that are not renormalised it scales by ``E * g / K`` instead, which gives the
+dense function only where the router is uniform. We put the whole factor on the down projection;
+Megatron spreads its cube root over the three SwiGLU matrices (the same function, other gradients).
+Training makes the segment rows of a copy drift apart (each segment's
 expert receives its own gradient), after which the router chooses segments freely.
 
 **Router initialisation** (``router_init``): ``"normal"`` draws each copy's row from
