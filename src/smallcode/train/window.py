@@ -7,8 +7,8 @@ first ``G`` of the sequence (``smallcode.model.attention``), so its KV cache hol
 entries however long the context. Nothing but the config changes: no weight is touched, which is
 what StreamingLLM (Xiao et al., 2024) does training-free with 4 "attention sink" tokens; the first
 tokens soak up attention mass the softmax must put somewhere, and keeping them visible stops the
-collapse a plain window suffers once the sequence passes it. For sequences no longer than ``W`` the
-windowed model is exactly the original (every key is still in view); past it the function changes,
+collapse a plain window suffers once the sequence passes it. For sequences no longer than ``W + G`` the
+windowed model is exactly the original (every key is still in view); past that the function changes,
 and quality at long range needs adaptation: the recipe follows this stage with a short training
 stage distilled from the full-attention original (same tokenizer, so exact logit KD through
 ``smallcode.train.distill``; ``configs/import/``).
