@@ -193,7 +193,8 @@ def test_state_keys_and_counts() -> None:
     config = ModelConfig.preset("tiny", qkv_bias=True, out_bias=True)
     state = SmallCodeLM(config).state_dict()
     qkv = (config.n_heads + 2 * config.n_kv_heads) * config.hd
-    assert state["blocks.0.attn.wqkv.bias"].shape == (qkv,) and state["blocks.1.attn.wo.bias"].shape == (config.d_model,)
+    assert state["blocks.0.attn.wqkv.bias"].shape == (qkv,)
+    assert state["blocks.1.attn.wo.bias"].shape == (config.d_model,)
     assert not state["blocks.0.attn.wqkv.bias"].any()  # biases start at zero
     plain = ModelConfig.preset("tiny")
     assert config.num_params() - plain.num_params() == config.n_layers * (qkv + config.d_model)

@@ -3,9 +3,9 @@
 Field names are smallcode's own (``smallcode.model.config.ModelConfig``) but two: the router's
 ``top_k`` is ``num_experts_per_tok`` (Mixtral's name), because transformers reads a config's
 ``top_k`` as a sampling option, and ``rope_scaling`` is ``rope_scaling_type``, because transformers
-takes a config's ``rope_scaling`` for its own ``rope_parameters``. ``attribute_map`` gives transformers the standard names it reads
-(``hidden_size``, ``num_hidden_layers``, ...). Training-only fields (loss coefficients,
-initialisation) are not part of an export.
+takes a config's ``rope_scaling`` for its own ``rope_parameters``. ``attribute_map`` gives
+transformers the standard names it reads (``hidden_size``, ``num_hidden_layers``, ...).
+Training-only fields (loss coefficients, initialisation) are not part of an export.
 """
 
 from transformers import PretrainedConfig
