@@ -18,7 +18,8 @@ layouts. A ``PromptFormat`` has:
 Layouts. Ours is suffix-prefix-middle with the other files first
 (``[files] <|fim_prefix|><|fim_suffix|> suffix <|fim_middle|> prefix``): typing at the cursor only
 lengthens the end of the prompt, so the scheduler's prompt cache reuses all the rest. The Hugging
-Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``). Our
+Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``, in
+``smallcode.tokenizer.families``: the tokenizer reads the same table). Our
 tokenizer spells its FIM tokens as Qwen2.5-Coder does, so an export of ours is recognised before the
 families and keeps our layout, chat and stops: the same model answers the same under both servers. Other
 files go as ``<file_sep>path\\ntext`` blocks where the family has a file separator (StarCoder2,
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -47,6 +47,7 @@ from tokenizers import Tokenizer
 from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
 from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, plain_file_block
+from smallcode.tokenizer.families import FAMILIES, Family, detect_family, first_id
 
 
 class FormatError(UserError, ValueError):
@@ -111,51 +112,6 @@ def prompt_format(tokenizer: CodeTokenizer | HFTokenizer) -> PromptFormat:
 
 
 # ---------------------------------------------------------------------------------- Hugging Face
-@dataclass(frozen=True)
-class Family:
-    """The special tokens of one model family. Each entry lists the spellings the token has in
-    that family's tokenizers; the first one found in the vocabulary is used."""
-
-    name: str
-    prefix: tuple[str, ...]
-    suffix: tuple[str, ...]
-    middle: tuple[str, ...]
-    file_sep: tuple[str, ...] = ()
-    stops: tuple[str, ...] = ()
-    """Tokens that end a completion besides the tokenizer's end-of-sequence."""
-
-
-# Sources: the StarCoder and StarCoder2 model cards and the StarCoder2 paper (§5, repository
-# context as <file_sep>path\ncode blocks, FIM inside a file); the Qwen2.5-Coder README (file-level
-# and repository-level completion, its list of special tokens); the DeepSeek-Coder README (code
-# insertion; repository context as files opened by a path comment); Meta's codellama generation.py
-# and the CodeLlama card (<PRE> prefix <SUF>suffix <MID>, ended by <EOT>; the Hugging Face vocabulary
-# spells them with a leading "▁").
-FAMILIES: tuple[Family, ...] = (
-    Family("qwen2.5-coder", ("<|fim_prefix|>",), ("<|fim_suffix|>",), ("<|fim_middle|>",), ("<|file_sep|>",),
-           stops=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>", "<|im_start|>",
-                  "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")),
-    Family("starcoder", ("<fim_prefix>",), ("<fim_suffix>",), ("<fim_middle>",), ("<file_sep>",),
-           stops=("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")),
-    Family("deepseek-coder", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",),
-           stops=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")),
-    Family("codellama", ("▁<PRE>", "<PRE>"), ("▁<SUF>", "<SUF>"), ("▁<MID>", "<MID>"),
-           stops=("▁<EOT>", "<EOT>", "</s>")),
-)
-
-
-def _first_id(vocab: dict[str, int], names: Sequence[str]) -> int | None:
-    return next((vocab[n] for n in names if n in vocab), None)
-
-
-def detect_family(vocab: dict[str, int]) -> Family | None:
-    """The family whose three FIM tokens are all in ``vocab`` (token -> id), or None."""
-    for family in FAMILIES:
-        if all(_first_id(vocab, names) is not None for names in (family.prefix, family.suffix, family.middle)):
-            return family
-    return None
-
-
 def native_format(tokenizer: Any) -> SmallcodeFormat | None:
     """Our own format for a transformers tokenizer that is ours, else None.
 
@@ -190,7 +146,7 @@ class HFFormat(PromptFormat):
         self.native = native_format(tokenizer)
         # Our FIM tokens are spelled as Qwen2.5-Coder's: ours is recognised first, or our export
         # would get the family's prefix-first layout and its stops.
-        self.family = None if self.native else detect_family(vocab)
+        self.family: Family | None = None if self.native else detect_family(vocab)
         self.name = self.native.name if self.native else self.family.name if self.family else "plain"
         stops = [tokenizer.eos_token_id, *extra_stop_ids, *(self.native.stop_ids if self.native else ())]
         # The FIM tokens' ids, looked up once (get_vocab rebuilds the vocabulary as a dict each call).
@@ -199,8 +155,8 @@ class HFFormat(PromptFormat):
         if self.family:
             family = self.family
             stops += [vocab[t] for t in family.stops if t in vocab]
-            self._fim_ids = tuple(_first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
-            self._file_sep = _first_id(vocab, family.file_sep)
+            self._fim_ids = tuple(first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
+            self._file_sep = first_id(vocab, family.file_sep)
         self.stop_ids = list(dict.fromkeys(s for s in stops if s is not None))
         # What the tokenizer puts before any text (a begin-of-sequence token, or nothing).
         plain = tokenizer.encode("a", add_special_tokens=False)
