@@ -28,6 +28,8 @@ prefix, where the model reads them as earlier code of the same file. Neither the
 nor the current file's path is part of the request, so the repository header and the path after the
 current file's separator are left out.
 
+``load_hf_tokenizer(path)`` loads a model directory's tokenizer (a Hugging Face directory, or an imported
+smallcode checkpoint holding the model's tokenizer files) as an ``HFTokenizer`` in its family's layout.
 ``HFTokenizer(format)`` is a transformers tokenizer as the engine asks for one (``step.Tokenizer``:
 ``vocab_size``, ``stop_ids``, ``encode``, ``decode``), its stops and plain layout the format's.
 
@@ -38,8 +40,10 @@ their chat template does.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -250,3 +254,37 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._decode([*self._anchor, *ids])[self._anchor_chars:]
+
+
+def generation_eos(path: str | Path) -> list[int]:
+    """The end-of-sequence ids a model directory's generation config names (``generation_config.json``,
+    else a Hugging Face ``config.json``'s ``eos_token_id``: what transformers' ``generation_config`` holds),
+    as a list; none when neither says."""
+    path = Path(path)
+    eos = None
+    for name in ("generation_config.json", "config.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                meta = json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{file}: not valid JSON ({e})") from e
+            if isinstance(meta, dict) and meta.get("eos_token_id") is not None:
+                eos = meta["eos_token_id"]
+                break
+    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+
+
+def load_hf_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> HFTokenizer:
+    """The tokenizer of the model in ``path`` as the engine asks for one: ``AutoTokenizer`` (local files
+    only) in its family's layout (``hf_prompt_format``), the generation config's end tokens among its
+    stops. ``path`` is a Hugging Face model directory or an imported smallcode checkpoint (which holds
+    the model's tokenizer files unchanged), so both are served with the same token ids."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path}: cannot load the model's Hugging Face tokenizer ({e})") from e
+    return HFTokenizer(hf_prompt_format(tokenizer, extra_stop_ids=generation_eos(path)))
