@@ -29,7 +29,8 @@ Interface (other subpackages rely on it):
 A *foreign* tokenizer (a Hugging Face model's ``tokenizer.json`` with its ``tokenizer_config.json``
 beside it, as an imported checkpoint carries it) loads as a ``CodeTokenizer`` too, with ``native``
 False: ``eot_id`` is its end-of-sequence token; ``pad_id`` its pad token when that differs from
-end-of-sequence, else its family's pad (``families.Family.pad``, then ``families.PAD_TOKENS``); the FIM
+end-of-sequence, else its family's pad (``families.Family.pad``, then ``families.PAD_TOKENS``), else
+reading it raises ``TokenizerError`` (such a model serves, but training cannot pad for it); the FIM
 ids and ``file_sep_id`` are its family's (``families.detect_family``), None when it has none, and then
 ``fim_ids`` / ``fim_prompt`` raise ``TokenizerError``; it has no chat roles (``chat_ids`` raises: the
 model's own chat template lays chats out); ``stop_ids`` are end-of-sequence, the generation config's
@@ -109,6 +110,8 @@ class CodeTokenizer:
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
         # Computed before the runtime flag below, which is not part of the file anyway.
         self.hash: str = canonical_hash(tokenizer.to_str())
+        self._pad_id: int | None = None
+        self._no_pad = ""
         self.fim_prefix_id: int | None
         self.fim_middle_id: int | None
         self.fim_suffix_id: int | None
@@ -134,7 +137,7 @@ class CodeTokenizer:
             ids[name] = tid
         self.special_ids: dict[str, int] = ids
         self.eot_id: int = ids[specials.EOT]
-        self.pad_id: int = ids[specials.PAD]
+        self._pad_id = ids[specials.PAD]
         self.fim_prefix_id = ids[specials.FIM_PREFIX]
         self.fim_middle_id = ids[specials.FIM_MIDDLE]
         self.fim_suffix_id = ids[specials.FIM_SUFFIX]
@@ -162,15 +165,14 @@ class CodeTokenizer:
         self.eot_id = vocab[eos]
         pad = named("pad_token")
         if pad and pad != eos and pad in vocab:
-            self.pad_id = vocab[pad]
+            self._pad_id = vocab[pad]
         else:
             # A pad equal to end-of-sequence would mask every document's end in the loss.
-            found = first_id(vocab, [*(family.pad if family else ()), *PAD_TOKENS])
-            if found is None:
-                raise TokenizerError(
-                    f"{source}: no pad token distinct from end-of-sequence {eos!r} (pad_token {pad!r}, and none "
-                    f"of {', '.join(PAD_TOKENS)} in the vocabulary); set pad_token in {CONFIG_FILE}")
-            self.pad_id = found
+            self._pad_id = first_id(vocab, [*(family.pad if family else ()), *PAD_TOKENS])
+            if self._pad_id is None:  # serving needs none; training asks for it (``pad_id``) and is refused
+                self._no_pad = (f"{source}: no pad token distinct from end-of-sequence {eos!r} (pad_token {pad!r}, "
+                                f"and none of {', '.join(PAD_TOKENS)} in the vocabulary); set pad_token in "
+                                f"{CONFIG_FILE} to a token no text holds")
         self.fim_prefix_id = self.fim_suffix_id = self.fim_middle_id = None
         self.file_sep_id = None
         stops = [self.eot_id, *_generation_eos(self.sidecars, source)]
@@ -181,13 +183,21 @@ class CodeTokenizer:
         self.stop_ids = tuple(dict.fromkeys(stops))
         self.end_of_turn_id = None
         self.role_ids = {}
-        names = {"eos": self.eot_id, "pad": self.pad_id, "fim_prefix": self.fim_prefix_id,
+        names = {"eos": self.eot_id, "pad": self._pad_id, "fim_prefix": self.fim_prefix_id,
                  "fim_suffix": self.fim_suffix_id, "fim_middle": self.fim_middle_id, "file_sep": self.file_sep_id}
         self.special_ids = {k: v for k, v in names.items() if v is not None}
         # A SentencePiece tokenizer with a dummy prefix invents a space before every piece it encodes
         # ("a" -> "▁a"); text that continues a line (the suffix, the middle) must not get one.
         first = self._tok.encode("a", add_special_tokens=False).tokens[:1]
         self._dummy_space = bool(first) and first[0].startswith("▁")
+
+    @property
+    def pad_id(self) -> int:
+        """The id that pads training rows (masked in the loss). A foreign tokenizer with no pad token
+        distinct from end-of-sequence raises ``TokenizerError`` here: it serves, but cannot pad."""
+        if self._pad_id is None:
+            raise TokenizerError(self._no_pad)
+        return self._pad_id
 
     # -- plain text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
