@@ -2,7 +2,9 @@
 
 CKPT (or ``--model PATH``) is a smallcode checkpoint, an ONNX export or a Hugging Face model directory,
 opened by ``runtime.load.open_engine`` and served by the continuous-batching
-``runtime.scheduler.Scheduler`` whatever its kind (a transformers model one request at a time). The server
+``runtime.scheduler.Scheduler`` whatever its kind. A Hugging Face model of a family smallcode imports
+(Llama, Mistral, Qwen2, ...) is imported in memory and runs on our engine (batched, prompt reuse) with its
+own tokenizer; any other runs on transformers, one request at a time (``--runtime hf`` forces that). The server
 listens at once and ``/health`` says ``loading`` until the model is ready. Binding anything but a loopback address
 without an API key prints a warning: anyone who can reach the port can use the model.
 """
@@ -34,13 +36,14 @@ def is_loopback(host: str) -> bool:
 
 
 def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int,
-         registry: CollectorRegistry) -> tuple[Scheduler, PromptFormat]:
-    """The scheduler and the prompt format for the model in ``checkpoint`` (any kind ``open_engine`` opens)."""
+         registry: CollectorRegistry, runtime: str | None = None) -> tuple[Scheduler, PromptFormat]:
+    """The scheduler and the prompt format for the model in ``checkpoint`` (any kind ``open_engine`` opens;
+    ``runtime`` forces one)."""
     from smallcode.runtime.load import open_engine
     from smallcode.runtime.metrics import Metrics
     from smallcode.runtime.scheduler import Scheduler
 
-    engine = open_engine(checkpoint, device=device)
+    engine = open_engine(checkpoint, device=device, runtime=runtime)  # type: ignore[arg-type]
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=Metrics(registry))
     return scheduler, engine.prompt_format
 
@@ -61,8 +64,11 @@ _MODEL_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Most requests waiting for a row; beyond it, 503 with Retry-After.")
 @click.option("--model-name", default=None, help="The model id clients see (default: the directory's name).")
 @click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
+@click.option("--runtime", type=click.Choice(["torch", "onnx", "hf"]), default=None,
+              help="Force a runtime (default: by the directory; 'hf' serves a Hugging Face model on transformers "
+                   "instead of importing it).")
 def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int, api_key: str | None,
-          max_batch: int, max_queue: int, model_name: str | None, device: str) -> None:
+          max_batch: int, max_queue: int, model_name: str | None, device: str, runtime: str | None) -> None:
     """Serve the model in CHECKPOINT (or --model) over HTTP: /v1/completions, /v1/chat/completions, /infill."""
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -79,7 +85,7 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     if not api_key and not is_loopback(host):
         click.echo(f"warning: serving on {host} without an API key: anyone who can reach this port can use "
                    "the model (set --api-key or SMALLCODE_API_KEY)", err=True)
-    if runtime_of(checkpoint) == "torch":  # a directory that is no model at all fails here, before the server starts
+    if (runtime or runtime_of(checkpoint)) == "torch":  # a directory that is no model at all fails here, not later
         model_directory_kind(checkpoint)
     registry = CollectorRegistry()
     app = create_app(None, None, model_name=model_name or checkpoint.resolve().name, api_key=api_key,
@@ -90,7 +96,7 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     def load_then_attach() -> None:
         try:
             app.state.service.attach(*load(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue,
-                                           registry=registry))
+                                           registry=registry, runtime=runtime))
         except BaseException as e:  # noqa: BLE001 - reported by the main thread once the server stops
             failure.append(e)
             server.should_exit = True

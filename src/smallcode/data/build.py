@@ -13,6 +13,9 @@ Stages (each timed in the summary):
 5. tokenise with ``encode_batch`` (spread over all cores by ``tokenizers``) and pack into
    shards (:mod:`smallcode.data.shards`), each document followed by end-of-text.
 
+The tokenizer is copied beside the shards (``tokenizer.json``; a Hugging Face model's tokenizer with
+its other files, ``CodeTokenizer.sidecars``, so the models trained on them keep them).
+
 Every held-out file and every decontaminated document is listed, with the module or the benchmark
 text it matched, in ``removed.jsonl`` beside the shards; the summary counts them (``held_out``,
 ``dropped["decontaminated"]``). The output directory is built under a temporary name and renamed
@@ -277,6 +280,8 @@ def prepare(
             "workers": cfg.workers or os.cpu_count() or 1,
         }
         atomic_write_bytes(tmp / TOKENIZER_FILE, tok.to_json().encode("utf-8"))
+        for name, text in tok.sidecars.items():  # a model's own tokenizer: its other files, unchanged
+            atomic_write_text(tmp / name, text)
         atomic_write_text(tmp / REMOVED_FILE, "".join(json.dumps(r) + "\n" for r in removed))
         index = {
             "format_version": FORMAT_VERSION,

@@ -17,7 +17,8 @@ Shards are opened with ``np.memmap`` and only the windows asked for are read, so
 may be larger than RAM. When FIM is on, batch building decodes and re-encodes documents with the
 tokenizer stored in the shard directory; a FIM'd window that comes out shorter than T+1 is padded
 with ``pad_id`` (mask it in the loss if that matters). Opening checks the tokenizer hash (when a
-tokenizer is given), header/size consistency of every shard, and optionally their sha256.
+tokenizer is given), header/size consistency of every shard, and optionally their sha256; with FIM on,
+a tokenizer without FIM tokens (a Hugging Face model's of no FIM family) is refused.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class ShardLoader:
                 f"fewer than one global batch ({batch_size} x {world_size} ranks)"
             )
         self._tok: CodeTokenizer | None = None
+        if fim_rate > 0.0 and self.tokenizer.fim_prefix_id is None:
+            raise DataError(f"{self.directory}: fim_rate is {fim_rate} but the tokenizer has no fill-in-the-middle "
+                            f"tokens ({self.tokenizer.family}); set fim_rate to 0")
 
     # -- the pure function --------------------------------------------------------------------
     def sample_indices(self, step: int) -> np.ndarray:

@@ -1,5 +1,10 @@
 """Model checkpoints: a directory with ``config.json``, ``model.safetensors`` and (optionally) ``tokenizer.json``.
 
+An imported model's checkpoint also holds its Hugging Face tokenizer's other files
+(``HF_TOKENIZER_FILES``: ``tokenizer_config.json`` and the rest), unchanged; ``save_checkpoint`` copies
+those it finds beside the tokenizer file it is given, so a checkpoint trained, pruned or upcycled from
+an imported one keeps them, and ``Checkpoint.load_tokenizer`` loads either kind.
+
 ``save_checkpoint`` writes one; :class:`Checkpoint` reads one: ``Checkpoint.open(dir)`` checks
 ``config.json`` (format version, model config) and gives the config and the other recorded fields,
 the paths of the files, the weights (checked against the config), the model and the tokenizer.
@@ -32,7 +37,7 @@ from smallcode.errors import UserError
 from smallcode.fileio import as_created, atomic_dir
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
-from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
+from smallcode.tokenizer.code_tokenizer import SIDECAR_FILES, TOKENIZER_FILE
 
 if TYPE_CHECKING:
     from smallcode.tokenizer import CodeTokenizer
@@ -40,9 +45,11 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+HF_TOKENIZER_FILES: tuple[str, ...] = SIDECAR_FILES
+"""A Hugging Face tokenizer's files beside ``tokenizer.json`` (an imported model's), copied with it."""
 
-__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "TOKENIZER_FILE", "WEIGHTS_FILE", "Checkpoint", "CheckpointError",
-           "ModelDirectoryKind", "model_directory_kind", "save_checkpoint"]
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "HF_TOKENIZER_FILES", "TOKENIZER_FILE", "WEIGHTS_FILE", "Checkpoint",
+           "CheckpointError", "ModelDirectoryKind", "model_directory_kind", "save_checkpoint"]
 
 ModelDirectoryKind = Literal["smallcode", "huggingface"]
 
@@ -200,7 +207,8 @@ class Checkpoint:
         return model if dtype is None else model.to(dtype)
 
     def load_tokenizer(self) -> CodeTokenizer:
-        """The checkpoint's tokenizer, refused if missing, unreadable or not the one ``tokenizer_hash`` records."""
+        """The checkpoint's tokenizer, refused if missing, unreadable or not the one ``tokenizer_hash`` records
+        (an imported model's: a foreign ``CodeTokenizer``, ``native`` False, read with its sidecar files)."""
         from smallcode.tokenizer import TokenizerError, load_tokenizer
 
         if self.tokenizer_file is None:
@@ -222,6 +230,8 @@ def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: s
                     state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` (and a copy of ``tokenizer_file``) to ``directory`` atomically; returns ``directory``.
 
+    The ``HF_TOKENIZER_FILES`` found beside ``tokenizer_file`` are copied with it.
+
     ``extra`` adds fields to ``config.json``. ``write_extra(tmp_dir)`` may add files (the trainer's
     optimizer and RNG state) before the directory is renamed into place, so they appear together
     with the weights or not at all. ``state`` replaces ``model.state_dict()`` when the weights live
@@ -238,6 +248,10 @@ def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: s
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
+            for name in HF_TOKENIZER_FILES:
+                sidecar = Path(tokenizer_file).parent / name
+                if sidecar.is_file():
+                    shutil.copyfile(sidecar, tmp / name)
         if write_extra is not None:
             write_extra(tmp)
     return target

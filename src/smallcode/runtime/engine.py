@@ -1,6 +1,7 @@
 """The generation engine: prefill, batched decoding, stop sequences, streaming, fill-in-the-middle.
 
-``Engine.from_checkpoint(dir)`` loads a model and its tokenizer in one call. Each distinct prompt is
+``Engine.from_checkpoint(dir)`` loads a model and its tokenizer in one call (an imported model's: its
+Hugging Face tokenizer, ``formats.load_hf_tokenizer``). Each distinct prompt is
 prefilled once (in window-sized chunks, through the model's KV cache) and fanned out to its ``n``
 samples; all rows then decode together, one token per step, and leave the batch as soon as they
 finish (end-of-text, a stop sequence, or ``max_tokens``). Stop sequences are matched on decoded
@@ -35,7 +36,7 @@ from smallcode.errors import UserError
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime.cpu_decode import prepare_for_decoding
-from smallcode.runtime.formats import prompt_format
+from smallcode.runtime.formats import load_hf_tokenizer, prompt_format
 from smallcode.runtime.sampling import SamplingParams, sample
 from smallcode.runtime.step import ModelStep, StepCache, Tokenizer, stack_caches, step_limits
 
@@ -267,8 +268,14 @@ class Engine:
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str = "cpu", max_context: int | None = None) -> Engine:
+        """The engine on a smallcode checkpoint and its tokenizer. An imported model's checkpoint (its
+        tokenizer a Hugging Face model's, ``CodeTokenizer.native`` False) is served with that tokenizer
+        as transformers loads it (``formats.load_hf_tokenizer``): the family's prompt layouts, chat
+        template and stops, token ids equal to ``AutoTokenizer``'s; the model step is still ours."""
         checkpoint = Checkpoint.open(directory)
-        return cls(checkpoint.load_model(device=device), checkpoint.load_tokenizer(), max_context)
+        ours = checkpoint.load_tokenizer()  # checks the file against the recorded hash
+        tokenizer = ours if ours.native else load_hf_tokenizer(checkpoint.directory)
+        return cls(checkpoint.load_model(device=device), tokenizer, max_context)
 
     # ------------------------------------------------------------------ public API
     def generate(self, prompts: list[str] | str, params: SamplingParams | None = None, n: int = 1) -> list[Completion]:

@@ -18,7 +18,8 @@ layouts. A ``PromptFormat`` has:
 Layouts. Ours is suffix-prefix-middle with the other files first
 (``[files] <|fim_prefix|><|fim_suffix|> suffix <|fim_middle|> prefix``): typing at the cursor only
 lengthens the end of the prompt, so the scheduler's prompt cache reuses all the rest. The Hugging
-Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``). Our
+Face families use the prefix-suffix-middle order their model cards document (``FAMILIES``, in
+``smallcode.tokenizer.families``: the tokenizer reads the same table). Our
 tokenizer spells its FIM tokens as Qwen2.5-Coder does, so an export of ours is recognised before the
 families and keeps our layout, chat and stops: the same model answers the same under both servers. Other
 files go as ``<file_sep>path\\ntext`` blocks where the family has a file separator (StarCoder2,
@@ -27,6 +28,8 @@ prefix, where the model reads them as earlier code of the same file. Neither the
 nor the current file's path is part of the request, so the repository header and the path after the
 current file's separator are left out.
 
+``load_hf_tokenizer(path)`` loads a model directory's tokenizer (a Hugging Face directory, or an imported
+smallcode checkpoint holding the model's tokenizer files) as an ``HFTokenizer`` in its family's layout.
 ``HFTokenizer(format)`` is a transformers tokenizer as the engine asks for one (``step.Tokenizer``:
 ``vocab_size``, ``stop_ids``, ``encode``, ``decode``), its stops and plain layout the format's.
 
@@ -37,9 +40,10 @@ their chat template does.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -47,6 +51,7 @@ from tokenizers import Tokenizer
 from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
 from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, plain_file_block
+from smallcode.tokenizer.families import FAMILIES, Family, detect_family, first_id
 
 
 class FormatError(UserError, ValueError):
@@ -111,51 +116,6 @@ def prompt_format(tokenizer: CodeTokenizer | HFTokenizer) -> PromptFormat:
 
 
 # ---------------------------------------------------------------------------------- Hugging Face
-@dataclass(frozen=True)
-class Family:
-    """The special tokens of one model family. Each entry lists the spellings the token has in
-    that family's tokenizers; the first one found in the vocabulary is used."""
-
-    name: str
-    prefix: tuple[str, ...]
-    suffix: tuple[str, ...]
-    middle: tuple[str, ...]
-    file_sep: tuple[str, ...] = ()
-    stops: tuple[str, ...] = ()
-    """Tokens that end a completion besides the tokenizer's end-of-sequence."""
-
-
-# Sources: the StarCoder and StarCoder2 model cards and the StarCoder2 paper (§5, repository
-# context as <file_sep>path\ncode blocks, FIM inside a file); the Qwen2.5-Coder README (file-level
-# and repository-level completion, its list of special tokens); the DeepSeek-Coder README (code
-# insertion; repository context as files opened by a path comment); Meta's codellama generation.py
-# and the CodeLlama card (<PRE> prefix <SUF>suffix <MID>, ended by <EOT>; the Hugging Face vocabulary
-# spells them with a leading "▁").
-FAMILIES: tuple[Family, ...] = (
-    Family("qwen2.5-coder", ("<|fim_prefix|>",), ("<|fim_suffix|>",), ("<|fim_middle|>",), ("<|file_sep|>",),
-           stops=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>", "<|im_start|>",
-                  "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")),
-    Family("starcoder", ("<fim_prefix>",), ("<fim_suffix>",), ("<fim_middle>",), ("<file_sep>",),
-           stops=("<|endoftext|>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")),
-    Family("deepseek-coder", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",),
-           stops=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")),
-    Family("codellama", ("▁<PRE>", "<PRE>"), ("▁<SUF>", "<SUF>"), ("▁<MID>", "<MID>"),
-           stops=("▁<EOT>", "<EOT>", "</s>")),
-)
-
-
-def _first_id(vocab: dict[str, int], names: Sequence[str]) -> int | None:
-    return next((vocab[n] for n in names if n in vocab), None)
-
-
-def detect_family(vocab: dict[str, int]) -> Family | None:
-    """The family whose three FIM tokens are all in ``vocab`` (token -> id), or None."""
-    for family in FAMILIES:
-        if all(_first_id(vocab, names) is not None for names in (family.prefix, family.suffix, family.middle)):
-            return family
-    return None
-
-
 def native_format(tokenizer: Any) -> SmallcodeFormat | None:
     """Our own format for a transformers tokenizer that is ours, else None.
 
@@ -190,7 +150,7 @@ class HFFormat(PromptFormat):
         self.native = native_format(tokenizer)
         # Our FIM tokens are spelled as Qwen2.5-Coder's: ours is recognised first, or our export
         # would get the family's prefix-first layout and its stops.
-        self.family = None if self.native else detect_family(vocab)
+        self.family: Family | None = None if self.native else detect_family(vocab)
         self.name = self.native.name if self.native else self.family.name if self.family else "plain"
         stops = [tokenizer.eos_token_id, *extra_stop_ids, *(self.native.stop_ids if self.native else ())]
         # The FIM tokens' ids, looked up once (get_vocab rebuilds the vocabulary as a dict each call).
@@ -199,8 +159,8 @@ class HFFormat(PromptFormat):
         if self.family:
             family = self.family
             stops += [vocab[t] for t in family.stops if t in vocab]
-            self._fim_ids = tuple(_first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
-            self._file_sep = _first_id(vocab, family.file_sep)
+            self._fim_ids = tuple(first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
+            self._file_sep = first_id(vocab, family.file_sep)
         self.stop_ids = list(dict.fromkeys(s for s in stops if s is not None))
         # What the tokenizer puts before any text (a begin-of-sequence token, or nothing).
         plain = tokenizer.encode("a", add_special_tokens=False)
@@ -294,3 +254,37 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._decode([*self._anchor, *ids])[self._anchor_chars:]
+
+
+def generation_eos(path: str | Path) -> list[int]:
+    """The end-of-sequence ids a model directory's generation config names (``generation_config.json``,
+    else a Hugging Face ``config.json``'s ``eos_token_id``: what transformers' ``generation_config`` holds),
+    as a list; none when neither says."""
+    path = Path(path)
+    eos = None
+    for name in ("generation_config.json", "config.json"):
+        file = path / name
+        if file.is_file():
+            try:
+                meta = json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TokenizerError(f"{file}: not valid JSON ({e})") from e
+            if isinstance(meta, dict) and meta.get("eos_token_id") is not None:
+                eos = meta["eos_token_id"]
+                break
+    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+
+
+def load_hf_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> HFTokenizer:
+    """The tokenizer of the model in ``path`` as the engine asks for one: ``AutoTokenizer`` (local files
+    only) in its family's layout (``hf_prompt_format``), the generation config's end tokens among its
+    stops. ``path`` is a Hugging Face model directory or an imported smallcode checkpoint (which holds
+    the model's tokenizer files unchanged), so both are served with the same token ids."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{path}: cannot load the model's Hugging Face tokenizer ({e})") from e
+    return HFTokenizer(hf_prompt_format(tokenizer, extra_stop_ids=generation_eos(path)))

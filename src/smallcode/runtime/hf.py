@@ -11,10 +11,12 @@ The step declares its limits (``StepLimits``): one row at a time, no prompt cach
 and each prompt in one forward pass, then one token per call over the cache. A request's tokens are
 therefore what ``model.generate`` gives for the same settings (greedy: the same ids).
 
-``open_hf_engine(path, device=...)`` loads a transformers model directory (``AutoModelForCausalLM``
-and ``AutoTokenizer``, local files only) as that engine; ``runtime.load.open_engine`` calls it for an
-HF directory. ``open_hf(path, device=..., max_batch=..., max_queue=..., metrics=...)`` returns the
-scheduler on it and its ``HFFormat``.
+``load_hf_tokenizer(path)`` is the tokenizer part alone (an imported smallcode checkpoint's engine
+uses it over our own model). ``open_hf_engine(path, device=...)`` loads a transformers model directory
+(``AutoModelForCausalLM`` and that tokenizer, local files only) as that engine; ``runtime.load.open_engine``
+calls it for a Hugging Face directory whose family smallcode cannot import (or with ``runtime="hf"``).
+``open_hf(path, device=..., max_batch=..., max_queue=..., metrics=...)`` returns the scheduler on it and
+its ``HFFormat``.
 
 Not here: batching several requests, a prompt cache across requests, or quantisation; the
 smallcode engine does all three on our own models.
@@ -32,15 +34,16 @@ import torch
 
 from smallcode.errors import UserError
 from smallcode.runtime.engine import Engine
-from smallcode.runtime.formats import HFFormat, HFTokenizer, hf_prompt_format
+from smallcode.runtime.formats import HFFormat, HFTokenizer, generation_eos, load_hf_tokenizer
 from smallcode.runtime.step import StepLimits
+from smallcode.tokenizer import TokenizerError
 
 if TYPE_CHECKING:
     from smallcode.runtime.metrics import Metrics
     from smallcode.runtime.scheduler import Scheduler
 
 __all__ = ["DEFAULT_CONTEXT", "HFCache", "HFConfig", "HFModelError", "HFOutput", "HFStep", "HFTokenizer",
-           "open_hf", "open_hf_engine"]
+           "generation_eos", "load_hf_tokenizer", "open_hf", "open_hf_engine"]
 
 # Context length assumed when a model's config does not say (transformers' own common default).
 DEFAULT_CONTEXT = 2048
@@ -153,21 +156,21 @@ def open_hf(path: str | Path, *, device: str = "cpu", max_batch: int = 1, max_qu
 
 
 def _load(path: str | Path, device: str, max_context: int | None) -> tuple[Engine, HFFormat]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from smallcode.export.hf import trusted_remote_code
 
     path = Path(path)
     trust = trusted_remote_code(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust)
+        tokenizer = load_hf_tokenizer(path, trust_remote_code=trust)
+    except TokenizerError as e:
+        raise HFModelError(f"{path}: cannot load a Hugging Face causal LM ({e})") from e
+    try:
         # Half precision is slow on a CPU; elsewhere keep the dtype the weights were saved in.
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust,
                                                      dtype=torch.float32 if device == "cpu" else "auto")
     except (OSError, ValueError) as e:
         raise HFModelError(f"{path}: cannot load a Hugging Face causal LM ({e})") from e
     model.to(device)
-    eos = model.generation_config.eos_token_id
-    extra = [eos] if isinstance(eos, int) else list(eos or [])
-    fmt = hf_prompt_format(tokenizer, extra_stop_ids=extra)
-    return Engine(HFStep(model, max_context), HFTokenizer(fmt)), fmt
+    return Engine(HFStep(model, max_context), tokenizer), tokenizer.format

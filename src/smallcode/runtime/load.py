@@ -1,18 +1,29 @@
 """Opening a model directory as an ``Engine``: the one place that tells the kinds apart.
 
 ``open_engine(path)`` takes a smallcode checkpoint (torch), a ``smallcode export onnx`` directory
-(onnxruntime, CPU) or a Hugging Face model directory (transformers, ``runtime.hf``); ``runtime``
-forces one. Every kind ends in the same ``Engine`` over its model step, so sampling, stop sequences,
-streaming, FIM and the scheduler are shared.
+(onnxruntime, CPU) or a Hugging Face model directory. A Hugging Face model of a family smallcode can
+import (``smallcode.export.hf_import.is_importable``: Llama, Mistral, Qwen2, ...) is imported in memory
+(``load_hf_as_smallcode``) and runs on our own engine, so it gets continuous batching and prompt reuse,
+with the model's own tokenizer (``formats.load_hf_tokenizer``: its family's layouts, token ids equal to
+``AutoTokenizer``'s); any other one runs on transformers (``runtime.hf``, one request at a time).
+``runtime`` forces one: ``torch`` (ours: a checkpoint, or an importable Hugging Face directory), ``onnx``,
+``hf`` (transformers, even for an importable family). Every kind ends in the same ``Engine`` over its
+model step, so sampling, stop sequences, streaming, FIM and the scheduler are shared.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
+import torch
+
+from smallcode.errors import UserError
 from smallcode.model.checkpoint import CheckpointError, model_directory_kind
 from smallcode.runtime.engine import Engine
+from smallcode.runtime.formats import load_hf_tokenizer
 from smallcode.runtime.hf import open_hf_engine
 from smallcode.runtime.onnx import OnnxModel, is_onnx_export, load_export_tokenizer
 
@@ -20,24 +31,58 @@ Runtime = Literal["torch", "onnx", "hf"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "hf")
 
 
+class RuntimeChoiceError(UserError, ValueError):
+    """A runtime asked for that cannot open the given directory; the message says which would."""
+
+
+def _importer() -> ModuleType | None:
+    """``smallcode.export.hf_import`` (the Hugging Face importer), or None in a build without it."""
+    try:
+        return importlib.import_module("smallcode.export.hf_import")
+    except ModuleNotFoundError as e:
+        if e.name != "smallcode.export.hf_import":  # the importer is there but something it needs is not
+            raise
+        return None
+
+
+def is_importable(path: str | Path) -> bool:
+    """Whether ``path`` is a Hugging Face model directory of a family smallcode imports; never raises."""
+    importer = _importer()
+    return bool(importer is not None and importer.is_importable(path))
+
+
 def runtime_of(path: str | Path) -> Runtime:
     """Which runtime opens ``path``: ``onnx`` for an ONNX export, ``hf`` for a Hugging Face model
-    directory, else ``torch`` (whose loader says what is wrong with anything else)."""
+    directory smallcode cannot import, else ``torch`` (a checkpoint, an importable Hugging Face
+    directory, or anything else, whose loader says what is wrong with it)."""
     if is_onnx_export(path):
         return "onnx"
     try:
         if model_directory_kind(path) == "huggingface":
-            return "hf"
+            return "torch" if is_importable(path) else "hf"
     except CheckpointError:  # not a model directory at all: the checkpoint loader's error names the problem
         pass
     return "torch"
 
 
+def open_imported(path: str | Path, *, device: str = "cpu", max_context: int | None = None) -> Engine:
+    """Our engine on the Hugging Face model in ``path``, imported in memory (float32 on the CPU, the
+    weights' dtype elsewhere), with the model's own tokenizer."""
+    importer = _importer()
+    if importer is None or not importer.is_importable(path):
+        raise RuntimeChoiceError(f"{path}: smallcode cannot import this Hugging Face model; open it with "
+                                 "runtime 'hf' (transformers)")
+    tokenizer = load_hf_tokenizer(path)
+    model = importer.load_hf_as_smallcode(path, device=device, dtype=torch.float32 if device == "cpu" else None)
+    return Engine(model, tokenizer, max_context)
+
+
 def open_engine(path: str | Path, *, device: str = "cpu", runtime: Runtime | None = None,
                 max_context: int | None = None, threads: int | None = None) -> Engine:
-    """The engine on ``path``: ``runtime`` ``torch`` (a checkpoint), ``onnx`` (an export, on the CPU)
-    or ``hf`` (a transformers model directory); None: whichever ``path`` is (``runtime_of``).
-    ``threads``: onnxruntime's intra-op threads (default: torch's)."""
+    """The engine on ``path``: ``runtime`` ``torch`` (a checkpoint, or a Hugging Face directory smallcode
+    imports in memory), ``onnx`` (an export, on the CPU) or ``hf`` (a transformers model directory, on
+    transformers); None: whichever ``path`` is (``runtime_of``). ``threads``: onnxruntime's intra-op
+    threads (default: torch's)."""
     runtime = runtime or runtime_of(path)
     if runtime == "onnx":
         model = OnnxModel(path, threads=threads)
@@ -46,4 +91,10 @@ def open_engine(path: str | Path, *, device: str = "cpu", runtime: Runtime | Non
         return open_hf_engine(path, device=device, max_context=max_context)
     if runtime != "torch":
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    try:
+        hugging_face = model_directory_kind(path) == "huggingface"
+    except CheckpointError:  # the checkpoint loader names what is wrong
+        hugging_face = False
+    if hugging_face:
+        return open_imported(path, device=device, max_context=max_context)
     return Engine.from_checkpoint(path, device=device, max_context=max_context)

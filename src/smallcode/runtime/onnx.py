@@ -154,7 +154,10 @@ class OnnxModel:
 
 
 def load_export_tokenizer(directory: str | Path, expected_hash: str | None) -> Any:
-    """The export's tokenizer, refused when it is not the one the graph was exported with."""
+    """The export's tokenizer, refused when it is not the one the graph was exported with. An imported
+    model's export holds the model's Hugging Face tokenizer files: that tokenizer, as transformers loads
+    it (``formats.load_hf_tokenizer``), so the export is asked in the family's layouts."""
+    from smallcode.runtime.formats import load_hf_tokenizer
     from smallcode.tokenizer import TokenizerError, load_tokenizer
 
     directory = Path(directory)
@@ -165,4 +168,9 @@ def load_export_tokenizer(directory: str | Path, expected_hash: str | None) -> A
     if expected_hash and tokenizer.hash != expected_hash:
         raise OnnxModelError(f"{directory}: tokenizer hash {tokenizer.hash[:12]} differs from the "
                              f"{expected_hash[:12]} the model was exported with (mismatched tokenizer)")
+    if not tokenizer.native:
+        try:
+            return load_hf_tokenizer(directory)
+        except TokenizerError as e:
+            raise OnnxModelError(f"{directory}: the export's tokenizer cannot be loaded ({e})") from e
     return tokenizer

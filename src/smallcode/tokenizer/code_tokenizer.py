@@ -26,6 +26,21 @@ Interface (other subpackages rely on it):
   instead, each file opened by a comment line naming it (``# path``, ``// path``, ... by the
   file's extension) and ended by a newline; the model then reads them as ordinary code.
 
+A *foreign* tokenizer (a Hugging Face model's ``tokenizer.json`` with its ``tokenizer_config.json``
+beside it, as an imported checkpoint carries it) loads as a ``CodeTokenizer`` too, with ``native``
+False: ``eot_id`` is its end-of-sequence token; ``pad_id`` its pad token when that differs from
+end-of-sequence, else its family's pad (``families.Family.pad``, then ``families.PAD_TOKENS``), else
+reading it raises ``TokenizerError`` (such a model serves, but training cannot pad for it); the FIM
+ids and ``file_sep_id`` are its family's (``families.detect_family``), None when it has none, and then
+``fim_ids`` / ``fim_prompt`` raise ``TokenizerError``; it has no chat roles (``chat_ids`` raises: the
+model's own chat template lays chats out); ``stop_ids`` are end-of-sequence, the generation config's
+end tokens and the family's stops. Its FIM and context layouts are the family's, as
+``smallcode.runtime.formats`` serves them (prefix-suffix-middle; files as ``<file_sep>`` blocks with
+one more separator opening the current file, or as plain text at the start of the prefix), so a model
+trained on them is asked the way it learned. ``encode`` adds no begin-of-sequence token and matches no
+special token in text, as ours. ``sidecars`` holds the Hugging Face files read beside it
+(``SIDECAR_FILES``), which ``save`` and the data pipeline write back unchanged.
+
 It does not train (see :mod:`smallcode.tokenizer.train`) and does not know about shards.
 """
 
@@ -42,10 +57,16 @@ from tokenizers import Tokenizer
 from smallcode.errors import UserError
 from smallcode.fileio import atomic_write_text
 from smallcode.tokenizer import specials
+from smallcode.tokenizer.families import PAD_TOKENS, Family, detect_family, fim_token_ids, first_id
 
 FimMode = Literal["psm", "spm"]
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
+SIDECAR_FILES: tuple[str, ...] = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                                   "chat_template.jinja")
+"""The Hugging Face files a model's tokenizer comes with beside ``tokenizer.json`` (its special tokens,
+its generation's end tokens, its chat template: transformers 5 saves that in a file of its own); a
+foreign tokenizer is read with them."""
 HASH_KEY = "smallcode_tokenizer_hash"
 """The ``tokenizer_config.json`` field holding ``hash``: it marks the tokenizer as ours, for
 ``runtime.formats`` to lay a transformers-loaded copy's prompts out as ours."""
@@ -71,20 +92,52 @@ def canonical_hash(tokenizer_json: str) -> str:
 class CodeTokenizer:
     """A byte-level BPE tokenizer with smallcode's special tokens (see module docstring)."""
 
-    def __init__(self, tokenizer: Tokenizer, source: str = "<memory>") -> None:
+    def __init__(self, tokenizer: Tokenizer, source: str = "<memory>",
+                 sidecars: dict[str, str] | None = None) -> None:
+        """``sidecars``: the Hugging Face files found beside the tokenizer (name -> text, see
+        ``SIDECAR_FILES``); a ``tokenizer_config.json`` among them that is not ours makes this a
+        foreign tokenizer (see the module docstring)."""
         self._tok = tokenizer
         self.source = source
+        self.sidecars: dict[str, str] = dict(sidecars or {})
+        vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=True)
+        config = _sidecar_json(self.sidecars, CONFIG_FILE, source)
+        self.native: bool = not config or bool(config.get(HASH_KEY)) or _has_our_specials(vocab)
+        """Whether this is a smallcode tokenizer (else a Hugging Face model's own)."""
+        self.family: str = "smallcode"
+        """Whose special tokens these are: ``smallcode``, a ``families.FAMILIES`` name, or ``plain``."""
+        self._dummy_space = False
+        self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
+        # Computed before the runtime flag below, which is not part of the file anyway.
+        self.hash: str = canonical_hash(tokenizer.to_str())
+        self._pad_id: int | None = None
+        self._no_pad = ""
+        self.fim_prefix_id: int | None
+        self.fim_middle_id: int | None
+        self.fim_suffix_id: int | None
+        self.end_of_turn_id: int | None
+        if self.native:
+            self._init_ours(tokenizer, source)
+            self.sidecars = {}  # ours writes its own config (``save``)
+        else:
+            self._init_foreign(vocab, config)
+        # Plain text never yields special ids: the added-token matcher is switched off for
+        # encode(); formatting helpers insert special ids explicitly.
+        self._tok.encode_special_tokens = True
+
+    def _init_ours(self, tokenizer: Tokenizer, source: str) -> None:
         ids: dict[str, int] = {}
         for name in specials.SPECIAL_TOKENS:
             tid = tokenizer.token_to_id(name)
             if tid is None:
                 if name in specials.OPTIONAL_TOKENS:  # a tokenizer trained before this token existed
                     continue
-                raise TokenizerError(f"{source}: not a smallcode tokenizer (special token {name} missing)")
+                raise TokenizerError(f"{source}: not a smallcode tokenizer (special token {name} missing; a "
+                                     f"Hugging Face model's {TOKENIZER_FILE} needs its {CONFIG_FILE} beside it)")
             ids[name] = tid
         self.special_ids: dict[str, int] = ids
-        self.eot_id = ids[specials.EOT]
-        self.pad_id = ids[specials.PAD]
+        self.eot_id: int = ids[specials.EOT]
+        self._pad_id = ids[specials.PAD]
         self.fim_prefix_id = ids[specials.FIM_PREFIX]
         self.fim_middle_id = ids[specials.FIM_MIDDLE]
         self.fim_suffix_id = ids[specials.FIM_SUFFIX]
@@ -94,12 +147,57 @@ class CodeTokenizer:
         self.stop_ids: tuple[int, ...] = (self.eot_id, self.end_of_turn_id)
         self.file_sep_id: int | None = ids.get(specials.FILE_SEP)
         self.role_ids: dict[str, int] = {role: ids[tok] for role, tok in specials.ROLE_TOKENS.items()}
-        self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
-        # Computed before the runtime flag below, which is not part of the file anyway.
-        self.hash: str = canonical_hash(tokenizer.to_str())
-        # Plain text never yields special ids: the added-token matcher is switched off for
-        # encode(); formatting helpers insert special ids explicitly.
-        self._tok.encode_special_tokens = True
+
+    def _init_foreign(self, vocab: dict[str, int], config: dict[str, Any]) -> None:
+        source = self.source
+        special_map = _sidecar_json(self.sidecars, "special_tokens_map.json", source)
+        family: Family | None = detect_family(vocab)
+        self.family = family.name if family else "plain"
+
+        def named(key: str) -> str | None:
+            value = config.get(key, special_map.get(key))
+            return value.get("content") if isinstance(value, dict) else value
+
+        eos = named("eos_token")
+        if not eos or eos not in vocab:
+            raise TokenizerError(f"{source}: the tokenizer names no end-of-sequence token in its vocabulary "
+                                 f"(eos_token {eos!r} in {CONFIG_FILE}): nothing would end a document")
+        self.eot_id = vocab[eos]
+        pad = named("pad_token")
+        if pad and pad != eos and pad in vocab:
+            self._pad_id = vocab[pad]
+        else:
+            # A pad equal to end-of-sequence would mask every document's end in the loss.
+            self._pad_id = first_id(vocab, [*(family.pad if family else ()), *PAD_TOKENS])
+            if self._pad_id is None:  # serving needs none; training asks for it (``pad_id``) and is refused
+                self._no_pad = (f"{source}: no pad token distinct from end-of-sequence {eos!r} (pad_token {pad!r}, "
+                                f"and none of {', '.join(PAD_TOKENS)} in the vocabulary); set pad_token in "
+                                f"{CONFIG_FILE} to a token no text holds")
+        self.fim_prefix_id = self.fim_suffix_id = self.fim_middle_id = None
+        self.file_sep_id = None
+        stops = [self.eot_id, *_generation_eos(self.sidecars, source)]
+        if family is not None:
+            self.fim_prefix_id, self.fim_suffix_id, self.fim_middle_id = fim_token_ids(vocab, family)
+            self.file_sep_id = first_id(vocab, family.file_sep)
+            stops += [vocab[t] for t in family.stops if t in vocab]
+        self.stop_ids = tuple(dict.fromkeys(stops))
+        self.end_of_turn_id = None
+        self.role_ids = {}
+        names = {"eos": self.eot_id, "pad": self._pad_id, "fim_prefix": self.fim_prefix_id,
+                 "fim_suffix": self.fim_suffix_id, "fim_middle": self.fim_middle_id, "file_sep": self.file_sep_id}
+        self.special_ids = {k: v for k, v in names.items() if v is not None}
+        # A SentencePiece tokenizer with a dummy prefix invents a space before every piece it encodes
+        # ("a" -> "▁a"); text that continues a line (the suffix, the middle) must not get one.
+        first = self._tok.encode("a", add_special_tokens=False).tokens[:1]
+        self._dummy_space = bool(first) and first[0].startswith("▁")
+
+    @property
+    def pad_id(self) -> int:
+        """The id that pads training rows (masked in the loss). A foreign tokenizer with no pad token
+        distinct from end-of-sequence raises ``TokenizerError`` here: it serves, but cannot pad."""
+        if self._pad_id is None:
+            raise TokenizerError(self._no_pad)
+        return self._pad_id
 
     # -- plain text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -126,15 +224,35 @@ class CodeTokenizer:
         psm: ``<pre> prefix <suf> suffix <mid> middle``;
         spm: ``<pre> <suf> suffix <mid> prefix middle`` (the prefix continues straight into the
         middle, so generation after the prompt is ordinary left-to-right text). ``files``
-        ((path, text) pairs) come first, laid out by ``context_ids``.
+        ((path, text) pairs) come first, laid out by ``context_ids`` (a foreign tokenizer without a
+        file separator: as plain text at the start of the prefix, as its family is served).
         """
-        p, m, s = self.encode_batch([prefix, middle, suffix])
-        head = self.context_ids(files) if files else []
+        if mode not in ("psm", "spm"):
+            raise ValueError(f"unknown FIM mode {mode!r}; choose 'psm' or 'spm'")
+        pre, suf, mid = self.fim_prefix_id, self.fim_suffix_id, self.fim_middle_id
+        if pre is None or suf is None or mid is None:
+            raise TokenizerError(f"{self.source}: this model has no fill-in-the-middle tokens (its vocabulary "
+                                 "has none of a known family's); use plain prompts, or fim_rate 0 in training")
+        head: list[int] = []
+        if files and (self.native or self.file_sep_id is not None):
+            head = self.context_ids(files)
+        elif files:
+            prefix = "".join(plain_file_block(path, text) for path, text in files) + prefix
+        if self._dummy_space:
+            p, m, s = self.encode(prefix), self._inside(middle), self._inside(suffix)
+        else:
+            p, m, s = self.encode_batch([prefix, middle, suffix])
         if mode == "psm":
-            return [*head, self.fim_prefix_id, *p, self.fim_suffix_id, *s, self.fim_middle_id, *m]
-        if mode == "spm":
-            return [*head, self.fim_prefix_id, self.fim_suffix_id, *s, self.fim_middle_id, *p, *m]
-        raise ValueError(f"unknown FIM mode {mode!r}; choose 'psm' or 'spm'")
+            return [*head, pre, *p, suf, *s, mid, *m]
+        return [*head, pre, suf, *s, mid, *p, *m]
+
+    def _inside(self, text: str) -> list[int]:
+        """``text`` as it encodes in the middle of a line: without a SentencePiece tokenizer's
+        invented leading space (encoded after a marker whose own tokens are then dropped)."""
+        if not text:
+            return []
+        head, ids = self.encode("☺"), self.encode("☺" + text)
+        return ids[len(head):] if ids[: len(head)] == head else self.encode(text)
 
     def fim_prompt(self, prefix: str, suffix: str, mode: FimMode = "psm",
                    files: Sequence[tuple[str, str]] = ()) -> list[int]:
@@ -142,16 +260,23 @@ class CodeTokenizer:
         return self.fim_ids(prefix, "", suffix, mode, files)
 
     def context_ids(self, files: Sequence[tuple[str, str]]) -> list[int]:
-        """Other files as context before a FIM prompt (see the module docstring for both layouts)."""
+        """Other files as context before a FIM prompt (see the module docstring for both layouts).
+        A foreign tokenizer's blocks end with one more separator, which opens the current file (its
+        family's repository layout)."""
         if self.file_sep_id is None:
             return self.encode("".join(plain_file_block(path, text) for path, text in files))
         out: list[int] = []
         for ids in self.encode_batch([f"{path}\n{text}" for path, text in files]):
             out += [self.file_sep_id, *ids]
+        if not self.native and files:
+            out.append(self.file_sep_id)
         return out
 
     def chat_ids(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
         """``<|role|> content <|end|>`` per message; optionally open an assistant turn at the end."""
+        if not self.native or self.end_of_turn_id is None:
+            raise TokenizerError(f"{self.source}: a Hugging Face model's tokenizer has no smallcode chat roles; "
+                                 "lay chats out with the model's chat template")
         out: list[int] = []
         for i, msg in enumerate(messages):
             role = msg.get("role")
@@ -175,11 +300,18 @@ class CodeTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / TOKENIZER_FILE
         atomic_write_text(path, self.to_json())
+        if not self.native:  # a model's own files, as they came
+            for name, text in self.sidecars.items():
+                atomic_write_text(directory / name, text)
+            return path
         atomic_write_text(directory / CONFIG_FILE, json.dumps(self.hf_config(), indent=2) + "\n")
         return path
 
     def hf_config(self) -> dict[str, Any]:
-        """The ``tokenizer_config.json`` that makes transformers know our special tokens."""
+        """The ``tokenizer_config.json`` that makes transformers know our special tokens (a foreign
+        tokenizer's: its own)."""
+        if not self.native:
+            return _sidecar_json(self.sidecars, CONFIG_FILE, self.source)
         return {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "eos_token": specials.EOT,
@@ -238,8 +370,45 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     return out
 
 
+def _sidecar_json(sidecars: dict[str, str], name: str, source: str) -> dict[str, Any]:
+    text = sidecars.get(name)
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{source}: {name} beside it is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise TokenizerError(f"{source}: {name} beside it is not a JSON object")
+    return value
+
+
+def _generation_eos(sidecars: dict[str, str], source: str) -> list[int]:
+    eos = _sidecar_json(sidecars, "generation_config.json", source).get("eos_token_id")
+    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+
+
+def _has_our_specials(vocab: dict[str, int]) -> bool:
+    return all(t in vocab for t in specials.SPECIAL_TOKENS if t not in specials.OPTIONAL_TOKENS)
+
+
+def read_sidecars(directory: str | Path) -> dict[str, str]:
+    """The ``SIDECAR_FILES`` present in ``directory`` (name -> text)."""
+    directory = Path(directory)
+    out = {}
+    for name in SIDECAR_FILES:
+        path = directory / name
+        if path.is_file():
+            try:
+                out[name] = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise TokenizerError(f"{path}: not UTF-8 text ({e})") from e
+    return out
+
+
 def load_tokenizer(path: str | Path) -> CodeTokenizer:
-    """Load from a directory holding ``tokenizer.json`` or from the file; errors name the path."""
+    """Load from a directory holding ``tokenizer.json`` or from the file; errors name the path.
+    The ``SIDECAR_FILES`` beside the file come with it (a foreign tokenizer is recognised by them)."""
     path = Path(path)
     file = path / TOKENIZER_FILE if path.is_dir() else path
     if not file.is_file():
@@ -248,4 +417,4 @@ def load_tokenizer(path: str | Path) -> CodeTokenizer:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:  # the Rust side raises a bare Exception for any malformed file
         raise TokenizerError(f"{file}: not a valid tokenizer.json ({e})") from e
-    return CodeTokenizer(tok, source=str(file))
+    return CodeTokenizer(tok, source=str(file), sidecars=read_sidecars(file.parent))

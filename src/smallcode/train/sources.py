@@ -52,11 +52,12 @@ class ShardSource:
         self.loader = ShardLoader(directory, batch_size, seq_len, seed, rank=rank, world_size=world_size,
                                   fim_rate=fim_rate)
         self.tokenizer = self.loader.tokenizer
-        self.tokenizer_file = Path(directory) / TOKENIZER_FILE
+        self.tokenizer_file = Path(directory) / TOKENIZER_FILE  # its Hugging Face files beside it, if any
         self.batch_size = batch_size
+        self.pad_id = self.tokenizer.pad_id  # a tokenizer that cannot pad is refused before training starts
 
     def batch(self, index: int) -> Batch:
-        inputs, labels = _split(self.loader.batch(index), self.tokenizer.pad_id)
+        inputs, labels = _split(self.loader.batch(index), self.pad_id)
         return {"input_ids": inputs, "labels": labels,
                 "sample_ids": torch.from_numpy(self.loader.sample_indices(index).astype("int64"))}
 

@@ -1,0 +1,182 @@
+"""An imported model keeps its own tokenizer everywhere: a smallcode checkpoint holding a Hugging Face
+tokenizer's files (as ``smallcode import hf`` writes one, built here by hand from a tiny model) is served
+by our engine with token ids equal to ``AutoTokenizer``'s and the family's layouts and stops; its files
+survive saving, upcycling and the ONNX export (data preparation: tests/data/test_foreign_shards.py); and
+a Hugging Face directory of an importable family opens on our engine."""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from factories import make_model
+from hf_tokenizers import FAMILY_SPECIALS, byte_level, codellama_like  # type: ignore[import-not-found]
+from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint, save_checkpoint
+from smallcode.model.transformer import SmallCodeLM
+from smallcode.runtime import load
+from smallcode.runtime.engine import Engine
+from smallcode.runtime.formats import FormatError, HFTokenizer
+from smallcode.runtime.sampling import SamplingParams
+from smallcode.tokenizer import TokenizerError
+
+FAMILIES = ("qwen2.5-coder", "starcoder", "deepseek-coder", "codellama", "plain")
+PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return c\n"
+
+
+def hf_tokenizer(family: str) -> PreTrainedTokenizerFast:
+    """The family's test tokenizer; DeepSeek-Coder's with the <pad> its real vocabulary has."""
+    if family == "codellama":
+        return codellama_like()
+    spec = dict(FAMILY_SPECIALS[family])
+    if family == "deepseek-coder":
+        spec["specials"] = [*spec["specials"], "<pad>"]
+    return byte_level(**spec)
+
+
+def imported(root: Path, family: str, generation_eos: list[int] | None = None,
+             **model: object) -> tuple[Path, PreTrainedTokenizerFast]:
+    """An imported checkpoint by hand: a tiny full-attention model whose vocabulary is the tokenizer's,
+    our files, the tokenizer's files unchanged, ``tokenizer_kind`` recorded."""
+    tok = hf_tokenizer(family)
+    tok_dir = root / f"{family}-tokenizer"
+    tok.save_pretrained(tok_dir)
+    if generation_eos is not None:
+        (tok_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": generation_eos}))
+    model = make_model(**{"vocab_size": len(tok), "window": 512, "max_seq_len": 512, "n_global": 0, **model})
+    ckpt = save_checkpoint(model, root / family, tokenizer_file=tok_dir / "tokenizer.json",
+                           extra={"tokenizer_kind": "huggingface"})
+    return ckpt, tok
+
+
+def fim_text(family: str, prefix: str, suffix: str) -> str:
+    """The family's FIM prompt as its model card writes it."""
+    return {
+        "qwen2.5-coder": f"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>",
+        "starcoder": f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>",
+        "deepseek-coder": f"<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>",
+    }[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_engine_token_ids_equal_autotokenizers(family: str, tmp_path: Path) -> None:
+    ckpt, hf = imported(tmp_path, family)
+    engine = Engine.from_checkpoint(ckpt)
+    assert isinstance(engine.model, SmallCodeLM)  # our model step: batching, prompt reuse
+    assert isinstance(engine.tokenizer, HFTokenizer) and engine.prompt_format.name == family
+    text = "import os\nprint(os.sep)  <|endoftext|>"
+    assert engine.tokenizer.encode(text) == hf.encode(text)  # transformers' defaults: BOS where the family has one
+    if family in ("qwen2.5-coder", "starcoder", "deepseek-coder"):
+        assert engine.prompt_format.fim(PREFIX, SUFFIX) == hf.encode(fim_text(family, PREFIX, SUFFIX))
+    if hf.chat_template:
+        messages = [{"role": "user", "content": "add two numbers"}]
+        want = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert engine.prompt_format.chat(messages) == list(getattr(want, "input_ids", want))
+    out = engine.generate(PREFIX, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))[0]
+    assert len(out.token_ids) == 4 and out.text == engine.tokenizer.decode(out.token_ids)
+
+
+def force_next_token(engine: Engine, token: int) -> None:
+    """Make the model's every next-token choice ``token`` (its head's output replaced)."""
+    def hook(_module: torch.nn.Module, _inputs: object, logits: torch.Tensor) -> torch.Tensor:
+        forced = torch.full_like(logits, -10.0)
+        forced[..., token] = 10.0
+        return forced
+
+    engine.model.lm_head.register_forward_hook(hook)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("token", "stops"), [("<|endoftext|>", True), ("<|im_end|>", True), ("<|file_sep|>", True),
+                                              ("Z", True), ("Q", False)])
+def test_generation_stops_at_the_familys_end_tokens(token: str, stops: bool, tmp_path: Path) -> None:
+    hf = hf_tokenizer("qwen2.5-coder")
+    z = hf.convert_tokens_to_ids("Z")  # named an end token by the generation config below
+    ckpt, hf = imported(tmp_path, "qwen2.5-coder", generation_eos=[hf.eos_token_id, z])
+    engine = Engine.from_checkpoint(ckpt)
+    force_next_token(engine, hf.convert_tokens_to_ids(token))
+    out = engine.generate(PREFIX, SamplingParams(max_tokens=5, temperature=0.0))[0]
+    assert (out.finish_reason, len(out.token_ids)) == (("eos", 0) if stops else ("length", 5))
+
+
+def test_fim_on_a_model_without_fim_tokens_is_one_line_and_a_400(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from smallcode.runtime.scheduler import Scheduler
+    from smallcode.serve.app import create_app
+
+    ckpt, _ = imported(tmp_path, "plain")
+    engine = Engine.from_checkpoint(ckpt)
+    with pytest.raises(FormatError, match="no fill-in-the-middle tokens") as info:
+        engine.complete(PREFIX, SUFFIX)
+    assert "\n" not in str(info.value)
+    scheduler = Scheduler(engine)
+    try:
+        client = TestClient(create_app(scheduler, engine.prompt_format, model_name="plain"))
+        r = client.post("/v1/completions", json={"model": "plain", "prompt": PREFIX, "suffix": SUFFIX,
+                                                 "max_tokens": 2})
+        assert r.status_code == 400 and "no fill-in-the-middle tokens" in r.text
+        r = client.post("/v1/completions", json={"model": "plain", "prompt": PREFIX, "max_tokens": 2})
+        assert r.status_code == 200, r.text
+    finally:
+        scheduler.close()
+
+
+def test_saving_upcycling_and_the_onnx_export_keep_the_tokenizer_files(tmp_path: Path) -> None:
+    from smallcode.export.onnx import export_onnx
+    from smallcode.runtime.onnx import OnnxModel, load_export_tokenizer
+    from smallcode.train.upcycle import upcycle_checkpoint
+
+    ckpt, hf = imported(tmp_path, "qwen2.5-coder", generation_eos=[0], n_experts=1, top_k=1)
+    sidecars = {n: (ckpt / n).read_bytes() for n in HF_TOKENIZER_FILES if (ckpt / n).is_file()}
+    assert set(sidecars) == {"tokenizer_config.json", "generation_config.json", "chat_template.jinja"}
+    parent = Checkpoint.open(ckpt)
+    again = save_checkpoint(parent.load_model(), tmp_path / "again", tokenizer_file=parent.tokenizer_file)
+    moe = upcycle_checkpoint(ckpt, tmp_path / "moe", n_experts=2, top_k=1)
+    for directory in (again, moe):
+        assert {n: (directory / n).read_bytes() for n in sidecars} == sidecars
+        assert not Checkpoint.open(directory).load_tokenizer().native
+    export = export_onnx(ckpt, tmp_path / "onnx")
+    assert {n: (export / n).read_bytes() for n in sidecars if n != "generation_config.json"} == \
+        {n: v for n, v in sidecars.items() if n != "generation_config.json"}
+    tokenizer = load_export_tokenizer(export, OnnxModel(export).tokenizer_hash)
+    assert isinstance(tokenizer, HFTokenizer) and tokenizer.encode(PREFIX) == hf.encode(PREFIX)
+    assert tokenizer.format.fim(PREFIX, SUFFIX) == hf.encode(fim_text("qwen2.5-coder", PREFIX, SUFFIX))
+
+
+def test_open_engine_imports_an_importable_hugging_face_directory(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    hf = hf_tokenizer("starcoder")
+    hf_dir = tmp_path / "hf"
+    hf.save_pretrained(hf_dir)
+    (hf_dir / "config.json").write_text(json.dumps({"model_type": "llama", "eos_token_id": hf.eos_token_id}))
+    calls: list[tuple] = []
+
+    def load_hf_as_smallcode(src: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> SmallCodeLM:
+        calls.append((Path(src), device, dtype))
+        return make_model(vocab_size=len(hf), window=512, max_seq_len=512, n_global=0)
+
+    importable: Callable[[Path], bool] = lambda src: Path(src) == hf_dir  # noqa: E731
+    fake = types.SimpleNamespace(is_importable=importable, load_hf_as_smallcode=load_hf_as_smallcode)
+    monkeypatch.setattr(load, "_importer", lambda: fake)
+    assert load.runtime_of(hf_dir) == "torch"
+    engine = load.open_engine(hf_dir)
+    assert calls == [(hf_dir, "cpu", torch.float32)]
+    assert isinstance(engine.model, SmallCodeLM) and isinstance(engine.tokenizer, HFTokenizer)
+    assert engine.prompt_format.fim(PREFIX, SUFFIX) == hf.encode(fim_text("starcoder", PREFIX, SUFFIX))
+    monkeypatch.setattr(load, "_importer", lambda: types.SimpleNamespace(is_importable=lambda src: False))
+    assert load.runtime_of(hf_dir) == "hf"  # not importable: transformers serves it
+
+
+def test_a_checkpoints_foreign_tokenizer_is_checked_against_its_recorded_hash(tmp_path: Path) -> None:
+    ckpt, _ = imported(tmp_path, "starcoder")
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["tokenizer_hash"] = "0" * 64
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="differs from the"):
+        Engine.from_checkpoint(ckpt)
+    assert TokenizerError  # the tokenizer's own errors are user errors too (tests/test_errors.py)
