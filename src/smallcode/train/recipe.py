@@ -50,11 +50,6 @@ from smallcode.fileio import atomic_dir, atomic_write_text
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 from smallcode.train.config import DistillConfig, TrainConfig
 
-try:
-    from smallcode.model.checkpoint import HF_TOKENIZER_FILES
-except ImportError:  # before the checkpoint module knew them (issue #23)
-    HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
-
 
 @dataclass
 class StageSpec(Config):
@@ -276,6 +271,8 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True, report: bool = True)
                  f"{spec.name}: windowing {spec.window_from} to {spec.window} positions + {spec.n_global} sinks")
             continue
         cfg = stage_config(recipe, spec, out)
+        if _trained(out / spec.name, cfg.steps):
+            continue  # finished: not even its model and teacher are loaded again
         say(progress, f"[recipe] {spec.name}: {cfg.objective}, {cfg.steps} steps")
         timed(out, info.is_main, spec.name,
               lambda c=cfg, s=spec: Trainer(c, out / s.name, show_progress=progress).run(resume=True))
@@ -287,6 +284,15 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True, report: bool = True)
     if not info.is_main:
         return out
     return write_report(recipe, out) if report else out
+
+
+def _trained(run: Path, steps: int) -> bool:
+    """A training stage whose run finished all its ``steps`` (its summary and final checkpoint written)."""
+    from smallcode.model.checkpoint import Checkpoint
+
+    summary = run / "summary.json"
+    return (summary.is_file() and json.loads(summary.read_text()).get("steps") == steps
+            and Checkpoint.is_checkpoint(run / "final"))
 
 
 def timed(out: Path, main: bool, name: str, fn: Callable[[], Any]) -> Any:
@@ -301,10 +307,8 @@ def _wait_for(done: Callable[[], bool], name: str, poll_s: float = 2.0) -> None:
 
 
 def _import(source: str, target: Path, progress: bool) -> Path:
-    try:
-        from smallcode.export.hf_import import import_hf
-    except ImportError as e:  # an installation without the importer (the module arrived with issue #23)
-        raise ConfigError(f"import_from needs smallcode.export.hf_import, which this installation lacks ({e})") from e
+    from smallcode.export.hf_import import import_hf
+
     return import_hf(source, target, progress=progress)
 
 
@@ -314,6 +318,8 @@ def _copy_tokenizer(checkpoint: Path, tok_dir: Path) -> None:
     if not src.is_file():
         raise ConfigError(f"{checkpoint}: the imported model has no {TOKENIZER_FILE}; the recipe tokenises its "
                           "corpus with the model's own tokenizer, so the Hugging Face directory must hold one")
+    from smallcode.model.checkpoint import HF_TOKENIZER_FILES
+
     with atomic_dir(tok_dir) as tmp:
         for name in (TOKENIZER_FILE, *HF_TOKENIZER_FILES):
             if (checkpoint / name).is_file():
