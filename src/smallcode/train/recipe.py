@@ -60,6 +60,9 @@ class StageSpec(Config):
     import_from: str | None = None
     """Import this Hugging Face model directory (``smallcode import hf``); the first stage only. The recipe
     then uses the model's own tokenizer instead of training one."""
+    import_config: str | None = None
+    """Import: a Hugging Face ``config.json`` of the model, read by ``smallcode estimate`` when
+    ``import_from`` is not on this machine (the import itself reads the directory's own)."""
     window_from: str | None = None
     """Give this earlier stage's full-attention final checkpoint a sliding ``window`` plus ``n_global``
     sink tokens (no training); its long-range losses go to ``window.json``."""
@@ -357,6 +360,8 @@ def _missing_long_range(recipe: RecipeConfig, out: Path, spec: StageSpec) -> lis
 
 def score_long_range(recipe: RecipeConfig, out: Path, spec: StageSpec, progress: bool = True) -> dict[str, Any]:
     """Fill in the window stage's ``window.json``: the loss at 4 x window tokens of every model it tracks."""
+    import torch
+
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.window import long_range_loss, read_window_report, write_window_report
 
@@ -365,8 +370,9 @@ def score_long_range(recipe: RecipeConfig, out: Path, spec: StageSpec, progress:
     models = _long_range_models(recipe, out, spec)
     for key in _missing_long_range(recipe, out, spec):
         say(progress, f"[recipe] {spec.name}: loss of {key} at {4 * spec.window} tokens")
-        r = long_range_loss(Checkpoint.open(models[key]).load_model(), out / "shards", 4 * spec.window,
-                            rows=spec.long_range_rows)
+        model = Checkpoint.open(models[key]).load_model(device="cuda" if torch.cuda.is_available() else "cpu")
+        r = long_range_loss(model, out / "shards", 4 * spec.window, rows=spec.long_range_rows)
+        del model  # one model at a time on the device
         report["losses"][key] = r["loss"]
         report |= {"rows": r["rows"], "tokens": r["tokens"]}
         write_window_report(out / spec.name, report)

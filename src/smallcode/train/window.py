@@ -78,18 +78,19 @@ def window_checkpoint(src: str | Path, out: str | Path, window: int, n_global: i
 
 
 @torch.no_grad()
-def long_range_loss(model: SmallCodeLM, shards: str | Path, seq_len: int, rows: int = 8, batch_size: int = 1,
-                    device: str | torch.device | None = None) -> dict[str, Any]:
+def long_range_loss(model: SmallCodeLM, shards: str | Path, seq_len: int, rows: int = 8,
+                    batch_size: int = 1) -> dict[str, Any]:
     """Mean cross-entropy (nats/token) of ``model`` over the first ``rows`` validation sequences of
     ``seq_len`` tokens of the shard directory ``shards``; ``{"loss", "rows", "tokens", "seq_len"}``.
 
     The same sequences for every model, in order (the validation split is read without shuffling).
-    bf16 autocast on CUDA, float32 elsewhere; the logits are never held whole (``linear_cross_entropy``).
+    Runs where the model lives, with bf16 autocast on CUDA and float32 elsewhere; the logits are never
+    held whole (``linear_cross_entropy``).
     """
     from smallcode.data import ShardLoader
     from smallcode.train.objectives import linear_cross_entropy
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = model.device
     loader = ShardLoader(shards, batch_size, seq_len, seed=0)
     was_training = model.training
     model.eval()
