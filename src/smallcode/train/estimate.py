@@ -34,10 +34,9 @@ this machine), windowing changes the window, pruning the feed-forward width, upc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
 from typing import TYPE_CHECKING
 
 from smallcode.config import ConfigError
