@@ -157,3 +157,28 @@ def test_the_shipped_nano_recipe_is_consistent() -> None:
     for s in cfg.stages:
         if s.config:
             TrainConfig.load(root / s.config)
+
+
+@pytest.mark.parametrize("name", ["demo", "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-8gpu"])
+def test_the_shipped_import_recipes_are_consistent(name: str) -> None:
+    """configs/import: import, window, adapt from the import at 4x the window, upcycle fine-grained, MoE with the
+    import as teacher; every stage file loads and is a distillation at the window's multiples."""
+    from smallcode.train.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = RecipeConfig.load(root / "configs" / "import" / name / "recipe.yaml")
+    assert cfg.imports and [s.name for s in cfg.stages] == ["imported", "windowed", "adapt", "upcycled", "moe"]
+    by_name = {s.name: s for s in cfg.stages}
+    win, up = by_name["windowed"], by_name["upcycled"]
+    assert win.window_from == "imported" and win.n_global == 4
+    assert by_name["adapt"].init_from == "windowed" and up.upcycle_from == "adapt"
+    assert up.granularity > 1 and up.top_k % up.granularity == 0 and up.experts % up.granularity == 0
+    adapt, moe = (TrainConfig.load(root / by_name[n].config) for n in ("adapt", "moe"))
+    assert adapt.data.seq_len == 4 * win.window  # adapted at the length the long-range loss is scored at
+    for stage, train in (("adapt", adapt), ("moe", moe)):
+        assert by_name[stage].teacher_from == "imported" and train.objective == "distill"
+        assert train.distill is not None and train.distill.mode == "online"  # exact logits, the same tokenizer
+    if name != "demo":
+        assert (adapt.precision, moe.precision) == ("bfloat16", "bfloat16")
+        assert adapt.activation_checkpointing and moe.activation_checkpointing
+        assert (adapt.parallel == "fsdp") == (cfg.gpus > 1) == (moe.parallel == "fsdp")
