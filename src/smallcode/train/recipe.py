@@ -224,7 +224,7 @@ def run_recipe(recipe: RecipeConfig, progress: bool = True, report: bool = True)
         if done():
             return
         if not info.is_main:
-            _wait_for(done, name)
+            _wait_for(done)
             return
         say(progress, f"[recipe] {text}")
         timed_step(out, name, fn)
@@ -303,7 +303,7 @@ def timed(out: Path, main: bool, name: str, fn: Callable[[], Any]) -> Any:
     return timed_step(out, name, fn) if main else fn()
 
 
-def _wait_for(done: Callable[[], bool], name: str, poll_s: float = 2.0) -> None:
+def _wait_for(done: Callable[[], bool], poll_s: float = 2.0) -> None:
     # torchrun stops every process when the first one fails, so this never waits on a dead writer
     while not done():
         time.sleep(poll_s)
@@ -371,7 +371,8 @@ def score_long_range(recipe: RecipeConfig, out: Path, spec: StageSpec, progress:
     for key in _missing_long_range(recipe, out, spec):
         say(progress, f"[recipe] {spec.name}: loss of {key} at {4 * spec.window} tokens")
         model = Checkpoint.open(models[key]).load_model(device="cuda" if torch.cuda.is_available() else "cpu")
-        r = long_range_loss(model, out / "shards", 4 * spec.window, rows=spec.long_range_rows)
+        r = long_range_loss(model, out / "shards", 4 * spec.window, rows=spec.long_range_rows,
+                            batch_size=max(1, 8192 // (4 * spec.window)))  # ~8K tokens a forward pass
         del model  # one model at a time on the device
         report["losses"][key] = r["loss"]
         report |= {"rows": r["rows"], "tokens": r["tokens"]}
