@@ -180,3 +180,19 @@ def test_a_checkpoints_foreign_tokenizer_is_checked_against_its_recorded_hash(tm
     with pytest.raises(Exception, match="differs from the"):
         Engine.from_checkpoint(ckpt)
     assert TokenizerError  # the tokenizer's own errors are user errors too (tests/test_errors.py)
+
+
+def test_the_lsp_and_agent_transport_opens_an_imported_checkpoint_in_its_familys_layout(tmp_path: Path) -> None:
+    from smallcode.client.base import Chat, Fim
+    from smallcode.client.local import open_local
+
+    ckpt, hf = imported(tmp_path, "qwen2.5-coder")
+    client = open_local(ckpt)  # what `smallcode lsp --model` and `smallcode agent --model` open
+    try:
+        assert isinstance(client.engine.model, SmallCodeLM)
+        assert client.encode(Fim(PREFIX, SUFFIX)) == hf.encode(fim_text("qwen2.5-coder", PREFIX, SUFFIX))
+        messages = [{"role": "user", "content": "fix it"}]
+        want = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert client.encode(Chat(messages)) == list(getattr(want, "input_ids", want))
+    finally:
+        client.close()
