@@ -205,7 +205,12 @@ def test_dtype_is_kept_unless_asked(families: dict, tmp_path: Path) -> None:
         with safe_open(out / "model.safetensors", "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {want}
             assert f.metadata() == {"format_version": "1"}
-    assert load_hf_as_smallcode(src).embed.weight.dtype == torch.bfloat16
+    # loaded as stored, it computes what the import loaded in that dtype computes
+    bf16, ids = load_hf_as_smallcode(src), torch.randint(0, 256, (1, 20))
+    assert bf16.embed.weight.dtype == torch.bfloat16
+    loaded = Checkpoint.open(tmp_path / "None").load_model(dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(bf16(ids).logits, loaded(ids).logits)
     assert load_hf_as_smallcode(src, dtype=torch.float32).embed.weight.dtype == torch.float32
 
 

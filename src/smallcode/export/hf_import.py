@@ -517,7 +517,8 @@ def load_hf_as_smallcode(src: str | Path, *, device: str | torch.device = "cpu",
                 flat[at:at + piece.numel()].copy_(piece.reshape(-1))
                 at += piece.numel()
                 del piece
-    model.rope = model.rope.for_config(config, device)  # to_empty left the tables uninitialised
+    # to_empty left the tables uninitialised; in the model's dtype, as Checkpoint.load_model(dtype=) has them
+    model.rope = model.rope.for_config(config, device).to(dtype)
     return model.eval()
 
 
