@@ -28,6 +28,7 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -
     shutil.copyfile(tiny_tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "model_max_length": 256}))
     (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
     return out
 
 
@@ -38,7 +39,8 @@ def test_import_writes_a_checkpoint_and_keeps_what_is_there(hf_dir: Path, tmp_pa
     assert said.startswith(f"wrote {out}: MistralForCausalLM as smallcode") and "window 8" in said and "dense" in said
     ckpt = Checkpoint.open(out)
     assert ckpt.config.window == 8 and ckpt.extra["tokenizer_kind"] == "huggingface"
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                 "chat_template.jinja"):  # transformers 5 writes the chat template to its own file
         assert (out / name).read_bytes() == (hf_dir / name).read_bytes(), name
     ckpt.load_model()
 

@@ -157,6 +157,8 @@ def test_mixtral_fused_experts_read_the_same(families: dict, tmp_path: Path) -> 
     from safetensors.torch import save_file
 
     hf, src, ckpt = families["mixtral"]
+    on_disk = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.block_sparse_moe.experts.3.w1.weight" in on_disk  # what save_pretrained writes
     state = hf.state_dict()
     assert "model.layers.0.mlp.experts.gate_up_proj" in state
     fused = tmp_path / "fused"
