@@ -333,8 +333,6 @@ def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path)
         sources[o + "attn.wqkv.weight"] = [(t + f"self_attn.{p}_proj.weight", (n, D)) for p, n in qkv]
         if config.qkv_bias:
             sources[o + "attn.wqkv.bias"] = [(t + f"self_attn.{p}_proj.bias", (n,)) for p, n in qkv]
-        if config.out_bias:  # one to one, and in _key_map once the export writes it
-            sources.setdefault(o + "attn.wo.bias", [(t + "self_attn.o_proj.bias", (D,))])
         if not config.is_moe:
             sources[o + "ffn.experts.w_gate_up"] = [(t + "mlp.gate_proj.weight", (F, D)),
                                                     (t + "mlp.up_proj.weight", (F, D))]
@@ -471,6 +469,8 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
     refused or failed import leaves nothing behind. Peak memory is a few source tensors.
     """
     src, out = Path(src), Path(out)
+    if dtype is not None and dtype not in _DTYPE_NAMES:
+        raise HFImportError(f"dtype {dtype} is not one import writes (float32, float16, bfloat16)")
     source = _open_source(src)
     _check_out(src, out, force)
     with atomic_dir(out) as tmp:
