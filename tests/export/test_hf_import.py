@@ -170,10 +170,25 @@ def test_mixtral_fused_experts_read_the_same(families: dict, tmp_path: Path) -> 
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("moe", [True, False])
-def test_round_trip_of_our_presets(moe: bool, tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
-    overrides = {"n_global": 0} if moe else {"n_global": 0, "n_experts": 1, "top_k": 1}
+DENSE = {"n_global": 0, "n_experts": 1, "top_k": 1}
+ROUND_TRIPS = {  # name: (ModelConfig overrides of the tiny preset, the class export_hf writes)
+    "moe": ({"n_global": 0}, "MixtralForCausalLM"),
+    "dense": (DENSE, "MistralForCausalLM"),
+    "dense-llama3-rope": ({**DENSE, "rope_scaling": "llama3", "rope_factor": 8.0, "rope_original_max_len": 16},
+                          "MistralForCausalLM"),
+    "qkv-bias-window": ({**DENSE, "qkv_bias": True}, "Qwen2ForCausalLM"),
+    "attention-bias-full": ({**DENSE, "qkv_bias": True, "out_bias": True, "max_seq_len": 16}, "LlamaForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_round_trip_of_our_presets(name: str, tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    overrides, arch = ROUND_TRIPS[name]
     model = make_model(**overrides)
+    with torch.no_grad():  # biases start at zero; random ones show they travel
+        for key, p in model.named_parameters():
+            if key.endswith(".bias"):
+                p.normal_(0.0, 0.5)
     ckpt = save_checkpoint(model, tmp_path / "ours", tokenizer_file=tiny_tokenizer_dir / "tokenizer.json")
     exported = export_hf(ckpt, tmp_path / "hf")
     back = Checkpoint.open(import_hf(exported, tmp_path / "back", progress=False))
@@ -187,7 +202,7 @@ def test_round_trip_of_our_presets(moe: bool, tmp_path: Path, tiny_tokenizer_dir
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (back.directory / name).read_bytes() == (exported / name).read_bytes(), name
     assert back.extra["tokenizer_kind"] == "huggingface"
-    assert back.extra["imported_from"]["architecture"] == ("MixtralForCausalLM" if moe else "MistralForCausalLM")
+    assert back.extra["imported_from"]["architecture"] == arch
     assert back.extra["imported_from"]["source"] == str(exported.resolve())
     import hashlib
 
