@@ -161,7 +161,10 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dic
 
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """A state dict of ``hf_kind(config)`` -> ours; a missing key names itself."""
+    """A state dict of ``hf_kind(config)`` -> ours; a missing key names itself.
+
+    Only the tensors ``config`` has a place for are read: a Llama q/k/v bias when ``qkv_bias`` is off
+    is left behind (an importer sets ``qkv_bias`` when those biases are not all zero)."""
     def get(key: str) -> torch.Tensor:
         if key not in hf_state:
             raise KeyError(f"Hugging Face state dict has no {key!r}")
