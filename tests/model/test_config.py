@@ -15,7 +15,8 @@ def tiny(**overrides: object) -> ModelConfig:
 
 
 @pytest.mark.parametrize("config", [tiny(), tiny(n_experts=1, top_k=1), tiny(tie_embeddings=True),
-                                    tiny(head_dim=24), ModelConfig.preset("nano")])
+                                    tiny(head_dim=24), ModelConfig.preset("nano"), tiny(qkv_bias=True),
+                                    tiny(qkv_bias=True, out_bias=True, head_dim=24)])
 def test_counts_equal_built_model(config: ModelConfig) -> None:
     model = SmallCodeLM(config)
     assert config.num_params() == sum(p.numel() for p in model.parameters())
@@ -49,6 +50,11 @@ def test_preset_ranges() -> None:
     ({"n_layers": -1}, "n_layers"),
     ({"n_global": -2}, "n_global"),
     ({"d_ff": 1.5}, "d_ff"),
+    ({"rope_scaling": "yarn"}, "rope_scaling"),
+    ({"rope_factor": 0.0}, "rope_factor"),
+    ({"rope_scaling": "llama3", "rope_low_freq_factor": 4.0}, "rope_high_freq_factor"),
+    ({"rope_original_max_len": 0}, "rope_original_max_len"),
+    ({"qkv_bias": 1}, "qkv_bias"),
 ])
 def test_invalid_configs_name_the_field(overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -31,6 +31,7 @@ VERBS: dict[str, str] = {
     "estimate": "smallcode.cli.estimate:estimate",
     "upcycle": "smallcode.cli.upcycle:upcycle",
     "export": "smallcode.cli.export:export",
+    "import": "smallcode.cli.import_:import_",
     "serve": "smallcode.cli.serve:serve",
     "agent": "smallcode.cli.agent:agent",
     "lsp": "smallcode.cli.lsp:lsp",

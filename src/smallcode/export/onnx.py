@@ -20,7 +20,9 @@ grown cache) cannot drive it; ``genai_config.json`` is not written (see docs/exp
 
 The MoE is exported exactly and without computing unchosen experts: per expert the graph selects
 the tokens that routed to it (``NonZero`` + ``Gather``), runs its SwiGLU on those rows only and adds
-them back weighted (one ``ScatterElements`` with add per layer). Each projection is a ``MatMul``
+them back weighted (one ``ScatterElements`` with add per layer). The options of imported models
+need no graph inputs: a q/k/v or output bias is an ``Add`` after its projection, and RoPE scaling
+lives in the constant frequencies the graph multiplies positions by. Each projection is a ``MatMul``
 against a constant weight, which is what onnxruntime's int8 dynamic quantiser and its 4-bit
 ``MatMulNBits`` quantiser rewrite. onnxruntime's ``com.microsoft::MoE`` op is exact too and can be
 chosen (``moe="contrib"``, float32); it was slower at batch 8 and in prefill (docs/export.md).
@@ -74,14 +76,17 @@ OUTPUT_NAMES = ["logits", "new_keys", "new_values"]
 
 
 class _Linear(nn.Module):
-    """``x @ w_t`` with the weight stored (in, out): a plain MatMul on a constant in the graph."""
+    """``x @ w_t (+ b)`` with the weight stored (in, out): a plain MatMul on a constant in the graph,
+    then an Add for a bias (an imported model's q/k/v or output projection)."""
 
-    def __init__(self, weight_OI: torch.Tensor) -> None:
+    def __init__(self, weight_OI: torch.Tensor, bias_O: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("w_t", weight_OI.detach().t().contiguous())
+        self.register_buffer("b", None if bias_O is None else bias_O.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w_t
+        y = x @ self.w_t
+        return y if self.b is None else y + self.b
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -130,7 +135,8 @@ class _ExportBlock(nn.Module):
         self.H, self.K, self.D, self.eps = cfg.n_heads, cfg.n_kv_heads, cfg.hd, cfg.norm_eps
         self.register_buffer("attn_norm", block.attn_norm.weight.detach().clone())
         self.register_buffer("ffn_norm", block.ffn_norm.weight.detach().clone())
-        self.wqkv, self.wo = _Linear(block.attn.wqkv.weight), _Linear(block.attn.wo.weight)
+        attn = block.attn
+        self.wqkv, self.wo = _Linear(attn.wqkv.weight, attn.wqkv.bias), _Linear(attn.wo.weight, attn.wo.bias)
         experts = block.ffn.experts
         self.experts = nn.ModuleList(_SwiGLU(experts.w_gate_up[e], experts.w_down[e])
                                      for e in range(cfg.n_experts))
@@ -217,7 +223,8 @@ class OnnxDecoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, slot_positions: torch.Tensor,
                 logits_to_keep: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.config
-        # RoPE from the positions, the arithmetic of RotaryEmbedding's table (float32 position x frequency).
+        # RoPE from the positions, the arithmetic of RotaryEmbedding's table (float32 position x
+        # frequency); the frequencies are the model's, so its rope scaling is baked in.
         freqs = position_ids.to(torch.float32)[..., None] * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]  # (B, T, 1, D)
         cos, sin = emb.cos(), emb.sin()

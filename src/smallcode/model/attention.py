@@ -130,7 +130,11 @@ def cached_attention(q_BTHD: torch.Tensor, k_BKSD: torch.Tensor, v_BKSD: torch.T
 
 
 class Attention(nn.Module):
-    """Fused QKV projection, RoPE on queries and keys, window + global attention, output projection."""
+    """Fused QKV projection, RoPE on queries and keys, window + global attention, output projection.
+
+    The projections have biases only when the config asks (``qkv_bias``: Qwen2; ``out_bias`` too:
+    Llama's ``attention_bias``), as imported models need; smallcode's own presets have none.
+    """
 
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -138,8 +142,10 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.hd
         self.window, self.n_global = config.window, config.n_global
         self.backend: AttentionBackend = "auto"
-        self.wqkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        # the bias, when there is one, holds q | k | v rows like the weight
+        self.wqkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim,
+                              bias=config.qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.out_bias)
 
     def forward(self, x_BTE: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 step: CacheStep | None = None) -> torch.Tensor:

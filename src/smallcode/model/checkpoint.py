@@ -203,7 +203,7 @@ class Checkpoint:
         model.load_state_dict(state)
         if self.config.tie_embeddings:
             model.lm_head.weight = model.embed.weight
-        model.rope = model.rope.__class__(self.config.hd, self.config.rope_base, self.config.max_seq_len).to(device)
+        model.rope = model.rope.for_config(self.config, device)
         return model if dtype is None else model.to(dtype)
 
     def load_tokenizer(self) -> CodeTokenizer:

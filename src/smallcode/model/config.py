@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from smallcode.config import Config, ConfigError
 
@@ -40,6 +41,22 @@ class ModelConfig(Config):
     """The first ``n_global`` positions of a sequence are visible to every later query."""
     rope_base: float = 10000.0
     """RoPE base frequency."""
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    """How RoPE frequencies are rescaled for a longer context, as transformers' ``rope_type``:
+    ``linear`` divides every frequency by ``rope_factor`` (position interpolation); ``llama3`` divides
+    only the low frequencies, leaves the high ones and blends in between (Llama 3.1)."""
+    rope_factor: float = 1.0
+    """Context extension factor of ``linear`` and ``llama3`` scaling."""
+    rope_low_freq_factor: float = 1.0
+    """``llama3``: wavelengths above ``rope_original_max_len / rope_low_freq_factor`` are divided by the factor."""
+    rope_high_freq_factor: float = 4.0
+    """``llama3``: wavelengths below ``rope_original_max_len / rope_high_freq_factor`` are left as they are."""
+    rope_original_max_len: int = 8192
+    """``llama3``: the context length the model was pretrained at (``original_max_position_embeddings``)."""
+    qkv_bias: bool = False
+    """The query/key/value projection has a bias (Qwen2; Llama's ``attention_bias``)."""
+    out_bias: bool = False
+    """The attention output projection has a bias (Llama's ``attention_bias``)."""
     max_seq_len: int = 1024
     """Longest sequence the model is trained on (and the RoPE table's initial length)."""
     norm_eps: float = 1e-5
@@ -79,12 +96,22 @@ class ModelConfig(Config):
             )
         if self.hd % 2:
             raise ConfigError(f"ModelConfig head_dim ({self.hd}) must be even for RoPE")
-        for name in ("rope_base", "norm_eps", "init_std"):
+        for name in ("rope_base", "norm_eps", "init_std", "rope_factor", "rope_low_freq_factor",
+                     "rope_high_freq_factor"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("balance_loss_coef", "z_loss_coef"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.rope_original_max_len < 1:
+            raise ConfigError(f"ModelConfig.rope_original_max_len must be an integer >= 1, "
+                              f"got {self.rope_original_max_len!r}")
+        if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
+            # the blend between the two wavelength bounds divides by their difference
+            raise ConfigError(
+                f"ModelConfig.rope_high_freq_factor ({self.rope_high_freq_factor}) must be greater than "
+                f"rope_low_freq_factor ({self.rope_low_freq_factor}) for llama3 rope scaling"
+            )
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -99,7 +126,9 @@ class ModelConfig(Config):
     def param_breakdown(self) -> dict[str, int]:
         """Parameters by component, for the whole model (not per layer)."""
         d, L = self.d_model, self.n_layers
-        attn = d * (self.n_heads + 2 * self.n_kv_heads) * self.hd + self.n_heads * self.hd * d
+        qkv = (self.n_heads + 2 * self.n_kv_heads) * self.hd
+        attn = d * qkv + self.n_heads * self.hd * d
+        attn += (qkv if self.qkv_bias else 0) + (d if self.out_bias else 0)
         expert = 3 * d * self.d_ff
         return {
             "embedding": self.vocab_size * d,

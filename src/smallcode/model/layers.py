@@ -2,14 +2,20 @@
 
 RoPE uses the "rotate half" layout (the first and second halves of a head are the two rotation
 coordinates), the layout Hugging Face's Llama/Mistral/Mixtral use, so weights copy across without
-permutation. The SwiGLU feed-forward lives in ``moe.py``: a dense model is the one-expert case.
+permutation. The frequencies follow the config's ``rope_scaling`` (``rope_inv_freq``) with
+transformers' float32 arithmetic, so an imported Llama 3 or linearly scaled model rotates by the
+same angles. The SwiGLU feed-forward lives in ``moe.py``: a dense model is the one-expert case.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from smallcode.model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -23,20 +29,55 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """The (head_dim / 2,) float32 inverse frequencies of ``config``'s RoPE, scaling included.
+
+    ``linear`` is position interpolation (Chen et al. 2023): every frequency divided by the factor.
+    ``llama3`` (Llama 3.1) divides only the frequencies whose wavelength exceeds
+    ``original / low_freq_factor``, keeps those shorter than ``original / high_freq_factor``, and
+    between the two blends the scaled and unscaled frequency linearly in ``original / wavelength``.
+    The operations run in the order transformers' ``modeling_rope_utils`` runs them, so the float32
+    values are the same bits.
+    """
+    dim, base = config.hd, config.rope_base
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = config.rope_factor
+    if config.rope_scaling == "linear":
+        return inv_freq / factor
+    if config.rope_scaling == "llama3":
+        original, low, high = config.rope_original_max_len, config.rope_low_freq_factor, config.rope_high_freq_factor
+        wavelength = 2 * math.pi / inv_freq
+        long_waves = wavelength > original / low
+        short_waves = wavelength < original / high
+        scaled = torch.where(long_waves, inv_freq / factor, inv_freq)
+        blend = (original / wavelength - low) / (high - low)
+        blended = (1 - blend) * scaled / factor + blend * scaled
+        return torch.where(~short_waves & ~long_waves, blended, scaled)
+    return inv_freq
+
+
 class RotaryEmbedding(nn.Module):
     """cos/sin for positions: a table up to ``max_seq_len``, computed on the fly past it.
 
     Positions past the table are not added to it, so decoding far beyond the training length
-    keeps memory constant instead of growing a table with the context.
+    keeps memory constant instead of growing a table with the context. Build it with
+    ``for_config`` so the config's frequency scaling is applied.
     """
 
-    def __init__(self, head_dim: int, base: float, max_seq_len: int) -> None:
+    def __init__(self, head_dim: int, base: float, max_seq_len: int, inv_freq: torch.Tensor | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.base = base
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if inv_freq is None:
+            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
         self._build(max_seq_len)
+
+    @classmethod
+    def for_config(cls, config: ModelConfig, device: torch.device | str | None = None) -> RotaryEmbedding:
+        """The model's RoPE: ``config``'s head width, base, table length and frequency scaling."""
+        rope = cls(config.hd, config.rope_base, config.max_seq_len, rope_inv_freq(config))
+        return rope if device is None else rope.to(device)
 
     def _build(self, length: int) -> None:
         pos = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)

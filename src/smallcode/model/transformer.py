@@ -84,12 +84,12 @@ class SmallCodeLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.rope = RotaryEmbedding(config.hd, config.rope_base, config.max_seq_len)
+        self.rope = RotaryEmbedding.for_config(config)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self, zero_outputs: bool = False) -> None:
-        """Normal(0, init_std) everywhere; residual-output projections scaled by 1/sqrt(2L) (GPT-2).
+        """Normal(0, init_std) everywhere but biases (zero); residual-output projections scaled by 1/sqrt(2L) (GPT-2).
 
         ``zero_outputs``: the residual-output projections and an untied head start at zero instead
         (the nanoGPT speedruns' initialisation): every block starts as the identity and the first
@@ -100,6 +100,8 @@ class SmallCodeLM(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
             elif name.endswith(("wo.weight", "w_down")):
                 p.normal_(0.0, out_std) if out_std else p.zero_()
             elif zero_outputs and name == "lm_head.weight" and not self.config.tie_embeddings:

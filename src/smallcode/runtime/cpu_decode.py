@@ -12,7 +12,8 @@ Why: a decode step multiplies 1-32 rows by every weight, so it runs at the speed
 read from memory. The float32 products torch calls (MKL, oneDNN) read a weight well below the
 memory's speed when it meets only a few rows; ``few_rows.c`` reads each weight row once, in order,
 and dots it with up to four input rows held in L1 (figures in ``benchmarks/decode_vs_hf.py``).
-``linear(x, w)`` is ``F.linear`` without bias; ``moe(...)`` runs a few tokens' routing and chosen
+``linear(x, w)`` is ``F.linear`` without bias (a projection's bias, as imported models have, is added
+to its output); ``moe(...)`` runs a few tokens' routing and chosen
 SwiGLU experts in one call per layer, which also replaces some twenty small torch operations. Both
 compute what torch computes up to float32 summation order.
 
@@ -229,6 +230,8 @@ class DecodeLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None:
             return linear(x, self.weight)
+        if usable(x, self.weight):  # an imported model's q/k/v or output bias, added after the kernel
+            return _linear_f32(x, self.weight).add_(self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

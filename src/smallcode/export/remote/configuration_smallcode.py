@@ -1,10 +1,11 @@
 """The configuration of a smallcode model, for transformers (``AutoConfig`` with ``trust_remote_code``).
 
-Field names are smallcode's own (``smallcode.model.config.ModelConfig``) but one: the router's
+Field names are smallcode's own (``smallcode.model.config.ModelConfig``) but two: the router's
 ``top_k`` is ``num_experts_per_tok`` (Mixtral's name), because transformers reads a config's
-``top_k`` as a sampling option. ``attribute_map`` gives transformers the standard names it reads
-(``hidden_size``, ``num_hidden_layers``, ...). Training-only fields (loss coefficients,
-initialisation) are not part of an export.
+``top_k`` as a sampling option, and ``rope_scaling`` is ``rope_scaling_type``, because transformers
+takes a config's ``rope_scaling`` for its own ``rope_parameters``. ``attribute_map`` gives
+transformers the standard names it reads (``hidden_size``, ``num_hidden_layers``, ...).
+Training-only fields (loss coefficients, initialisation) are not part of an export.
 """
 
 from transformers import PretrainedConfig
@@ -37,6 +38,13 @@ class SmallCodeConfig(PretrainedConfig):
         rope_base: float = 10000.0,
         max_seq_len: int = 128,
         norm_eps: float = 1e-5,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
+        rope_scaling_type: str = "none",
+        rope_factor: float = 1.0,
+        rope_low_freq_factor: float = 1.0,
+        rope_high_freq_factor: float = 4.0,
+        rope_original_max_len: int = 8192,
         use_cache: bool = True,
         **kwargs,
     ) -> None:
@@ -54,5 +62,12 @@ class SmallCodeConfig(PretrainedConfig):
         self.rope_base = rope_base
         self.max_seq_len = max_seq_len
         self.norm_eps = norm_eps
+        self.qkv_bias = qkv_bias  # the fused q/k/v projection has a bias (rows q | k | v, like its weight)
+        self.out_bias = out_bias  # the attention output projection has a bias
+        self.rope_scaling_type = rope_scaling_type  # "none", "linear" or "llama3" (see modeling's rope_inv_freq)
+        self.rope_factor = rope_factor
+        self.rope_low_freq_factor = rope_low_freq_factor
+        self.rope_high_freq_factor = rope_high_freq_factor
+        self.rope_original_max_len = rope_original_max_len
         self.use_cache = use_cache
         super().__init__(**kwargs)

@@ -3,9 +3,10 @@
 smallcode exports a model with global tokens with this file beside its weights (a model without them
 loads as Mixtral or Mistral instead). It computes the same function as ``smallcode.model``:
 
-* attention: grouped-query, RoPE ("rotate half"), and each query sees the keys in its causal sliding
-  window of ``window`` positions plus the first ``n_global`` positions of its sequence (the global
-  tokens);
+* attention: grouped-query, RoPE ("rotate half", frequencies optionally rescaled linearly or as
+  Llama 3.1 does), optional biases on the q/k/v and output projections, and each query sees the
+  keys in its causal sliding window of ``window`` positions plus the first ``n_global`` positions of
+  its sequence (the global tokens);
 * feed-forward: SwiGLU experts; a softmax router picks ``top_k`` of them per token and their weights
   are renormalised to sum to one; with ``n_experts == 1`` a plain SwiGLU block;
 * pre-norm blocks with RMSNorm, then a final norm and the output projection.
@@ -22,6 +23,8 @@ transformers only (written against transformers 5, whose ``generate`` passes the
 Shape legend: B batch, T new positions, S cached + new keys, H query heads, K key/value heads,
 D head width, N tokens, E experts.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +52,36 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, n_global: int
     return (seen | ((q < 0) & (k == q)))[:, None]
 
 
-def rope(pos: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_inv_freq(config: SmallCodeConfig) -> torch.Tensor:
+    """The (head_dim / 2,) float32 inverse frequencies, after the config's scaling.
+
+    ``linear``: all divided by ``rope_factor``. ``llama3``: frequencies whose wavelength exceeds
+    ``rope_original_max_len / rope_low_freq_factor`` are divided by the factor, those below
+    ``rope_original_max_len / rope_high_freq_factor`` kept, and those between blended linearly in
+    ``rope_original_max_len / wavelength``; in float32 and in transformers' order of operations.
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = config.rope_factor
+    if config.rope_scaling_type == "linear":
+        return inv_freq / factor
+    if config.rope_scaling_type == "llama3":
+        original = config.rope_original_max_len
+        low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+        wavelength = 2 * math.pi / inv_freq
+        long_waves, short_waves = wavelength > original / low, wavelength < original / high
+        scaled = torch.where(long_waves, inv_freq / factor, inv_freq)
+        blend = (original / wavelength - low) / (high - low)
+        blended = (1 - blend) * scaled / factor + blend * scaled
+        return torch.where(~short_waves & ~long_waves, blended, scaled)
+    if config.rope_scaling_type != "none":
+        raise ValueError(f"unknown rope_scaling_type {config.rope_scaling_type!r} (none, linear or llama3)")
+    return inv_freq
+
+
+def rope(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin (B, T, 1, D) for positions (B, T): float32 position times inverse frequency, as smallcode."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim))
-    freqs = pos.to(torch.float32)[..., None] * inv_freq
+    freqs = pos.to(torch.float32)[..., None] * inv_freq.to(pos.device)
     emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]
     return emb.cos(), emb.sin()
 
@@ -137,8 +166,9 @@ class Attention(nn.Module):
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         # smallcode's fused projection: the rows of the H query heads, then K key heads, then K value heads
-        self.wqkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.wqkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim,
+                              bias=config.qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.out_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 cache: SmallCodeCache | None) -> torch.Tensor:
@@ -244,6 +274,8 @@ class SmallCodeForCausalLM(PreTrainedModel, GenerationMixin):
         for p in module.parameters(recurse=False):
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(p)  # a projection's bias
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 cache: SmallCodeCache | None = None, use_cache: bool | None = None,
@@ -268,7 +300,7 @@ class SmallCodeForCausalLM(PreTrainedModel, GenerationMixin):
         pos = seen + torch.arange(T, device=input_ids.device)[None] - pad  # (B, T)
         k_pos = pos if cache is None else cache.key_positions(pos)
         mask = visible(pos, k_pos, cfg.window, cfg.n_global)
-        cos, sin = rope(pos, cfg.head_dim, cfg.rope_base)
+        cos, sin = rope(pos, rope_inv_freq(cfg))
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, cos, sin, mask, cache)
