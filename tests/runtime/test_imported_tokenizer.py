@@ -228,3 +228,15 @@ def test_the_lsp_and_agent_transport_opens_an_imported_checkpoint_in_its_familys
         assert client.encode(Chat(messages)) == list(getattr(want, "input_ids", want))
     finally:
         client.close()
+
+
+def test_smallcode_import_hf_checkpoint_serves_as_the_directory_does(llama_dir: Path, tmp_path: Path) -> None:
+    from smallcode.export.hf_import import import_hf
+
+    ckpt = import_hf(llama_dir, tmp_path / "imported", progress=False)
+    engine, direct = Engine.from_checkpoint(ckpt), load.open_engine(llama_dir)
+    assert isinstance(engine.tokenizer, HFTokenizer) and engine.prompt_format.name == "starcoder"
+    ids = engine.prompt_format.fim(PREFIX, SUFFIX, [("a.py", "X = 1\n")])
+    assert ids == direct.prompt_format.fim(PREFIX, SUFFIX, [("a.py", "X = 1\n")])
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    assert engine.generate_ids([ids], params)[0].token_ids == direct.generate_ids([ids], params)[0].token_ids

@@ -63,10 +63,10 @@ FimMode = Literal["psm", "spm"]
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SIDECAR_FILES: tuple[str, ...] = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                                   "chat_template.jinja")
+                                   "chat_template.jinja", "chat_template.json")
 """The Hugging Face files a model's tokenizer comes with beside ``tokenizer.json`` (its special tokens,
-its generation's end tokens, its chat template: transformers 5 saves that in a file of its own); a
-foreign tokenizer is read with them."""
+its generation's end tokens, its chat template: transformers 5 saves that in a file of its own, some
+earlier versions in a JSON one); a foreign tokenizer is read with them."""
 HASH_KEY = "smallcode_tokenizer_hash"
 """The ``tokenizer_config.json`` field holding ``hash``: it marks the tokenizer as ours, for
 ``runtime.formats`` to lay a transformers-loaded copy's prompts out as ours."""
