@@ -15,14 +15,13 @@ from transformers import PreTrainedTokenizerFast
 
 from factories import make_model
 from hf_tokenizers import FAMILY_SPECIALS, byte_level, codellama_like  # type: ignore[import-not-found]
-from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint, save_checkpoint
+from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint, CheckpointError, save_checkpoint
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime import load
 from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import FormatError, HFTokenizer
 from smallcode.runtime.hf import HFStep
 from smallcode.runtime.sampling import SamplingParams
-from smallcode.tokenizer import TokenizerError
 
 FAMILIES = ("qwen2.5-coder", "starcoder", "deepseek-coder", "codellama", "plain")
 PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return c\n"
@@ -204,14 +203,20 @@ def test_serve_runs_an_importable_directory_on_our_batching_scheduler(llama_dir:
     assert load.runtime_of(other) == "hf"  # a family smallcode does not import keeps transformers
 
 
+def test_an_engine_refuses_the_foreign_tokenizer_in_our_layouts(tmp_path: Path) -> None:
+    ckpt, _ = imported(tmp_path, "qwen2.5-coder")
+    checkpoint = Checkpoint.open(ckpt)
+    with pytest.raises(TypeError, match="load_hf_tokenizer"):
+        Engine(checkpoint.load_model(), checkpoint.load_tokenizer())
+
+
 def test_a_checkpoints_foreign_tokenizer_is_checked_against_its_recorded_hash(tmp_path: Path) -> None:
     ckpt, _ = imported(tmp_path, "starcoder")
     meta = json.loads((ckpt / "config.json").read_text())
     meta["tokenizer_hash"] = "0" * 64
     (ckpt / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="differs from the"):
+    with pytest.raises(CheckpointError, match="differs from the"):
         Engine.from_checkpoint(ckpt)
-    assert TokenizerError  # the tokenizer's own errors are user errors too (tests/test_errors.py)
 
 
 def test_the_lsp_and_agent_transport_opens_an_imported_checkpoint_in_its_familys_layout(tmp_path: Path) -> None:

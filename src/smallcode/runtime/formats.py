@@ -112,6 +112,9 @@ def prompt_format(tokenizer: CodeTokenizer | HFTokenizer) -> PromptFormat:
     if not isinstance(tokenizer, CodeTokenizer):
         raise TypeError(f"prompt_format takes a smallcode CodeTokenizer or an HFTokenizer, not "
                         f"{type(tokenizer).__name__}; use hf_prompt_format for a transformers tokenizer")
+    if not tokenizer.native:  # our layouts in its tokens would be a prompt the model never learned
+        raise TypeError(f"{tokenizer.source} is a Hugging Face model's tokenizer: serve it as transformers loads "
+                        "it (load_hf_tokenizer), in its family's layouts")
     return SmallcodeFormat(tokenizer)
 
 
