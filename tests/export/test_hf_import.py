@@ -178,6 +178,8 @@ ROUND_TRIPS = {  # name: (ModelConfig overrides of the tiny preset, the class ex
                           "MistralForCausalLM"),
     "qkv-bias-window": ({**DENSE, "qkv_bias": True}, "Qwen2ForCausalLM"),
     "attention-bias-full": ({**DENSE, "qkv_bias": True, "out_bias": True, "max_seq_len": 16}, "LlamaForCausalLM"),
+    # written as a Llama with zero q/k/v biases; those are no bias, and the import leaves them out
+    "out-bias-only": ({**DENSE, "out_bias": True, "max_seq_len": 16}, "LlamaForCausalLM"),
 }
 
 
