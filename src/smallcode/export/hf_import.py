@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from smallcode.config import ConfigError
 from smallcode.errors import UserError
 from smallcode.export.hf import _key_map
-from smallcode.fileio import as_created, atomic_dir, sha256_file
+from smallcode.fileio import atomic_dir, sha256_file
 from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
@@ -498,18 +498,15 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
     _check_out(src, out, force)
     with atomic_dir(out) as tmp:
         _write_safetensors(tmp / WEIGHTS_FILE, source, dtype, {"format_version": str(FORMAT_VERSION)}, progress)
-        copied = []
         for name in COPIED_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
-                copied.append(tmp / name)
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": source.config.to_dict()}
         if (src / TOKENIZER_FILE).is_file():
             meta["tokenizer_kind"] = "huggingface"
         meta["imported_from"] = {"architecture": source.arch, "source": str(src.resolve()),
                                  "config_sha256": sha256_file(src / CONFIG_FILE)}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        as_created(tmp / WEIGHTS_FILE, *copied)  # shutil and open keep the umask; weights are no secret
     return out
 
 
