@@ -43,6 +43,10 @@ def test_import_writes_a_checkpoint_and_keeps_what_is_there(hf_dir: Path, tmp_pa
                  "chat_template.jinja"):  # transformers 5 writes the chat template to its own file
         assert (out / name).read_bytes() == (hf_dir / name).read_bytes(), name
     ckpt.load_model()
+    from smallcode.fileio import umask
+
+    for f in out.iterdir():  # written with open()'s mode, not safetensors' private 0600: others may read
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask(), f.name
 
     assert cli_main(["import", "hf", str(hf_dir), str(out), "--no-progress"]) == 1  # OUT is not empty
     err = capsys.readouterr().err

@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from smallcode.config import ConfigError
 from smallcode.errors import UserError
 from smallcode.export.hf import _key_map
-from smallcode.fileio import as_created, atomic_dir, sha256_file
+from smallcode.fileio import atomic_dir, sha256_file
 from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
@@ -315,9 +315,11 @@ class _Planned:
     """(their key, the shape it must have), concatenated along the first axis in this order."""
 
 
-def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path) -> list[_Planned]:
+def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path,
+          zeros: frozenset[str] = frozenset()) -> list[_Planned]:
     """Our tensors (as the checkpoint stores them: a tied head only once) and their sources, checked
-    against what the directory holds; anything of theirs left over is refused by name."""
+    against what the directory holds; anything of theirs left over but ``zeros`` (biases found to be
+    all zero, which are no bias) is refused by name."""
     from smallcode.model.transformer import SmallCodeLM
 
     with torch.device("meta"):
@@ -366,7 +368,7 @@ def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path)
     ignored = {k for k in stored if k.endswith(".rotary_emb.inv_freq")}  # older checkpoints saved RoPE tables
     if config.tie_embeddings:
         ignored.add("lm_head.weight")
-    extra = sorted(set(stored) - used - ignored)
+    extra = sorted(set(stored) - used - ignored - zeros)
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
         raise HFImportError(f"{src}: tensors a {arch} with this config.json does not have: {extra[:3]}{more} "
@@ -407,7 +409,28 @@ def _open_source(src: str | Path) -> _Source:
     arch = _architecture(hf_config)
     _check_tokenizer(src, config)
     stored = _stored_tensors(src)
-    return _Source(src, hf_config, arch, config, stored, _plan(config, arch, stored, src))
+    zeros = _zero_qkv_biases(config, stored)
+    if zeros:
+        config = config.replace(qkv_bias=False)
+    return _Source(src, hf_config, arch, config, stored, _plan(config, arch, stored, src, zeros))
+
+
+def _zero_qkv_biases(config: ModelConfig, stored: dict[str, _Stored]) -> frozenset[str]:
+    """The q/k/v bias keys of a Llama ``attention_bias`` model when every one is zero, else nothing.
+
+    Llama's option biases all four projections; a model with an output bias only (ours, exported
+    as such a Llama) carries zero q/k/v biases, and is imported without them, as it was. They are
+    small (a few rows per layer), so reading them costs nothing next to the weights."""
+    if not (config.qkv_bias and config.out_bias):
+        return frozenset()
+    keys = [f"model.layers.{i}.self_attn.{p}_proj.bias" for i in range(config.n_layers) for p in "qkv"]
+    if not all(k in stored and stored[k].dtype in _DTYPES for k in keys):
+        return frozenset()  # the plan names what is missing or not a float
+    for key in keys:
+        with safe_open(stored[key].file, "pt") as f:
+            if f.get_tensor(key).any():
+                return frozenset()
+    return frozenset(keys)
 
 
 # ---- writing ------------------------------------------------------------------------------------------
@@ -475,18 +498,15 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
     _check_out(src, out, force)
     with atomic_dir(out) as tmp:
         _write_safetensors(tmp / WEIGHTS_FILE, source, dtype, {"format_version": str(FORMAT_VERSION)}, progress)
-        copied = []
         for name in COPIED_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
-                copied.append(tmp / name)
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": source.config.to_dict()}
         if (src / TOKENIZER_FILE).is_file():
             meta["tokenizer_kind"] = "huggingface"
         meta["imported_from"] = {"architecture": source.arch, "source": str(src.resolve()),
                                  "config_sha256": sha256_file(src / CONFIG_FILE)}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        as_created(tmp / WEIGHTS_FILE, *copied)  # shutil and open keep the umask; weights are no secret
     return out
 
 
