@@ -50,7 +50,7 @@ from tokenizers import Tokenizer
 
 from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
-from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, plain_file_block
+from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, eos_id_list, plain_file_block
 from smallcode.tokenizer.families import FAMILIES, Family, detect_family, first_id
 
 
@@ -275,7 +275,7 @@ def generation_eos(path: str | Path) -> list[int]:
             if isinstance(meta, dict) and meta.get("eos_token_id") is not None:
                 eos = meta["eos_token_id"]
                 break
-    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+    return eos_id_list(eos)
 
 
 def load_hf_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> HFTokenizer:

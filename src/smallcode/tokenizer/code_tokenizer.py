@@ -383,9 +383,15 @@ def _sidecar_json(sidecars: dict[str, str], name: str, source: str) -> dict[str,
     return value
 
 
+def eos_id_list(value: Any) -> list[int]:
+    """A config's ``eos_token_id`` (an id, a list of ids, or nothing) as a list of ids."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return [e for e in value if isinstance(e, int) and not isinstance(e, bool)] if isinstance(value, list) else []
+
+
 def _generation_eos(sidecars: dict[str, str], source: str) -> list[int]:
-    eos = _sidecar_json(sidecars, "generation_config.json", source).get("eos_token_id")
-    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+    return eos_id_list(_sidecar_json(sidecars, "generation_config.json", source).get("eos_token_id"))
 
 
 def _has_our_specials(vocab: dict[str, int]) -> bool:
