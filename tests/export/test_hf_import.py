@@ -438,3 +438,29 @@ def test_the_model_holds_nothing_it_was_not_given(families: dict) -> None:
     want = from_hf_state_dict(hf.state_dict(), model.config)
     for key, p in model.state_dict().items():
         assert torch.equal(p, want[key]), key
+
+
+def test_an_imported_model_exports_back_with_its_own_tokenizer(tmp_path: Path) -> None:
+    """import hf, then export hf: transformers loads the export as the model it came from, with the
+    tokenizer files it came with (a foreign tokenizer is not rewritten as ours)."""
+    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
+
+    tokenizer = family_tokenizer("qwen2.5-coder")
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(**{**COMMON, "vocab_size": len(tokenizer)}, tie_word_embeddings=True)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    hf.generation_config.eos_token_id = tokenizer.eos_token_id
+    hf.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    export_hf(import_hf(tmp_path / "src", tmp_path / "ours", progress=False), tmp_path / "back")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "src" / name).read_bytes(), name
+    text = "def f(x):\n    return x + 1\n<|fim_prefix|>"
+    back_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    src_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "src")
+    assert back_tok(text)["input_ids"] == src_tok(text)["input_ids"]
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
+    ids = torch.tensor([back_tok(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
+    assert tokenizer.eos_token_id in json.loads((tmp_path / "back" / "config.json").read_text())["eos_token_id"]

@@ -45,7 +45,7 @@ from smallcode.config import ConfigError
 from smallcode.errors import UserError
 from smallcode.export.hf import _key_map
 from smallcode.fileio import atomic_dir, sha256_file
-from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, HF_TOKENIZER_FILES, WEIGHTS_FILE
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
@@ -78,10 +78,9 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
 """What transformers (5.25) assumes for a field a ``config.json`` leaves out, per class (a test holds
 them against transformers' own config classes)."""
 
-COPIED_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                "chat_template.jinja", "chat_template.json")
+COPIED_FILES = (TOKENIZER_FILE, *HF_TOKENIZER_FILES)
 """The source's tokenizer and generation files, copied unchanged into an import when present
-(transformers 5 writes a chat template to its own file)."""
+(the checkpoint's own list: training an imported model keeps the same files)."""
 INDEX_FILE = "model.safetensors.index.json"
 SOURCE_WEIGHTS = "model.safetensors"
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

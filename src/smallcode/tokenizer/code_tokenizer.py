@@ -199,6 +199,11 @@ class CodeTokenizer:
             raise TokenizerError(self._no_pad)
         return self._pad_id
 
+    @property
+    def pad_id_or_none(self) -> int | None:
+        """``pad_id``, or None for a foreign tokenizer that has no pad token (what an export writes)."""
+        return self._pad_id
+
     # -- plain text ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
