@@ -14,6 +14,7 @@ import pytest
 import torch
 from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
+import factories  # type: ignore[import-not-found]
 from smallcode.cli.main import main as cli_main
 from smallcode.export.hf import REMOTE_DIR, REMOTE_FILES, export_hf
 from smallcode.fileio import umask
@@ -28,6 +29,14 @@ KINDS = {  # name: (ModelConfig overrides, the transformers class it loads as)
     "dense-global": ({"n_experts": 1, "top_k": 1}, "SmallCodeForCausalLM"),
     "moe-no-global": ({"n_global": 0}, "MixtralForCausalLM"),
     "dense-no-global": ({"n_global": 0, "n_experts": 1, "top_k": 1}, "MistralForCausalLM"),
+    # the options of imported models (random biases: see with_random_biases)
+    "qwen2-linear": ({"n_global": 0, "n_experts": 1, "top_k": 1, "qkv_bias": True, "tie_embeddings": True,
+                      "rope_scaling": "linear", "rope_factor": 2.5}, "Qwen2ForCausalLM"),
+    "llama3-attention-bias": ({"n_global": 0, "n_experts": 1, "top_k": 1, "window": 128, "qkv_bias": True,
+                               "out_bias": True, "rope_scaling": "llama3", "rope_factor": 8.0,
+                               "rope_original_max_len": 32}, "LlamaForCausalLM"),
+    "global-llama3-biases": ({"qkv_bias": True, "out_bias": True, "rope_scaling": "llama3", "rope_factor": 8.0,
+                              "rope_original_max_len": 32}, "SmallCodeForCausalLM"),
 }
 CODE = 'import json\n\n\ndef load(path):\n    """Read one JSON file."""\n    with open(path) as f:\n' \
        '        return json.load(f)\n'
@@ -48,8 +57,19 @@ def tokenizer(tiny_tokenizer_dir: Path) -> CodeTokenizer:
 def checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
     tokenizer_file = tiny_tokenizer_dir / "tokenizer.json"
-    return {name: save_checkpoint(make_model(**overrides), root / name, tokenizer_file=tokenizer_file)
+    return {name: save_checkpoint(with_random_biases(factories.make_model(**{"window": WINDOW, **overrides})),
+                                  root / name, tokenizer_file=tokenizer_file)
             for name, (overrides, _) in KINDS.items()}
+
+
+def with_random_biases(model: torch.nn.Module) -> torch.nn.Module:
+    """The initialisation's zero biases would hide an export that drops them."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if key.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model
 
 
 @pytest.fixture(scope="module")

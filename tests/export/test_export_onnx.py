@@ -17,6 +17,7 @@ import pytest
 import torch
 from export_helpers import WINDOW, make_model  # type: ignore[import-not-found]
 
+import factories  # type: ignore[import-not-found]
 from smallcode.cli.main import main as cli_main
 from smallcode.export import ExportError
 from smallcode.model import ModelConfig, SmallCodeLM
@@ -268,3 +269,33 @@ def test_contrib_moe_graph_matches_torch(tmp_path: Path, checkpoints: dict) -> N
     torch.testing.assert_close(OnnxModel(out, threads=1)(ids).logits, expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(ExportError, match="contrib without quantize"):
         export_onnx(checkpoints["moe-global"], tmp_path / "q", quantize="int8", moe="contrib")
+
+
+IMPORTED_OPTIONS = {  # the options an imported model brings, on the graph's two attention layouts
+    "global-llama3-both-biases": {"qkv_bias": True, "out_bias": True, "rope_scaling": "llama3", "rope_factor": 8.0,
+                                  "rope_original_max_len": 32},
+    "dense-full-qwen2-linear": {"n_global": 0, "n_experts": 1, "top_k": 1, "window": 128, "qkv_bias": True,
+                                "tie_embeddings": True, "rope_scaling": "linear", "rope_factor": 2.5},
+}
+
+
+@pytest.mark.parametrize("name", IMPORTED_OPTIONS)
+def test_imported_model_options_export_exactly(name: str, tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    """Attention biases and RoPE scaling: the graph's logits are torch's and its greedy tokens the engine's."""
+    model = factories.make_model(**{"window": WINDOW, **IMPORTED_OPTIONS[name]})
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # random biases: the initialisation's zeros would hide a dropped one
+        for key, p in model.named_parameters():
+            if key.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    ckpt = save_checkpoint(model, tmp_path / "ck", tokenizer_file=tiny_tokenizer_dir / "tokenizer.json")
+    out = export_onnx(ckpt, tmp_path / "onnx")
+    ids = torch.randint(0, 512, (2, 3 * WINDOW + 5))
+    with torch.no_grad():
+        expected = model(ids).logits
+    torch.testing.assert_close(OnnxModel(out, threads=1)(ids).logits, expected, atol=1e-4, rtol=1e-4)
+    params = SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)
+    prompts = ["import json\n", "def load(path):\n"]
+    want = Engine.from_checkpoint(ckpt).generate(prompts, params)
+    assert [c.token_ids for c in open_engine(out, threads=1).generate(prompts, params)] == \
+           [c.token_ids for c in want]

@@ -157,6 +157,8 @@ def test_mixtral_fused_experts_read_the_same(families: dict, tmp_path: Path) -> 
     from safetensors.torch import save_file
 
     hf, src, ckpt = families["mixtral"]
+    on_disk = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "model.layers.0.block_sparse_moe.experts.3.w1.weight" in on_disk  # what save_pretrained writes
     state = hf.state_dict()
     assert "model.layers.0.mlp.experts.gate_up_proj" in state
     fused = tmp_path / "fused"
@@ -168,10 +170,27 @@ def test_mixtral_fused_experts_read_the_same(families: dict, tmp_path: Path) -> 
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("moe", [True, False])
-def test_round_trip_of_our_presets(moe: bool, tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
-    overrides = {"n_global": 0} if moe else {"n_global": 0, "n_experts": 1, "top_k": 1}
+DENSE = {"n_global": 0, "n_experts": 1, "top_k": 1}
+ROUND_TRIPS = {  # name: (ModelConfig overrides of the tiny preset, the class export_hf writes)
+    "moe": ({"n_global": 0}, "MixtralForCausalLM"),
+    "dense": (DENSE, "MistralForCausalLM"),
+    "dense-llama3-rope": ({**DENSE, "rope_scaling": "llama3", "rope_factor": 8.0, "rope_original_max_len": 16},
+                          "MistralForCausalLM"),
+    "qkv-bias-window": ({**DENSE, "qkv_bias": True}, "Qwen2ForCausalLM"),
+    "attention-bias-full": ({**DENSE, "qkv_bias": True, "out_bias": True, "max_seq_len": 16}, "LlamaForCausalLM"),
+    # written as a Llama with zero q/k/v biases; those are no bias, and the import leaves them out
+    "out-bias-only": ({**DENSE, "out_bias": True, "max_seq_len": 16}, "LlamaForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_round_trip_of_our_presets(name: str, tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    overrides, arch = ROUND_TRIPS[name]
     model = make_model(**overrides)
+    with torch.no_grad():  # biases start at zero; random ones show they travel
+        for key, p in model.named_parameters():
+            if key.endswith(".bias"):
+                p.normal_(0.0, 0.5)
     ckpt = save_checkpoint(model, tmp_path / "ours", tokenizer_file=tiny_tokenizer_dir / "tokenizer.json")
     exported = export_hf(ckpt, tmp_path / "hf")
     back = Checkpoint.open(import_hf(exported, tmp_path / "back", progress=False))
@@ -185,7 +204,7 @@ def test_round_trip_of_our_presets(moe: bool, tmp_path: Path, tiny_tokenizer_dir
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (back.directory / name).read_bytes() == (exported / name).read_bytes(), name
     assert back.extra["tokenizer_kind"] == "huggingface"
-    assert back.extra["imported_from"]["architecture"] == ("MixtralForCausalLM" if moe else "MistralForCausalLM")
+    assert back.extra["imported_from"]["architecture"] == arch
     assert back.extra["imported_from"]["source"] == str(exported.resolve())
     import hashlib
 
@@ -205,7 +224,12 @@ def test_dtype_is_kept_unless_asked(families: dict, tmp_path: Path) -> None:
         with safe_open(out / "model.safetensors", "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {want}
             assert f.metadata() == {"format_version": "1"}
-    assert load_hf_as_smallcode(src).embed.weight.dtype == torch.bfloat16
+    # loaded as stored, it computes what the import loaded in that dtype computes
+    bf16, ids = load_hf_as_smallcode(src), torch.randint(0, 256, (1, 20))
+    assert bf16.embed.weight.dtype == torch.bfloat16
+    loaded = Checkpoint.open(tmp_path / "None").load_model(dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(bf16(ids).logits, loaded(ids).logits)
     assert load_hf_as_smallcode(src, dtype=torch.float32).embed.weight.dtype == torch.float32
 
 
@@ -368,7 +392,9 @@ def test_import_streams_within_a_fraction_of_the_model(tmp_path: Path) -> None:
     at a time; safetensors' own save_file would need twice the model), loading it by the model."""
     from safetensors.torch import save_file
 
-    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=1024, intermediate_size=2048, num_hidden_layers=3,
+    # no tensor over 5% of the model (the largest, the embedding, 8 MB), so a bound of a quarter sees
+    # whether the import holds one tensor or the model
+    cfg = transformers.LlamaConfig(vocab_size=2048, hidden_size=1024, intermediate_size=1792, num_hidden_layers=4,
                                    num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)
     src = tmp_path / "src"
     src.mkdir()
@@ -412,3 +438,29 @@ def test_the_model_holds_nothing_it_was_not_given(families: dict) -> None:
     want = from_hf_state_dict(hf.state_dict(), model.config)
     for key, p in model.state_dict().items():
         assert torch.equal(p, want[key]), key
+
+
+def test_an_imported_model_exports_back_with_its_own_tokenizer(tmp_path: Path) -> None:
+    """import hf, then export hf: transformers loads the export as the model it came from, with the
+    tokenizer files it came with (a foreign tokenizer is not rewritten as ours)."""
+    from hf_tokenizers import family_tokenizer  # type: ignore[import-not-found]
+
+    tokenizer = family_tokenizer("qwen2.5-coder")
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(**{**COMMON, "vocab_size": len(tokenizer)}, tie_word_embeddings=True)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    hf.generation_config.eos_token_id = tokenizer.eos_token_id
+    hf.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    export_hf(import_hf(tmp_path / "src", tmp_path / "ours", progress=False), tmp_path / "back")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "src" / name).read_bytes(), name
+    text = "def f(x):\n    return x + 1\n<|fim_prefix|>"
+    back_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    src_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "src")
+    assert back_tok(text)["input_ids"] == src_tok(text)["input_ids"]
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", dtype=torch.float32).eval()
+    ids = torch.tensor([back_tok(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
+    assert tokenizer.eos_token_id in json.loads((tmp_path / "back" / "config.json").read_text())["eos_token_id"]

@@ -19,7 +19,14 @@ import torch
 
 from factories import make_model, tiny_tokenizer  # type: ignore[import-not-found]
 from smallcode.config import ConfigError
-from smallcode.export.hf import hf_config, hf_kind, rope_parameters, to_hf_model, to_hf_state_dict
+from smallcode.export.hf import (
+    from_hf_state_dict,
+    hf_config,
+    hf_kind,
+    rope_parameters,
+    to_hf_model,
+    to_hf_state_dict,
+)
 from smallcode.model import ModelConfig, SmallCodeLM
 from smallcode.model.checkpoint import Checkpoint, save_checkpoint
 from smallcode.model.layers import RotaryEmbedding, rope_inv_freq
@@ -91,6 +98,23 @@ def test_logits_equal_transformers(family: str) -> None:
     ids = torch.randint(0, 512, (2, 120))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weights_round_trip_and_gradients_match(family: str) -> None:
+    """The key map carries the biases both ways, and a training step's gradients are transformers'."""
+    ours = ours_of(family).train()
+    theirs = theirs_of(ours, FAMILIES[family][1]).train()
+    back = from_hf_state_dict(theirs.state_dict(), ours.config)
+    state = {k: v for k, v in ours.state_dict().items()  # a tied head is the embedding
+             if not (ours.config.tie_embeddings and k == "lm_head.weight")}
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    ids = torch.randint(0, 512, (2, 40))
+    ours(ids).logits.square().mean().backward()
+    theirs(ids).logits.square().mean().backward()
+    grads = from_hf_state_dict({k: p.grad for k, p in theirs.named_parameters()}, ours.config)
+    for k, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, grads[k], atol=1e-6, rtol=1e-4, msg=k)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -166,7 +166,9 @@ def test_open_engine_takes_an_hf_directory_and_its_engine_decodes_row_by_row(ser
                                                                              model_dir: Path) -> None:
     scheduler, fmt = served
     assert scheduler.max_batch == 1  # open_hf asked for 4; the step holds one row
-    engine = open_engine(model_dir)  # found to be a Hugging Face directory
+    # transformers forced: a Llama directory is of a family smallcode imports onto its own engine
+    # (tests/runtime/test_imported_tokenizer.py), which this test is not about
+    engine = open_engine(model_dir, runtime="hf")
     assert isinstance(engine.model, HFStep) and isinstance(engine.tokenizer, HFTokenizer)
     prompts = [fmt.encode(PROMPT), fmt.encode("import os\n")]
     got = engine.generate_ids(prompts, SamplingParams(max_tokens=8, ignore_eos=True), n=2)

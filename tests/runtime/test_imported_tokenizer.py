@@ -7,8 +7,6 @@ a Hugging Face directory of an importable family opens on our engine."""
 from __future__ import annotations
 
 import json
-import types
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,13 @@ from transformers import PreTrainedTokenizerFast
 
 from factories import make_model
 from hf_tokenizers import FAMILY_SPECIALS, byte_level, codellama_like  # type: ignore[import-not-found]
-from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint, save_checkpoint
+from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint, CheckpointError, save_checkpoint
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime import load
 from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import FormatError, HFTokenizer
+from smallcode.runtime.hf import HFStep
 from smallcode.runtime.sampling import SamplingParams
-from smallcode.tokenizer import TokenizerError
 
 FAMILIES = ("qwen2.5-coder", "starcoder", "deepseek-coder", "codellama", "plain")
 PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return c\n"
@@ -148,28 +146,68 @@ def test_saving_upcycling_and_the_onnx_export_keep_the_tokenizer_files(tmp_path:
     assert tokenizer.format.fim(PREFIX, SUFFIX) == hf.encode(fim_text("qwen2.5-coder", PREFIX, SUFFIX))
 
 
-def test_open_engine_imports_an_importable_hugging_face_directory(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random transformers Llama with a StarCoder-style tokenizer: a directory a user brings."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("hf-llama")
+    tok = hf_tokenizer("starcoder")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_open_engine_imports_an_importable_hugging_face_directory(llama_dir: Path) -> None:
+    from transformers import GenerationConfig, LlamaForCausalLM
+
     hf = hf_tokenizer("starcoder")
-    hf_dir = tmp_path / "hf"
-    hf.save_pretrained(hf_dir)
-    (hf_dir / "config.json").write_text(json.dumps({"model_type": "llama", "eos_token_id": hf.eos_token_id}))
-    calls: list[tuple] = []
-
-    def load_hf_as_smallcode(src: Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> SmallCodeLM:
-        calls.append((Path(src), device, dtype))
-        return make_model(vocab_size=len(hf), window=512, max_seq_len=512, n_global=0)
-
-    importable: Callable[[Path], bool] = lambda src: Path(src) == hf_dir  # noqa: E731
-    fake = types.SimpleNamespace(is_importable=importable, load_hf_as_smallcode=load_hf_as_smallcode)
-    monkeypatch.setattr(load, "_importer", lambda: fake)
-    assert load.runtime_of(hf_dir) == "torch"
-    engine = load.open_engine(hf_dir)
-    assert calls == [(hf_dir, "cpu", torch.float32)]
+    assert load.runtime_of(llama_dir) == "torch"  # our engine opens it
+    engine = load.open_engine(llama_dir)
     assert isinstance(engine.model, SmallCodeLM) and isinstance(engine.tokenizer, HFTokenizer)
-    assert engine.prompt_format.fim(PREFIX, SUFFIX) == hf.encode(fim_text("starcoder", PREFIX, SUFFIX))
-    monkeypatch.setattr(load, "_importer", lambda: types.SimpleNamespace(is_importable=lambda src: False))
-    assert load.runtime_of(hf_dir) == "hf"  # not importable: transformers serves it
+    fim = engine.prompt_format.fim(PREFIX, SUFFIX)
+    assert fim == hf.encode(fim_text("starcoder", PREFIX, SUFFIX))
+    got = engine.generate_ids([fim], SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))[0]
+    reference = LlamaForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    out = reference.generate(torch.tensor([fim]), attention_mask=torch.ones(1, len(fim), dtype=torch.long),
+                             generation_config=GenerationConfig(max_new_tokens=16, do_sample=False,
+                                                                eos_token_id=None, pad_token_id=0))
+    assert got.token_ids == out[0, len(fim):].tolist()
+    assert isinstance(load.open_engine(llama_dir, runtime="hf").model, HFStep)  # transformers, when asked
+
+
+def test_serve_runs_an_importable_directory_on_our_batching_scheduler(llama_dir: Path, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from smallcode.cli.serve import load as serve_load
+
+    scheduler, fmt = serve_load(llama_dir, device="cpu", max_batch=4, max_queue=4, registry=CollectorRegistry())
+    try:
+        assert scheduler.max_batch == 4 and isinstance(scheduler.engine.model, SmallCodeLM)
+        assert fmt.name == "starcoder"
+    finally:
+        scheduler.close()
+    scheduler, _ = serve_load(llama_dir, device="cpu", max_batch=4, max_queue=4, registry=CollectorRegistry(),
+                              runtime="hf")
+    try:
+        assert scheduler.max_batch == 1  # transformers: one request at a time
+    finally:
+        scheduler.close()
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    assert load.runtime_of(other) == "hf"  # a family smallcode does not import keeps transformers
+
+
+def test_an_engine_refuses_the_foreign_tokenizer_in_our_layouts(tmp_path: Path) -> None:
+    ckpt, _ = imported(tmp_path, "qwen2.5-coder")
+    checkpoint = Checkpoint.open(ckpt)
+    with pytest.raises(TypeError, match="load_hf_tokenizer"):
+        Engine(checkpoint.load_model(), checkpoint.load_tokenizer())
 
 
 def test_a_checkpoints_foreign_tokenizer_is_checked_against_its_recorded_hash(tmp_path: Path) -> None:
@@ -177,6 +215,33 @@ def test_a_checkpoints_foreign_tokenizer_is_checked_against_its_recorded_hash(tm
     meta = json.loads((ckpt / "config.json").read_text())
     meta["tokenizer_hash"] = "0" * 64
     (ckpt / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="differs from the"):
+    with pytest.raises(CheckpointError, match="differs from the"):
         Engine.from_checkpoint(ckpt)
-    assert TokenizerError  # the tokenizer's own errors are user errors too (tests/test_errors.py)
+
+
+def test_the_lsp_and_agent_transport_opens_an_imported_checkpoint_in_its_familys_layout(tmp_path: Path) -> None:
+    from smallcode.client.base import Chat, Fim
+    from smallcode.client.local import open_local
+
+    ckpt, hf = imported(tmp_path, "qwen2.5-coder")
+    client = open_local(ckpt)  # what `smallcode lsp --model` and `smallcode agent --model` open
+    try:
+        assert isinstance(client.engine.model, SmallCodeLM)
+        assert client.encode(Fim(PREFIX, SUFFIX)) == hf.encode(fim_text("qwen2.5-coder", PREFIX, SUFFIX))
+        messages = [{"role": "user", "content": "fix it"}]
+        want = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert client.encode(Chat(messages)) == list(getattr(want, "input_ids", want))
+    finally:
+        client.close()
+
+
+def test_smallcode_import_hf_checkpoint_serves_as_the_directory_does(llama_dir: Path, tmp_path: Path) -> None:
+    from smallcode.export.hf_import import import_hf
+
+    ckpt = import_hf(llama_dir, tmp_path / "imported", progress=False)
+    engine, direct = Engine.from_checkpoint(ckpt), load.open_engine(llama_dir)
+    assert isinstance(engine.tokenizer, HFTokenizer) and engine.prompt_format.name == "starcoder"
+    ids = engine.prompt_format.fim(PREFIX, SUFFIX, [("a.py", "X = 1\n")])
+    assert ids == direct.prompt_format.fim(PREFIX, SUFFIX, [("a.py", "X = 1\n")])
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    assert engine.generate_ids([ids], params)[0].token_ids == direct.generate_ids([ids], params)[0].token_ids

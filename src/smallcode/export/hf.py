@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from smallcode.config import ConfigError
 from smallcode.export import check_destination
 from smallcode.fileio import as_created, atomic_dir
-from smallcode.model.checkpoint import Checkpoint
+from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
@@ -161,7 +161,10 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: ModelConfig) -> dic
 
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """A state dict of ``hf_kind(config)`` -> ours; a missing key names itself."""
+    """A state dict of ``hf_kind(config)`` -> ours; a missing key names itself.
+
+    Only the tensors ``config`` has a place for are read: a Llama q/k/v bias when ``qkv_bias`` is off
+    is left behind (an importer sets ``qkv_bias`` when those biases are not all zero)."""
     def get(key: str) -> torch.Tensor:
         if key not in hf_state:
             raise KeyError(f"Hugging Face state dict has no {key!r}")
@@ -238,7 +241,9 @@ def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> P
     config = ckpt.config
     # The tokenizer's special ids decide when generation stops and how batches are padded.
     # Every stop id is an eos for generate, as for our engine (a chat turn ends at <|end|>).
-    special = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id, "bos_token_id": None}
+    # (an imported model's tokenizer may have no pad token of its own: it still generates)
+    special = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id_or_none,
+               "bos_token_id": None}
     with atomic_dir(out) as tmp:
         if hf_kind(config) == "SmallCodeForCausalLM":
             state = ckpt.weights()
@@ -260,6 +265,11 @@ def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> P
                 setattr(model.generation_config, k, v)
             model.save_pretrained(tmp)
         shutil.copyfile(ckpt.tokenizer_file, tmp / TOKENIZER_FILE)  # type: ignore[arg-type]
-        (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
+        if tokenizer.native:
+            (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
+        else:  # an imported model's tokenizer files, unchanged (the generation config is the export's own)
+            for name in HF_TOKENIZER_FILES:
+                if name != "generation_config.json" and (ckpt.directory / name).is_file():
+                    shutil.copyfile(ckpt.directory / name, tmp / name)
         as_created(*tmp.glob("*.safetensors"))  # safetensors writes them 0600: weights are no secret
     return out

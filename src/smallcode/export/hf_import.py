@@ -44,8 +44,8 @@ from safetensors import SafetensorError, safe_open
 from smallcode.config import ConfigError
 from smallcode.errors import UserError
 from smallcode.export.hf import _key_map
-from smallcode.fileio import as_created, atomic_dir, sha256_file
-from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from smallcode.fileio import atomic_dir, sha256_file
+from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, HF_TOKENIZER_FILES, WEIGHTS_FILE
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
@@ -78,10 +78,9 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
 """What transformers (5.25) assumes for a field a ``config.json`` leaves out, per class (a test holds
 them against transformers' own config classes)."""
 
-COPIED_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                "chat_template.jinja", "chat_template.json")
+COPIED_FILES = (TOKENIZER_FILE, *HF_TOKENIZER_FILES)
 """The source's tokenizer and generation files, copied unchanged into an import when present
-(transformers 5 writes a chat template to its own file)."""
+(the checkpoint's own list: training an imported model keeps the same files)."""
 INDEX_FILE = "model.safetensors.index.json"
 SOURCE_WEIGHTS = "model.safetensors"
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -315,9 +314,11 @@ class _Planned:
     """(their key, the shape it must have), concatenated along the first axis in this order."""
 
 
-def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path) -> list[_Planned]:
+def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path,
+          zeros: frozenset[str] = frozenset()) -> list[_Planned]:
     """Our tensors (as the checkpoint stores them: a tied head only once) and their sources, checked
-    against what the directory holds; anything of theirs left over is refused by name."""
+    against what the directory holds; anything of theirs left over but ``zeros`` (biases found to be
+    all zero, which are no bias) is refused by name."""
     from smallcode.model.transformer import SmallCodeLM
 
     with torch.device("meta"):
@@ -333,8 +334,6 @@ def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path)
         sources[o + "attn.wqkv.weight"] = [(t + f"self_attn.{p}_proj.weight", (n, D)) for p, n in qkv]
         if config.qkv_bias:
             sources[o + "attn.wqkv.bias"] = [(t + f"self_attn.{p}_proj.bias", (n,)) for p, n in qkv]
-        if config.out_bias:  # one to one, and in _key_map once the export writes it
-            sources.setdefault(o + "attn.wo.bias", [(t + "self_attn.o_proj.bias", (D,))])
         if not config.is_moe:
             sources[o + "ffn.experts.w_gate_up"] = [(t + "mlp.gate_proj.weight", (F, D)),
                                                     (t + "mlp.up_proj.weight", (F, D))]
@@ -368,7 +367,7 @@ def _plan(config: ModelConfig, arch: str, stored: dict[str, _Stored], src: Path)
     ignored = {k for k in stored if k.endswith(".rotary_emb.inv_freq")}  # older checkpoints saved RoPE tables
     if config.tie_embeddings:
         ignored.add("lm_head.weight")
-    extra = sorted(set(stored) - used - ignored)
+    extra = sorted(set(stored) - used - ignored - zeros)
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
         raise HFImportError(f"{src}: tensors a {arch} with this config.json does not have: {extra[:3]}{more} "
@@ -409,7 +408,28 @@ def _open_source(src: str | Path) -> _Source:
     arch = _architecture(hf_config)
     _check_tokenizer(src, config)
     stored = _stored_tensors(src)
-    return _Source(src, hf_config, arch, config, stored, _plan(config, arch, stored, src))
+    zeros = _zero_qkv_biases(config, stored)
+    if zeros:
+        config = config.replace(qkv_bias=False)
+    return _Source(src, hf_config, arch, config, stored, _plan(config, arch, stored, src, zeros))
+
+
+def _zero_qkv_biases(config: ModelConfig, stored: dict[str, _Stored]) -> frozenset[str]:
+    """The q/k/v bias keys of a Llama ``attention_bias`` model when every one is zero, else nothing.
+
+    Llama's option biases all four projections; a model with an output bias only (ours, exported
+    as such a Llama) carries zero q/k/v biases, and is imported without them, as it was. They are
+    small (a few rows per layer), so reading them costs nothing next to the weights."""
+    if not (config.qkv_bias and config.out_bias):
+        return frozenset()
+    keys = [f"model.layers.{i}.self_attn.{p}_proj.bias" for i in range(config.n_layers) for p in "qkv"]
+    if not all(k in stored and stored[k].dtype in _DTYPES for k in keys):
+        return frozenset()  # the plan names what is missing or not a float
+    for key in keys:
+        with safe_open(stored[key].file, "pt") as f:
+            if f.get_tensor(key).any():
+                return frozenset()
+    return frozenset(keys)
 
 
 # ---- writing ------------------------------------------------------------------------------------------
@@ -471,22 +491,21 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
     refused or failed import leaves nothing behind. Peak memory is a few source tensors.
     """
     src, out = Path(src), Path(out)
+    if dtype is not None and dtype not in _DTYPE_NAMES:
+        raise HFImportError(f"dtype {dtype} is not one import writes (float32, float16, bfloat16)")
     source = _open_source(src)
     _check_out(src, out, force)
     with atomic_dir(out) as tmp:
         _write_safetensors(tmp / WEIGHTS_FILE, source, dtype, {"format_version": str(FORMAT_VERSION)}, progress)
-        copied = []
         for name in COPIED_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
-                copied.append(tmp / name)
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": source.config.to_dict()}
         if (src / TOKENIZER_FILE).is_file():
             meta["tokenizer_kind"] = "huggingface"
         meta["imported_from"] = {"architecture": source.arch, "source": str(src.resolve()),
                                  "config_sha256": sha256_file(src / CONFIG_FILE)}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        as_created(tmp / WEIGHTS_FILE, *copied)  # shutil and open keep the umask; weights are no secret
     return out
 
 
@@ -517,7 +536,8 @@ def load_hf_as_smallcode(src: str | Path, *, device: str | torch.device = "cpu",
                 flat[at:at + piece.numel()].copy_(piece.reshape(-1))
                 at += piece.numel()
                 del piece
-    model.rope = model.rope.for_config(config, device)  # to_empty left the tables uninitialised
+    # to_empty left the tables uninitialised; in the model's dtype, as Checkpoint.load_model(dtype=) has them
+    model.rope = model.rope.for_config(config, device).to(dtype)
     return model.eval()
 
 

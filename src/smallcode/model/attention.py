@@ -130,7 +130,11 @@ def cached_attention(q_BTHD: torch.Tensor, k_BKSD: torch.Tensor, v_BKSD: torch.T
 
 
 class Attention(nn.Module):
-    """Fused QKV projection, RoPE on queries and keys, window + global attention, output projection."""
+    """Fused QKV projection, RoPE on queries and keys, window + global attention, output projection.
+
+    The projections have biases only when the config asks (``qkv_bias``: Qwen2; ``out_bias`` too:
+    Llama's ``attention_bias``), as imported models need; smallcode's own presets have none.
+    """
 
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()

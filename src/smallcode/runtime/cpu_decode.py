@@ -231,7 +231,7 @@ class DecodeLinear(nn.Linear):
         if self.bias is None:
             return linear(x, self.weight)
         if usable(x, self.weight):  # an imported model's q/k/v or output bias, added after the kernel
-            return _linear_f32(x, self.weight) + self.bias
+            return _linear_f32(x, self.weight).add_(self.bias)
         return F.linear(x, self.weight, self.bias)
 
 

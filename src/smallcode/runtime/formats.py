@@ -50,7 +50,7 @@ from tokenizers import Tokenizer
 
 from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
-from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, plain_file_block
+from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, eos_id_list, plain_file_block
 from smallcode.tokenizer.families import FAMILIES, Family, detect_family, first_id
 
 
@@ -112,6 +112,9 @@ def prompt_format(tokenizer: CodeTokenizer | HFTokenizer) -> PromptFormat:
     if not isinstance(tokenizer, CodeTokenizer):
         raise TypeError(f"prompt_format takes a smallcode CodeTokenizer or an HFTokenizer, not "
                         f"{type(tokenizer).__name__}; use hf_prompt_format for a transformers tokenizer")
+    if not tokenizer.native:  # our layouts in its tokens would be a prompt the model never learned
+        raise TypeError(f"{tokenizer.source} is a Hugging Face model's tokenizer: serve it as transformers loads "
+                        "it (load_hf_tokenizer), in its family's layouts")
     return SmallcodeFormat(tokenizer)
 
 
@@ -272,7 +275,7 @@ def generation_eos(path: str | Path) -> list[int]:
             if isinstance(meta, dict) and meta.get("eos_token_id") is not None:
                 eos = meta["eos_token_id"]
                 break
-    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+    return eos_id_list(eos)
 
 
 def load_hf_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> HFTokenizer:

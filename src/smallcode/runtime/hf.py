@@ -165,7 +165,7 @@ def _load(path: str | Path, device: str, max_context: int | None) -> tuple[Engin
     try:
         tokenizer = load_hf_tokenizer(path, trust_remote_code=trust)
     except TokenizerError as e:
-        raise HFModelError(f"{path}: cannot load a Hugging Face causal LM ({e})") from e
+        raise HFModelError(str(e)) from e  # it names the directory and the problem
     try:
         # Half precision is slow on a CPU; elsewhere keep the dtype the weights were saved in.
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=trust,

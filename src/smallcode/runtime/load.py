@@ -13,14 +13,12 @@ model step, so sampling, stop sequences, streaming, FIM and the scheduler are sh
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
 from typing import Literal
 
 import torch
 
-from smallcode.errors import UserError
+from smallcode.export import hf_import
 from smallcode.model.checkpoint import CheckpointError, model_directory_kind
 from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import load_hf_tokenizer
@@ -31,24 +29,9 @@ Runtime = Literal["torch", "onnx", "hf"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "hf")
 
 
-class RuntimeChoiceError(UserError, ValueError):
-    """A runtime asked for that cannot open the given directory; the message says which would."""
-
-
-def _importer() -> ModuleType | None:
-    """``smallcode.export.hf_import`` (the Hugging Face importer), or None in a build without it."""
-    try:
-        return importlib.import_module("smallcode.export.hf_import")
-    except ModuleNotFoundError as e:
-        if e.name != "smallcode.export.hf_import":  # the importer is there but something it needs is not
-            raise
-        return None
-
-
 def is_importable(path: str | Path) -> bool:
     """Whether ``path`` is a Hugging Face model directory of a family smallcode imports; never raises."""
-    importer = _importer()
-    return bool(importer is not None and importer.is_importable(path))
+    return hf_import.is_importable(path)
 
 
 def runtime_of(path: str | Path) -> Runtime:
@@ -67,13 +50,10 @@ def runtime_of(path: str | Path) -> Runtime:
 
 def open_imported(path: str | Path, *, device: str = "cpu", max_context: int | None = None) -> Engine:
     """Our engine on the Hugging Face model in ``path``, imported in memory (float32 on the CPU, the
-    weights' dtype elsewhere), with the model's own tokenizer."""
-    importer = _importer()
-    if importer is None or not importer.is_importable(path):
-        raise RuntimeChoiceError(f"{path}: smallcode cannot import this Hugging Face model; open it with "
-                                 "runtime 'hf' (transformers)")
+    weights' dtype elsewhere), with the model's own tokenizer. A model smallcode cannot import is an
+    ``HFImportError`` naming what is missing (runtime ``hf`` serves it on transformers)."""
     tokenizer = load_hf_tokenizer(path)
-    model = importer.load_hf_as_smallcode(path, device=device, dtype=torch.float32 if device == "cpu" else None)
+    model = hf_import.load_hf_as_smallcode(path, device=device, dtype=torch.float32 if device == "cpu" else None)
     return Engine(model, tokenizer, max_context)
 
 

@@ -63,10 +63,10 @@ FimMode = Literal["psm", "spm"]
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SIDECAR_FILES: tuple[str, ...] = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                                   "chat_template.jinja")
+                                   "chat_template.jinja", "chat_template.json")
 """The Hugging Face files a model's tokenizer comes with beside ``tokenizer.json`` (its special tokens,
-its generation's end tokens, its chat template: transformers 5 saves that in a file of its own); a
-foreign tokenizer is read with them."""
+its generation's end tokens, its chat template: transformers 5 saves that in a file of its own, some
+earlier versions in a JSON one); a foreign tokenizer is read with them."""
 HASH_KEY = "smallcode_tokenizer_hash"
 """The ``tokenizer_config.json`` field holding ``hash``: it marks the tokenizer as ours, for
 ``runtime.formats`` to lay a transformers-loaded copy's prompts out as ours."""
@@ -197,6 +197,11 @@ class CodeTokenizer:
         distinct from end-of-sequence raises ``TokenizerError`` here: it serves, but cannot pad."""
         if self._pad_id is None:
             raise TokenizerError(self._no_pad)
+        return self._pad_id
+
+    @property
+    def pad_id_or_none(self) -> int | None:
+        """``pad_id``, or None for a foreign tokenizer that has no pad token (what an export writes)."""
         return self._pad_id
 
     # -- plain text ---------------------------------------------------------------------------
@@ -383,9 +388,15 @@ def _sidecar_json(sidecars: dict[str, str], name: str, source: str) -> dict[str,
     return value
 
 
+def eos_id_list(value: Any) -> list[int]:
+    """A config's ``eos_token_id`` (an id, a list of ids, or nothing) as a list of ids."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return [e for e in value if isinstance(e, int) and not isinstance(e, bool)] if isinstance(value, list) else []
+
+
 def _generation_eos(sidecars: dict[str, str], source: str) -> list[int]:
-    eos = _sidecar_json(sidecars, "generation_config.json", source).get("eos_token_id")
-    return [eos] if isinstance(eos, int) else [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
+    return eos_id_list(_sidecar_json(sidecars, "generation_config.json", source).get("eos_token_id"))
 
 
 def _has_our_specials(vocab: dict[str, int]) -> bool:

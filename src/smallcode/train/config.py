@@ -139,7 +139,7 @@ class TrainConfig(Config):
     eval_batches: int = 8
     """Validation batches per evaluation (each process)."""
     save_every: int = 50
-    """A resumable checkpoint every this many steps (and at the end)."""
+    """A resumable checkpoint every this many steps (and at the end); 0: only at the end."""
     keep_checkpoints: int = 2
     """Resumable checkpoints kept on disk (the newest ones)."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -237,7 +237,7 @@ class Trainer:
                 val_loss = self.evaluate()
                 if val_loss is not None:
                     self._log({"type": "eval", "step": step + 1, "val_loss": val_loss}, loggers)
-            if (step + 1) % cfg.save_every == 0 or last:
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or last:
                 self._save(step + 1, skipped, bad_run)
         bar.close()
         wall = time.perf_counter() - t_start
