@@ -7,6 +7,8 @@ one (CodeLlama) invents a leading "▁" for every piece it encodes, as Llama's t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -61,3 +63,18 @@ def codellama_like() -> PreTrainedTokenizerFast:
     bos_id = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_llama_dir(out: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
+    """A tiny random ``LlamaForCausalLM`` (seeded) saved with ``tokenizer`` in ``out``: a directory a user
+    brings, its vocabulary the tokenizer's and its end-of-sequence the tokenizer's."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

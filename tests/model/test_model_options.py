@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -49,13 +48,7 @@ FAMILIES = {  # name: (ModelConfig overrides on the tiny preset, the transformer
 PROMPT_LEN, NEW_TOKENS = 12, 100  # 112 positions: past rope_original_max_len (32), within max_seq_len (128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny matrices: with other jobs on the cores, a thread pool costs more than the products.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def with_biases(model: SmallCodeLM, scale: float = 0.5) -> SmallCodeLM:

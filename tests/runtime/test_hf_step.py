@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaForCausalLM
 
-from hf_tokenizers import codellama_like, family_tokenizer  # type: ignore[import-not-found]
+from hf_tokenizers import codellama_like, family_tokenizer, tiny_llama_dir  # type: ignore[import-not-found]
 from smallcode.runtime.engine import Engine, GenerationError
 from smallcode.runtime.formats import HFFormat, HFTokenizer, hf_prompt_format
 from smallcode.runtime.hf import HFStep, open_hf
@@ -23,15 +23,7 @@ PROMPT = "def add(a, b):\n"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hf-llama")
-    tok = family_tokenizer("qwen2.5-coder")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama_dir(tmp_path_factory.mktemp("hf-llama"), family_tokenizer("qwen2.5-coder"))
 
 
 @pytest.fixture(scope="module")

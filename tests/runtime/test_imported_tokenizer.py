@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from factories import make_model
-from hf_tokenizers import FAMILY_SPECIALS, byte_level, codellama_like  # type: ignore[import-not-found]
+from hf_tokenizers import FAMILY_SPECIALS, byte_level, codellama_like, tiny_llama_dir  # type: ignore[import-not-found]
 from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint, CheckpointError, save_checkpoint
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime import load
@@ -149,17 +149,7 @@ def test_saving_upcycling_and_the_onnx_export_keep_the_tokenizer_files(tmp_path:
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random transformers Llama with a StarCoder-style tokenizer: a directory a user brings."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("hf-llama")
-    tok = hf_tokenizer("starcoder")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tok.eos_token_id, bos_token_id=None, pad_token_id=None)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return tiny_llama_dir(tmp_path_factory.mktemp("hf-llama"), hf_tokenizer("starcoder"))
 
 
 def test_open_engine_imports_an_importable_hugging_face_directory(llama_dir: Path) -> None:
