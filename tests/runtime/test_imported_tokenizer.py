@@ -235,3 +235,14 @@ def test_smallcode_import_hf_checkpoint_serves_as_the_directory_does(llama_dir: 
     assert ids == direct.prompt_format.fim(PREFIX, SUFFIX, [("a.py", "X = 1\n")])
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     assert engine.generate_ids([ids], params)[0].token_ids == direct.generate_ids([ids], params)[0].token_ids
+
+
+def test_padded_embedding_rows_are_never_sampled(tmp_path: Path) -> None:
+    """An embedding with more rows than the tokenizer has tokens (as Qwen pads its vocabulary): at a
+    temperature that makes every id likely, the engine never picks one the tokenizer cannot decode."""
+    n = len(hf_tokenizer("qwen2.5-coder"))
+    ckpt, _ = imported(tmp_path, "qwen2.5-coder", vocab_size=n + 64)
+    engine = Engine.from_checkpoint(ckpt)
+    params = SamplingParams(max_tokens=200, temperature=50.0, seed=0, ignore_eos=True)
+    ids = [t for c in engine.generate_ids([engine.tokenizer.encode("def f(x):")] * 2, params) for t in c.token_ids]
+    assert len(ids) == 400 and max(ids) < n

@@ -36,7 +36,7 @@ from smallcode.errors import UserError
 from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime.cpu_decode import prepare_for_decoding
-from smallcode.runtime.formats import load_hf_tokenizer, prompt_format
+from smallcode.runtime.formats import HFTokenizer, load_hf_tokenizer, prompt_format
 from smallcode.runtime.sampling import SamplingParams, sample
 from smallcode.runtime.step import ModelStep, StepCache, Tokenizer, stack_caches, step_limits
 
@@ -232,7 +232,7 @@ class Prefill:
         out = self.engine.model(piece, self.cache, last_only=True)
         self.pos, self.steps = end, self.steps + 1
         if end == len(self.ids):
-            self.logits = out.logits[:, -1]
+            self.logits = self.engine.only_decodable(out.logits[:, -1])
         if self.prompt_cache is not None:
             self.prompt_cache.put(self.ids[:end], self.cache, self.logits)
         return self.done
@@ -263,6 +263,12 @@ class Engine:
         self.limits = step_limits(model)
         self.tokenizer = tokenizer
         self.config = cfg
+        # A Hugging Face model's embedding may have more rows than its tokenizer has tokens (Qwen pads
+        # 151,665 to 151,936): those ids decode to nothing and are never chosen. Our own tokenizer (also
+        # when transformers loads an export of ours) is left alone: a checkpoint is trained with its
+        # tokenizer's exact vocabulary.
+        foreign = isinstance(tokenizer, HFTokenizer) and tokenizer.format.native is None
+        self._decodable = tokenizer.vocab_size if foreign else cfg.vocab_size
         # A windowed model's memory does not grow with context; a full-attention one stops at what it was trained on.
         self.max_context = max_context or (32768 if cfg.window < cfg.max_seq_len else cfg.max_seq_len)
 
@@ -326,7 +332,14 @@ class Engine:
 
     def decode_step(self, cache: StepCache, tokens: list[int]) -> torch.Tensor:
         """Feed one token per row of ``cache``; the (B, V) logits of the next one."""
-        return self.model(torch.tensor(tokens, device=self.device)[:, None], cache).logits[:, -1]
+        return self.only_decodable(self.model(torch.tensor(tokens, device=self.device)[:, None], cache).logits[:, -1])
+
+    def only_decodable(self, logits_BV: torch.Tensor) -> torch.Tensor:
+        """``logits_BV`` with the ids the tokenizer cannot decode (padded embedding rows) set to -inf."""
+        if self._decodable < logits_BV.shape[-1]:
+            logits_BV = logits_BV.clone()
+            logits_BV[:, self._decodable:] = float("-inf")
+        return logits_BV
 
     # ------------------------------------------------------------------ the loop
     def _encode(self, prompt: str) -> list[int]:
