@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from smallcode.config import ConfigError
 from smallcode.export import check_destination
 from smallcode.fileio import as_created, atomic_dir
-from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint
+from smallcode.model.checkpoint import Checkpoint, copy_hf_tokenizer_files
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
@@ -268,8 +268,6 @@ def export_hf(checkpoint: str | Path, out: str | Path, force: bool = False) -> P
         if tokenizer.native:
             (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
         else:  # an imported model's tokenizer files, unchanged (the generation config is the export's own)
-            for name in HF_TOKENIZER_FILES:
-                if name != "generation_config.json" and (ckpt.directory / name).is_file():
-                    shutil.copyfile(ckpt.directory / name, tmp / name)
+            copy_hf_tokenizer_files(ckpt.directory, tmp, skip=("generation_config.json",))
         as_created(*tmp.glob("*.safetensors"))  # safetensors writes them 0600: weights are no secret
     return out

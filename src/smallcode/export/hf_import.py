@@ -45,14 +45,14 @@ from smallcode.config import ConfigError
 from smallcode.errors import UserError
 from smallcode.export.hf import _key_map
 from smallcode.fileio import atomic_dir, sha256_file
-from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, HF_TOKENIZER_FILES, WEIGHTS_FILE
+from smallcode.model.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, copy_hf_tokenizer_files
 from smallcode.model.config import ModelConfig
 from smallcode.tokenizer.code_tokenizer import TOKENIZER_FILE
 
 if TYPE_CHECKING:
     from smallcode.model.transformer import SmallCodeLM
 
-__all__ = ["COPIED_FILES", "SUPPORTED", "HFImportError", "hf_model_config", "import_hf", "is_importable",
+__all__ = ["SUPPORTED", "HFImportError", "hf_model_config", "import_hf", "is_importable",
            "load_hf_as_smallcode"]
 
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM")
@@ -78,9 +78,6 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
 """What transformers (5.25) assumes for a field a ``config.json`` leaves out, per class (a test holds
 them against transformers' own config classes)."""
 
-COPIED_FILES = (TOKENIZER_FILE, *HF_TOKENIZER_FILES)
-"""The source's tokenizer and generation files, copied unchanged into an import when present
-(the checkpoint's own list: training an imported model keeps the same files)."""
 INDEX_FILE = "model.safetensors.index.json"
 SOURCE_WEIGHTS = "model.safetensors"
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -497,9 +494,9 @@ def import_hf(src: str | Path, out: str | Path, *, dtype: torch.dtype | None = N
     _check_out(src, out, force)
     with atomic_dir(out) as tmp:
         _write_safetensors(tmp / WEIGHTS_FILE, source, dtype, {"format_version": str(FORMAT_VERSION)}, progress)
-        for name in COPIED_FILES:
-            if (src / name).is_file():
-                shutil.copyfile(src / name, tmp / name)
+        if (src / TOKENIZER_FILE).is_file():  # the model's tokenizer files, unchanged
+            shutil.copyfile(src / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        copy_hf_tokenizer_files(src, tmp)
         meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": source.config.to_dict()}
         if (src / TOKENIZER_FILE).is_file():
             meta["tokenizer_kind"] = "huggingface"

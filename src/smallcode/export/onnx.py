@@ -55,7 +55,7 @@ from smallcode.export import ONNX_FORMAT_VERSION as FORMAT_VERSION
 from smallcode.export import ONNX_MODEL_FILE as MODEL_FILE
 from smallcode.export import ExportError, check_destination
 from smallcode.fileio import atomic_dir
-from smallcode.model.checkpoint import HF_TOKENIZER_FILES, Checkpoint
+from smallcode.model.checkpoint import Checkpoint, copy_hf_tokenizer_files
 from smallcode.model.config import ModelConfig
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.tokenizer.code_tokenizer import CONFIG_FILE as TOKENIZER_CONFIG_FILE
@@ -362,9 +362,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, quantize: Quantize | No
         shutil.copyfile(ckpt.tokenizer_file, tmp / TOKENIZER_FILE)  # type: ignore[arg-type]
         if tokenizer.native:
             (tmp / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer.hf_config(), indent=2) + "\n")
-        for name in () if tokenizer.native else HF_TOKENIZER_FILES:  # an imported model's, unchanged
-            if (ckpt.directory / name).is_file():
-                shutil.copyfile(ckpt.directory / name, tmp / name)
+        else:  # an imported model's, unchanged
+            copy_hf_tokenizer_files(ckpt.directory, tmp)
         (tmp / CONFIG_FILE).write_text(json.dumps(onnx_config(model.config, tokenizer.hash, quantize, moe), indent=2)
                                        + "\n")
     return out

@@ -49,7 +49,8 @@ HF_TOKENIZER_FILES: tuple[str, ...] = SIDECAR_FILES
 """A Hugging Face tokenizer's files beside ``tokenizer.json`` (an imported model's), copied with it."""
 
 __all__ = ["CONFIG_FILE", "FORMAT_VERSION", "HF_TOKENIZER_FILES", "TOKENIZER_FILE", "WEIGHTS_FILE", "Checkpoint",
-           "CheckpointError", "ModelDirectoryKind", "model_directory_kind", "save_checkpoint"]
+           "CheckpointError", "ModelDirectoryKind", "copy_hf_tokenizer_files", "model_directory_kind",
+           "save_checkpoint"]
 
 ModelDirectoryKind = Literal["smallcode", "huggingface"]
 
@@ -225,6 +226,14 @@ class Checkpoint:
         return tokenizer
 
 
+def copy_hf_tokenizer_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy the ``HF_TOKENIZER_FILES`` that ``src`` holds into ``dst``, unchanged (but those in ``skip``):
+    the one way an imported model's tokenizer files travel (checkpoints, exports, the recipe)."""
+    for name in HF_TOKENIZER_FILES:
+        if name not in skip and (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
 def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: str | Path | None = None,
                     extra: dict[str, Any] | None = None, write_extra: Callable[[Path], None] | None = None,
                     state: dict[str, torch.Tensor] | None = None) -> Path:
@@ -248,10 +257,7 @@ def save_checkpoint(model: SmallCodeLM, directory: str | Path, tokenizer_file: s
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / TOKENIZER_FILE)
-            for name in HF_TOKENIZER_FILES:
-                sidecar = Path(tokenizer_file).parent / name
-                if sidecar.is_file():
-                    shutil.copyfile(sidecar, tmp / name)
+            copy_hf_tokenizer_files(Path(tokenizer_file).parent, tmp)
         if write_extra is not None:
             write_extra(tmp)
     return target

@@ -29,6 +29,10 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def _plain_inv_freq(head_dim: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     """The (head_dim / 2,) float32 inverse frequencies of ``config``'s RoPE, scaling included.
 
@@ -39,8 +43,7 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     The operations run in the order transformers' ``modeling_rope_utils`` runs them, so the float32
     values are the same bits.
     """
-    dim, base = config.hd, config.rope_base
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    inv_freq = _plain_inv_freq(config.hd, config.rope_base)
     factor = config.rope_factor
     if config.rope_scaling == "linear":
         return inv_freq / factor
@@ -69,7 +72,7 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.base = base
         if inv_freq is None:
-            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+            inv_freq = _plain_inv_freq(head_dim, base)
         self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
         self._build(max_seq_len)
 

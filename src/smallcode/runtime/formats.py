@@ -50,8 +50,8 @@ from tokenizers import Tokenizer
 
 from smallcode.errors import UserError
 from smallcode.tokenizer import CodeTokenizer, check_messages
-from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, eos_id_list, plain_file_block
-from smallcode.tokenizer.families import FAMILIES, Family, detect_family, first_id
+from smallcode.tokenizer.code_tokenizer import HASH_KEY, TokenizerError, encode_inside, eos_id_list, plain_file_block
+from smallcode.tokenizer.families import FAMILIES, Family, detect_family, fim_token_ids, first_id
 
 
 class FormatError(UserError, ValueError):
@@ -157,12 +157,12 @@ class HFFormat(PromptFormat):
         self.name = self.native.name if self.native else self.family.name if self.family else "plain"
         stops = [tokenizer.eos_token_id, *extra_stop_ids, *(self.native.stop_ids if self.native else ())]
         # The FIM tokens' ids, looked up once (get_vocab rebuilds the vocabulary as a dict each call).
-        self._fim_ids: tuple[Any, ...] | None = None
+        self._fim_ids: tuple[int, int, int] | None = None
         self._file_sep: int | None = None
         if self.family:
             family = self.family
             stops += [vocab[t] for t in family.stops if t in vocab]
-            self._fim_ids = tuple(first_id(vocab, n) for n in (family.prefix, family.suffix, family.middle))
+            self._fim_ids = fim_token_ids(vocab, family)
             self._file_sep = first_id(vocab, family.file_sep)
         self.stop_ids = list(dict.fromkeys(s for s in stops if s is not None))
         # What the tokenizer puts before any text (a begin-of-sequence token, or nothing).
@@ -178,12 +178,8 @@ class HFFormat(PromptFormat):
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _text_inside(self, text: str) -> list[int]:
-        """``text`` as it is encoded in the middle of a line: without the invented leading space.
-        Encoded after a marker whose own tokens are then dropped (as Meta's codellama code does)."""
-        if not self._dummy_space or not text:
-            return self._text(text)
-        head, ids = self._text("☺"), self._text("☺" + text)
-        return ids[len(head):] if ids[: len(head)] == head else self._text(text)
+        """``text`` as it is encoded in the middle of a line: without the invented leading space."""
+        return encode_inside(self._text, text) if self._dummy_space else self._text(text)
 
     def encode(self, text: str) -> list[int]:
         return self._lead + self._text(text)

@@ -29,11 +29,6 @@ Runtime = Literal["torch", "onnx", "hf"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "hf")
 
 
-def is_importable(path: str | Path) -> bool:
-    """Whether ``path`` is a Hugging Face model directory of a family smallcode imports; never raises."""
-    return hf_import.is_importable(path)
-
-
 def runtime_of(path: str | Path) -> Runtime:
     """Which runtime opens ``path``: ``onnx`` for an ONNX export, ``hf`` for a Hugging Face model
     directory smallcode cannot import, else ``torch`` (a checkpoint, an importable Hugging Face
@@ -42,7 +37,7 @@ def runtime_of(path: str | Path) -> Runtime:
         return "onnx"
     try:
         if model_directory_kind(path) == "huggingface":
-            return "torch" if is_importable(path) else "hf"
+            return "torch" if hf_import.is_importable(path) else "hf"
     except CheckpointError:  # not a model directory at all: the checkpoint loader's error names the problem
         pass
     return "torch"

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,20 +244,12 @@ class CodeTokenizer:
         elif files:
             prefix = "".join(plain_file_block(path, text) for path, text in files) + prefix
         if self._dummy_space:
-            p, m, s = self.encode(prefix), self._inside(middle), self._inside(suffix)
+            p, m, s = self.encode(prefix), encode_inside(self.encode, middle), encode_inside(self.encode, suffix)
         else:
             p, m, s = self.encode_batch([prefix, middle, suffix])
         if mode == "psm":
             return [*head, pre, *p, suf, *s, mid, *m]
         return [*head, pre, suf, *s, mid, *p, *m]
-
-    def _inside(self, text: str) -> list[int]:
-        """``text`` as it encodes in the middle of a line: without a SentencePiece tokenizer's
-        invented leading space (encoded after a marker whose own tokens are then dropped)."""
-        if not text:
-            return []
-        head, ids = self.encode("☺"), self.encode("☺" + text)
-        return ids[len(head):] if ids[: len(head)] == head else self.encode(text)
 
     def fim_prompt(self, prefix: str, suffix: str, mode: FimMode = "psm",
                    files: Sequence[tuple[str, str]] = ()) -> list[int]:
@@ -373,6 +365,17 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             raise ValueError(f"message {i} content must be a string")
         out.append({"role": m["role"], "content": m["content"]})
     return out
+
+
+def encode_inside(encode: Callable[[str], list[int]], text: str) -> list[int]:
+    """``text`` as ``encode`` gives it in the middle of a line: without the space a SentencePiece
+    tokenizer with a dummy prefix invents before every piece it encodes ("▁a" for "a"). Encoded after a
+    marker whose own tokens are then dropped (as Meta's codellama code does); the training FIM layout
+    (``CodeTokenizer.fim_ids``) and the served one (``runtime.formats``) both use it."""
+    if not text:
+        return []
+    head, ids = encode("☺"), encode("☺" + text)
+    return ids[len(head):] if ids[: len(head)] == head else encode(text)
 
 
 def _sidecar_json(sidecars: dict[str, str], name: str, source: str) -> dict[str, Any]:

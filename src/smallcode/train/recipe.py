@@ -321,12 +321,11 @@ def _copy_tokenizer(checkpoint: Path, tok_dir: Path) -> None:
     if not src.is_file():
         raise ConfigError(f"{checkpoint}: the imported model has no {TOKENIZER_FILE}; the recipe tokenises its "
                           "corpus with the model's own tokenizer, so the Hugging Face directory must hold one")
-    from smallcode.model.checkpoint import HF_TOKENIZER_FILES
+    from smallcode.model.checkpoint import copy_hf_tokenizer_files
 
     with atomic_dir(tok_dir) as tmp:
-        for name in (TOKENIZER_FILE, *HF_TOKENIZER_FILES):
-            if (checkpoint / name).is_file():
-                shutil.copyfile(checkpoint / name, tmp / name)
+        shutil.copyfile(src, tmp / TOKENIZER_FILE)
+        copy_hf_tokenizer_files(checkpoint, tmp)
 
 
 def descendants(recipe: RecipeConfig, name: str) -> list[StageSpec]:
