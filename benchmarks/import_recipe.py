@@ -168,20 +168,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------------------- 3. the baseline
-def median_rate(run_dir: Path, skip: int) -> float:
-    from smallcode.train.trainer import read_metrics
-
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("type") == "train"]
-    rates = sorted(r["tokens_per_s"] for r in rows[skip:]) or [float("nan")]
-    return rates[len(rates) // 2]
-
-
 def train_baseline(init: Path, shards: Path, like: Any, out: Path, budget_s: float) -> dict[str, Any]:
     """The imported dense model continued (next-token, same data, the stages' batch, length and
     schedule) for ``budget_s`` seconds of steps: its speed is probed first, as speedrun.py does."""
     from smallcode.fileio import atomic_write_json
     from smallcode.train.config import TrainConfig
     from smallcode.train.trainer import Trainer
+    from speedrun import median_rate  # the script's own folder is on sys.path
 
     done = out / "summary_baseline.json"
     if done.is_file():
@@ -225,13 +218,11 @@ def main() -> None:
     if args.quick:
         args.requests, args.max_tokens, args.long_context, args.short_context = 4, 8, 4000, 1000
 
+    from import_parent import train as train_parent  # the script's own folder is on sys.path
     from smallcode.eval.heldout import held_out_set
     from smallcode.model.checkpoint import Checkpoint
     from smallcode.train.recipe import RecipeConfig, run_recipe, stage_config, stage_final
     from smallcode.train.window import long_range_loss
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from import_parent import train as train_parent
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
