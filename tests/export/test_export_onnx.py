@@ -125,6 +125,19 @@ def test_greedy_equals_torch_engine_past_the_window(kind: str, checkpoints: dict
     assert all(len(c.token_ids) == 200 + WINDOW for c in got)
 
 
+@pytest.mark.parametrize("kind", ["moe-global", "dense-no-global"])
+def test_speculating_export_gives_the_torch_engine_tokens(kind: str, checkpoints: dict, exports: dict) -> None:
+    """The graph takes several positions per call over our cache, so an export speculates (prompt lookup,
+    and the export drafting for itself) with plain decoding's greedy tokens past the window."""
+    params = SamplingParams(max_tokens=200 + WINDOW, temperature=0.0, ignore_eos=True)
+    prompts = ["import json\nimport os\nimport json\n", "def load(path):\n    with open(path) as f:\n"]
+    want = [c.token_ids for c in Engine.from_checkpoint(checkpoints[kind]).generate(prompts, params)]
+    for speculate in ("ngram", f"draft:{exports[kind]}"):
+        engine = open_engine(exports[kind], threads=1, speculate=speculate)
+        assert [c.token_ids for c in engine.generate(prompts, params)] == want
+        assert engine.spec_stats.accepted > 0
+
+
 def test_engine_stops_streams_and_fills_in_the_middle(checkpoints: dict, exports: dict) -> None:
     torch_engine = Engine.from_checkpoint(checkpoints["moe-global"])
     engine = open_engine(exports["moe-global"], threads=1)

@@ -73,11 +73,11 @@ def estimate_tokens(chars: int) -> int:
 class EngineChat:
     """A local checkpoint or ONNX export, prompted through its tokenizer's chat template."""
 
-    def __init__(self, directory: str | Path, device: str = "cpu") -> None:
+    def __init__(self, directory: str | Path, device: str = "cpu", speculate: Any = None) -> None:
         from smallcode.client.local import open_local
 
         self.name = f"smallcode:{directory}"
-        self.client = open_local(directory, device=device, name=self.name)
+        self.client = open_local(directory, device=device, name=self.name, speculate=speculate)
         self.format = self.client.prompt_format
 
     @property
@@ -127,12 +127,16 @@ class EndpointChat:
 
 
 def open_chat_model(model: str | Path | None = None, endpoint: str | None = None, model_name: str = "default",
-                    api_key: str | None = None, device: str = "cpu") -> ChatModel:
-    """The chat model for ``--model`` (a checkpoint or ONNX export directory) or ``--endpoint`` (a URL)."""
+                    api_key: str | None = None, device: str = "cpu", speculate: Any = None) -> ChatModel:
+    """The chat model for ``--model`` (a checkpoint or ONNX export directory) or ``--endpoint`` (a URL);
+    ``speculate`` turns speculative decoding on for a local model (``"ngram"``: an edit copies lines
+    of the prompt, which prompt lookup proposes)."""
     if (model is None) == (endpoint is None):
         raise ValueError("give exactly one of a model directory and an endpoint URL")
     if endpoint is not None:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"{endpoint}: an endpoint is an http(s) URL")
         return EndpointChat(endpoint, model_name, api_key)
-    return EngineChat(str(model), device)
+    if speculate is not None and endpoint is not None:
+        raise ValueError("--speculate is for a local --model; a server speculates by its own setting")
+    return EngineChat(str(model), device, speculate)

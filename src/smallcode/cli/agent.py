@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from smallcode.agent.loop import AgentConfig
+from smallcode.cli.generate import speculate_options
 from smallcode.cli.options import config_options
 
 
@@ -30,9 +32,10 @@ from smallcode.cli.options import config_options
 @click.option("--replay", "replay_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Replay the replies of a trajectory on a fresh copy of --repo instead of asking a model.")
 @config_options(AgentConfig)
+@speculate_options
 def agent(cfg: AgentConfig, task: str | None, repo: Path, model: Path | None, endpoint: str | None,
           api_key: str | None, model_name: str, test_command: str | None, candidates: int, protect: tuple[str, ...],
-          apply_: bool, trajectory: Path | None, replay_file: Path | None) -> None:
+          apply_: bool, trajectory: Path | None, replay_file: Path | None, speculate: Any) -> None:
     """Work on TASK in a sandboxed copy of --repo: read, search, edit, run the tests, until they pass.
 
     Prints the diff; with --apply (and passing tests) writes it to --repo.
@@ -49,7 +52,9 @@ def agent(cfg: AgentConfig, task: str | None, repo: Path, model: Path | None, en
         raise click.UsageError("give the TASK (or --replay FILE)")
     if (model is None) == (endpoint is None):
         raise click.UsageError("give exactly one of --model and --endpoint")
-    chat = open_chat_model(model, endpoint, model_name, api_key)
+    if speculate is not None and endpoint is not None:
+        raise click.UsageError("--speculate is for --model; a server speculates by its own --speculate")
+    chat = open_chat_model(model, endpoint, model_name, api_key, speculate=speculate)
     globs = tuple(protect) or DEFAULT_PROTECT
     best, _, ws = (run_candidates(task, repo, chat, candidates, cfg, test_command, trajectory, globs)
                    if candidates > 1 else _single(task, repo, chat, cfg, test_command, trajectory, globs))

@@ -6,8 +6,11 @@ Hugging Face directory); ``complete`` lays the prompt out as the server and the 
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,17 +27,46 @@ runtime_option = click.option(
          "Hugging Face model directory. Default: whichever CHECKPOINT is.")
 
 
+
+
+def speculate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--speculate ngram|draft:DIR`` and ``--speculate-k K``, handed to the command as one ``speculate``
+    (a ``runtime.speculative.Speculation``, or None); a value the settings refuse is a usage error."""
+
+    @click.option("--speculate", "speculate_text", default=None, metavar="ngram|draft:DIR",
+                  help="Speculative decoding: 'ngram' (prompt lookup) or 'draft:DIR' (a draft model with the same "
+                       "tokenizer); greedy output is unchanged, sampled output keeps its distribution.")
+    @click.option("--speculate-k", default=8, show_default=True, type=int,
+                  help="Most tokens proposed per step (1-16; each row adapts below it).")
+    @functools.wraps(command)
+    def wrapped(*args: Any, speculate_text: str | None, speculate_k: int, **kwargs: Any) -> Any:
+        from smallcode.config import ConfigError
+        from smallcode.runtime.speculative import Speculation
+
+        speculate = None
+        if speculate_text is not None:
+            try:
+                speculate = Speculation.parse(speculate_text, k=speculate_k)
+            except ConfigError as e:
+                raise click.UsageError(str(e)) from e
+        return command(*args, speculate=speculate, **kwargs)
+
+    return wrapped
+
+
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("prompt")
 @sampling_options
 @device_option
 @runtime_option
-def generate(checkpoint: Path, prompt: str, device: str, runtime: str | None, params: SamplingParams) -> None:
+@speculate_options
+def generate(checkpoint: Path, prompt: str, device: str, runtime: str | None, params: SamplingParams,
+             speculate: Any) -> None:
     """Continue PROMPT with the model in CHECKPOINT, streaming text as it is decided."""
     from smallcode.runtime.load import open_engine
 
-    engine = open_engine(checkpoint, device=device, runtime=runtime)  # type: ignore[arg-type]
+    engine = open_engine(checkpoint, device=device, runtime=runtime, speculate=speculate)  # type: ignore[arg-type]
     for delta in engine.stream(prompt, params):
         sys.stdout.write(delta)
         sys.stdout.flush()
@@ -48,11 +80,12 @@ def generate(checkpoint: Path, prompt: str, device: str, runtime: str | None, pa
 @sampling_options
 @device_option
 @runtime_option
+@speculate_options
 def complete(checkpoint: Path, prefix_file: Path, suffix_file: Path | None, device: str, runtime: str | None,
-             params: SamplingParams) -> None:
+             params: SamplingParams, speculate: Any) -> None:
     """Print the code that belongs between the prefix file and the (optional) suffix file."""
     from smallcode.runtime.load import open_engine
 
-    engine = open_engine(checkpoint, device=device, runtime=runtime)  # type: ignore[arg-type]
+    engine = open_engine(checkpoint, device=device, runtime=runtime, speculate=speculate)  # type: ignore[arg-type]
     suffix = suffix_file.read_text() if suffix_file else ""
     click.echo(engine.complete(prefix_file.read_text(), suffix, params)[0].text)

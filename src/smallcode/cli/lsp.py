@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
+
+from smallcode.cli.generate import speculate_options
 
 
 @click.command()
@@ -28,11 +31,14 @@ import click
               help="The feedback log (default: lsp-feedback.jsonl in the user's data directory).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Logging on stderr.")
+@speculate_options
 def lsp(model_dir: Path | None, endpoint: str | None, api_key: str | None, device: str, max_tokens: int,
-        auto_max_tokens: int, feedback_log: Path | None, log_level: str) -> None:
+        auto_max_tokens: int, feedback_log: Path | None, log_level: str, speculate: Any) -> None:
     """Run the language server on stdin/stdout (--model DIR or --endpoint URL)."""
     if (model_dir is None) == (endpoint is None):
         raise click.UsageError("give the model once: --model DIR or --endpoint URL")
+    if speculate is not None and endpoint is not None:
+        raise click.UsageError("--speculate is for --model; a server speculates by its own --speculate")
     logging.basicConfig(level=log_level.upper(), format="smallcode-lsp %(levelname)s %(name)s: %(message)s")
     from smallcode.lsp.models import CompletionModel, EndpointModel, LocalModel
     from smallcode.lsp.server import Settings, create_server
@@ -44,6 +50,6 @@ def lsp(model_dir: Path | None, endpoint: str | None, api_key: str | None, devic
         model = EndpointModel(endpoint, api_key=api_key)
     else:
         assert model_dir is not None
-        model = LocalModel(model_dir, device=device)
+        model = LocalModel(model_dir, device=device, speculate=speculate)
     create_server(model, Settings(max_tokens=max_tokens, auto_max_tokens=auto_max_tokens,
                                          feedback_log=feedback_log)).start_io()

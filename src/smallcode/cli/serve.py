@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING
 
 import click
 
+from smallcode.cli.generate import speculate_options
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from smallcode.runtime.formats import PromptFormat
     from smallcode.runtime.scheduler import Scheduler
+    from smallcode.runtime.speculative import Speculation
 
 
 def is_loopback(host: str) -> bool:
@@ -36,14 +39,15 @@ def is_loopback(host: str) -> bool:
 
 
 def load(checkpoint: Path, *, device: str, max_batch: int, max_queue: int,
-         registry: CollectorRegistry, runtime: str | None = None) -> tuple[Scheduler, PromptFormat]:
+         registry: CollectorRegistry, runtime: str | None = None,
+         speculate: Speculation | None = None) -> tuple[Scheduler, PromptFormat]:
     """The scheduler and the prompt format for the model in ``checkpoint`` (any kind ``open_engine`` opens;
-    ``runtime`` forces one)."""
+    ``runtime`` forces one; ``speculate`` turns speculative decoding on)."""
     from smallcode.runtime.load import open_engine
     from smallcode.runtime.metrics import Metrics
     from smallcode.runtime.scheduler import Scheduler
 
-    engine = open_engine(checkpoint, device=device, runtime=runtime)  # type: ignore[arg-type]
+    engine = open_engine(checkpoint, device=device, runtime=runtime, speculate=speculate)  # type: ignore[arg-type]
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=Metrics(registry))
     return scheduler, engine.prompt_format
 
@@ -67,8 +71,10 @@ _MODEL_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--runtime", type=click.Choice(["torch", "onnx", "hf"]), default=None,
               help="Force a runtime (default: by the directory; 'hf' serves a Hugging Face model on transformers "
                    "instead of importing it).")
+@speculate_options
 def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int, api_key: str | None,
-          max_batch: int, max_queue: int, model_name: str | None, device: str, runtime: str | None) -> None:
+          max_batch: int, max_queue: int, model_name: str | None, device: str, runtime: str | None,
+          speculate: Speculation | None) -> None:
     """Serve the model in CHECKPOINT (or --model) over HTTP: /v1/completions, /v1/chat/completions, /infill."""
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -96,7 +102,7 @@ def serve(checkpoint: Path | None, model_dir: Path | None, host: str, port: int,
     def load_then_attach() -> None:
         try:
             app.state.service.attach(*load(checkpoint, device=device, max_batch=max_batch, max_queue=max_queue,
-                                           registry=registry, runtime=runtime))
+                                           registry=registry, runtime=runtime, speculate=speculate))
         except BaseException as e:  # noqa: BLE001 - reported by the main thread once the server stops
             failure.append(e)
             server.should_exit = True

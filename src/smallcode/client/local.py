@@ -196,16 +196,18 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def open_local(path: str | Path, *, device: str = "cpu", runtime: str | None = None, max_batch: int = 16,
-               max_queue: int = 64, metrics: Any = None, name: str | None = None) -> LocalClient:
+               max_queue: int = 64, metrics: Any = None, name: str | None = None,
+               speculate: Any = None) -> LocalClient:
     """The model in ``path`` (a smallcode checkpoint, an ONNX export or a Hugging Face directory;
     ``runtime`` "torch", "onnx" or "hf" forces one) behind a new scheduler, loaded in a
-    thread that has ended when this returns. :class:`ClientError` when it cannot be loaded."""
+    thread that has ended when this returns; ``speculate`` (``"ngram"``, ``"draft:DIR"`` or a
+    ``Speculation``) turns speculative decoding on. :class:`ClientError` when it cannot be loaded."""
     out: list[LocalClient] = []
     failure: list[BaseException] = []
 
     def load() -> None:
         try:
-            out.append(_load(Path(path), device, runtime, max_batch, max_queue, metrics, name))
+            out.append(_load(Path(path), device, runtime, max_batch, max_queue, metrics, name, speculate))
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(e)
 
@@ -221,12 +223,12 @@ def open_local(path: str | Path, *, device: str = "cpu", runtime: str | None = N
 
 
 def _load(path: Path, device: str, runtime: str | None, max_batch: int, max_queue: int, metrics: Any,
-          name: str | None) -> LocalClient:
+          name: str | None, speculate: Any) -> LocalClient:
     from smallcode.runtime.load import open_engine, runtime_of
     from smallcode.runtime.scheduler import Scheduler
 
     runtime = runtime or runtime_of(path)
-    engine = open_engine(path, device=device, runtime=runtime)  # type: ignore[arg-type]
+    engine = open_engine(path, device=device, runtime=runtime, speculate=speculate)  # type: ignore[arg-type]
     scheduler = Scheduler(engine, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     prefix = {"torch": "smallcode", "onnx": "onnx", "hf": "hf"}[runtime]
     return LocalClient(scheduler, engine.prompt_format, name=name or f"{prefix}:{path}")

@@ -88,22 +88,22 @@ class LocalModel:
     before requests reach the scheduler, as the scheduler asks (an OpenMP pool left by a live
     thread slows its decode steps down)."""
 
-    def __init__(self, directory: Path, *, device: str = "cpu", max_batch: int = 4) -> None:
+    def __init__(self, directory: Path, *, device: str = "cpu", max_batch: int = 4, speculate: Any = None) -> None:
         self.directory = directory
         self.calls = 0
         self._client: Any = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._load, args=(device, max_batch), name="smallcode-lsp-load",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._load, args=(device, max_batch, speculate),
+                                        name="smallcode-lsp-load", daemon=True)
         self._thread.start()
 
-    def _load(self, device: str, max_batch: int) -> None:
+    def _load(self, device: str, max_batch: int, speculate: Any) -> None:
         from smallcode.client.local import open_local
 
         started = time.monotonic()
         try:
             self._client = open_local(self.directory, device=device, max_batch=max_batch, max_queue=64,
-                                      name=str(self.directory))
+                                      name=str(self.directory), speculate=speculate)
         except BaseException as e:  # noqa: BLE001 - reported to the client on each request
             self._error = e
             return

@@ -17,8 +17,8 @@ context behaves as an ordinary growing cache, while a windowed model stops growi
 ``n_global + window`` slots however long it runs. ``spare`` slots beyond the window keep the last
 positions that fell out of it, which is what lets a cache go back (``truncate``) by up to
 ``spare + 1`` positions after the ring has wrapped: a server reusing a prompt whose last few tokens
-changed. Sampling and scheduling are the engine's
-business, not the cache's.
+changed, and what lets speculative decoding ``rewind`` rows past the tokens the model rejected.
+Sampling and scheduling are the engine's business, not the cache's.
 
 Shape legend: L layers, B rows, K key/value heads, S slots, D head width, T new positions.
 """
@@ -185,6 +185,17 @@ class KVCache:
         out.slot_pos = out.slot_pos.masked_fill(out.slot_pos >= length, -1)
         out.length = torch.full_like(out.length, length)
         return out
+
+    def rewind(self, drop: list[int]) -> None:
+        """Forget the last ``drop[b]`` positions of each row, in place: what speculative decoding does
+        after the model rejected some of the tokens it was fed. Safe as long as the ring's ``spare``
+        slots cover them: positions written since the rewound length may have overwritten ring slots
+        whose old occupants are then more than ``window`` positions back (``spare >= max(drop) - 1``)."""
+        drop_B = torch.as_tensor(drop, dtype=torch.long, device=self.length.device)
+        if len(drop_B) != self.batch or bool((drop_B < 0).any()) or bool((drop_B > self.length).any()):
+            raise ValueError(f"cannot drop {drop} positions from rows of lengths {self.length.tolist()}")
+        self.length = self.length - drop_B
+        self.slot_pos = self.slot_pos.masked_fill(self.slot_pos >= self.length[:, None], -1)
 
     @staticmethod
     def stack(caches: list[KVCache]) -> KVCache:

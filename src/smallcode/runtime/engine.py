@@ -12,8 +12,10 @@ The loop is built from step-level pieces that ``smallcode.runtime.scheduler`` sh
 batching: ``Prefill`` (a prompt into a cache, piece by piece, reusing a ``PromptCache``),
 ``Engine.decode_step`` (one token for every row of a cache), ``sampling.choose`` (per-row
 parameters) and ``Row.push`` (end-of-text, stop sequences, ``max_tokens``, the streaming hold-back).
-``generate``/``stream`` schedule statically (no request joins mid-flight); there is no speculative
-decoding.
+``generate``/``stream`` schedule statically (no request joins mid-flight). With ``speculation`` (a
+``speculative.Speculation``: prompt lookup or a draft model), ``Engine.advance`` verifies several
+guessed tokens per row in one model call where a row has a guess (``speculative.Speculator``); the
+scheduler calls the same ``advance``.
 
 The model is any ``smallcode.runtime.step.ModelStep`` (our torch model, ``OnnxModel``, ``HFStep``)
 and the tokenizer any ``step.Tokenizer``; the engine respects the step's ``StepLimits`` (a step that
@@ -37,7 +39,17 @@ from smallcode.model.checkpoint import Checkpoint
 from smallcode.model.transformer import SmallCodeLM
 from smallcode.runtime.cpu_decode import prepare_for_decoding
 from smallcode.runtime.formats import HFTokenizer, load_hf_tokenizer, prompt_format
-from smallcode.runtime.sampling import SamplingParams, sample
+from smallcode.runtime.sampling import SamplingParams, choose, sample
+from smallcode.runtime.speculative import (
+    Advance,
+    DraftedStep,
+    SpecRow,
+    SpecStats,
+    Speculation,
+    SpeculationError,
+    Speculator,
+    check_draft,
+)
 from smallcode.runtime.step import ModelStep, StepCache, Tokenizer, stack_caches, step_limits
 
 FinishReason = Literal["stop", "length", "eos"]
@@ -206,7 +218,7 @@ class Prefill:
             self.cache, self.pos, self.logits = hit
         else:
             self.cache = engine.model.new_cache(1, initial_slots=len(ids) + extra_slots,
-                                                spare=tail if prompt_cache is not None else 0)
+                                                spare=max(tail if prompt_cache is not None else 0, engine.spare))
             self.pos = 0
         self.cached_tokens = self.pos
         """Prompt tokens taken from the prompt cache instead of being fed."""
@@ -249,7 +261,8 @@ class Engine:
     """Generation on one model step. A ``SmallCodeLM`` is put in eval mode and the decode modules of
     ``cpu_decode.prepare_for_decoding`` are swapped into it, in place: the same function, the same
     parameters and state dict. Any other step is used as it is. The tokenizer is a ``CodeTokenizer``
-    or an ``HFTokenizer``: its ``prompt_format`` lays out ``complete``'s prompt."""
+    or an ``HFTokenizer``: its ``prompt_format`` lays out ``complete``'s prompt. ``speculate`` turns
+    speculative decoding on."""
 
     def __init__(self, model: ModelStep, tokenizer: Tokenizer, max_context: int | None = None) -> None:
         self.prompt_format = prompt_format(tokenizer)  # type: ignore[arg-type]
@@ -271,6 +284,34 @@ class Engine:
         self._decodable = tokenizer.vocab_size if foreign else cfg.vocab_size
         # A windowed model's memory does not grow with context; a full-attention one stops at what it was trained on.
         self.max_context = max_context or (32768 if cfg.window < cfg.max_seq_len else cfg.max_seq_len)
+        self.speculator: Speculator | None = None
+        self.spec_stats = SpecStats()
+        """Tokens proposed and accepted since the engine started (or ``reset``); zeros without speculation."""
+        self.spare = 0
+        """Ring slots every cache keeps past the window: speculation rewinds by up to ``k``."""
+
+    def speculate(self, settings: Speculation, draft: Engine | None = None) -> Engine:
+        """Turn speculative decoding on (``speculative``), before the first request; method ``draft``
+        needs ``draft``, the engine on the draft model (same tokenizer, same device). Returns self."""
+        if self.speculator is not None:
+            raise SpeculationError("this engine already speculates")
+        if not self.limits.speculation:
+            raise SpeculationError("this model's runtime cannot go back past rejected tokens (transformers' "
+                                   "one-row step): speculative decoding needs runtime torch or onnx")
+        draft_step = None
+        if settings.method == "draft":
+            if draft is None:
+                raise SpeculationError("speculation with a draft model needs the draft (--speculate draft:DIR)")
+            check_draft(self.model, self.tokenizer, draft.model, draft.tokenizer, settings.draft or "draft")
+            draft_step = draft.model
+        elif draft is not None:
+            raise SpeculationError(f"a draft model is only used with method 'draft', not {settings.method!r}")
+        self.speculator = Speculator(settings, self.model, draft_step, self._decodable, self.spec_stats)
+        if draft_step is not None:
+            self.model = DraftedStep(self.model, draft_step)
+        self.spare = settings.k + 1
+        return self
+
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str = "cpu", max_context: int | None = None) -> Engine:
@@ -334,6 +375,29 @@ class Engine:
         """Feed one token per row of ``cache``; the (B, V) logits of the next one."""
         return self.only_decodable(self.model(torch.tensor(tokens, device=self.device)[:, None], cache).logits[:, -1])
 
+    def spec_row(self, prompt_ids: list[int], params: SamplingParams) -> SpecRow | None:
+        """A row's speculation state (None when this engine does not speculate), to pass to ``advance``
+        after the row's first token (``SpecRow.extend``)."""
+        return None if self.speculator is None else self.speculator.row(prompt_ids, params)
+
+    def advance(self, cache: StepCache, last: list[int], params: list[SamplingParams],
+                generators: list[torch.Generator], specs: list[SpecRow | None] | None = None,
+                logprobs: bool = False) -> list[Advance]:
+        """One step for every row of ``cache``: feed ``last`` (a token per row) and choose what follows.
+        With speculation (``specs``: every row's ``SpecRow``) a row may get several tokens; otherwise
+        one. Each ``Advance``'s last token is the one to feed next."""
+        if self.speculator is not None and specs is not None and all(s is not None for s in specs):
+            rows = [s for s in specs if s is not None]
+            out = self.speculator.step(cache, last, params, generators, rows, logprobs)
+            if out is not None:
+                return out
+        tokens, logp = choose(self.decode_step(cache, last), params, generators, logprobs=logprobs)
+        out = [Advance([t], None if logp is None else logp[i:i + 1]) for i, t in enumerate(tokens.tolist())]
+        for spec, a in zip(specs or [], out, strict=False):
+            if spec is not None:
+                spec.extend(a.tokens)
+        return out
+
     def only_decodable(self, logits_BV: torch.Tensor) -> torch.Tensor:
         """``logits_BV`` with the ids the tokenizer cannot decode (padded embedding rows) set to -inf."""
         if self._decodable < logits_BV.shape[-1]:
@@ -381,25 +445,34 @@ class Engine:
             caches.append(cache.select([0] * samples))
             logits.append(last.expand(samples, -1))
         cache = stack_caches(caches)
-        next_logits = torch.cat(logits)
         active = list(group)
-        while active:
-            tokens = sample(next_logits, params, [gens[r] for r in active]).tolist()
+        first = sample(torch.cat(logits), params, [gens[r] for r in active]).tolist()
+        steps = [Advance([t]) for t in first]
+        specs: list[SpecRow | None] | None = None
+        if self.speculator is not None:
+            specs = [self.spec_row(prompt_ids[r // n], params) for r in active]
+            for spec, t in zip(specs, first, strict=True):
+                spec.extend([t])  # type: ignore[union-attr]
+        while True:
             deltas = [""] * len(rows)
             keep: list[int] = []
-            for slot, (r, tok) in enumerate(zip(active, tokens, strict=True)):
-                deltas[r] = rows[r].push(tok, self.tokenizer)
-                if rows[r].finish is None:
+            for slot, (r, step) in enumerate(zip(active, steps, strict=True)):
+                for tok in step.tokens:
+                    deltas[r] += rows[r].push(tok, self.tokenizer)
+                    if rows[r].finish is not None:
+                        break
+                else:
                     keep.append(slot)
             if stream:
                 yield deltas
             if not keep:
                 break
+            last = [steps[s].tokens[-1] for s in keep]
             if len(keep) < len(active):
                 cache = cache.select(keep)
                 active = [active[s] for s in keep]
-                tokens = [tokens[s] for s in keep]
-            next_logits = self.decode_step(cache, tokens)
+                specs = None if specs is None else [specs[s] for s in keep]
+            steps = self.advance(cache, last, [params] * len(active), [gens[r] for r in active], specs)
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

@@ -105,7 +105,7 @@ class HFStep:
     """A transformers causal LM as a model step: one row at a time, a prompt in one pass (see the
     module docstring). Holds no request state, so several engines may share one."""
 
-    limits = StepLimits(max_rows=1, prompt_cache=False, prefill_pieces=False)
+    limits = StepLimits(max_rows=1, prompt_cache=False, prefill_pieces=False, speculation=False)
 
     def __init__(self, model: Any, max_context: int | None = None) -> None:
         self.model = model.eval()

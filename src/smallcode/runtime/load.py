@@ -9,6 +9,9 @@ with the model's own tokenizer (``formats.load_hf_tokenizer``: its family's layo
 ``runtime`` forces one: ``torch`` (ours: a checkpoint, or an importable Hugging Face directory), ``onnx``,
 ``hf`` (transformers, even for an importable family). Every kind ends in the same ``Engine`` over its
 model step, so sampling, stop sequences, streaming, FIM and the scheduler are shared.
+
+``speculate`` (``"ngram"``, ``"draft:DIR"`` or a ``speculative.Speculation``) turns speculative
+decoding on; a draft model is opened here the same way (any kind but transformers' one-row step).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from smallcode.runtime.engine import Engine
 from smallcode.runtime.formats import load_hf_tokenizer
 from smallcode.runtime.hf import open_hf_engine
 from smallcode.runtime.onnx import OnnxModel, is_onnx_export, load_export_tokenizer
+from smallcode.runtime.speculative import Speculation
 
 Runtime = Literal["torch", "onnx", "hf"]
 RUNTIMES: tuple[Runtime, ...] = ("torch", "onnx", "hf")
@@ -53,11 +57,24 @@ def open_imported(path: str | Path, *, device: str = "cpu", max_context: int | N
 
 
 def open_engine(path: str | Path, *, device: str = "cpu", runtime: Runtime | None = None,
-                max_context: int | None = None, threads: int | None = None) -> Engine:
+                max_context: int | None = None, threads: int | None = None,
+                speculate: str | Speculation | None = None) -> Engine:
     """The engine on ``path``: ``runtime`` ``torch`` (a checkpoint, or a Hugging Face directory smallcode
     imports in memory), ``onnx`` (an export, on the CPU) or ``hf`` (a transformers model directory, on
     transformers); None: whichever ``path`` is (``runtime_of``). ``threads``: onnxruntime's intra-op
-    threads (default: torch's)."""
+    threads (default: torch's). ``speculate``: speculative decoding, ``"ngram"`` or ``"draft:DIR"``."""
+    engine = _open(path, device=device, runtime=runtime, max_context=max_context, threads=threads)
+    if speculate is None:
+        return engine
+    settings = Speculation.parse(speculate) if isinstance(speculate, str) else speculate
+    draft = None
+    if settings.draft is not None:
+        draft = _open(settings.draft, device=device, runtime=None, max_context=max_context, threads=threads)
+    return engine.speculate(settings, draft)
+
+
+def _open(path: str | Path, *, device: str, runtime: Runtime | None, max_context: int | None,
+          threads: int | None) -> Engine:
     runtime = runtime or runtime_of(path)
     if runtime == "onnx":
         model = OnnxModel(path, threads=threads)

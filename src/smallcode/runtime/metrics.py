@@ -4,7 +4,8 @@
 fresh one by default, so two schedulers in one process, or two tests, never share counters):
 requests by outcome, prompt and completion tokens, time to first token and per-token latency
 histograms, queue depth, running batch size, prompt-cache hits, misses and reused tokens,
-cancellations, and the model work done (prefill pieces, decode steps). ``render()`` is the text a
+cancellations, the model work done (prefill pieces, decode steps), and speculative decoding's
+proposed and accepted tokens. ``render()`` is the text a
 ``GET /metrics`` route returns. The scheduler updates these; nothing here knows HTTP.
 """
 
@@ -48,7 +49,13 @@ class Metrics:
         self.cache_bytes = Gauge("smallcode_prompt_cache_bytes", "Memory held by the prompt cache.", registry=r)
         self.cancellations = Counter("smallcode_cancellations", "Requests cancelled by their client.", registry=r)
         self.prefill_steps = Counter("smallcode_prefill_steps", "Prompt pieces fed to the model.", registry=r)
-        self.decode_steps = Counter("smallcode_decode_steps", "Batched decode steps run.", registry=r)
+        self.decode_steps = Counter("smallcode_decode_steps", "Batched decode steps run (speculative ones "
+                                    "included).", registry=r)
+        self.spec_proposed = Counter("smallcode_speculative_proposed_tokens",
+                                     "Tokens proposed by speculative decoding (prompt lookup or a draft model).",
+                                     registry=r)
+        self.spec_accepted = Counter("smallcode_speculative_accepted_tokens",
+                                     "Proposed tokens the model accepted.", registry=r)
         for outcome in OUTCOMES:  # present from the start, so rates are defined before the first request
             self.requests.labels(outcome=outcome)
 

@@ -75,6 +75,29 @@ def filter_logits(logits_BV: torch.Tensor, top_k: int, top_p: float) -> torch.Te
 _TINY = torch.finfo(torch.float32).tiny
 
 
+def is_greedy(params: SamplingParams) -> bool:
+    """Whether a row under ``params`` takes the best logit. Below float32's smallest normal number a
+    temperature is greedy in all but name, and as a float32 divisor it would round to 0 (0/0 = NaN
+    for the best logit)."""
+    return params.temperature < _TINY
+
+
+def _groups(params: Sequence[SamplingParams]) -> dict[tuple[float, int, float], list[int]]:
+    """Rows that share temperature, top-k and top-p (greedy rows under ``(0.0, 0, 1.0)``)."""
+    groups: dict[tuple[float, int, float], list[int]] = {}
+    for b, p in enumerate(params):
+        key = (0.0, 0, 1.0) if is_greedy(p) else (p.temperature, p.top_k, p.top_p)
+        groups.setdefault(key, []).append(b)
+    return groups
+
+
+def _filtered_probs(x: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    x = x.float()
+    # Shifted so the best logit is 0: a tiny temperature then sends the rest to -inf (greedy)
+    # instead of every logit to +-inf (NaN probabilities); the distribution is the same.
+    return filter_logits((x - x.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
+
+
 def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator],
            logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One token id per row (B,), row ``b`` drawn under ``params[b]`` with ``generators[b]``; with
@@ -83,29 +106,34 @@ def choose(logits_BV: torch.Tensor, params: Sequence[SamplingParams], generators
     it is sampled with."""
     B = logits_BV.shape[0]
     tokens = torch.empty(B, dtype=torch.long, device=logits_BV.device)
-    groups: dict[tuple[float, int, float], list[int]] = {}
-    for b, p in enumerate(params):
-        # Below float32's smallest normal number a temperature is greedy in all but name, and as a
-        # float32 divisor it would round to 0 (0/0 = NaN for the best logit).
-        greedy = p.temperature < _TINY
-        key = (0.0, 0, 1.0) if greedy else (p.temperature, p.top_k, p.top_p)
-        groups.setdefault(key, []).append(b)
-    for (temperature, top_k, top_p), rows in groups.items():
+    for (temperature, top_k, top_p), rows in _groups(params).items():
         whole = len(rows) == B  # the common case (one request, or the engine's batch): no gather
         x = logits_BV if whole else logits_BV[torch.tensor(rows, device=logits_BV.device)]
         if temperature == 0:
             picked = x.argmax(dim=-1)
         else:
-            x = x.float()
-            # Shifted so the best logit is 0: a tiny temperature then sends the rest to -inf (greedy)
-            # instead of every logit to +-inf (NaN probabilities); the distribution is the same.
-            probs = filter_logits((x - x.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
+            probs = _filtered_probs(x, temperature, top_k, top_p)
             picked = torch.cat([torch.multinomial(probs[i], 1, generator=generators[b]) for i, b in enumerate(rows)])
         if whole:
             tokens = picked
         else:
             tokens[rows] = picked
     return tokens, (logits_BV.float().log_softmax(-1) if logprobs else None)
+
+
+def probabilities(logits_BV: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """The (B, V) float32 distributions ``choose`` draws each row from: after temperature, top-k and
+    top-p, and one-hot on the best logit for a greedy row (speculative decoding's accept rule needs
+    the distribution itself, not a draw)."""
+    out = torch.zeros(logits_BV.shape, dtype=torch.float32, device=logits_BV.device)
+    for (temperature, top_k, top_p), rows in _groups(params).items():
+        idx = torch.tensor(rows, device=logits_BV.device)
+        x = logits_BV[idx]
+        if temperature == 0:
+            out[idx, x.argmax(dim=-1)] = 1.0
+        else:
+            out[idx] = _filtered_probs(x, temperature, top_k, top_p)
+    return out
 
 
 def sample(logits_BV: torch.Tensor, params: SamplingParams | Sequence[SamplingParams],

@@ -36,8 +36,12 @@ OpenMP thread pool that another live thread left behind (the main thread, having
 makes the loop's multi-threaded regions wake their workers the slow way: decode steps of ``nano``
 took 3.5 ms instead of 1.8 ms on two cores.
 
-What this does not do: preemption (a running row keeps its cache until it ends), priorities, or
-speculative decoding.
+With an engine that speculates (``Engine(speculation=...)``), each decode step is the engine's
+``advance``: rows with a guess get it verified in the same model call, so rows accept different
+numbers of tokens in one step (each token still reaches the handle as its own event); prompt reuse
+and cancellation are unchanged. ``Metrics`` counts tokens proposed and accepted.
+
+What this does not do: preemption (a running row keeps its cache until it ends) or priorities.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from smallcode.errors import UserError
 from smallcode.runtime.engine import Engine, GenerationError, Prefill, PromptCache, Row
 from smallcode.runtime.metrics import Metrics
 from smallcode.runtime.sampling import SamplingParams, choose
+from smallcode.runtime.speculative import SpecRow
 from smallcode.runtime.step import StepCache, stack_caches
 
 log = logging.getLogger(__name__)
@@ -204,6 +209,8 @@ class _Request:
     left: int | None = None
     """Prompt tokens still to feed, estimated before its prefill starts (exact after)."""
     passed_over: int = 0
+    spec: SpecRow | None = None
+    """Its speculation state while decoding, when the engine speculates."""
 
 
 class Scheduler:
@@ -406,22 +413,32 @@ class Scheduler:
         if self._take(request, token, None if logp is None else logp[0]):
             return
         request.next_token = token
+        request.spec = self.engine.spec_row(request.ids, request.params)
+        if request.spec is not None:
+            request.spec.extend([token])
         self._cache = prefill.cache if self._cache is None else stack_caches([self._cache, prefill.cache])
         self._decoding.append(request)
 
     def _decode(self) -> None:
-        """One token for every decoding row; finished rows leave the batch."""
+        """One step for every decoding row (one token each, or several where a guess was accepted);
+        finished rows leave the batch."""
         assert self._cache is not None
-        rows = self._decoding
-        logits = self.engine.decode_step(self._cache, [r.next_token for r in rows])
-        self.metrics.decode_steps.inc()
-        tokens, logp = choose(logits, [r.params for r in rows], [r.generator for r in rows],
-                              logprobs=any(r.logprobs for r in rows))
+        rows, m = self._decoding, self.metrics
+        steps = self.engine.advance(self._cache, [r.next_token for r in rows], [r.params for r in rows],
+                                    [r.generator for r in rows],
+                                    [r.spec for r in rows] if self.engine.speculator is not None else None,
+                                    logprobs=any(r.logprobs for r in rows))
+        m.decode_steps.inc()
         finished = []
-        for i, (request, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-            request.next_token = token
-            if self._take(request, token, None if logp is None else logp[i]):
-                finished.append(i)
+        for i, (request, step) in enumerate(zip(rows, steps, strict=True)):
+            request.next_token = step.tokens[-1]
+            if step.proposed:
+                m.spec_proposed.inc(step.proposed)
+                m.spec_accepted.inc(step.accepted)
+            for j, token in enumerate(step.tokens):
+                if self._take(request, token, None if step.logprobs is None else step.logprobs[j]):
+                    finished.append(i)
+                    break
         if finished:
             self._remove(finished)
 

@@ -12,13 +12,14 @@ A ``ModelStep`` turns token ids into next-token logits, continuing the rows of a
   and return an object whose ``logits`` are (B, T, V), or (B, 1, V) with ``last_only``.
 
 A ``StepCache`` is what the engine moves rows with: ``batch``, ``select`` (rows in a new order,
-repeats allowed), ``clone``, ``can_truncate``/``truncate`` (back to fewer positions), ``nbytes`` and
+repeats allowed), ``clone``, ``can_truncate``/``truncate`` (back to fewer positions), ``rewind`` (rows back by
+different numbers of positions, in place: speculative decoding), ``nbytes`` and
 ``stack`` (rows of several caches in one; called on any one of them, see ``stack_caches``).
 
 A step may also declare ``limits`` (a ``StepLimits``): how many rows one cache may hold, whether its
-caches may be kept in a ``PromptCache``, whether a prompt may be fed in pieces. Without it, none of
-these is limited. The engine and the scheduler respect the limits and know nothing else about the
-model behind a step.
+caches may be kept in a ``PromptCache``, whether a prompt may be fed in pieces, whether it may
+speculate. Without it, none of these is limited. The engine and the scheduler respect the limits and
+know nothing else about the model behind a step.
 
 Implementations: ``SmallCodeLM`` with ``smallcode.model.kv_cache.KVCache`` (after
 ``cpu_decode.prepare_for_decoding``, which ``Engine`` does), ``runtime.onnx.OnnxModel`` (the same
@@ -48,6 +49,8 @@ class StepLimits:
     prefill_pieces: bool = True
     """Whether a prompt may be fed in several calls; False: the whole prompt in one call, as
     transformers' ``generate`` feeds it (its greedy tokens then stay exactly ``generate``'s)."""
+    speculation: bool = True
+    """Whether speculative decoding may run on it: several tokens per row in one call, then ``rewind``."""
 
 
 NO_LIMITS = StepLimits()
@@ -76,6 +79,9 @@ class StepCache(Protocol):
     def clone(self: C) -> C: ...
     def can_truncate(self, length: int) -> bool: ...
     def truncate(self: C, length: int) -> C: ...
+    def rewind(self, drop: list[int]) -> None:
+        """Forget the last ``drop[b]`` positions of row b, in place (speculative decoding's rollback)."""
+        ...
     def nbytes(self) -> int: ...
     def stack(self, caches: list[Any]) -> Any:
         """Rows of ``caches`` (of this cache's kind) in one cache; may be a static method."""
