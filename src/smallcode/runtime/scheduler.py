@@ -206,6 +206,18 @@ class _Request:
     passed_over: int = 0
 
 
+@dataclass(frozen=True)
+class SlotView:
+    """What ``Scheduler.slots`` shows of one running request (a copy: it does not change later)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    max_tokens: int
+    state: str
+    """"prefilling" (its prompt is going in) or "decoding"."""
+    params: SamplingParams
+
+
 class Scheduler:
     """Continuous batching over one ``Engine`` (see the module docstring). Thread-safe ``submit``."""
 
@@ -483,3 +495,23 @@ class Scheduler:
         self._prefilling, self._decoding, self._cache = [], [], None
         self.metrics.queue_depth.set(0)
         self.metrics.batch_size.set(0)
+
+    def slots(self) -> list[SlotView]:
+        """The running requests (at most ``max_batch``), prefilling ones first; callable from any thread.
+
+        The loop thread owns the lists and may change them meanwhile: they are copied first (one
+        attribute read and one list copy each, atomic under the GIL). A request moving from prefilling
+        to decoding between the two copies is shown once, or, for that instant, not at all: a
+        monitoring view, not a count to rely on.
+        """
+        prefilling, decoding = list(self._prefilling), list(self._decoding)
+        seen: set[int] = set()
+        views = []
+        for state, requests in (("prefilling", prefilling), ("decoding", decoding)):
+            for r in requests:
+                if id(r) in seen or r.handle.finish_reason is not None:
+                    continue
+                seen.add(id(r))
+                views.append(SlotView(r.handle.prompt_tokens, r.handle.completion_tokens, r.params.max_tokens,
+                                      state, r.params))
+        return views
