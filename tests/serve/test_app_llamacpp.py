@@ -310,3 +310,45 @@ def test_health_is_llamacpps(http: httpx.Client) -> None:
     for path in ("/health", "/v1/health"):
         response = http.get(path)
         assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------------- a transformers tokenizer with a BOS
+@pytest.fixture(scope="module")
+def hf_served(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny transformers Llama with DeepSeek-Coder's special tokens (a BOS opens every prompt) behind the app."""
+    from app_helpers import serve  # type: ignore[import-not-found]
+
+    from hf_tokenizers import family_tokenizer, tiny_llama_dir  # type: ignore[import-not-found]
+    from smallcode.runtime.hf import open_hf
+    from smallcode.serve.app import create_app
+
+    tok = family_tokenizer("deepseek-coder")
+    scheduler, fmt = open_hf(tiny_llama_dir(tmp_path_factory.mktemp("hf"), tok))
+    try:
+        with serve(create_app(scheduler, fmt, model_name="ds")) as url, httpx.Client(base_url=url, timeout=120) as c:
+            yield c, tok
+    finally:
+        scheduler.close()
+
+
+def test_a_bos_opens_text_prompts_only(hf_served: Any) -> None:
+    http, tok = hf_served
+    text = "def add(a, b):\n    return a + b  # é\n"
+    plain = http.post("/tokenize", json={"content": text}).json()["tokens"]
+    assert plain == tok.encode(text, add_special_tokens=False)
+    special = http.post("/tokenize", json={"content": text, "add_special": True}).json()["tokens"]
+    assert special == tok.encode(text) == [tok.bos_token_id, *plain]
+    pieces = http.post("/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
+    raw = b"".join(p["piece"].encode("utf-8") if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces)
+    assert raw == text.encode("utf-8") and any(isinstance(p["piece"], list) for p in pieces)
+    by_text = complete(http, prompt=text, n_predict=5)
+    assert by_text["tokens_evaluated"] == len(special)
+    assert complete(http, prompt=special, n_predict=5)["content"] == by_text["content"]
+    # Text that does not open a mixed prompt gets no BOS; text that does, gets one.
+    assert complete(http, prompt=[*special[:3], text[2:]], n_predict=2)["tokens_evaluated"] == 3 + len(
+        tok.encode(text[2:], add_special_tokens=False))
+    assert complete(http, prompt=[text[:2], *plain[2:]], n_predict=2)["tokens_evaluated"] == len(special)
+    assert http.post("/detokenize", json={"tokens": plain}).json() == {"content": text}
+    assert_error(http.post("/detokenize", json={"tokens": [len(tok)]}), 400, "tokens")
+    props = http.get("/props").json()
+    assert props["chat_template"] == tok.chat_template and props["total_slots"] == 1
