@@ -145,6 +145,16 @@ def test_token_ids_and_mixed_prompts_read_as_text_does(http: httpx.Client, refer
     assert many[0]["content"] == greedy(reference, ids, 6) and many[1]["content"] == greedy(reference, ids[:7], 6)
 
 
+def test_a_stream_of_several_prompts_tags_each_event_with_its_index(http: httpx.Client, reference: Engine,
+                                                                    prompt_format: Any) -> None:
+    ids = prompt_format.encode(PROMPT)
+    got = events(http, {"prompt": [PROMPT, ids[:9]], "n_predict": 8, "n_cmpl": 2, "temperature": 0, "stream": True})
+    assert sorted(e["index"] for e in got if e["stop"]) == [0, 1, 2, 3]  # prompt-major, n_cmpl each
+    texts = ["".join(e["content"] for e in got if e["index"] == i) for i in range(4)]
+    assert texts[0] == texts[1] == greedy(reference, ids, 8)
+    assert texts[2] == texts[3] == greedy(reference, ids[:9], 8)
+
+
 def test_a_stop_string_is_the_stopping_word(http: httpx.Client, reference: Engine, prompt_format: Any) -> None:
     full = greedy(reference, prompt_format.encode(PROMPT), 30)
     stop = full[6:9]

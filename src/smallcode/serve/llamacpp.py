@@ -197,6 +197,8 @@ def _completion_final(service: Service, body: LlamaCompletionRequest, run: _Run,
         "stop_type": stop_type, "stopping_word": _stopping_word(service, choice, body) if stop_type == "word" else "",
         "tokens_cached": handle.cached_tokens, "timings": _timings(run, started),
     }
+    if evaluate_only:
+        out["generation_settings"]["n_predict"] = 0
     if run.job.logprobs and not streamed and not evaluate_only:
         out["completion_probabilities"] = completion_probabilities(service, tokens, choice.logprobs or [])
     return out
@@ -347,10 +349,11 @@ def _vocab_string(tokenizer: Any, token: int) -> str | None:
 
 
 def token_bytes(service: Service, token: int) -> bytes:
-    """The bytes of one token: its text, or, when that is not whole UTF-8 (a piece of a multi-byte
-    character decodes to U+FFFD), its spelling in the vocabulary (byte-level BPE, or ``<0xNN>``)."""
+    """The bytes of one token: its text as the scheduler decodes a token (a SentencePiece word start
+    keeps its space), or, when that is not whole UTF-8 (a piece of a multi-byte character decodes
+    to U+FFFD), its spelling in the vocabulary (byte-level BPE, or ``<0xNN>``)."""
     tokenizer = service.loaded_scheduler().engine.tokenizer
-    text = service.decode([token])
+    text = tokenizer.decode([token])
     if "\ufffd" not in text:
         return text.encode("utf-8")
     spelled = _vocab_string(tokenizer, token)
@@ -380,7 +383,8 @@ def _utf8_prefix(raw: bytes) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _ids_by_text(decode: Callable[[list[int]], str], vocab_size: int) -> dict[str, int]:
-    """Each token's text to its id; -1 for a text that several tokens share."""
+    """Each token's text to its id; -1 for a text that several tokens share. Built once per tokenizer,
+    on the first request with ``n_probs`` (a decode per vocabulary entry)."""
     out: dict[str, int] = {}
     for i in range(vocab_size):
         text = decode([i])
@@ -396,7 +400,8 @@ def completion_probabilities(service: Service, tokens: list[int], items: list[To
 
     if not items:
         return []
-    ids = _ids_by_text(service.decode, service.vocab_size)
+    # The texts the scheduler gave the alternatives: its tokenizer's decoding of each alone.
+    ids = _ids_by_text(service.loaded_scheduler().engine.tokenizer.decode, service.vocab_size)
     out = []
     for token, item in zip(tokens, items, strict=False):
         top = []

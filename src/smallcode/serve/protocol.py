@@ -1,6 +1,6 @@
 """The wire formats of ``smallcode serve``: pydantic models of the requests, and the error shape.
 
-Four request bodies: OpenAI's ``/v1/completions`` (``prompt`` a string or a list of strings,
+The request bodies: OpenAI's ``/v1/completions`` (``prompt`` a string or a list of strings,
 ``suffix`` for fill-in-the-middle) and ``/v1/chat/completions``, Mistral's ``/v1/fim/completions``,
 and llama.cpp's ``/infill``; and llama.cpp's ``/completion``, ``/tokenize`` and ``/detokenize``. Types
 are strict (a JSON string is not an integer, ``NaN`` is not a temperature), so a wrong type is a 400
