@@ -316,6 +316,25 @@ def test_slots_show_a_running_request(http: httpx.Client, live: tuple[str, Any],
     assert_error(http.post("/slots/0?action=explode"), 400, "action")
 
 
+def test_scheduler_slots_show_each_running_request_once(live: tuple[str, Any], prompt_format: Any) -> None:
+    scheduler = live[1]
+    ids = prompt_format.encode(PROMPT * 4)
+    params = SamplingParams(max_tokens=150, temperature=0, ignore_eos=True)
+    handles = [scheduler.submit(ids, params), scheduler.submit(ids[:20], params)]
+    seen = []
+    while any(h.finish_reason is None for h in handles):
+        views = scheduler.slots()
+        assert len(views) <= 2
+        seen += views
+    assert seen, "no view showed the running requests"
+    for view in seen:
+        assert view.state in ("prefilling", "decoding") and view.prompt_tokens in (len(ids), 20)
+        assert view.params.max_tokens == 150 and 0 <= view.completion_tokens <= 150
+        if view.state == "prefilling":
+            assert view.completion_tokens == 0
+    assert scheduler.slots() == []
+
+
 def test_health_is_llamacpps(http: httpx.Client) -> None:
     for path in ("/health", "/v1/health"):
         response = http.get(path)

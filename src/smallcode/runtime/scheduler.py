@@ -212,7 +212,6 @@ class SlotView:
 
     prompt_tokens: int
     completion_tokens: int
-    max_tokens: int
     state: str
     """"prefilling" (its prompt is going in) or "decoding"."""
     params: SamplingParams
@@ -497,21 +496,22 @@ class Scheduler:
         self.metrics.batch_size.set(0)
 
     def slots(self) -> list[SlotView]:
-        """The running requests (at most ``max_batch``), prefilling ones first; callable from any thread.
+        """The running requests (at most ``max_batch``); callable from any thread.
 
-        The loop thread owns the lists and may change them meanwhile: they are copied first (one
-        attribute read and one list copy each, atomic under the GIL). A request moving from prefilling
+        The loop thread owns the lists and changes them meanwhile: they are copied (one attribute
+        read and one list copy each, atomic under the GIL), and each view's state is read from its
+        own token count (a request decodes from its first token on), so a view is consistent even
+        when its request moved on between the copy and the read. A request moving from prefilling
         to decoding between the two copies is shown once, or, for that instant, not at all: a
         monitoring view, not a count to rely on.
         """
-        prefilling, decoding = list(self._prefilling), list(self._decoding)
+        requests = list(self._prefilling) + list(self._decoding)
         seen: set[int] = set()
         views = []
-        for state, requests in (("prefilling", prefilling), ("decoding", decoding)):
-            for r in requests:
-                if id(r) in seen or r.handle.finish_reason is not None:
-                    continue
-                seen.add(id(r))
-                views.append(SlotView(r.handle.prompt_tokens, r.handle.completion_tokens, r.params.max_tokens,
-                                      state, r.params))
+        for r in requests:
+            if id(r) in seen or r.handle.finish_reason is not None:
+                continue
+            seen.add(id(r))
+            done = r.handle.completion_tokens
+            views.append(SlotView(r.handle.prompt_tokens, done, "decoding" if done else "prefilling", r.params))
         return views
