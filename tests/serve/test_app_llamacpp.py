@@ -336,9 +336,23 @@ def test_scheduler_slots_show_each_running_request_once(live: tuple[str, Any], p
 
 
 def test_health_is_llamacpps(http: httpx.Client) -> None:
+    """llama.cpp answers 503 while loading (tools/server/README.md, GET /health); Tabby's supervisor
+    waits for a 2xx (crates/llama-cpp-server/src/supervisor.rs) and llama.vscode reads ``status``
+    (src/llama-server.ts, checkHealth), so the 503's body says ``status`` too."""
+    from app_helpers import serve  # type: ignore[import-not-found]
+
+    from smallcode.serve.app import create_app
+
     for path in ("/health", "/v1/health"):
         response = http.get(path)
         assert response.status_code == 200 and response.json() == {"status": "ok"}
+    with serve(create_app(None, None, api_key="k")) as url:
+        for path in ("/health", "/v1/health"):  # open without the key, as llama.cpp's
+            loading = httpx.get(url + path)
+            assert loading.status_code == 503 and loading.headers["Retry-After"] == "1"
+            assert loading.json()["status"] == "loading" and loading.json()["error"]["type"] == "unavailable_error"
+        assert httpx.get(url + "/props", headers={"Authorization": "Bearer k"}).status_code == 503
+        assert httpx.post(url + "/tokenize", json={"content": "x"}).status_code == 401
 
 
 # ---------------------------------------------------------------------- a transformers tokenizer with a BOS
