@@ -202,6 +202,11 @@ def test_n_predict(http: httpx.Client, prompt_format: Any) -> None:
     assert only_prompt["tokens_evaluated"] == len(prompt_format.encode(PROMPT))
     again = complete(http, prompt=PROMPT, n_predict=1)
     assert again["tokens_cached"] > 0  # n_predict 0 put the prompt in the cache
+    assert not again["truncated"]
+    # A prompt that leaves 5 positions of the context: the generation is cut there, as llama.cpp's.
+    long = prompt_format.encode("x = 1\n" * CONTEXT)[:CONTEXT - 5]
+    cut = complete(http, prompt=long, n_predict=50, ignore_eos=True)
+    assert cut["tokens_predicted"] == 5 and cut["truncated"] is True and cut["stop_type"] == "limit"
 
 
 def test_samplers_it_lacks_are_refused_only_where_they_would_change_the_output(http: httpx.Client) -> None:

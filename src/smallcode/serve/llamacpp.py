@@ -193,7 +193,8 @@ def _completion_final(service: Service, body: LlamaCompletionRequest, run: _Run,
         "tokens_evaluated": handle.prompt_tokens,
         "generation_settings": generation_settings(service, run.job.params, n_probs=run.job.logprobs,
                                                    stream=body.stream),
-        "prompt": service.decode(run.job.ids), "has_new_line": "\n" in text, "truncated": False,
+        "prompt": service.decode(run.job.ids), "has_new_line": "\n" in text,
+        "truncated": _truncated(service, handle, stop_type),
         "stop_type": stop_type, "stopping_word": _stopping_word(service, choice, body) if stop_type == "word" else "",
         "tokens_cached": handle.cached_tokens, "timings": _timings(run, started),
     }
@@ -258,6 +259,12 @@ async def _completion_events(service: Service, body: LlamaCompletionRequest, run
             sent_probs[i] = len(tokens)
         shown[i], sent_tokens[i] = safe, len(tokens)
         yield sse(event)
+
+
+def _truncated(service: Service, handle: RequestHandle, stop_type: str) -> bool:
+    """llama.cpp's ``truncated``: the generation ran into the end of the context."""
+    context = service.max_context
+    return stop_type == "limit" and context is not None and handle.prompt_tokens + handle.completion_tokens >= context
 
 
 def _stopping_word(service: Service, choice: Choice, body: LlamaCompletionRequest) -> str:

@@ -320,8 +320,9 @@ class Service:
     def llama_completion_jobs(self, req: LlamaCompletionRequest) -> list[Job]:
         """llama.cpp's ``/completion``: one job per prompt, ``n_cmpl`` samples each.
 
-        ``n_predict`` above the server's cap (and -1) is the cap, as llama.cpp clamps it to its ``-n``;
-        0 is one token that the answer drops, so that the prompt is evaluated into the prompt cache.
+        ``n_predict`` above the server's cap (and -1) is the cap, as llama.cpp clamps it to its ``-n``,
+        and what does not fit in the context is cut (the answer says ``truncated``); 0 is one token
+        that the answer drops, so that the prompt is evaluated into the prompt cache.
         """
         self._loaded()
         if (field := llama_unsupported(req)) is not None:
@@ -333,10 +334,13 @@ class Service:
         greedy = req.temperature <= 0
         seed = None if req.seed == -1 else req.seed % MAX_SEED
         jobs = []
+        context = self.max_context
         for ids in prompts:
-            n_predict = req.n_predict
+            n_predict: int | None = req.n_predict
             if n_predict == -1 or n_predict > self.limits.max_tokens:
                 n_predict = None  # the cap, or what fits
+            elif context is not None and len(ids) < context < len(ids) + n_predict:
+                n_predict = context - len(ids)  # llama.cpp generates until the context is full
             params = self._params(ids, max(1, n_predict) if n_predict is not None else None, "n_predict",
                                   temperature=0.0 if greedy else req.temperature, top_p=min(1.0, req.top_p),
                                   top_k=max(0, req.top_k), seed=seed, stop=stops)
