@@ -213,6 +213,17 @@ class _Request:
     """Its speculation state while decoding, when the engine speculates."""
 
 
+@dataclass(frozen=True)
+class SlotView:
+    """What ``Scheduler.slots`` shows of one running request (a copy: it does not change later)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    state: str
+    """"prefilling" (its prompt is going in) or "decoding"."""
+    params: SamplingParams
+
+
 class Scheduler:
     """Continuous batching over one ``Engine`` (see the module docstring). Thread-safe ``submit``."""
 
@@ -500,3 +511,24 @@ class Scheduler:
         self._prefilling, self._decoding, self._cache = [], [], None
         self.metrics.queue_depth.set(0)
         self.metrics.batch_size.set(0)
+
+    def slots(self) -> list[SlotView]:
+        """The running requests (at most ``max_batch``); callable from any thread.
+
+        The loop thread owns the lists and changes them meanwhile: they are copied (one attribute
+        read and one list copy each, atomic under the GIL), and each view's state is read from its
+        own token count (a request decodes from its first token on), so a view is consistent even
+        when its request moved on between the copy and the read. A request moving from prefilling
+        to decoding between the two copies is shown once, or, for that instant, not at all: a
+        monitoring view, not a count to rely on.
+        """
+        requests = list(self._prefilling) + list(self._decoding)
+        seen: set[int] = set()
+        views = []
+        for r in requests:
+            if id(r) in seen or r.handle.finish_reason is not None:
+                continue
+            seen.add(id(r))
+            done = r.handle.completion_tokens
+            views.append(SlotView(r.handle.prompt_tokens, done, "decoding" if done else "prefilling", r.params))
+        return views

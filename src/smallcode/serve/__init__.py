@@ -5,7 +5,8 @@ behind HTTP. It defines no model logic: it does not batch, cache, sample or lay 
   ``/health``, ``/metrics``, and the routers below;
 * ``openai``: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``;
 * ``mistral``: ``/v1/fim/completions``;
-* ``llamacpp``: ``/infill`` (and its ``n_indent``);
+* ``llamacpp``: llama.cpp's ``/infill`` (and its ``n_indent``), ``/completion``, ``/tokenize``,
+  ``/detokenize``, ``/props``, ``/slots``;
 * ``service``: ``Service`` (a parsed request to scheduler submissions), ``Limits``, ``APIError``;
 * ``handles``: consuming the scheduler's handles (collecting, merging, cancelling when the client goes);
 * ``responses``: the shared answer shapes (errors, usage, log-probabilities, server-sent events);

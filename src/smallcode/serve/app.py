@@ -63,6 +63,7 @@ def create_app(scheduler: Scheduler | None, prompt_format: PromptFormat | None, 
     app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _crash)
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/health", health, methods=["GET"], include_in_schema=False)  # llama.cpp's alias
     app.add_api_route("/metrics", metrics, methods=["GET"])
     unknown = set(families) - set(FAMILIES)
     if unknown:
@@ -73,8 +74,14 @@ def create_app(scheduler: Scheduler | None, prompt_format: PromptFormat | None, 
     return app
 
 
-async def health(request: Request) -> dict[str, str]:
-    return {"status": "ok" if request.app.state.service.ready else "loading"}
+async def health(request: Request) -> Any:
+    """``{"status": "ok"}`` once the model is loaded; before, llama.cpp's answer: a 503 with an error
+    body (Tabby's supervisor, for one, waits for a 2xx), which also says ``"status": "loading"``."""
+    if request.app.state.service.ready:
+        return {"status": "ok"}
+    body = {"status": "loading", "error": {"message": "Loading model", "type": "unavailable_error", "param": None,
+                                           "code": "model_loading"}}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 async def metrics(request: Request) -> Response:
@@ -123,7 +130,7 @@ class _Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.key is not None and scope.get("path") != "/health":
+        if self.key is not None and scope.get("path") not in ("/health", "/v1/health"):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):
                 response = error_response(401, "a valid API key is needed: send Authorization: Bearer KEY",

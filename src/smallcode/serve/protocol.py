@@ -1,8 +1,8 @@
 """The wire formats of ``smallcode serve``: pydantic models of the requests, and the error shape.
 
-Four request bodies: OpenAI's ``/v1/completions`` (``prompt`` a string or a list of strings,
+The request bodies: OpenAI's ``/v1/completions`` (``prompt`` a string or a list of strings,
 ``suffix`` for fill-in-the-middle) and ``/v1/chat/completions``, Mistral's ``/v1/fim/completions``,
-and llama.cpp's ``/infill``. Types
+and llama.cpp's ``/infill``; and llama.cpp's ``/completion``, ``/tokenize`` and ``/detokenize``. Types
 are strict (a JSON string is not an integer, ``NaN`` is not a temperature), so a wrong type is a 400
 before anything is tokenised. Ranges that do not depend on the server's configuration are checked
 here (``logprobs`` <= 5, ``top_p`` in (0, 1], ...); the configurable caps (``max_tokens``, ``n``,
@@ -147,6 +147,119 @@ class InfillRequest(_Request):
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     """-1 draws a fresh seed, as llama.cpp does."""
     model: str | None = None
+
+
+LlamaPrompt = str | list[int | str | list[int | str]]
+"""llama.cpp's ``prompt``: text, token ids, a mix of both, or a list of such prompts."""
+
+
+class LlamaCompletionRequest(_Request):
+    """``POST /completion`` (and ``/completions``), llama.cpp's native completion body (Continue's and
+    Tabby's llama.cpp providers). Defaults are llama.cpp's where this server does the same thing.
+
+    The knobs of samplers this server does not have are accepted at the values where they do
+    nothing, and also at any value where they cannot change the output (``min_p`` and the other
+    filters when decoding is greedy; penalties when ``repeat_last_n`` is 0, which switches them off
+    in llama.cpp); any other value is a 400 naming the field (:func:`llama_unsupported`).
+    """
+
+    prompt: LlamaPrompt
+    n_predict: int = Field(-1, ge=-1)
+    """Most new tokens; -1 (and anything above the server's cap) is the cap; 0 only evaluates the prompt."""
+    stream: bool = False
+    stop: str | list[str] = Field(default_factory=list)
+    n_probs: int = Field(0, ge=0)
+    """Log-probabilities of the chosen token and the ``n_probs`` most likely ones, per token."""
+    n_indent: int = Field(0, ge=0)
+    """As ``/infill``'s: stop at a line indented by fewer than ``n_indent`` characters."""
+    n_cmpl: int = Field(1, ge=1)
+    """Completions per prompt (sample i seeded ``seed + i``)."""
+    t_max_predict_ms: int = Field(0, ge=0)
+    temperature: float = 0.8
+    """<= 0 is greedy, as in llama.cpp."""
+    top_k: int = 40
+    """<= 0: no limit."""
+    top_p: float = Field(0.95, gt=0)
+    """>= 1: no limit."""
+    seed: int = Field(-1, ge=-1, le=2**64 - 1)
+    """-1 draws a fresh seed; others are taken modulo ``MAX_SEED`` (Tabby sends a millisecond clock)."""
+    ignore_eos: bool = False
+    cache_prompt: bool = True
+    """Accepted: prompt reuse is exact here, so caching never changes an answer and is always on."""
+    return_tokens: bool = False
+    """Accepted: ``tokens`` is always filled."""
+    response_fields: list[str] | None = None
+    """Only these fields of the answer (``a/b`` takes field ``b`` of object ``a`` to the top, as ``b``)."""
+    model: str | None = None
+    # Samplers and penalties this server does not have: see llama_unsupported for when each is refused.
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    dynatemp_range: float = 0.0
+    xtc_probability: float = 0.0
+    top_n_sigma: float = -1.0
+    mirostat: int = 0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    dry_multiplier: float = 0.0
+    dry_penalty_last_n: int = -1
+    logit_bias: list[Any] | dict[str, Any] | None = None
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    lora: list[Any] | None = None
+    post_sampling_probs: bool = False
+
+
+class TokenizeRequest(_Request):
+    """``POST /tokenize``."""
+
+    content: str
+    add_special: bool = False
+    """Put the tokenizer's sequence start (a BOS token, if it has one) in front, as a prompt gets it."""
+    parse_special: bool = True
+    """Accepted; special tokens in ``content`` are read as the served prompt format reads text."""
+    with_pieces: bool = False
+    """Answer ``[{"id", "piece"}]``; a piece is a string, or its bytes when they are not valid UTF-8."""
+
+
+class DetokenizeRequest(_Request):
+    """``POST /detokenize``."""
+
+    tokens: list[int] = Field(default_factory=list)
+
+
+def llama_unsupported(request: LlamaCompletionRequest) -> str | None:
+    """The first field of a ``/completion`` body that asks for a sampler or penalty this server does
+    not have, at a value where it would change the output; None when there is none."""
+    greedy = request.temperature <= 0
+    if not greedy:
+        filters = (("min_p", request.min_p > 0), ("typical_p", request.typical_p < 1),
+                   ("dynatemp_range", request.dynatemp_range > 0), ("xtc_probability", request.xtc_probability > 0),
+                   ("top_n_sigma", request.top_n_sigma > 0), ("mirostat", request.mirostat != 0))
+        for name, active in filters:
+            if active:
+                return name
+    if request.repeat_last_n != 0:
+        penalties = (("repeat_penalty", request.repeat_penalty != 1),
+                     ("presence_penalty", request.presence_penalty != 0),
+                     ("frequency_penalty", request.frequency_penalty != 0))
+        for name, active in penalties:
+            if active:
+                return name
+    if request.dry_multiplier != 0 and request.dry_penalty_last_n != 0:
+        return "dry_multiplier"
+    if request.logit_bias:
+        return "logit_bias"
+    if request.grammar:
+        return "grammar"
+    if request.json_schema is not None:
+        return "json_schema"
+    if request.lora:
+        return "lora"
+    if request.post_sampling_probs:
+        return "post_sampling_probs"
+    return None
 
 
 class ErrorBody(BaseModel):

@@ -24,7 +24,7 @@ from smallcode.config import ConfigError
 from smallcode.runtime.engine import GenerationError
 from smallcode.runtime.formats import PromptFormat
 from smallcode.runtime.sampling import SamplingParams
-from smallcode.runtime.scheduler import QueueFull, RequestHandle, Scheduler
+from smallcode.runtime.scheduler import MAX_LOGPROBS, QueueFull, RequestHandle, Scheduler
 from smallcode.serve.protocol import (
     MAX_SEED,
     ChatRequest,
@@ -32,6 +32,9 @@ from smallcode.serve.protocol import (
     ErrorType,
     FimRequest,
     InfillRequest,
+    LlamaCompletionRequest,
+    LlamaPrompt,
+    llama_unsupported,
     unsupported,
 )
 
@@ -244,6 +247,107 @@ class Service:
         params = self._params(ids, max_tokens, "n_predict", temperature=req.temperature, top_p=req.top_p,
                               top_k=req.top_k, seed=None if req.seed == -1 else req.seed, stop=self._stops(req.stop))
         return Job(ids, params, 1)
+
+    # ------------------------------------------------------------------ llama.cpp's token-level routes
+    def loaded_scheduler(self) -> Scheduler:
+        """The scheduler of a ready service; a 503 while the model loads."""
+        self._loaded()
+        assert self.scheduler is not None
+        return self.scheduler
+
+    @property
+    def vocab_size(self) -> int:
+        """How many token ids the served tokenizer has (ids at or past it are no tokens)."""
+        return int(self.loaded_scheduler().engine.tokenizer.vocab_size)
+
+    def tokenize(self, text: str, *, add_special: bool, param: str = "content") -> list[int]:
+        """The ids of ``text``: as a prompt is encoded (``add_special``), or without the sequence start
+        that the tokenizer puts in front of every prompt (a BOS token; smallcode's own has none)."""
+        fmt = self._loaded()
+        ids = fmt.encode(checked_text(text, param))
+        if not add_special:
+            lead = fmt.encode("")
+            if lead and ids[:len(lead)] == lead:
+                ids = ids[len(lead):]
+        return ids
+
+    def checked_ids(self, ids: list[int], param: str) -> list[int]:
+        """``ids``, refused with a 400 naming those that are no token of the served tokenizer."""
+        vocab = self.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            shown = ", ".join(str(i) for i in bad[:8]) + (", ..." if len(bad) > 8 else "")
+            raise APIError(400, f"{param}: token ids out of range [0, {vocab}): {shown}", param=param,
+                           code="invalid_token")
+        return ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        """The text of ``ids`` (``/detokenize``); ids out of range are a 400 naming them."""
+        return self._loaded().decode(self.checked_ids(ids, "tokens"))
+
+    def llama_prompts(self, prompt: LlamaPrompt) -> list[list[int]]:
+        """llama.cpp's ``prompt`` shapes as token ids, one list per prompt.
+
+        A string, a list of ids, or a list mixing ids and strings is one prompt; a list whose items are
+        all strings or lists is several. Text gets the tokenizer's sequence start only when it opens the
+        prompt (as in llama.cpp, where a BOS goes in front when the first element is a string); the
+        pieces of a mixed prompt are encoded one by one, so text is not merged across an id.
+        """
+        if isinstance(prompt, str):
+            return [self._mixed([prompt])]
+        if not prompt:
+            raise APIError(400, "prompt is an empty list", param="prompt")
+        if any(isinstance(p, int) for p in prompt):
+            if any(isinstance(p, list) for p in prompt):
+                raise APIError(400, "prompt mixes token ids and lists at its top level: give one prompt (ids "
+                                    "and strings) or a list of prompts", param="prompt")
+            return [self._mixed(prompt)]  # type: ignore[arg-type]
+        return [self._mixed([p] if isinstance(p, str) else p) for p in prompt]  # type: ignore[list-item]
+
+    def _mixed(self, parts: list[int | str]) -> list[int]:
+        ids: list[int] = []
+        for i, part in enumerate(parts):
+            if isinstance(part, str):
+                ids += self.tokenize(part, add_special=i == 0, param="prompt")
+            elif isinstance(part, int) and not isinstance(part, bool):
+                ids.append(part)
+            else:
+                raise APIError(400, "prompt: a prompt is text, token ids or a list of both", param="prompt")
+        if not ids:
+            raise APIError(400, "the prompt is empty: there is nothing to continue", param="prompt")
+        return self.checked_ids(ids, "prompt")
+
+    def llama_completion_jobs(self, req: LlamaCompletionRequest) -> list[Job]:
+        """llama.cpp's ``/completion``: one job per prompt, ``n_cmpl`` samples each.
+
+        ``n_predict`` above the server's cap (and -1) is the cap, as llama.cpp clamps it to its ``-n``,
+        and what does not fit in the context is cut (the answer says ``truncated``); 0 is one token
+        that the answer drops, so that the prompt is evaluated into the prompt cache.
+        """
+        self._loaded()
+        if (field := llama_unsupported(req)) is not None:
+            raise APIError(400, f"{field} is not supported by this server at this value (it has no such sampler "
+                                "or penalty)", param=field, code="unsupported")
+        prompts = self.llama_prompts(req.prompt)
+        self._check_n(len(prompts) * req.n_cmpl)
+        stops = self._stops(req.stop)
+        greedy = req.temperature <= 0
+        seed = None if req.seed == -1 else req.seed % MAX_SEED
+        jobs = []
+        context = self.max_context
+        for ids in prompts:
+            n_predict: int | None = req.n_predict
+            if n_predict == -1 or n_predict > self.limits.max_tokens:
+                n_predict = None  # the cap, or what fits
+            elif context is not None and len(ids) < context < len(ids) + n_predict:
+                n_predict = context - len(ids)  # llama.cpp generates until the context is full
+            params = self._params(ids, max(1, n_predict) if n_predict is not None else None, "n_predict",
+                                  temperature=0.0 if greedy else req.temperature, top_p=min(1.0, req.top_p),
+                                  top_k=max(0, req.top_k), seed=seed, stop=stops)
+            if req.ignore_eos:
+                params = SamplingParams(**{**params.to_dict(), "ignore_eos": True})
+            jobs.append(Job(ids, params, req.n_cmpl, min(req.n_probs, MAX_LOGPROBS) if req.n_probs else 0))
+        return jobs
 
     # ------------------------------------------------------------------ submitting
     def time_limit(self, t_max_predict_ms: int = 0) -> float:
