@@ -53,7 +53,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -89,6 +89,8 @@ class TokenLogprob:
     logprob: float
     top: list[tuple[str, float]]
     """Up to k most likely (text, logprob), best first."""
+    top_ids: list[int] = field(default_factory=list)
+    """The token ids of ``top``, in its order (texts may be shared: the pieces of one character)."""
 
 
 @dataclass
@@ -487,8 +489,9 @@ class Scheduler:
     def _logprob(self, token: int, logp_V: torch.Tensor, k: int) -> TokenLogprob:
         decode = self.engine.tokenizer.decode
         values, ids = logp_V.topk(min(k, logp_V.shape[-1]))
-        top = [(decode([i]), v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]
-        return TokenLogprob(decode([token]), float(logp_V[token]), top)
+        kept = [(i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v != float("-inf")]
+        return TokenLogprob(decode([token]), float(logp_V[token]), [(decode([i]), v) for i, v in kept],
+                            [i for i, _ in kept])
 
     def _finish(self, request: _Request, reason: str, text: str = "", token_ids: list[int] | None = None,
                 logprobs: list[TokenLogprob] | None = None) -> None:

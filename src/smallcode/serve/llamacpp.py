@@ -19,7 +19,6 @@ one's, else -1, and ``bytes`` are then those of the text.
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -388,38 +387,15 @@ def _utf8_prefix(raw: bytes) -> str:
         return raw[:e.start].decode("utf-8")
 
 
-@functools.lru_cache(maxsize=4)
-def _ids_by_text(decode: Callable[[list[int]], str], vocab_size: int) -> dict[str, int]:
-    """Each token's text to its id; -1 for a text that several tokens share. Built once per tokenizer,
-    on the first request with ``n_probs`` (a decode per vocabulary entry)."""
-    out: dict[str, int] = {}
-    for i in range(vocab_size):
-        text = decode([i])
-        out[text] = -1 if text in out else i
-    return out
-
-
 def completion_probabilities(service: Service, tokens: list[int], items: list[TokenLogprob]) -> list[dict[str, Any]]:
     """llama.cpp's ``completion_probabilities`` of ``tokens`` (one ``TokenLogprob`` each)."""
     def entry(token: int, logprob: float) -> dict[str, Any]:
         raw = token_bytes(service, token) if token >= 0 else b""
         return {"id": token, "token": _utf8_prefix(raw), "bytes": list(raw), "logprob": logprob}
 
-    if not items:
-        return []
-    # The texts the scheduler gave the alternatives: its tokenizer's decoding of each alone.
-    ids = _ids_by_text(service.loaded_scheduler().engine.tokenizer.decode, service.vocab_size)
-    out = []
-    for token, item in zip(tokens, items, strict=False):
-        top = []
-        for text, logprob in item.top:
-            alt = ids.get(text, -1)
-            if alt < 0 and text == item.token and logprob == item.logprob:
-                alt = token  # the same value from the same distribution: the chosen token itself
-            top.append(entry(alt, logprob) if alt >= 0 else
-                       {"id": -1, "token": text, "bytes": list(text.encode("utf-8")), "logprob": logprob})
-        out.append({**entry(token, item.logprob), "top_logprobs": top})
-    return out
+    return [{**entry(token, item.logprob),
+             "top_logprobs": [entry(alt, logprob) for alt, (_, logprob) in zip(item.top_ids, item.top, strict=True)]}
+            for token, item in zip(tokens, items, strict=False)]
 
 
 @router.post("/tokenize", responses=ERRORS)
