@@ -26,7 +26,10 @@ out: the wall time of the same request with ``max_tokens=1`` on the same engine)
 over plain on the same target, the acceptance rate (accepted / proposed tokens, from
 ``engine.spec_stats``) and how many completions are token-for-token identical to plain's (greedy: all
 of them, or the engine is wrong). ``copied_lines`` is the share of the completions' non-blank lines
-that occur in the code the prompt shows: how much a workload copies, what prompt lookup lives on.
+that occur in the code the prompt shows: how much a workload copies, what prompt lookup lives on;
+``distinct_4`` the completions' mean distinct-4-gram ratio (``eval.samples``, as ``speedrun.py``
+reports it): a small model's greedy output that loops (low ratio) is what prompt lookup guesses best,
+so read a speedup beside it.
 
 Then the server: **keystroke TTFT**, with and without ``--speculate ngram``. Each server is the app
 built in Python (``create_app`` + ``Scheduler(open_engine(model, speculate=...))`` + uvicorn on
@@ -114,10 +117,10 @@ def open_mode(path: str, speculate: str | None, k: int | None = None) -> Any:
     if speculate is None:
         return open_engine(path)
     if k is None:
-        return open_engine(path, speculate=speculate)  # type: ignore[call-arg]
-    from smallcode.runtime.speculative import Speculation  # type: ignore[import-not-found]
+        return open_engine(path, speculate=speculate)
+    from smallcode.runtime.speculative import Speculation
 
-    return open_engine(path, speculate=dataclasses.replace(Speculation.parse(speculate), k=k))  # type: ignore[call-arg]
+    return open_engine(path, speculate=dataclasses.replace(Speculation.parse(speculate), k=k))
 
 
 def spec_counts(engine: Any) -> tuple[int, int, int]:
@@ -357,6 +360,8 @@ def copied_share(samples: list[Sample], jobs: list[Job]) -> float | None:
 
 def run_workload(engines: dict[str, Any], all_modes: list[Mode], jobs: list[Job], progress: Any) -> dict[str, Any]:
     """Every job on every engine, the engines' order rotating job by job, after a warm-up each."""
+    from smallcode.eval.samples import distinct_ngram_ratio
+
     for engine in engines.values():
         jobs[0].call(engine, dataclasses.replace(jobs[0].params, max_tokens=min(8, jobs[0].params.max_tokens)))
     samples: dict[str, list[Sample]] = {name: [] for name in engines}
@@ -384,6 +389,7 @@ def run_workload(engines: dict[str, Any], all_modes: list[Mode], jobs: list[Job]
             "acceptance": round(accepted / proposed, 3) if proposed else None,
             "identical": sum(s.ids == b.ids for s, b in zip(got, base, strict=True)),
             "copied_lines": copied_share(got, jobs),
+            "distinct_4": round(statistics.mean(distinct_ngram_ratio(s.text) for s in got), 3),
         }
     for mode in all_modes:
         row, base = out[mode.name], out[mode.baseline]
@@ -630,8 +636,8 @@ def main() -> None:
 def print_tables(r: dict[str, Any]) -> None:
     """The result as markdown tables, goals beside the figures."""
     print("\n| workload | engine | requests | tokens | tokens/s | speedup | decode tokens/s | decode speedup | "
-          "acceptance | identical to plain | copied lines | goal |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "acceptance | identical to plain | copied lines | distinct-4 | goal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for workload in WORKLOADS:
         for name, row in r.get(workload, {}).items():
             spec = name in ("ngram", "draft")
@@ -639,7 +645,7 @@ def print_tables(r: dict[str, Any]) -> None:
             acc = "" if row["acceptance"] is None else f"{row['acceptance']:.0%}"
             print(f"| {workload} | {name} | {row['requests']} | {row['tokens']} | {row['tokens_per_s']:.1f} | "
                   f"{row['speedup']:.2f}x | {row['decode_tokens_per_s']:.1f} | {row['decode_speedup']:.2f}x | {acc} | "
-                  f"{row['identical']}/{row['requests']} | {row['copied_lines']} | {goal} |")
+                  f"{row['identical']}/{row['requests']} | {row['copied_lines']} | {row['distinct_4']} | {goal} |")
     if "keystroke" in r:
         k = r["keystroke"]
         print("\n| server | requests | TTFT p50 ms | TTFT p95 ms | prefilled tokens | proposed | accepted |")
