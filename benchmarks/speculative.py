@@ -8,14 +8,16 @@ the recipe trained on (``smallcode.eval.heldout.held_out_set``):
    the system message with the action format, the task ("rename the local variable ``x`` of ``f`` to
    ``new_x``" for a function of that file), the agent's ``read`` of the function's lines and the
    numbered lines that read showed. The reply is opened with the edit block's first lines, as an
-   agent reply opens it (`````edit``, the path, ``<<<<<<< SEARCH``), and the model writes the rest
+   agent reply opens it (`````edit``, the path, ``<<<<<<< SEARCH``; the line break is the model's, as
+   the tokenizer spells it with the next line's indentation), and the model writes the rest
    itself (``--edit-max-tokens``, no stop but the model's own).
 2. **fim**: a cursor inside a line of a held-out file, the rest of that line deleted (the text still to
    type); prefix and suffix cut by the language server's own budget (``lsp.context.build_context``)
    and laid out by ``Engine.complete``; ``max_tokens`` and stop as the language server sets them for a
    completion triggered while typing (``lsp.server.Settings.auto_max_tokens``; a newline stop only
    when text follows the cursor on its line, ``lsp.postprocess.multiline``).
-3. **free**: a held-out function's signature and docstring, continued for ``--free-max-tokens`` (128).
+3. **free**: a held-out function's signature and docstring (up to its closing quotes), continued for
+   ``--free-max-tokens`` (128).
 
 Each prompt runs on every engine in turn (the order rotating from prompt to prompt), after one warm-up
 request per engine: ``plain`` (``open_engine(model)``), ``ngram`` (``open_engine(model,
@@ -81,8 +83,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"edit": 2.0, "fim": 1.3, "free": 0.95}
 """Speedup over plain decoding that issue #24 asks for, per workload (tokens/s, greedy)."""
 WORKLOADS = ("edit", "fim", "free")
-EDIT_OPENER = "```edit\n{path}\n<<<<<<< SEARCH\n"
-"""How the edit replies start: the block opener of an agent's edit (``agent.actions``), then the model."""
+EDIT_OPENER = "```edit\n{path}\n<<<<<<< SEARCH"
+"""How the edit replies start: the block opener of an agent's edit (``agent.actions``), then the model.
+Prompts stop before a line break: the tokenizer spells a line break with the next line's indentation
+as one token, so a prompt ending in a bare line break would force a split the model never saw."""
 
 
 # ----------------------------------------------------------------------------- engines
@@ -313,7 +317,7 @@ def free_jobs(files: list[tuple[str, str]], count: int, max_tokens: int, seed: i
             continue
         if doc.end_lineno - node.lineno > 16:
             continue
-        head = textwrap.dedent("\n".join(text.splitlines()[node.lineno - 1:doc.end_lineno])) + "\n"
+        head = textwrap.dedent("\n".join(text.splitlines()[node.lineno - 1:doc.end_lineno]))  # see EDIT_OPENER
         prompts.append((f"{name}:{node.name}", head))
     random.Random(seed).shuffle(prompts)
     if len(prompts) < count:
