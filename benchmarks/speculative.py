@@ -47,7 +47,7 @@ drafting the MoE stage it was upcycled into (the draft pair of the issue). ``--m
 ``--draft-target`` take any checkpoint or ONNX export instead. Goals (issue #24): >= 2x on edits, >= 1.3x
 on FIM, >= 0.95x on free generation, keystroke TTFT unchanged (within noise).
 
-    python benchmarks/speculative.py                      # runs/nano; about 10 minutes on 2 idle cores
+    python benchmarks/speculative.py                      # runs/nano; about 3.5 minutes on 2 idle cores
     python benchmarks/speculative.py --smoke              # a tiny random model: runs every path, figures meaningless
     python benchmarks/speculative.py --dry-run            # the prompts and models, nothing timed
 
@@ -541,14 +541,14 @@ def main() -> None:
     p.add_argument("--k", type=int, help="tokens proposed per step (default: the engine's own, adaptive)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, here and in the servers")
     p.add_argument("--only", default="edit,fim,free,keystroke", help="comma-separated parts to run")
-    p.add_argument("--edits", type=int, default=16)
+    p.add_argument("--edits", type=int, default=24)
     p.add_argument("--edit-max-tokens", type=int, default=256)
-    p.add_argument("--fims", type=int, default=48)
+    p.add_argument("--fims", type=int, default=64)
     p.add_argument("--fim-max-tokens", type=int, default=Settings().auto_max_tokens,
                    help="default: the language server's, for a completion triggered while typing")
-    p.add_argument("--frees", type=int, default=16)
+    p.add_argument("--frees", type=int, default=24)
     p.add_argument("--free-max-tokens", type=int, default=128)
-    p.add_argument("--keystroke-files", type=int, default=8)
+    p.add_argument("--keystroke-files", type=int, default=12)
     p.add_argument("--keys", type=int, default=10, help="characters typed (one request each) per file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="a tiny random model, a few short requests: every path "
