@@ -98,3 +98,37 @@ def test_stop_sequences_reach_the_engine(ckpt, capsys) -> None:
                      "--temperature", "0"]) == 0
     expected = engine.generate("import json\n", SamplingParams(max_tokens=12, stop=[stop]))[0].text
     assert capsys.readouterr().out == expected + "\n" and len(expected) < len(full)
+
+
+def test_speculating_commands_print_the_plain_text(ckpt, tmp_path, capsys) -> None:
+    """--speculate ngram and a draft (the model itself) change nothing in greedy text."""
+    engine = Engine.from_checkpoint(ckpt)
+    prompt = "import json\nimport os\nimport json\n"
+    want = engine.generate(prompt, SamplingParams(max_tokens=40))[0].text + "\n"
+    for spec in (["--speculate", "ngram", "--speculate-k", "3"], ["--speculate", f"draft:{ckpt}"]):
+        assert cli_main(["generate", str(ckpt), prompt, "--max-tokens", "40", "--temperature", "0", *spec]) == 0
+        assert capsys.readouterr().out == want
+
+
+@pytest.mark.parametrize(("spec", "message", "code"), [
+    (["--speculate", "ngram", "--speculate-k", "0"], "k must be an integer in [1, 16]", 2),
+    (["--speculate", "ngram", "--speculate-k", "17"], "k must be an integer in [1, 16]", 2),
+    (["--speculate", "medusa"], "'ngram' or 'draft:DIR'", 2),
+    (["--speculate", "draft:"], "'ngram' or 'draft:DIR'", 2),
+])
+def test_bad_speculation_is_a_usage_error(ckpt, capsys, spec: list[str], message: str, code: int) -> None:
+    assert cli_main(["generate", str(ckpt), "x", *spec]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_draft_with_another_tokenizer_is_one_line(ckpt, tmp_path, capsys) -> None:
+    from factories import STDLIB, TOKENIZER_VOCAB  # type: ignore[import-not-found]
+    from smallcode.tokenizer import load_tokenizer, train_tokenizer
+
+    train_tokenizer([STDLIB / "email"], TOKENIZER_VOCAB, tmp_path / "other", show_progress=False)
+    tok = load_tokenizer(tmp_path / "other").save(tmp_path / "other-file")
+    other = save_checkpoint(make_model(), tmp_path / "other-ck", tokenizer_file=tok)
+    assert cli_main(["generate", str(ckpt), "x", "--speculate", f"draft:{other}"]) == 1
+    err = capsys.readouterr().err
+    assert "the draft has another tokenizer" in err and str(other) in err and "Traceback" not in err
