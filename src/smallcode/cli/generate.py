@@ -20,6 +20,9 @@ from smallcode.runtime.sampling import GENERATE_DEFAULTS, SamplingParams
 # The sampling options are SamplingParams' fields (name, type, help written once, there); their
 # defaults are GENERATE_DEFAULTS (measured: a small model's greedy output loops), not the API's greedy.
 sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params", defaults=GENERATE_DEFAULTS)
+# complete is an editor's completion: a loop that repeats itself is cut (--no-stop-loops keeps it).
+complete_sampling_options = config_options(SamplingParams, exclude=["ignore_eos"], param="params",
+                                           defaults=GENERATE_DEFAULTS.replace(stop_loops=True))
 device_option = click.option("--device", default="cpu", show_default=True, help="Where the model runs.")
 runtime_option = click.option(
     "--runtime", type=click.Choice(["torch", "onnx", "hf"]), default=None,
@@ -77,7 +80,7 @@ def generate(checkpoint: Path, prompt: str, device: str, runtime: str | None, pa
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--prefix-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--suffix-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-@sampling_options
+@complete_sampling_options
 @device_option
 @runtime_option
 @speculate_options

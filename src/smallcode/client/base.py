@@ -71,6 +71,9 @@ class Sampling:
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     """Text that ends a completion (not part of it)."""
+    stop_loops: bool = False
+    """End a completion that repeats itself (``SamplingParams.stop_loops``): in process; a smallcode
+    server's ``/infill`` does it by itself, other routes and servers ignore it."""
 
 
 GREEDY = Sampling()

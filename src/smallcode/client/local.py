@@ -92,7 +92,7 @@ class LocalClient:
         try:
             params = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                                     top_p=sampling.top_p, seed=None if sampling.seed is None else sampling.seed + i,
-                                    stop=[s for s in sampling.stop if s])
+                                    stop=[s for s in sampling.stop if s], stop_loops=sampling.stop_loops)
             return self.scheduler.submit(ids, params)
         except QueueFull as e:
             raise ClientBusy(f"{self.name} is busy: {e}") from e

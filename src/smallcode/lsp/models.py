@@ -60,7 +60,7 @@ async def _complete(client: Client, request: FimRequest, enough: Callable[[str],
     """The streamed text of ``request`` until it ends or ``enough`` says so (the stream is then
     closed: the model stops). ``on_sent`` is called once the request is with the model."""
     sampling = Sampling(max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed,
-                        stop=tuple(request.stop))
+                        stop=tuple(request.stop), stop_loops=True)
     text, sent = "", False
     async with aclosing(client.astream(Fim(request.prefix, request.suffix, request.extra), sampling)) as deltas:
         try:

@@ -93,6 +93,8 @@ class Row:
             if self.watch_text:
                 self.text = tokenizer.decode(self.ids)
                 cut = _first_stop(self.text, params.stop)
+                if cut is None and params.stop_loops:
+                    cut = loop_cut(self.text)
                 if cut is not None:
                     self.text, self.finish = self.text[:cut], "stop"
             if self.finish is None and len(self.ids) >= params.max_tokens:
@@ -103,6 +105,8 @@ class Row:
         """Text not shown yet that may be shown: all of it once finished (or when asked), else up to
         a tail that a stop sequence may still claim or that ends inside a character."""
         safe = len(self.text) if self.finish or everything else _safe_length(self.text, self.params.stop)
+        if self.params.stop_loops and not (self.finish or everything):
+            safe = min(safe, loop_hold(self.text))
         delta, self.emitted = self.text[self.emitted:safe], max(self.emitted, safe)
         return delta
 
@@ -416,7 +420,7 @@ class Engine:
              rows_out: list[Row] | None = None) -> Iterator[list[str]]:
         self.check(prompt_ids, params, n)
         seed = params.seed if params.seed is not None else random.randrange(2**31)
-        watch_text = stream or bool(params.stop)  # otherwise the text is decoded once, at the end
+        watch_text = stream or bool(params.stop) or params.stop_loops  # otherwise decoded once, at the end
         rows = [Row(len(ids), params, watch_text) for ids in prompt_ids for _ in range(n)]
         if rows_out is not None:
             rows_out.extend(rows)
@@ -480,6 +484,68 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
     a character completed by a later byte token can change what came before."""
     hits = [i for s in stops if (i := text.find(s)) != -1]
     return min(hits) if hits else None
+
+
+LOOP_COPIES = 3
+"""Copies of a block of lines that make a loop (``SamplingParams.stop_loops``)."""
+LOOP_MAX_LINES = 4
+"""Longest block of lines a loop repeats."""
+LOOP_LINE_CHARS = 64
+"""A run inside one line is a loop once its copies cover this many characters (and four copies)."""
+
+
+def loop_cut(text: str) -> int | None:
+    """Where to end ``text`` if it has started repeating itself, keeping one copy; None if it has not.
+
+    Two kinds, both how a small model's greedy decoding loops. Right after a line ends: the last
+    ``LOOP_COPIES`` blocks of 1 to ``LOOP_MAX_LINES`` whole lines are equal and not blank (cut after the
+    first block, before its newline). Inside a line: it ends in four or more copies of a 2-32 character
+    unit of at least two distinct characters, the copies covering ``LOOP_LINE_CHARS`` characters (cut
+    after the first copy; a run of one character, such as a ``# ====`` rule, is not a loop)."""
+    end = text.rfind("\n")
+    line = text[end + 1:]
+    if end != -1 and not line.strip():  # a line has just ended (the next one may have its indentation)
+        lines = text[:end].split("\n")
+        for p in range(1, LOOP_MAX_LINES + 1):
+            if len(lines) < LOOP_COPIES * p:
+                break
+            block = lines[-p:]
+            if all(not ln.strip() for ln in block):
+                continue
+            if all(lines[len(lines) - (c + 1) * p:len(lines) - c * p] == block for c in range(1, LOOP_COPIES)):
+                return len("\n".join(lines[:len(lines) - (LOOP_COPIES - 1) * p]))
+        return None
+    if len(line) < LOOP_LINE_CHARS:
+        return None
+    for size in range(2, 33):
+        unit = line[-size:]
+        if len(set(unit)) < 2:
+            continue
+        copies = 1
+        while (copies + 1) * size <= len(line) and line.endswith(unit * (copies + 1)):
+            copies += 1
+        if copies >= 4 and copies * size >= LOOP_LINE_CHARS:
+            return len(text) - (copies - 1) * size
+    return None
+
+
+def loop_hold(text: str) -> int:
+    """How much of ``text`` a stream may show when loops are stopped: not the lines that repeat the
+    block of lines before them (a third copy would make ``loop_cut`` take them back), nor a line being
+    written that so far repeats the line before it, nor the line break before those."""
+    end = text.rfind("\n")
+    lines = text[:end].split("\n") if end != -1 else []  # whole lines; the one being written is after them
+    hold = len(text)
+    partial = text[end + 1:]
+    if lines and lines[-1].strip() and lines[-1].startswith(partial):
+        hold = end
+    for p in range(1, LOOP_MAX_LINES + 1):
+        if len(lines) < 2 * p:
+            break
+        block = lines[-p:]
+        if any(ln.strip() for ln in block) and lines[-2 * p:-p] == block:
+            hold = min(hold, len("\n".join(lines[:-p])))
+    return hold
 
 
 def _safe_length(text: str, stops: list[str]) -> int:

@@ -34,6 +34,9 @@ class SamplingParams(Config):
     """Text sequences that end a completion (not included in it); matched across token boundaries."""
     ignore_eos: bool = False
     """Keep going past end-of-text (benchmarks that need exactly max_tokens tokens)."""
+    stop_loops: bool = False
+    """End a completion that repeats itself (a block of 1-4 lines three times over, or a run inside a
+    line), keeping one copy: what editor completions want of a small model's greedy loops."""
 
     def __post_init__(self) -> None:
         # Types (an int, not a bool or a string; a list of strings) are checked by Config; ranges here.

@@ -141,7 +141,7 @@ class Service:
         return stops
 
     def _params(self, ids: list[int], max_tokens: int | None, param: str, *, temperature: float, top_p: float,
-                top_k: int, seed: int | None, stop: list[str]) -> SamplingParams:
+                top_k: int, seed: int | None, stop: list[str], stop_loops: bool = False) -> SamplingParams:
         if not ids:
             raise APIError(400, "the prompt is empty: there is nothing to continue", param="prompt")
         context = self.max_context
@@ -158,7 +158,7 @@ class Service:
             seed = random.randrange(2**31)
         try:
             return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                  seed=seed, stop=stop)
+                                  seed=seed, stop=stop, stop_loops=stop_loops)
         except ConfigError as e:
             raise APIError(400, str(e)) from e
 
@@ -245,7 +245,8 @@ class Service:
         if max_tokens == 0:
             raise APIError(400, "n_predict must be -1 (the server's cap) or >= 1", param="n_predict")
         params = self._params(ids, max_tokens, "n_predict", temperature=req.temperature, top_p=req.top_p,
-                              top_k=req.top_k, seed=None if req.seed == -1 else req.seed, stop=self._stops(req.stop))
+                              top_k=req.top_k, seed=None if req.seed == -1 else req.seed, stop=self._stops(req.stop),
+                              stop_loops=True)  # an editor's completion: a loop is never what it wants
         return Job(ids, params, 1)
 
     # ------------------------------------------------------------------ llama.cpp's token-level routes
