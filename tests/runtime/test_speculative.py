@@ -182,7 +182,7 @@ def test_sampled_output_keeps_the_model_distribution(tokenizer: CodeTokenizer, s
 def test_the_accept_rule_is_exact(proposer: str) -> None:
     """The rule alone, over many draws, on a 5-token support: a draft's guesses drawn from q far from
     p, or prompt lookup's one fixed guess (q one-hot) that p gives 0.2."""
-    from smallcode.runtime.speculative import Speculator, _Round
+    from smallcode.runtime.speculative import Guesses, Speculator
 
     params = SamplingParams(temperature=1.0)
     p_logits = torch.full((2, 8), float("-inf"))
@@ -197,9 +197,9 @@ def test_the_accept_rule_is_exact(proposer: str) -> None:
     torch.manual_seed(0)
     for _ in range(n):
         if proposer == "draft":
-            a = spec._accept(p_logits, _Round([[int(dist_q.sample())]], [q]), 0, params, gen, logprobs=False)
+            a = spec.accept(p_logits, Guesses([[int(dist_q.sample())]], [q]), 0, params, gen, logprobs=False)
         else:
-            a = spec._accept(p_logits, _Round([[1]]), 0, params, gen, logprobs=False)
+            a = spec.accept(p_logits, Guesses([[1]]), 0, params, gen, logprobs=False)
         firsts[a.tokens[0]] += 1
     assert chi_square_p([firsts[t] for t in range(5)], [0.5, 0.2, 0.15, 0.1, 0.05]) > 1e-3
 

@@ -306,7 +306,7 @@ def _vocab(tokenizer: Tokenizer) -> dict[str, int] | None:
 
 
 @dataclass
-class _Round:
+class Guesses:
     """One verification step's proposals: per row its guesses and, for a draft model's, their distributions."""
 
     guesses: list[list[int]]
@@ -341,15 +341,15 @@ class Speculator:
             guesses = [r.propose() for r in rows]
             if not any(guesses):
                 return None
-            round_ = _Round(guesses)
+            proposal = Guesses(guesses)
         else:
-            round_ = self._draft(cache, last, params, generators, wanted)
-        K = max(len(g) for g in round_.guesses)
-        feed = torch.tensor([[t, *g, *[t] * (K - len(g))] for t, g in zip(last, round_.guesses, strict=True)],
+            proposal = self._draft(cache, last, params, generators, wanted)
+        K = max(len(g) for g in proposal.guesses)
+        feed = torch.tensor([[t, *g, *[t] * (K - len(g))] for t, g in zip(last, proposal.guesses, strict=True)],
                             device=self.target.device)
         target_cache = cache.target if isinstance(cache, DraftedCache) else cache
         logits = self._mask(self.target(feed, target_cache).logits)  # (B, K + 1, V)
-        out = [self._accept(logits[b], round_, b, params[b], generators[b], logprobs) for b in range(len(rows))]
+        out = [self.accept(logits[b], proposal, b, params[b], generators[b], logprobs) for b in range(len(rows))]
         cache.rewind([K - a.accepted for a in out])
         for row, a in zip(rows, out, strict=True):
             row.extend(a.tokens)
@@ -366,7 +366,7 @@ class Speculator:
         return logits
 
     def _draft(self, cache: StepCache, last: list[int], params: Sequence[SamplingParams],
-               generators: Sequence[torch.Generator], wanted: list[int]) -> _Round:
+               generators: Sequence[torch.Generator], wanted: list[int]) -> Guesses:
         """The draft decodes ``max(wanted)`` tokens for every row (a row keeps its ``wanted`` first),
         then takes in its last guess too, so that its cache holds every position the model is fed."""
         assert isinstance(cache, DraftedCache) and self.draft is not None
@@ -390,12 +390,12 @@ class Speculator:
             guesses.append(tokens)
         self.draft(tokens[:, None], cache.draft, last_only=True)
         by_row = torch.stack(guesses, dim=1).tolist()
-        return _Round([g[:w] for g, w in zip(by_row, wanted, strict=True)], q)
+        return Guesses([g[:w] for g, w in zip(by_row, wanted, strict=True)], q)
 
-    def _accept(self, logits_TV: torch.Tensor, round_: _Round, b: int, params: SamplingParams,
+    def accept(self, logits_TV: torch.Tensor, proposal: Guesses, b: int, params: SamplingParams,
                 generator: torch.Generator, logprobs: bool) -> Advance:
         """The standard accept/resample rule over one row's guesses."""
-        guesses = round_.guesses[b]
+        guesses = proposal.guesses[b]
         tokens: list[int] = []
         if is_greedy(params):
             best = logits_TV[:len(guesses) + 1].argmax(-1).tolist()
@@ -407,7 +407,7 @@ class Speculator:
         else:
             p = probabilities(logits_TV[:len(guesses) + 1], [params] * (len(guesses) + 1))
             for j, g in enumerate(guesses):
-                q_j = round_.q[j][b] if round_.q else None
+                q_j = proposal.q[j][b] if proposal.q else None
                 q_g = 1.0 if q_j is None else float(q_j[g])
                 if float(torch.rand((), generator=generator)) * q_g < float(p[j, g]):
                     tokens.append(g)
