@@ -30,6 +30,13 @@ class Choice:
     logprobs: list[TokenLogprob] | None = None
     finish: str | None = None
 
+    def add(self, event: Event) -> None:
+        """Take in one event's text, tokens and logprobs (not its finish reason)."""
+        self.text += event.text
+        self.token_ids = (self.token_ids or []) + list(event.token_ids)
+        if event.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + list(event.logprobs)
+
 
 class ClientGone(Exception):
     """The client disconnected; its handles are cancelled."""
@@ -44,10 +51,7 @@ def raise_if_failed(choices: list[Choice]) -> None:
 async def collect(handle: RequestHandle, choice: Choice, on_text: Callable[[Choice], bool] | None = None) -> None:
     """Run ``handle`` to its end into ``choice``; ``on_text`` returning True stops it early."""
     async for event in handle:
-        choice.text += event.text
-        choice.token_ids = (choice.token_ids or []) + list(event.token_ids)
-        if event.logprobs is not None:
-            choice.logprobs = (choice.logprobs or []) + list(event.logprobs)
+        choice.add(event)
         if on_text is not None and on_text(choice):
             if event.finish_reason is None:
                 handle.cancel()

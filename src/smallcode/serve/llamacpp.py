@@ -74,8 +74,7 @@ async def _events(service: Service, handle: RequestHandle, n_indent: int, cut: C
         if ev.finish_reason == "error":  # llama.cpp's streams have no [DONE]: the error ends it
             yield error_event()
             return
-        choice.text += ev.text
-        choice.token_ids = (choice.token_ids or []) + list(ev.token_ids)
+        choice.add(ev)
         if cut is not None and cut(choice):
             if ev.finish_reason is None:
                 handle.cancel()
@@ -220,10 +219,7 @@ async def _completion_events(service: Service, body: LlamaCompletionRequest, run
             return
         if run.first_at is None:
             run.first_at = time.perf_counter()
-        choice.text += ev.text
-        choice.token_ids = (choice.token_ids or []) + list(ev.token_ids)
-        if ev.logprobs is not None:
-            choice.logprobs = (choice.logprobs or []) + list(ev.logprobs)
+        choice.add(ev)
         if cut is not None and cut(choice):
             if ev.finish_reason is None:
                 run.handle.cancel()
