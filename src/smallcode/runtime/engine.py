@@ -306,7 +306,11 @@ class Engine:
         if settings.method == "draft":
             if draft is None:
                 raise SpeculationError("speculation with a draft model needs the draft (--speculate draft:DIR)")
-            check_draft(self.model, self.tokenizer, draft.model, draft.tokenizer, settings.draft or "draft")
+            name = settings.draft or "draft"
+            check_draft(self.model, self.tokenizer, draft.model, draft.tokenizer, name)
+            if draft.max_context < self.max_context:
+                raise SpeculationError(f"{name}: the draft covers {draft.max_context} positions, the model "
+                                       f"{self.max_context}: a draft must follow the whole context")
             draft_step = draft.model
         elif draft is not None:
             raise SpeculationError(f"a draft model is only used with method 'draft', not {settings.method!r}")
@@ -315,7 +319,6 @@ class Engine:
             self.model = DraftedStep(self.model, draft_step)
         self.spare = settings.k + 1
         return self
-
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str = "cpu", max_context: int | None = None) -> Engine:
