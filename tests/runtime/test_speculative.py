@@ -336,3 +336,9 @@ def test_a_model_that_cannot_rewind_is_refused(tokenizer: CodeTokenizer) -> None
     target.limits = StepLimits(max_rows=1, speculation=False)
     with pytest.raises(SpeculationError, match="cannot go back"):
         target.speculate(Speculation())
+
+
+def test_a_draft_with_a_shorter_context_is_refused(tokenizer: CodeTokenizer) -> None:
+    target = Engine(make_model(), tokenizer, max_context=1000)
+    with pytest.raises(SpeculationError, match="the draft covers 500 positions, the model 1000"):
+        target.speculate(draft(), Engine(make_model(), tokenizer, max_context=500))
