@@ -43,3 +43,14 @@ def test_open_chat_model_needs_one_source() -> None:
         open_chat_model()
     with pytest.raises(ValueError, match="http"):
         open_chat_model(endpoint="localhost:8080")
+
+
+def test_a_speculating_engine_chat_replies_as_the_plain_one(checkpoint: Path) -> None:
+    """The agent's local model with prompt lookup: the same greedy replies, guesses checked."""
+    messages = [{"role": "user", "content": "def add(a, b):\n    return a + b\n\nwrite add again"}]
+    plain = open_chat_model(checkpoint).chat(messages, max_tokens=48)[0].text
+    chat = open_chat_model(checkpoint, speculate="ngram")
+    assert chat.chat(messages, max_tokens=48)[0].text == plain  # type: ignore[attr-defined]
+    assert chat.engine.spec_stats.proposed > 0  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="--speculate is for a local --model"):
+        open_chat_model(endpoint="http://127.0.0.1:9", speculate="ngram")

@@ -74,3 +74,18 @@ async def test_a_directory_without_a_model_is_a_model_error(tmp_path: Path) -> N
     with pytest.raises(ClientError, match="could not be loaded"):
         await model.complete(FimRequest("a", "b"), lambda text: False)
     assert model.calls == 0
+
+
+async def test_a_speculating_local_model_completes_as_the_plain_one(checkpoint: Path) -> None:
+    request = FimRequest("import json\nimport os\nimport json\n", "\n", max_tokens=40)
+    texts = []
+    for speculate in (None, "ngram"):
+        model = LocalModel(checkpoint, speculate=speculate)
+        try:
+            await model.ready()
+            texts.append(await model.complete(request, lambda text: False))
+            if speculate:
+                assert model.scheduler.engine.speculator is not None
+        finally:
+            await model.close()
+    assert texts[0] == texts[1]

@@ -133,10 +133,10 @@ def open_chat_model(model: str | Path | None = None, endpoint: str | None = None
     of the prompt, which prompt lookup proposes)."""
     if (model is None) == (endpoint is None):
         raise ValueError("give exactly one of a model directory and an endpoint URL")
+    if speculate is not None and endpoint is not None:
+        raise ValueError("--speculate is for a local --model; a server speculates by its own setting")
     if endpoint is not None:
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"{endpoint}: an endpoint is an http(s) URL")
         return EndpointChat(endpoint, model_name, api_key)
-    if speculate is not None and endpoint is not None:
-        raise ValueError("--speculate is for a local --model; a server speculates by its own setting")
     return EngineChat(str(model), device, speculate)
