@@ -45,6 +45,8 @@ class FimRequest:
     temperature: float = 0.0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    stop_loops: bool = True
+    """End a completion that repeats itself after one copy (in process; ``/infill`` does it itself)."""
 
 
 class CompletionModel(Protocol):
@@ -60,7 +62,7 @@ async def _complete(client: Client, request: FimRequest, enough: Callable[[str],
     """The streamed text of ``request`` until it ends or ``enough`` says so (the stream is then
     closed: the model stops). ``on_sent`` is called once the request is with the model."""
     sampling = Sampling(max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed,
-                        stop=tuple(request.stop), stop_loops=True)
+                        stop=tuple(request.stop), stop_loops=request.stop_loops)
     text, sent = "", False
     async with aclosing(client.astream(Fim(request.prefix, request.suffix, request.extra), sampling)) as deltas:
         try:
