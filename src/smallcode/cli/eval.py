@@ -17,7 +17,7 @@ from smallcode.eval.runner import RunConfig
 
 @click.group(name="eval")
 def eval_() -> None:
-    """CodeBench-E: sandboxed pass@k on HumanEval(+), MBPP(+) and repository problems."""
+    """CodeBench-E: sandboxed pass@k on HumanEval(+), MBPP(+) and repository problems; line completion."""
 
 
 @eval_.command("run")
