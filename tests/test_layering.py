@@ -33,8 +33,9 @@ ROOT = "(root)"  # the package's own __init__: __version__ and nothing else, imp
 # names) on model and tokenizer; runtime on model, tokenizer and export (it loads what export writes,
 # and Hugging Face directories); client above runtime, backends above client; serve on runtime; lsp
 # and agent on client, runtime and sandbox; eval on backends, client, runtime, tasks and sandbox, and
-# on agent, which it benchmarks; train on data, model, tasks and export (a Hugging Face teacher),
-# never eval or runtime; pipeline, demo and cli on top.
+# on agent and lsp, which it benchmarks (line completion asks the model as the language server
+# does); train on data, model, tasks and export (a Hugging Face teacher), never eval or runtime;
+# pipeline, demo and cli on top.
 LAYERS: dict[str, set[str]] = {
     ROOT: set(),
     "errors": set(),
@@ -54,7 +55,7 @@ LAYERS: dict[str, set[str]] = {
     "serve": {"runtime"},
     "lsp": {"client", "runtime", "sandbox"},
     "agent": {"client", "runtime", "sandbox"},
-    "eval": {"backends", "client", "runtime", "tasks", "sandbox", "agent"},
+    "eval": {"backends", "client", "runtime", "tasks", "sandbox", "agent", "lsp"},
     "pipeline": {"train", "eval", "export", "serve", "lsp", "agent", "data"},
     "demo": {"train", "eval", "export", "serve", "lsp", "agent", "data"},
     "cli": {"pipeline", "demo", "train", "eval", "export", "serve", "lsp", "agent", "data"},

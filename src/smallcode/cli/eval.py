@@ -1,4 +1,5 @@
-"""``smallcode eval``: run CodeBench-E, rebuild a report, mine repository problems, run the repair benchmark.
+"""``smallcode eval``: run CodeBench-E, line completion, rebuild a report, mine repository problems, run the
+repair benchmark.
 Wiring only."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from smallcode.eval.runner import RunConfig
 
 @click.group(name="eval")
 def eval_() -> None:
-    """CodeBench-E: sandboxed pass@k on HumanEval(+), MBPP(+) and repository problems."""
+    """CodeBench-E: sandboxed pass@k on HumanEval(+), MBPP(+) and repository problems; line completion."""
 
 
 @eval_.command("run")
@@ -107,6 +108,50 @@ def settings_of_run(cfg: RunConfig, out: Path, ctx: click.Context) -> RunConfig:
     unset = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
     kept = {k: old[k] for k in SETTINGS if k in old and ctx.get_parameter_source(k) in unset}
     return cfg.replace(**kept) if kept else cfg
+
+
+@eval_.command("lines")
+@click.option("--model", "model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A smallcode checkpoint, an ONNX export or a Hugging Face model directory (in process).")
+@click.option("--endpoint", help="A completion server with /infill or /v1/completions + suffix, e.g. "
+                                 "http://127.0.0.1:8080 (smallcode serve).")
+@click.option("--api-key", envvar="OPENAI_API_KEY", help="Bearer token for --endpoint (or $OPENAI_API_KEY).")
+@click.option("--split", type=click.Choice(["report", "tune", "all"]), default="report", show_default=True,
+              help="Held-out half: report (the figures to quote), tune (to choose settings on) or all.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Cursors drawn.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cursor draw.")
+@click.option("--package", "packages", multiple=True,
+              help="Only these held-out packages of the split (import names; repeat). Default: all of them.")
+@click.option("--cross-file/--in-file", default=False, show_default=True,
+              help="Give other files of the same package as context files, as the LSP gives open documents.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most tokens per completion (the LSP's limit while typing).")
+@click.option("--stop-loops/--no-stop-loops", default=None,
+              help="Stop a repeating line or n-gram loop (local models only; default: the model's default).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+def lines(model: Path | None, endpoint: str | None, api_key: str | None, split: str, n: int, seed: int,
+          packages: tuple[str, ...], cross_file: bool, max_tokens: int, stop_loops: bool | None, out: Path) -> None:
+    """Next-line completion on held-out Python through the language server's path: exact match, edit
+    similarity, characters saved, latency. An existing --out with the same settings is resumed."""
+    from smallcode.eval.lines import LinesSettings, held_out_tasks, run_lines
+    from smallcode.lsp.models import EndpointModel, LocalModel
+
+    if (model is None) == (endpoint is None):
+        raise click.UsageError("give exactly one of --model, --endpoint")
+    if stop_loops is not None and endpoint is not None:
+        raise click.UsageError("--stop-loops/--no-stop-loops applies to --model only")
+    settings = LinesSettings(split=split, n=n, seed=seed, packages=sorted(set(packages)), cross_file=cross_file,
+                             max_tokens=max_tokens, stop_loops=stop_loops)
+    tasks, fingerprint, files = held_out_tasks(settings)
+
+    def open_model() -> Any:
+        if model is not None:
+            return LocalModel(model, max_batch=1)
+        return EndpointModel(endpoint, api_key=api_key)  # type: ignore[arg-type]
+
+    run_lines(tasks, open_model, settings, out, str(model) if model is not None else str(endpoint),
+              held_out=fingerprint, packages=files)
+    click.echo((out / "report.md").read_text())
 
 
 @eval_.command("report")
