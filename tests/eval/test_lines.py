@@ -346,7 +346,7 @@ def test_bad_input_is_one_line(tmp_path: Path, checkpoint: Path, capsys: pytest.
     out = str(tmp_path / "x")
     assert cli_main(["eval", "lines", "--out", out]) == 2
     assert "exactly one of --model, --endpoint" in capsys.readouterr().err
-    assert cli_main(["eval", "lines", "--endpoint", "http://127.0.0.1:9", "--stop-loops", "--out", out]) == 2
+    assert cli_main(["eval", "lines", "--endpoint", "http://127.0.0.1:9", "--no-stop-loops", "--out", out]) == 2
     capsys.readouterr()
     assert cli_main(["eval", "lines", "--model", str(checkpoint), "--package", "click", "--out", out]) == 1
     assert _error(capsys) == "error: package 'click' is not in the 'report' split (jinja2, packaging, rich, yaml)"
@@ -364,12 +364,6 @@ def test_stop_loops_reaches_the_local_models_sampling(checkpoint: Path, tmp_path
     from smallcode.runtime.sampling import SamplingParams
     from smallcode.runtime.scheduler import Scheduler
 
-    args = ["eval", "lines", "--model", str(checkpoint), "--package", "yaml", "--n", "1", "--no-stop-loops",
-            "--out", str(tmp_path / "run")]
-    if "stop_loops" not in SamplingParams.__dataclass_fields__:
-        assert cli_main(args) == 1
-        assert "has no stop_loops" in capsys.readouterr().err
-        return
     seen: list[Any] = []
     submit = Scheduler.submit
 
@@ -378,5 +372,9 @@ def test_stop_loops_reaches_the_local_models_sampling(checkpoint: Path, tmp_path
         return submit(self, ids, params, **kw)
 
     monkeypatch.setattr(Scheduler, "submit", spy)
-    assert cli_main(args) == 0
-    assert seen and set(seen) == {False}
+    for flag, want in (("--no-stop-loops", False), ("--stop-loops", True)):
+        seen.clear()
+        args = ["eval", "lines", "--model", str(checkpoint), "--package", "yaml", "--n", "1", flag,
+                "--out", str(tmp_path / flag)]
+        assert cli_main(args) == 0
+        assert seen and set(seen) == {want}

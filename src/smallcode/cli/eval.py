@@ -126,11 +126,12 @@ def settings_of_run(cfg: RunConfig, out: Path, ctx: click.Context) -> RunConfig:
               help="Give other files of the same package as context files, as the LSP gives open documents.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most tokens per completion (the LSP's limit while typing).")
-@click.option("--stop-loops/--no-stop-loops", default=None,
-              help="Stop a repeating line or n-gram loop (local models only; default: the model's default).")
+@click.option("--stop-loops/--no-stop-loops", default=True, show_default=True,
+              help="End a completion that repeats itself, as the language server does (--no-stop-loops: local "
+                   "models only; a smallcode server's /infill always stops loops).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 def lines(model: Path | None, endpoint: str | None, api_key: str | None, split: str, n: int, seed: int,
-          packages: tuple[str, ...], cross_file: bool, max_tokens: int, stop_loops: bool | None, out: Path) -> None:
+          packages: tuple[str, ...], cross_file: bool, max_tokens: int, stop_loops: bool, out: Path) -> None:
     """Next-line completion on held-out Python through the language server's path: exact match, edit
     similarity, characters saved, latency. An existing --out with the same settings is resumed."""
     from smallcode.eval.lines import LinesSettings, held_out_tasks, run_lines
@@ -138,8 +139,8 @@ def lines(model: Path | None, endpoint: str | None, api_key: str | None, split: 
 
     if (model is None) == (endpoint is None):
         raise click.UsageError("give exactly one of --model, --endpoint")
-    if stop_loops is not None and endpoint is not None:
-        raise click.UsageError("--stop-loops/--no-stop-loops applies to --model only")
+    if not stop_loops and endpoint is not None:
+        raise click.UsageError("--no-stop-loops applies to --model only (an endpoint decides for itself)")
     settings = LinesSettings(split=split, n=n, seed=seed, packages=sorted(set(packages)), cross_file=cross_file,
                              max_tokens=max_tokens, stop_loops=stop_loops)
     tasks, fingerprint, files = held_out_tasks(settings)

@@ -58,7 +58,7 @@ import keyword
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -255,8 +255,9 @@ class LinesSettings:
     """The packages drawn from ([] = every package of the split)."""
     cross_file: bool = False
     max_tokens: int = AUTO_MAX_TOKENS
-    stop_loops: bool | None = None
-    """None: the model's default."""
+    stop_loops: bool = True
+    """End a completion that repeats itself (the language server's default; an endpoint's ``/infill``
+    does it itself)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -285,27 +286,6 @@ def check_run_dir(out: Path, settings: LinesSettings) -> None:
                          f"{', '.join(f'{old.get(k)!r}' for k in changed)}); use another --out")
 
 
-def _stop_loops_hook(model: CompletionModel, stop_loops: bool | None) -> None:
-    """Set ``SamplingParams.stop_loops`` on every request of an in-process model. The LSP's request
-    (``FimRequest``, ``client.Sampling``) carries no such field yet, so the scheduler's ``submit`` of
-    this run's own model is wrapped."""
-    if stop_loops is None:
-        return
-    from smallcode.runtime.sampling import SamplingParams
-
-    if "stop_loops" not in SamplingParams.__dataclass_fields__:
-        raise LinesError("--stop-loops/--no-stop-loops: this smallcode's SamplingParams has no stop_loops")
-    scheduler = getattr(model, "scheduler", None)
-    if scheduler is None:
-        raise LinesError("--stop-loops/--no-stop-loops applies to a local model (--model), not an endpoint")
-    submit = scheduler.submit
-
-    def with_stop_loops(ids: list[int], params: Any, **kwargs: Any) -> Any:
-        return submit(ids, replace(params, stop_loops=stop_loops), **kwargs)
-
-    scheduler.submit = with_stop_loops
-
-
 async def complete_line(model: CompletionModel, task: LineTask, settings: LinesSettings,
                         package: PackageFiles | None = None, budget: Budget | None = None) -> dict[str, Any]:
     """Ask ``model`` for ``task`` as the language server would, and score the shaped answer: the task's
@@ -317,7 +297,7 @@ async def complete_line(model: CompletionModel, task: LineTask, settings: LinesS
     ctx = build_context(task.prefix + task.suffix, len(task.prefix), path=task.file, language_id="python",
                         others=others, budget=budget)
     request = FimRequest(ctx.prefix, ctx.suffix, ctx.extra, settings.max_tokens, temperature=0.0, seed=0,
-                         stop=[] if multiline(ctx) else ["\n"])
+                         stop=[] if multiline(ctx) else ["\n"], stop_loops=settings.stop_loops)
     raw = await model.complete(request, lambda text: shape(text, ctx, final=False).done)
     shown = shape(raw, ctx).text
     latency_ms = (time.perf_counter() - started) * 1000
@@ -372,7 +352,6 @@ def run_lines(tasks: Sequence[LineTask], open_model: Callable[[], CompletionMode
         model = open_model()
         if hasattr(model, "ready"):
             await model.ready()
-        _stop_loops_hook(model, settings.stop_loops)
         with JsonlLog(out / RESULTS) as log:
             await _run(tasks, model, settings, log, packages or {}, progress)
 
@@ -416,7 +395,7 @@ def lines_markdown(summary: dict[str, Any]) -> str:
              f"Held-out split: **{s['split']}** ({', '.join(summary['packages'])}); "
              f"{'cross-file' if s['cross_file'] else 'in-file'}; {summary['all']['tasks']} cursors "
              f"(n = {s['n']}, seed {s['seed']}); max tokens {s['max_tokens']}; stop loops "
-             f"{'model default' if s['stop_loops'] is None else s['stop_loops']}  ",
+             f"{s['stop_loops']}  ",
              f"Held-out set: {summary['held_out'] or 'n/a'}", "",
              "| cursors | tasks | exact match | edit similarity | chars saved / 100 | keys saved / 100 | shown "
              "| p50 | p95 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
