@@ -4,6 +4,8 @@
 then, each step resumable and timed in ``recipe_times.json``:
 
 * every stage's bits per byte on held-out third-party Python (``heldout.json``, ``eval/heldout.py``);
+* every stage's next-line completion on the held-out set's reporting half (``lines.json``,
+  ``eval/lines.py``: exact match and characters saved, through the language server's path);
 * the final model's completions of fixed prompts, greedy and with ``generate``'s defaults
   (``samples.json``, ``eval/samples.py``);
 * the final model's greedy pass@1 on the recipe's suites, generated and checked in the sandbox as
@@ -21,6 +23,7 @@ from typing import Any
 
 from smallcode.fileio import atomic_write_text
 from smallcode.train.recipe import (
+    LINES_FILE,
     RecipeConfig,
     final_checkpoint,
     run_recipe,
@@ -40,6 +43,8 @@ def run_main_job(recipe: RecipeConfig, progress: bool = True) -> Path:
     final = final_checkpoint(recipe)
     if recipe.held_out:
         timed_step(out, "held-out", lambda: score_stages(recipe, out, progress))
+    if recipe.line_cursors:
+        timed_step(out, "lines", lambda: score_lines(recipe, out, progress))
     if not (out / "samples.json").is_file():
         say(progress, "[recipe] sampling the final model on fixed prompts")
         timed_step(out, "samples", lambda: write_samples(final, out / "samples.json"))
@@ -70,6 +75,33 @@ def score_stages(recipe: RecipeConfig, out: Path, progress: bool = True) -> dict
         r = bits_per_byte(ckpt.load_model(), ckpt.load_tokenizer(), held.texts)
         data["stages"][spec.name] = {"bits_per_byte": round(r.bits_per_byte, 4),
                                      "nats_per_token": round(r.nats_per_token, 4), "tokens": r.tokens}
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def score_lines(recipe: RecipeConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Next-line completion of every stage's final model on ``recipe.line_cursors`` cursors of the
+    held-out set's reporting half (``eval lines``, in-file), kept in ``lines.json``; each stage's run
+    (``lines/<stage>``) resumes, and a stage already scored with the same settings is not asked again."""
+    from smallcode.eval.lines import LinesSettings, held_out_tasks, run_lines
+    from smallcode.lsp.models import LocalModel
+
+    settings = LinesSettings(split="report", n=recipe.line_cursors)
+    tasks, fingerprint, _ = held_out_tasks(settings)
+    path = out / LINES_FILE
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if data.get("set") != fingerprint or data.get("cursors") != len(tasks):
+        data = {"set": fingerprint, "cursors": len(tasks), "split": "report",
+                "packages": sorted({t.package for t in tasks}), "stages": {}}
+    for spec in recipe.stages:
+        if spec.name in data["stages"]:
+            continue
+        say(progress, f"[recipe] {spec.name}: next-line completion on {len(tasks)} held-out cursors")
+        final = stage_final(out, spec.name)
+        summary = run_lines(tasks, lambda final=final: LocalModel(final, max_batch=1), settings,
+                            out / "lines" / spec.name, str(final), held_out=fingerprint, progress=progress)
+        data["stages"][spec.name] = {k: summary["all"][k] for k in
+                                     ("exact_match", "edit_similarity", "chars_saved_per_100", "latency_p50_ms")}
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return data
 

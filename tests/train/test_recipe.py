@@ -42,7 +42,7 @@ def recipe(root: Path, stages: list[dict], **more: object) -> RecipeConfig:
     # no MBPP directory: the fine-tuning stage reads the copy shipped in the package
     return RecipeConfig(out=str(root / "run"), corpus=[str(STDLIB / "json"), str(STDLIB / "email")], vocab_size=320,
                         val_fraction=0.2, stages=stages, held_out_bytes=3000, eval_suites=["humaneval"],
-                        eval_limit=2, eval_max_tokens=16, **more)
+                        eval_limit=2, eval_max_tokens=16, line_cursors=3, **more)
 
 
 def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
@@ -72,6 +72,15 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
     assert held["stages"]["upcycled"]["bits_per_byte"] == pytest.approx(held["stages"]["student"]["bits_per_byte"],
                                                                         abs=1e-3)  # the same function
     assert "held-out bits/byte" in text and "Expert load at the end of `moe`" in text
+    # and on next-line completion (the reporting half), beside bits/byte: the cell is each stage's own run
+    line_scores = json.loads((out / "lines.json").read_text())
+    assert line_scores["split"] == "report" and line_scores["cursors"] == 3
+    for name, s in line_scores["stages"].items():
+        run = json.loads((out / "lines" / name / "summary.json").read_text())["all"]
+        assert run["tasks"] == 3 and s["exact_match"] == run["exact_match"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {100 * s['exact_match']:.1f}% / {s['chars_saved_per_100']:.1f} |" in row
+    assert set(line_scores["stages"]) == set(held["stages"]) and "reporting half" in text
     # each stage's row says what it bought against the stage it started from
     moe_change = held["stages"]["moe"]["bits_per_byte"] - held["stages"]["upcycled"]["bits_per_byte"]
     moe_row = next(line for line in text.splitlines() if line.startswith("| moe |"))

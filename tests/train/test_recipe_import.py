@@ -62,7 +62,8 @@ def import_recipe(root: Path, hf: Path, n_stages: int = 5) -> RecipeConfig:
         {"name": "moe", "config": files["moe"], "init_from": "upcycled", "teacher_from": "imported"},
     ]
     return RecipeConfig(out=str(root / "run"), corpus=[str(STDLIB / "json")], val_fraction=0.5,
-                        stages=stages[:n_stages], hf_model=str(hf), held_out_bytes=2000, eval_suites=[])
+                        stages=stages[:n_stages], hf_model=str(hf), held_out_bytes=2000, eval_suites=[],
+                        line_cursors=0)
 
 
 def test_the_import_recipe_runs_every_stage_reports_and_continues(tmp_path: Path) -> None:

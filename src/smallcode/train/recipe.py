@@ -137,6 +137,9 @@ class RecipeConfig(Config):
     """Score every stage in bits per byte on held-out third-party Python (``smallcode.eval.heldout``)."""
     held_out_bytes: int = 24_000
     """Bytes of each held-out package scored (the default is the benchmark's set)."""
+    line_cursors: int = 100
+    """Cursors of next-line completion on the held-out set's reporting half scored for every stage
+    (``smallcode eval lines``, in-file, as the language server asks); 0: none."""
     eval_suites: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
     """Suites the final model is evaluated on in the sandbox, greedy pass@1 (empty: none)."""
     eval_max_tokens: int = 256
@@ -416,6 +419,8 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
     times_path = out / "recipe_times.json"
     times: dict[str, float] = json.loads(times_path.read_text()) if times_path.is_file() else {}
     held = json.loads((out / "heldout.json").read_text()).get("stages", {}) if (out / "heldout.json").is_file() else {}
+    line_file = out / LINES_FILE
+    line_scores = json.loads(line_file.read_text()).get("stages", {}) if line_file.is_file() else {}
     rows = []
     for spec in recipe.stages:
         model_cfg = Checkpoint.open(stage_final(out, spec.name)).config
@@ -453,6 +458,8 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         wall = times.get(spec.name, 0.0)
         rows.append((spec.name, f"{what} on {data}", size, str(summary["steps"]), f"{summary['tokens'] / 1e6:.2f}M",
                      f"{summary['tokens'] / wall / 1e3:.1f}K" if wall else "-", val_text, bpb, wall))
+    if line_scores:  # beside bits/byte: what a typist would get from each stage
+        rows = [(*r[:-1], _line_cell(line_scores.get(r[0])), r[-1]) for r in rows]
     total = sum(times.values())
     last = stage_final(out, recipe.stages[-1].name) if recipe.stages else out / "<checkpoint>"
     data_dir = f"--data-dir {recipe.mbpp} " if recipe.mbpp is not None else ""
@@ -461,12 +468,18 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         "# smallcode recipe report", "",
         f"Run directory `{out}`; total wall time of the steps {total / 60:.1f} min ({steps}).", "",
         "| stage | what | params total / active | steps | tokens | tokens/s | validation loss (nats/token) "
-        "| held-out bits/byte (change from its parent) | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| held-out bits/byte (change from its parent) |"
+        + (" next line: exact match / chars saved per 100 (reporting half) |" if line_scores else "") + " wall s |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if line_scores else "") + "---|",
         *[f"| {' | '.join(r[:-1])} | {r[-1]:.0f} |" for r in rows], "",
     ]
     if held:
         lines += [f"Held-out bits per byte: third-party Python never trained on ({_held_out_fingerprint(out)}).", ""]
+    if line_scores:
+        meta = json.loads(line_file.read_text())
+        lines += [f"Next line: {meta.get('cursors')} cursors in held-out files of the reporting half "
+                  f"({', '.join(meta.get('packages', []))}), completed greedily through the language server's "
+                  "path, in-file (`smallcode eval lines`; each stage's run in `lines/`).", ""]
     lines += _window_lines(recipe, out)
     lines += _expert_load_lines(recipe, out)
     lines += ["![curves](report.png)", ""]
@@ -485,6 +498,16 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
     atomic_write_text(report, "\n".join(lines) + "\n")
     _plot_stages(out, [s.name for s in recipe.stages if s.config is not None], out / "report.png", read_metrics)
     return report
+
+
+LINES_FILE = "lines.json"
+"""Every stage's next-line completion scores, written by the main job (``pipeline.score_lines``)."""
+
+
+def _line_cell(scores: dict[str, Any] | None) -> str:
+    if scores is None:
+        return "-"
+    return f"{100 * scores['exact_match']:.1f}% / {scores['chars_saved_per_100']:.1f}"
 
 
 def _held_out_fingerprint(out: Path) -> str:
