@@ -43,7 +43,7 @@ def run_main_job(recipe: RecipeConfig, progress: bool = True) -> Path:
     final = final_checkpoint(recipe)
     if recipe.held_out:
         timed_step(out, "held-out", lambda: score_stages(recipe, out, progress))
-    if recipe.line_cursors:
+    if recipe.held_out and recipe.line_cursors:
         timed_step(out, "lines", lambda: score_lines(recipe, out, progress))
     if not (out / "samples.json").is_file():
         say(progress, "[recipe] sampling the final model on fixed prompts")

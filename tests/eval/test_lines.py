@@ -378,3 +378,23 @@ def test_stop_loops_reaches_the_local_models_sampling(checkpoint: Path, tmp_path
                 "--out", str(tmp_path / flag)]
         assert cli_main(args) == 0
         assert seen and set(seen) == {want}
+
+
+def test_the_budget_fits_a_small_model() -> None:
+    from smallcode.eval.lines import fit_budget
+    from smallcode.lsp.context import Budget
+
+    default = Budget()
+    assert fit_budget(default, None, 16) == default and fit_budget(default, 32768, 16) == default
+    small = fit_budget(default, 128, 16)  # (128 - 16) * 3/4 = 84 tokens for 1792 asked
+    assert (small.prefix_tokens, small.suffix_tokens, small.extra_tokens) == (48, 12, 24)
+
+
+def test_a_model_with_a_short_context_gets_prompts_that_fit(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Full attention over 128 positions: the language server's default context would not fit; the
+    run asks with a budget cut to the model (and the tokenizer's own characters per token)."""
+    tok = tiny_tokenizer_dir / "tokenizer.json"
+    ckpt = save_checkpoint(make_model(window=128), tmp_path / "short", tokenizer_file=tok)
+    assert cli_main(["eval", "lines", "--model", str(ckpt), "--package", "yaml", "--n", "4",
+                     "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["all"]["tasks"] == 4

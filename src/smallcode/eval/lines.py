@@ -58,7 +58,7 @@ import keyword
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -308,20 +308,42 @@ async def complete_line(model: CompletionModel, task: LineTask, settings: LinesS
             "saved": saved.chars, "accepts": saved.accepts, "latency_ms": round(latency_ms, 3)}
 
 
+def fit_budget(budget: Budget, max_context: int | None, max_tokens: int) -> Budget:
+    """``budget`` scaled down so that a prompt and its completion fit a model of ``max_context`` tokens
+    (the language server's default asks for ~1,800 prompt tokens; a small model may hold fewer), with
+    a quarter to spare for the estimate of characters per token."""
+    asked = budget.prefix_tokens + budget.suffix_tokens + budget.extra_tokens
+    if max_context is None or asked + max_tokens <= max_context:
+        return budget
+    room = max(0, max_context - max_tokens) * 3 // 4
+    scale = room / asked
+    return replace(budget, prefix_tokens=max(1, int(budget.prefix_tokens * scale)),
+                   suffix_tokens=int(budget.suffix_tokens * scale), extra_tokens=int(budget.extra_tokens * scale))
+
+
 async def _run(tasks: Sequence[LineTask], model: CompletionModel, settings: LinesSettings, log: JsonlLog,
                packages: dict[str, PackageFiles], progress: bool) -> None:
+    # A model in process says how much it holds and how its tokenizer counts; an endpoint refuses what
+    # does not fit, in one line.
+    scheduler = getattr(model, "scheduler", None)
+    budget = Budget()
+    if scheduler is not None and tasks and fit_budget(budget, scheduler.max_context, settings.max_tokens) != budget:
+        sample = tasks[0].prefix[-4000:] or "x"
+        per_token = len(sample) / max(1, len(scheduler.engine.tokenizer.encode(sample)))
+        budget = fit_budget(replace(budget, chars_per_token=min(budget.chars_per_token, per_token)),
+                            scheduler.max_context, settings.max_tokens)
     done = {r["task_id"] for r in log.rows}
     todo = [t for t in tasks if t.task_id not in done]
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="lines", unit="task", disable=not progress)
     try:
         if todo:  # a first request pays one-off costs (kernels compiled, caches sized): not a latency to report
             try:
-                await complete_line(model, todo[0], settings, packages.get(todo[0].package))
+                await complete_line(model, todo[0], settings, packages.get(todo[0].package), budget)
             except ClientError as e:
                 raise ClientError(f"{e} (the first request, not yet scored)") from e
         for task in todo:
             try:
-                row = await complete_line(model, task, settings, packages.get(task.package))
+                row = await complete_line(model, task, settings, packages.get(task.package), budget)
             except ClientError as e:
                 raise ClientError(f"{e} ({len(log.rows)} tasks finished before this are kept in {log.path})") from e
             log.append(row)

@@ -139,7 +139,7 @@ class RecipeConfig(Config):
     """Bytes of each held-out package scored (the default is the benchmark's set)."""
     line_cursors: int = 100
     """Cursors of next-line completion on the held-out set's reporting half scored for every stage
-    (``smallcode eval lines``, in-file, as the language server asks); 0: none."""
+    (``smallcode eval lines``, in-file, as the language server asks) when ``held_out``; 0: none."""
     eval_suites: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
     """Suites the final model is evaluated on in the sandbox, greedy pass@1 (empty: none)."""
     eval_max_tokens: int = 256
