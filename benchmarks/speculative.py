@@ -11,8 +11,9 @@ the recipe trained on (``smallcode.eval.heldout.held_out_set``):
    agent reply opens it (`````edit``, the path, ``<<<<<<< SEARCH``; the line break is the model's, as
    the tokenizer spells it with the next line's indentation), and the model writes the rest
    itself (``--edit-max-tokens``, no stop but the model's own).
-2. **fim**: a cursor inside a line of a held-out file, the rest of that line deleted (the text still to
-   type); prefix and suffix cut by the language server's own budget (``lsp.context.build_context``)
+2. **fim**: a cursor in a line of a held-out file, drawn as ``smallcode eval lines`` draws them, the
+   rest of that line deleted (the text still to type); prefix and suffix cut by the language server's
+   own budget (``lsp.context.build_context``)
    and laid out by ``Engine.complete``; ``max_tokens`` and stop as the language server sets them for a
    completion triggered while typing (``lsp.server.Settings.auto_max_tokens``; a newline stop only
    when text follows the cursor on its line, ``lsp.postprocess.multiline``).
@@ -265,42 +266,21 @@ class Cursor:
 
 
 def cursors(files: list[tuple[str, str]], count: int, seed: int, min_rest: int = 8) -> list[Cursor]:
-    """``count`` cursors in distinct lines, files taken in turn, each with >= ``min_rest`` characters left
-    to type on its line, at least 20 lines into its file."""
+    """``count`` cursors drawn as ``smallcode eval lines`` draws them (``eval.lines.draw_cursors``), those
+    with at least ``min_rest`` characters left to type on their line, in a seeded order across files;
+    prefix and suffix cut by the language server's budget."""
+    from smallcode.eval.lines import draw_cursors
     from smallcode.lsp.context import build_context
     from smallcode.lsp.postprocess import multiline
 
-    rng = random.Random(seed)
-    per_file = []
-    for name, text in files:
-        starts, offset = [], 0
-        lines = text.splitlines(keepends=True)
-        for n, line in enumerate(lines):
-            code = line.strip()
-            if n >= 20 and len(code) >= 2 * min_rest and not code.startswith(("#", '"', "'")):
-                starts.append((offset, line))
-            offset += len(line)
-        rng.shuffle(starts)
-        if starts:
-            per_file.append((name, text, starts))
-    rng.shuffle(per_file)
-    out: list[Cursor] = []
-    while len(out) < count and any(s for _, _, s in per_file):
-        for name, text, starts in per_file:
-            if not starts or len(out) == count:
-                continue
-            at, line = starts.pop()
-            body = line.rstrip("\n")
-            indent = len(body) - len(body.lstrip())
-            cut = at + indent + rng.randint(0, (len(body) - indent) // 3)
-            rest = text[cut:at + len(body)]
-            if len(rest) < min_rest:
-                continue
-            edited = text[:cut] + text[at + len(body):]
-            ctx = build_context(edited, cut, path=name, language_id="python")
-            out.append(Cursor(name, ctx.prefix, ctx.suffix, rest, multiline(ctx)))
-    if len(out) < count:
-        raise SystemExit(f"only {len(out)} usable cursors in the held-out files; asked for {count}")
+    drawn = [t for t in draw_cursors(files, 10 * count, seed) if len(t.target) >= min_rest]
+    random.Random(seed).shuffle(drawn)
+    if len(drawn) < count:
+        raise SystemExit(f"only {len(drawn)} usable cursors in the held-out files; asked for {count}")
+    out = []
+    for t in drawn[:count]:
+        ctx = build_context(t.prefix + t.suffix, len(t.prefix), path=t.file, language_id="python")
+        out.append(Cursor(t.file, ctx.prefix, ctx.suffix, t.target, multiline(ctx)))
     return out
 
 
