@@ -58,8 +58,8 @@ Without ``smallcode.runtime.speculative`` in the checkout, the n-gram and draft 
 With ``configs/nano/draft.yaml`` trained into ``<runs>/draft`` (``smallcode train configs/nano/draft.yaml
 --out runs/nano/draft``), that cheaper draft also drafts for the final model (``draft_small``).
 
-Last figures (2 idle cores, docs/benchmarks.md): prompt lookup 1.39x on edits (1.90x decode only),
-0.99x on FIM, 1.73x on free generation, keystroke TTFT 0.99x; draft models 0.44-0.76x.
+Last figures (2 idle cores, docs/benchmarks.md): prompt lookup 1.40x on edits (1.91x decode only),
+0.99x on FIM, 1.64x on free generation, keystroke TTFT 0.92x; draft models 0.47-0.79x.
 """
 
 from __future__ import annotations
