@@ -79,8 +79,12 @@ def test_the_tiny_recipe_runs_every_stage_and_continues(tmp_path: Path) -> None:
         run = json.loads((out / "lines" / name / "summary.json").read_text())["all"]
         assert run["tasks"] == 3 and s["exact_match"] == run["exact_match"]
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
-        assert f"| {100 * s['exact_match']:.1f}% / {s['chars_saved_per_100']:.1f} |" in row
-    assert set(line_scores["stages"]) == set(held["stages"]) and "reporting half" in text
+        half = held["stages"][name]["report_bits_per_byte"]
+        assert f"| {half:.3f} / {100 * s['exact_match']:.1f}% / {s['chars_saved_per_100']:.1f} |" in row
+    assert set(line_scores["stages"]) == set(held["stages"]) and "Reporting half" in text
+    # the reporting half alone: its own score, not the whole set's
+    assert all(0 < s["report_bits_per_byte"] < 20 for s in held["stages"].values())
+    assert held["report_set"] != held["set"]
     # each stage's row says what it bought against the stage it started from
     moe_change = held["stages"]["moe"]["bits_per_byte"] - held["stages"]["upcycled"]["bits_per_byte"]
     moe_row = next(line for line in text.splitlines() if line.startswith("| moe |"))

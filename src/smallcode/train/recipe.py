@@ -458,8 +458,10 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         wall = times.get(spec.name, 0.0)
         rows.append((spec.name, f"{what} on {data}", size, str(summary["steps"]), f"{summary['tokens'] / 1e6:.2f}M",
                      f"{summary['tokens'] / wall / 1e3:.1f}K" if wall else "-", val_text, bpb, wall))
-    if line_scores:  # beside bits/byte: what a typist would get from each stage
-        rows = [(*r[:-1], _line_cell(line_scores.get(r[0])), r[-1]) for r in rows]
+    half = line_scores or any("report_bits_per_byte" in v for v in held.values())
+    if half:  # beside bits/byte: the reporting half alone, and what a typist would get from each stage
+        rows = [(*r[:-1], _line_cell(line_scores.get(r[0]), held.get(r[0], {}).get("report_bits_per_byte")), r[-1])
+                for r in rows]
     total = sum(times.values())
     last = stage_final(out, recipe.stages[-1].name) if recipe.stages else out / "<checkpoint>"
     data_dir = f"--data-dir {recipe.mbpp} " if recipe.mbpp is not None else ""
@@ -469,17 +471,21 @@ def write_report(recipe: RecipeConfig, out: Path) -> Path:
         f"Run directory `{out}`; total wall time of the steps {total / 60:.1f} min ({steps}).", "",
         "| stage | what | params total / active | steps | tokens | tokens/s | validation loss (nats/token) "
         "| held-out bits/byte (change from its parent) |"
-        + (" next line: exact match / chars saved per 100 (reporting half) |" if line_scores else "") + " wall s |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if line_scores else "") + "---|",
+        + (" reporting half: bits/byte / next-line exact match / chars saved per 100 |" if half else "")
+        + " wall s |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if half else "") + "---|",
         *[f"| {' | '.join(r[:-1])} | {r[-1]:.0f} |" for r in rows], "",
     ]
     if held:
         lines += [f"Held-out bits per byte: third-party Python never trained on ({_held_out_fingerprint(out)}).", ""]
-    if line_scores:
-        meta = json.loads(line_file.read_text())
-        lines += [f"Next line: {meta.get('cursors')} cursors in held-out files of the reporting half "
-                  f"({', '.join(meta.get('packages', []))}), completed greedily through the language server's "
-                  "path, in-file (`smallcode eval lines`; each stage's run in `lines/`).", ""]
+    if half:
+        report_set = json.loads((out / "heldout.json").read_text()).get("report_set", "?")
+        lines += [f"Reporting half: the held-out packages no setting was chosen on ({report_set})."]
+        if line_scores:
+            meta = json.loads(line_file.read_text())
+            lines += [f"Next line: {meta.get('cursors')} cursors in its files, completed greedily through the "
+                      "language server's path, in-file (`smallcode eval lines`; each stage's run in `lines/`)."]
+        lines += [""]
     lines += _window_lines(recipe, out)
     lines += _expert_load_lines(recipe, out)
     lines += ["![curves](report.png)", ""]
@@ -504,10 +510,11 @@ LINES_FILE = "lines.json"
 """Every stage's next-line completion scores, written by the main job (``pipeline.score_lines``)."""
 
 
-def _line_cell(scores: dict[str, Any] | None) -> str:
+def _line_cell(scores: dict[str, Any] | None, half_bpb: float | None) -> str:
+    bpb = "-" if half_bpb is None else f"{half_bpb:.3f}"
     if scores is None:
-        return "-"
-    return f"{100 * scores['exact_match']:.1f}% / {scores['chars_saved_per_100']:.1f}"
+        return f"{bpb} / - / -"
+    return f"{bpb} / {100 * scores['exact_match']:.1f}% / {scores['chars_saved_per_100']:.1f}"
 
 
 def _held_out_fingerprint(out: Path) -> str:
