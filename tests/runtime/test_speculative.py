@@ -189,7 +189,7 @@ def test_the_accept_rule_is_exact(proposer: str) -> None:
     p_logits[:, :5] = torch.log(torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05]))
     q = torch.zeros(1, 8)
     q[0, :5] = torch.tensor([0.05, 0.1, 0.15, 0.2, 0.5])
-    spec = Speculator(Speculation(), make_model(), None, decodable=8)
+    spec = Speculator(Speculation(), make_model(), None, only_decodable=lambda logits: logits)
     gen = torch.Generator().manual_seed(0)
     firsts: Counter[int] = Counter()
     n = 3000

@@ -314,7 +314,7 @@ class Engine:
             draft_step = draft.model
         elif draft is not None:
             raise SpeculationError(f"a draft model is only used with method 'draft', not {settings.method!r}")
-        self.speculator = Speculator(settings, self.model, draft_step, self._decodable, self.spec_stats)
+        self.speculator = Speculator(settings, self.model, draft_step, self.only_decodable, self.spec_stats)
         if draft_step is not None:
             self.model = DraftedStep(self.model, draft_step)
         self.spare = settings.k + 1
@@ -405,12 +405,12 @@ class Engine:
                 spec.extend(a.tokens)
         return out
 
-    def only_decodable(self, logits_BV: torch.Tensor) -> torch.Tensor:
-        """``logits_BV`` with the ids the tokenizer cannot decode (padded embedding rows) set to -inf."""
-        if self._decodable < logits_BV.shape[-1]:
-            logits_BV = logits_BV.clone()
-            logits_BV[:, self._decodable:] = float("-inf")
-        return logits_BV
+    def only_decodable(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (..., V) with the ids the tokenizer cannot decode (padded embedding rows) set to -inf."""
+        if self._decodable < logits.shape[-1]:
+            logits = logits.clone()
+            logits[..., self._decodable:] = float("-inf")
+        return logits
 
     # ------------------------------------------------------------------ the loop
     def _encode(self, prompt: str) -> list[int]:

@@ -255,6 +255,25 @@ class HFTokenizer:
         return self._decode([*self._anchor, *ids])[self._anchor_chars:]
 
 
+def vocabulary(tokenizer: Any) -> dict[str, int] | None:
+    """The string -> id table of a ``CodeTokenizer`` or an ``HFTokenizer``; None for another kind."""
+    if isinstance(tokenizer, CodeTokenizer):
+        return tokenizer.backend.get_vocab()
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.tokenizer.get_vocab()  # type: ignore[no-any-return]
+    return None
+
+
+def token_spelling(tokenizer: Any, token: int) -> str | None:
+    """How the vocabulary of a ``CodeTokenizer`` or an ``HFTokenizer`` spells ``token`` (byte-level
+    BPE's characters, SentencePiece's ``<0xNN>``); None for another kind of tokenizer."""
+    if isinstance(tokenizer, CodeTokenizer):
+        return tokenizer.backend.id_to_token(token)
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.tokenizer.convert_ids_to_tokens(token)  # type: ignore[no-any-return]
+    return None
+
+
 def generation_eos(path: str | Path) -> list[int]:
     """The end-of-sequence ids a model directory's generation config names (``generation_config.json``,
     else a Hugging Face ``config.json``'s ``eos_token_id``: what transformers' ``generation_config`` holds),

@@ -40,7 +40,7 @@ for the draft's step); prompt lookup costs nothing when it has no guess.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +48,7 @@ import torch
 
 from smallcode.config import Config, ConfigError
 from smallcode.errors import UserError
+from smallcode.runtime.formats import vocabulary
 from smallcode.runtime.sampling import SamplingParams, is_greedy, probabilities
 from smallcode.runtime.step import ModelStep, StepCache, Tokenizer, step_limits
 
@@ -288,21 +289,11 @@ def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     """Whether two tokenizers map the same strings to the same ids and stop on the same ones."""
     if a.vocab_size != b.vocab_size or set(a.stop_ids) != set(b.stop_ids):
         return False
-    va, vb = _vocab(a), _vocab(b)
+    va, vb = vocabulary(a), vocabulary(b)
     if va is not None and vb is not None:
         return va == vb
     probe = "def f(x):\n    return {'a': x ** 2}  # é ✓\n"
     return a.encode(probe) == b.encode(probe) and all(a.decode([i]) == b.decode([i]) for i in range(a.vocab_size))
-
-
-def _vocab(tokenizer: Tokenizer) -> dict[str, int] | None:
-    """The string -> id table of a ``CodeTokenizer`` or an ``HFTokenizer``; None for another kind."""
-    backend = getattr(tokenizer, "backend", None)
-    if callable(backend):
-        return backend().get_vocab()  # type: ignore[no-any-return]
-    inner = getattr(tokenizer, "tokenizer", None)
-    get = getattr(inner, "get_vocab", None)
-    return get() if callable(get) else None
 
 
 @dataclass
@@ -318,11 +309,11 @@ class Speculator:
     """Proposes and verifies for the rows of a decode batch (see the module docstring); the engine
     owns one when speculation is on and calls ``step`` in place of a plain decode step."""
 
-    def __init__(self, settings: Speculation, target: ModelStep, draft: ModelStep | None, decodable: int,
-                 stats: SpecStats | None = None) -> None:
+    def __init__(self, settings: Speculation, target: ModelStep, draft: ModelStep | None,
+                 only_decodable: Callable[[torch.Tensor], torch.Tensor], stats: SpecStats | None = None) -> None:
         self.settings, self.target, self.draft = settings, target, draft
-        self.decodable = decodable
-        """Ids at or above this are never chosen (a padded embedding's rows)."""
+        self.only_decodable = only_decodable
+        """The engine's: logits of ids the tokenizer cannot decode (a padded embedding's rows) to -inf."""
         self.stats = stats if stats is not None else SpecStats()
 
     def row(self, prompt: Sequence[int], params: SamplingParams) -> SpecRow:
@@ -348,7 +339,7 @@ class Speculator:
         feed = torch.tensor([[t, *g, *[t] * (K - len(g))] for t, g in zip(last, proposal.guesses, strict=True)],
                             device=self.target.device)
         target_cache = cache.target if isinstance(cache, DraftedCache) else cache
-        logits = self._mask(self.target(feed, target_cache).logits)  # (B, K + 1, V)
+        logits = self.only_decodable(self.target(feed, target_cache).logits)  # (B, K + 1, V)
         out = [self.accept(logits[b], proposal, b, params[b], generators[b], logprobs) for b in range(len(rows))]
         cache.rewind([K - a.accepted for a in out])
         for row, a in zip(rows, out, strict=True):
@@ -358,12 +349,6 @@ class Speculator:
             self.stats.accepted += a.accepted
         self.stats.steps += 1
         return out
-
-    def _mask(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.decodable < logits.shape[-1]:
-            logits = logits.clone()
-            logits[..., self.decodable:] = float("-inf")
-        return logits
 
     def _draft(self, cache: StepCache, last: list[int], params: Sequence[SamplingParams],
                generators: Sequence[torch.Generator], wanted: list[int]) -> Guesses:
@@ -376,7 +361,7 @@ class Speculator:
         greedy = all(is_greedy(p) for p in params)
         V = self.target.config.vocab_size
         for _ in range(K):
-            logits = self._mask(self.draft(tokens[:, None], cache.draft).logits[:, -1])
+            logits = self.only_decodable(self.draft(tokens[:, None], cache.draft).logits[:, -1])
             if greedy:  # one-hot q; the accept rule only needs the guess
                 tokens = logits.argmax(-1)
             else:

@@ -30,12 +30,20 @@ class Choice:
     logprobs: list[TokenLogprob] | None = None
     finish: str | None = None
 
-    def add(self, event: Event) -> None:
-        """Take in one event's text, tokens and logprobs (not its finish reason)."""
+    def take(self, event: Event, handle: RequestHandle, cut: Callable[[Choice], bool] | None = None) -> bool:
+        """Take in one event of ``handle``; True once the choice is finished: its request ended, or
+        ``cut`` (seeing the text so far) ended it early, the request then cancelled and the finish "stop"."""
         self.text += event.text
         self.token_ids = (self.token_ids or []) + list(event.token_ids)
         if event.logprobs is not None:
             self.logprobs = (self.logprobs or []) + list(event.logprobs)
+        if cut is not None and cut(self):
+            if event.finish_reason is None:
+                handle.cancel()
+            self.finish = "stop"
+        elif event.finish_reason is not None:
+            self.finish = event.finish_reason
+        return self.finish is not None
 
 
 class ClientGone(Exception):
@@ -51,14 +59,7 @@ def raise_if_failed(choices: list[Choice]) -> None:
 async def collect(handle: RequestHandle, choice: Choice, on_text: Callable[[Choice], bool] | None = None) -> None:
     """Run ``handle`` to its end into ``choice``; ``on_text`` returning True stops it early."""
     async for event in handle:
-        choice.add(event)
-        if on_text is not None and on_text(choice):
-            if event.finish_reason is None:
-                handle.cancel()
-            choice.finish = "stop"
-            return
-        if event.finish_reason is not None:
-            choice.finish = event.finish_reason
+        if choice.take(event, handle, on_text):
             return
 
 

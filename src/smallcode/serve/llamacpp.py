@@ -10,10 +10,7 @@ dropping that line; a stream holds back a last line until its indentation is kno
 ``n_probs`` gives llama.cpp's ``completion_probabilities``: per token its ``id``, ``token`` (the
 piece's text, up to an incomplete UTF-8 character), ``bytes`` and ``logprob`` (of the model's
 distribution before temperature and filtering, as llama.cpp reports it), and ``top_logprobs``, the
-``n_probs`` most likely tokens alike. The scheduler reports the alternatives by their text, so an
-alternative's ``id`` is found from its text; when several tokens read alike (bytes of an incomplete
-multi-byte character all read U+FFFD) it is the chosen token's if the log-probability is the chosen
-one's, else -1, and ``bytes`` are then those of the text.
+``n_probs`` most likely tokens alike, with the ids the scheduler reports (``TokenLogprob.top_ids``).
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 import smallcode
+from smallcode.runtime.formats import token_spelling
 from smallcode.runtime.sampling import SamplingParams
 from smallcode.runtime.scheduler import RequestHandle, TokenLogprob
 from smallcode.serve.handles import Choice, collect, guarded, merged, raise_if_failed
@@ -74,14 +72,7 @@ async def _events(service: Service, handle: RequestHandle, n_indent: int, cut: C
         if ev.finish_reason == "error":  # llama.cpp's streams have no [DONE]: the error ends it
             yield error_event()
             return
-        choice.add(ev)
-        if cut is not None and cut(choice):
-            if ev.finish_reason is None:
-                handle.cancel()
-            choice.finish = "stop"
-        elif ev.finish_reason is not None:
-            choice.finish = ev.finish_reason
-        if choice.finish is not None:
+        if choice.take(ev, handle, cut):
             break
         safe = indent_safe(choice.text, n_indent)
         if safe > shown:
@@ -219,14 +210,7 @@ async def _completion_events(service: Service, body: LlamaCompletionRequest, run
             return
         if run.first_at is None:
             run.first_at = time.perf_counter()
-        choice.add(ev)
-        if cut is not None and cut(choice):
-            if ev.finish_reason is None:
-                run.handle.cancel()
-            choice.finish = "stop"
-        elif ev.finish_reason is not None:
-            choice.finish = ev.finish_reason
-        if choice.finish is not None:
+        if choice.take(ev, run.handle, cut):
             run.ended_at = time.perf_counter()
             done[i] = True
             final = _completion_final(service, body, run, started, streamed=True)
@@ -339,17 +323,6 @@ _BYTE_LEVEL = _byte_level_table()
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
-def _vocab_string(tokenizer: Any, token: int) -> str | None:
-    """The vocabulary's spelling of ``token`` (smallcode's tokenizer, or a transformers one), if it has one."""
-    backend = getattr(tokenizer, "backend", None)
-    if backend is not None and hasattr(backend, "id_to_token"):
-        return backend.id_to_token(token)
-    inner = getattr(tokenizer, "tokenizer", None)
-    if inner is not None and hasattr(inner, "convert_ids_to_tokens"):
-        return inner.convert_ids_to_tokens(token)
-    return None
-
-
 def token_bytes(service: Service, token: int) -> bytes:
     """The bytes of one token: its text as the scheduler decodes a token (a SentencePiece word start
     keeps its space), or, when that is not whole UTF-8 (a piece of a multi-byte character decodes
@@ -358,7 +331,7 @@ def token_bytes(service: Service, token: int) -> bytes:
     text = tokenizer.decode([token])
     if "\ufffd" not in text:
         return text.encode("utf-8")
-    spelled = _vocab_string(tokenizer, token)
+    spelled = token_spelling(tokenizer, token)
     if spelled:
         if match := _BYTE_TOKEN.fullmatch(spelled):
             return bytes([int(match.group(1), 16)])

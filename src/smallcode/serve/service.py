@@ -346,7 +346,7 @@ class Service:
                                   temperature=0.0 if greedy else req.temperature, top_p=min(1.0, req.top_p),
                                   top_k=max(0, req.top_k), seed=seed, stop=stops)
             if req.ignore_eos:
-                params = SamplingParams(**{**params.to_dict(), "ignore_eos": True})
+                params = params.replace(ignore_eos=True)
             jobs.append(Job(ids, params, req.n_cmpl, min(req.n_probs, MAX_LOGPROBS) if req.n_probs else 0))
         return jobs
 
