@@ -52,8 +52,7 @@ on FIM, >= 0.95x on free generation, keystroke TTFT unchanged (within noise).
     python benchmarks/speculative.py --smoke              # a tiny random model: runs every path, figures meaningless
     python benchmarks/speculative.py --dry-run            # the prompts and models, nothing timed
 
-Without ``smallcode.runtime.speculative`` in the checkout, the n-gram and draft engines are skipped
-(said in the output) and only plain runs. The last line printed is one JSON object.
+The last line printed is one JSON object.
 
 With ``configs/nano/draft.yaml`` trained into ``<runs>/draft`` (``smallcode train configs/nano/draft.yaml
 --out runs/nano/draft``), that cheaper draft also drafts for the final model (``draft_small``).
@@ -68,7 +67,6 @@ import argparse
 import ast
 import asyncio
 import dataclasses
-import importlib
 import json
 import multiprocessing as mp
 import os
@@ -95,17 +93,6 @@ as one token, so a prompt ending in a bare line break would force a split the mo
 
 
 # ----------------------------------------------------------------------------- engines
-def speculation_available() -> bool:
-    """Whether this checkout has ``smallcode.runtime.speculative`` (issue #24's engine side)."""
-    try:
-        importlib.import_module("smallcode.runtime.speculative")
-    except ModuleNotFoundError as e:
-        if e.name and "smallcode.runtime.speculative".startswith(e.name):
-            return False
-        raise
-    return True
-
-
 def built_in_thread(build: Callable[[], Any]) -> Any:
     """``build()`` run in a thread that ends, as ``smallcode serve`` loads its model (the OpenMP note in
     ``runtime.scheduler``'s docstring)."""
@@ -122,20 +109,17 @@ def open_mode(path: str, speculate: str | None, k: int | None = None) -> Any:
     """The engine on ``path``: plain (``speculate`` None) or speculating (``"ngram"``, ``"draft:DIR"``),
     with ``k`` proposed tokens per step when given (else the engine's own, adaptive, choice)."""
     from smallcode.runtime.load import open_engine
+    from smallcode.runtime.speculative import Speculation
 
     if speculate is None:
         return open_engine(path)
-    if k is None:
-        return open_engine(path, speculate=speculate)
-    from smallcode.runtime.speculative import Speculation
-
-    return open_engine(path, speculate=dataclasses.replace(Speculation.parse(speculate), k=k))
+    return open_engine(path, speculate=Speculation.parse(speculate) if k is None else Speculation.parse(speculate, k=k))
 
 
 def spec_counts(engine: Any) -> tuple[int, int, int]:
     """The engine's cumulative (proposed, accepted, verify steps); zeros for an engine that does not speculate."""
-    stats = getattr(engine, "spec_stats", None)
-    return (stats.proposed, stats.accepted, stats.steps) if stats is not None else (0, 0, 0)
+    stats = engine.spec_stats
+    return stats.proposed, stats.accepted, stats.steps
 
 
 @dataclass(frozen=True)
@@ -148,12 +132,10 @@ class Mode:
     baseline: str
 
 
-def modes(model: str, draft_target: str, draft: str, speculation: bool, small_draft: str | None = None) -> list[Mode]:
+def modes(model: str, draft_target: str, draft: str, small_draft: str | None = None) -> list[Mode]:
     """plain and n-gram on ``model``; ``draft`` drafting for ``draft_target``, beside plain on that target;
     ``small_draft`` (when given) drafting for ``model``."""
     out = [Mode("plain", model, None, "plain")]
-    if not speculation:
-        return out
     out.append(Mode("ngram", model, "ngram", "plain"))
     if small_draft is not None:
         out.append(Mode("draft_small", model, f"draft:{small_draft}", "plain"))
@@ -571,21 +553,18 @@ def main() -> None:
             if not Path(path).exists():
                 raise SystemExit(f"--{key.replace('_', '-')}: {path} does not exist (run `make run` first, or name "
                                  "the models)")
-        speculation = speculation_available()
         small = args.small_draft
         trained = Path(paths["model"]).parents[1] / "draft" / "final"  # configs/nano/draft.yaml's --out
         if small is None and not args.smoke and trained.exists():
             small = str(trained)
         small = None if small == "none" else small
         paths_small = {"small_draft": small} if small else {}
-        all_modes = modes(paths["model"], paths["draft_target"], paths["draft"], speculation, small)
+        all_modes = modes(paths["model"], paths["draft_target"], paths["draft"], small)
         result: dict[str, Any] = {
-            "benchmark": "speculative", **paths, **paths_small, "smoke": args.smoke, "speculation_module": speculation,
+            "benchmark": "speculative", **paths, **paths_small, "smoke": args.smoke,
             "k": args.k, "threads": args.threads, "cpus": os.cpu_count(),
             "loadavg_before": [round(x, 2) for x in os.getloadavg()], "goals": GOALS,
         }
-        if not speculation:
-            result["skipped"] = "ngram and draft: smallcode.runtime.speculative is not in this checkout"
         held = held_out_set()
         result["held_out"] = held.fingerprint
         files = list(zip(held.names, held.texts, strict=True))
@@ -659,8 +638,7 @@ def print_tables(r: dict[str, Any]) -> None:
         if "ttft_p50_ratio" in k:
             print(f"\nkeystroke TTFT, ngram / plain: p50 {k['ttft_p50_ratio']:.2f}, p95 {k['ttft_p95_ratio']:.2f} "
                   "(goal: unchanged within noise)")
-    if "skipped" in r:
-        print(f"\nskipped: {r['skipped']}")
+
 
 
 if __name__ == "__main__":
