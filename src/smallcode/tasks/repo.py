@@ -519,6 +519,7 @@ def to_task(c: Candidate, with_inputs: bool) -> Task:
             "tests": list(c.tests),
             "n_docstrings": len(c.docs),
             **({"repo": c.pytest_root, "file": c.source_file, "sys_path": list(c.sys_path),
+                "site_dirs": list(c.site_dirs), "plugins": list(c.plugins),
                 "sandbox_paths": [c.pytest_root, *c.site_dirs]} if c.pytest_root else {}),
         },
     )
@@ -541,6 +542,25 @@ def task_sha256(task: Task) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def body_span(path: Path, qualname: str) -> tuple[int, int, str] | None:
+    """(first line index, end line index, indent) of the body of ``qualname`` in the file ``path``
+    (0-based, end exclusive, the lines the problem's reference was cut from), or None when absent."""
+    parsed = _parse(Path(path))
+    if parsed is None:
+        return None
+    text, tree = parsed
+    lines = text.splitlines(keepends=True)
+    for fn, cls in _targets(tree):
+        if (fn.name if cls is None else f"{cls.name}.{fn.name}") != qualname:
+            continue
+        split = _split(lines, "", fn, cls, undocumented=True)
+        if split is None:
+            return None
+        body_lines = split[1].count("\n") + (0 if split[1].endswith("\n") else 1)
+        return fn.end_lineno - body_lines, fn.end_lineno, " " * fn.col_offset
+    return None
 
 
 def sandbox_paths(tasks: list[Task]) -> tuple[str, ...]:
@@ -621,5 +641,5 @@ def load_pinned_stdlib(progress: bool = False, manifest: RepoManifest | None = N
     return [built[tid] for tid in order]
 
 
-__all__ = ["SUITE", "Candidate", "descriptive_name", "load_pinned_stdlib", "module_candidates", "pytest_candidate",
-           "sandbox_paths", "task_sha256", "test_candidate", "to_task", "wrong_bodies"]
+__all__ = ["SUITE", "Candidate", "body_span", "descriptive_name", "load_pinned_stdlib", "module_candidates",
+           "pytest_candidate", "sandbox_paths", "task_sha256", "test_candidate", "to_task", "wrong_bodies"]
