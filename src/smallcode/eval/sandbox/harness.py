@@ -116,6 +116,9 @@ class Sandbox:
     anyway). As root, a writable one must be writable by :attr:`child_uid`.
     """
 
+    ro_paths: tuple[str, ...] = ()
+    rw_paths: tuple[str, ...] = ()
+
     def __init__(self, isolation: Isolation = "auto", limits: Limits | None = None, uid_base: int = 61000,
                  ro_paths: tuple[str, ...] = (), rw_paths: tuple[str, ...] = ()) -> None:
         self.isolation = resolve_isolation(isolation)
