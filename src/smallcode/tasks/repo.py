@@ -485,8 +485,30 @@ def check(candidate):
 """
 
 
+# A repository's package often re-exports its functions (``from .more import *`` in ``__init__``) and
+# its tests call them through the package: every module of the package that holds the original
+# function under any name gets the candidate in its place.
+_PATCH_PACKAGE = """    import sys as _sys
+    _real = _sys.modules.get({module!r})
+    _owner = getattr(_real, {cls!r}, None) if {cls!r} else _real
+    _original = getattr(_owner, {name!r}, None)
+    if _owner is not None and _original is not None:
+        setattr(_owner, {name!r}, candidate)
+        if not {cls!r}:
+            _top = {module!r}.split(".")[0]
+            for _name, _mod in list(_sys.modules.items()):
+                if _mod is not None and (_name == _top or _name.startswith(_top + ".")):
+                    for _k, _v in list(vars(_mod).items()):
+                        if _v is _original:
+                            setattr(_mod, _k, candidate)
+"""
+
+
 def _test_code(c: Candidate) -> str:
-    patch = _PATCH_REAL.format(module=c.module, cls=c.cls, name=c.entry_point)
+    if c.pytest_root:
+        patch = _PATCH_PACKAGE.format(module=c.module, cls=c.cls, name=c.entry_point)
+    else:
+        patch = _PATCH_REAL.format(module=c.module, cls=c.cls, name=c.entry_point)
     if c.cls:
         patch += f"    setattr({c.cls}, {c.entry_point!r}, candidate)\n"
     if c.pytest_root:

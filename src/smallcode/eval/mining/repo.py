@@ -246,6 +246,29 @@ def _has_tests(root: Path) -> bool:
                for p in python_files(root, (".py",)))
 
 
+def _verify_all(checker: _Checker, candidates: list[Candidate], limit: int | None, workers: int | None,
+                progress: bool, desc: str) -> list[Task]:
+    """The tasks of ``candidates`` that pass verification (at most ``limit``), checked in parallel."""
+    from tqdm import tqdm
+
+    if not candidates:
+        return []
+    # Checked in the order of their id's hash, so that with a limit the first `limit` that pass are
+    # a spread over modules and the same on every machine, and checking can stop early.
+    candidates = sorted(candidates,
+                        key=lambda c: hashlib.sha256(f"{SUITE}/{c.module}/{c.qualname}".encode()).hexdigest())
+    kept: list[Task] = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for task in tqdm(pool.map(lambda c: _verify(checker, c), candidates), total=len(candidates), desc=desc,
+                         unit="fn", disable=not progress):
+            if task is not None:
+                kept.append(task)
+                if limit is not None and len(kept) >= limit:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+    return kept
+
+
 def mine_repo(
     source: str | Path,
     out: Path,
@@ -270,46 +293,36 @@ def mine_repo(
     there, file by file, is in the header's ``tests``. The file starts with a header line (source,
     Python version, counts) and is written atomically.
     """
-    from tqdm import tqdm
 
     label, candidates = mine_candidates(source, test_modules, progress=progress)
     trace = None
+    local: list[Candidate] = []
     root = Path(source)
     if run_tests and str(source) != "stdlib" and root.is_dir() and _has_tests(root.resolve()):
-        local, trace = local_test_candidates(root.resolve(), candidates, run_timeout_s, test_timeout_s, progress)
-        candidates += local
-    # Checked in the order of their id's hash, so that with a limit the first `limit` that pass are
-    # a spread over modules and the same on every machine, and checking can stop early.
-    candidates.sort(key=lambda c: hashlib.sha256(f"{SUITE}/{c.module}/{c.qualname}".encode()).hexdigest())
+        local, trace = local_test_candidates(root.resolve(), [], run_timeout_s, test_timeout_s, progress)
     ro: list[str] = []
-    for c in candidates:
-        if c.pytest_root:
-            ro += [p for p in (c.pytest_root, *c.site_dirs) if p not in ro]
+    for c in local:
+        ro += [p for p in (c.pytest_root, *c.site_dirs) if p not in ro]
     checker = _Checker(timeout_s, tuple(ro))
-    kept: list[Task] = []
     try:
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for task in tqdm(
-                pool.map(lambda c: _verify(checker, c), candidates),
-                total=len(candidates),
-                desc=f"mining {label}",
-                unit="fn",
-                disable=not progress,
-            ):
-                if task is not None:
-                    kept.append(task)
-                    if limit is not None and len(kept) >= limit:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        break
+        # A function the repository's own tests check is tried with them first; its doctest (if any)
+        # is tried only when that fails, so each function gives at most one problem.
+        kept = _verify_all(checker, local, limit, workers, progress, f"mining {label} (its tests)")
+        by_tests = {(os.path.realpath(str(t.meta["file"])), t.meta["qualname"]) for t in kept}
+        rest = [c for c in candidates if (os.path.realpath(c.source_file), c.qualname) not in by_tests]
+        if limit is None or len(kept) < limit:
+            kept += _verify_all(checker, rest, None if limit is None else limit - len(kept), workers, progress,
+                                f"mining {label}")
     finally:
         checker.close()
+    n_candidates = len({(os.path.realpath(c.source_file), c.qualname) for c in [*local, *candidates]})
     chosen = select_stable(kept, limit)
     header = {
         "format": FORMAT_VERSION,
         "suite": SUITE,
         "source": label,
         "python": ".".join(map(str, sys.version_info[:3])),
-        "candidates": len(candidates),
+        "candidates": n_candidates,
         "verified": len(kept),
         "tasks": len(chosen),
         "strict": sum(1 for t in chosen if t.inputs),

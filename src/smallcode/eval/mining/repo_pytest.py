@@ -43,6 +43,8 @@ MAX_TEST_SECONDS = 1.0
 """Tests whose call took longer than this are not used as checks."""
 TESTS_PER_TASK = 3
 _TEST_DIR_NAMES = {"tests", "test", "testing"}
+# Top-level directories of a repository that hold no library code (documentation, examples, tools).
+_NOT_LIBRARY_DIRS = {"docs", "doc", "examples", "example", "benchmarks", "bench", "scripts", "tools", "build", "dist"}
 # Error text of a test that needed the network or a service the sandbox does not have.
 _NETWORK_MARKERS = (
     "socket.gaierror", "Temporary failure in name resolution", "Name or service not known",
@@ -82,7 +84,8 @@ def discover(root: str | Path) -> LocalRepo:
     import_roots: list[Path] = []
     for path in python_files(root, (".py",)):
         rel = path.relative_to(root).as_posix()
-        if is_test_file(rel) or path.name in ("setup.py", "noxfile.py", "conftest.py"):
+        if is_test_file(rel) or path.name in ("setup.py", "noxfile.py", "conftest.py") or \
+                Path(rel).parts[0] in _NOT_LIBRARY_DIRS:
             continue
         parts = [] if path.name == "__init__.py" else [path.stem]
         d = path.parent
