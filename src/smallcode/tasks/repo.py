@@ -11,6 +11,12 @@ docstring (methods dedented, after a comment naming the class), ``reference`` th
   ``inputs`` (strict, functions only) are the examples that are a bare call with literal arguments.
 * **unit-test problems**: the preamble imports the real module and takes its globals; ``test`` runs
   up to three of the named unit tests with the real module's function replaced by the candidate.
+* **repository-test problems** (:func:`pytest_candidate`): the same, for a local repository whose
+  own pytest suite checks the function: the preamble puts the repository's import roots and the
+  environment's packages on ``sys.path`` (the sandbox binds both read-only: ``meta["sandbox_paths"]``),
+  ``test`` swaps the candidate into every module of the package holding the original and runs up to
+  three pytest node ids with ``pytest.main``. A function without a docstring qualifies when its name
+  is descriptive (:func:`descriptive_name`); its prompt is the signature alone.
 
 Where the module is importable, the check also replaces the real module's function, so a completion
 that merely calls the original recurses instead of passing.

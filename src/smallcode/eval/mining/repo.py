@@ -7,8 +7,11 @@ module name, or ``"stdlib"`` for the standard library of the running interpreter
 
 * **doctest problems** (any source): functions that some doctest of the same module calls (a function
   by name, a method as ``.name(...)``); strict inputs kept only when the outputs are plain data.
-* **unit-test problems** (standard library only): functions without such a doctest that CPython's
+* **unit-test problems** (standard library): functions without such a doctest that CPython's
   own tests exercise (found by tracing, see :mod:`repo_tests`).
+* **repository-test problems** (a directory with tests): functions that the repository's own
+  pytest/unittest suite exercises, found by running it once in the sandbox with call tracing
+  (:mod:`repo_pytest`); checked by those tests. Tried before a function's doctests.
 
 A task is kept only if, run through the harness's own sandbox and checker, the original body passes
 (twice, to drop flaky ones) and the trivially wrong bodies ``pass`` and ``return None`` fail; the
@@ -16,8 +19,8 @@ same rule decides whether strict inputs are kept. Mined files are written and re
 (:func:`load_mined`); :func:`write_manifest` pins mined tasks as the ``repo`` suite, which
 :func:`smallcode.tasks.repo.load_pinned_stdlib` rebuilds.
 
-Not done: unit-test problems for non-stdlib sources (their checks would import the real package,
-which the sandbox cannot see); relative imports in a doctest-mined module (such modules fail their
+Not done: unit-test problems for an importable package given by name (a directory is needed, whose
+tests are run); relative imports in a doctest-mined module (such modules fail their
 check and are dropped); async functions; decorated methods. Stdlib problems cannot stop a model that
 has memorised the standard library; they measure completion in a real code base, not novelty.
 """
