@@ -199,6 +199,8 @@ def _make_local_repair_task(task: Task, suite: str, sandbox: Sandbox, timeout_s:
     from smallcode.tasks.repo import body_span
 
     repo, file = Path(task.meta["repo"]), Path(task.meta["file"])
+    if any(not Path(p).is_relative_to(repo) for p in task.meta.get("sys_path", ())):
+        return None  # a repository that is itself a package: its copy could not be imported by name
     span = body_span(file, str(task.meta["qualname"]))
     if span is None:
         return None

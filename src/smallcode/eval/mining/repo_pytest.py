@@ -362,11 +362,12 @@ def trace_repository(
     tmp = tempfile.mkdtemp(prefix="smallcode-trace-")
     try:
         os.chmod(tmp, 0o755)
-        copy = Path(tmp) / "repo"
+        # Named as the original: a repository that is itself a package is imported from the parent.
+        copy = Path(tmp) / repo.root.name
         _copy(repo.root, copy)
         out = os.path.join(tmp, "trace.jsonl")
         Path(out).touch()
-        roots = [str(copy / r.relative_to(repo.root)) for r in repo.import_roots]
+        roots = [str(copy.parent / r.relative_to(repo.root.parent)) for r in repo.import_roots]
         cfg = {"root": str(copy), "site": list(environment_paths()), "import_roots": roots, "out": out,
                "test_dirs": sorted(_TEST_DIR_NAMES), "test_timeout": float(test_timeout_s),
                "pytest_args": list(PYTEST_ARGS)}
