@@ -24,8 +24,6 @@ from smallcode.tasks.repo import descriptive_name, sandbox_paths
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minipkg"
 
-pytestmark = pytest.mark.skipif(not available("bwrap"), reason="needs bubblewrap (the repository is bound into it)")
-
 # Functions a quick passing test calls, with a docstring or a two-word name, whose tests a `pass` or
 # `return None` body fails. Left out: warn_if_negative (its test asserts nothing: `pass` passes), g and
 # Stack.size (no docstring, one-word name), parity_name (its only test fails), untested_helper (no
@@ -129,6 +127,7 @@ def test_the_repair_suite_built_from_it_runs_with_the_oracle_at_100(mined: Path,
     assert s["exit_reasons"] == {"tests_passed": 2}  # the agent's own run of the repository's tests passed
 
 
+@pytest.mark.skipif(not available("bwrap"), reason="binds are bubblewrap's; the other layers see the host")
 def test_sandbox_binds_a_path_read_only_and_a_copy_writable() -> None:
     rw = tempfile.mkdtemp(prefix="smallcode-test-rw-")
     try:
