@@ -171,12 +171,33 @@ def report(run_dir: Path) -> None:
 @click.option("--limit", type=int, help="Keep at most N problems (a stable selection).")
 @click.option("--workers", type=int, help="Parallel checks (default: CPU cores).")
 @click.option("--timeout", "timeout_s", default=10.0, show_default=True, help="Seconds per check.")
-def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout_s: float) -> None:
+@click.option("--tests/--no-tests", "run_tests", default=True, show_default=True,
+              help="For a directory with tests: run its own pytest/unittest suite once (in the sandbox) and mine "
+                   "the functions its tests exercise.")
+@click.option("--test-timeout", "test_timeout_s", default=10.0, show_default=True,
+              help="Seconds one of the repository's tests may run before it is interrupted.")
+@click.option("--run-timeout", "run_timeout_s", default=600.0, show_default=True,
+              help="Seconds the whole run of the repository's tests may take (what it recorded is kept).")
+def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout_s: float, run_tests: bool,
+         test_timeout_s: float, run_timeout_s: float) -> None:
     """Build function-completion problems from local Python code (doctests and the repo's tests)."""
+    import json
+
     from smallcode.eval.mining import mine_repo
 
-    path = mine_repo(source, out, limit=limit, workers=workers, timeout_s=timeout_s)
-    click.echo(f"wrote {path}")
+    path = mine_repo(source, out, limit=limit, workers=workers, timeout_s=timeout_s, run_tests=run_tests,
+                     test_timeout_s=test_timeout_s, run_timeout_s=run_timeout_s)
+    with open(path, encoding="utf-8") as f:
+        header = json.loads(f.readline()).get("header", {})
+    tests = header.get("tests")
+    if tests:
+        click.echo(f"tests: {tests['collected']} collected, {tests['passed']} passed, {tests['failed']} failed, "
+                   f"{tests['skipped']} skipped, {tests['network']} needed the network"
+                   + ("" if tests["completed"] else " (the run was cut off)"))
+        for file, problems in tests["problems"].items():
+            for p in problems:
+                click.echo(f"  {file}: {p}", err=True)
+    click.echo(f"{header.get('tasks', 0)} problems of {header.get('candidates', 0)} candidates; wrote {path}")
 
 
 @eval_.command("agent")
@@ -194,7 +215,8 @@ def mine(source: str, out: Path, limit: int | None, workers: int | None, timeout
 @click.option("--candidates", default=1, show_default=True, type=click.IntRange(min=1),
               help="Agent runs per task on separate copies; the first whose tests pass counts.")
 @click.option("--repo-file", type=click.Path(exists=True, dir_okay=False),
-              help="A file written by `smallcode eval mine` to build repair-repo from.")
+              help="A file written by `smallcode eval mine` to build repair-repo from (problems mined from a "
+                   "repository's own tests become copies of that repository with one bug).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @config_options(AgentConfig)
 def agent(cfg: AgentConfig, suites: tuple[list[str], ...], model: Path | None, endpoint: str | None,

@@ -7,7 +7,10 @@ Suites (``REPAIR_SUITES``), built offline from the packaged tasks:
   the dataset's own checks;
 * ``repair-repo``: a one-module package made from a repository problem: the standard-library
   module (``<module>.py``) with the bug in the mined function, and its doctests as
-  ``tests/test_<module>.py``.
+  ``tests/test_<module>.py``. A problem mined from a repository's own test suite (``eval mine
+  --source DIR`` on a directory with tests, ``--repo-file``) becomes a copy of that whole repository
+  with the bug in the real file; the agent runs the repository's own tests that check the function
+  (``python -m pytest`` with their node ids) and the verdict runs them on a fresh copy.
 
 The bug of a task is the first mutation site, in an order drawn from the task id, whose mutant
 fails the tests (checked in the sandbox when the suite is built); tasks with no such site are left
@@ -28,6 +31,7 @@ import difflib
 import hashlib
 import json
 import random
+import shutil
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -63,10 +67,15 @@ class RepairTask:
     """The module's text with the bug."""
     test_file: str
     test_text: str
+    repo: str = ""
+    """For a problem checked by a repository's own tests: that repository, copied whole into the
+    task's directory (``module`` is then a path inside it, and the tests are its own)."""
+    command: str = ""
+    """The test command when it is not the one-file :data:`TEST_COMMAND`."""
 
     @property
     def test_command(self) -> str:
-        return TEST_COMMAND.format(test_file=Path(self.test_file).name)
+        return self.command or TEST_COMMAND.format(test_file=Path(self.test_file).name)
 
     @property
     def instruction(self) -> str:
@@ -74,9 +83,17 @@ class RepairTask:
 
     def write(self, root: Path) -> None:
         """Lay the task's repository out in ``root``."""
+        if self.repo:
+            shutil.copytree(self.repo, root, symlinks=True, dirs_exist_ok=True, ignore=_COPY_IGNORE)
+            (root / self.module).write_text(self.buggy, encoding="utf-8")
+            return
         (root / "tests").mkdir(parents=True, exist_ok=True)
         (root / self.module).write_text(self.buggy, encoding="utf-8")
         (root / self.test_file).write_text(self.test_text, encoding="utf-8")
+
+
+_COPY_IGNORE = shutil.ignore_patterns(".git", ".hg", "__pycache__", "*.pyc", ".tox", ".nox", ".venv",
+                                      ".pytest_cache", ".mypy_cache")
 
 
 def _test_text(task: Task, module: str) -> str:
@@ -101,13 +118,135 @@ def _program(task: Task, body: str) -> str:
 
 def verdict(rt: RepairTask, module_text: str, sandbox: Sandbox, timeout_s: float = 10.0) -> bool:
     """Whether ``module_text`` passes the task's original tests (the harness's compat checker)."""
+    if rt.repo:
+        return check_compat(_local_probe(rt.source, rt.module, module_text), "", sandbox, timeout_s).passed
     probe = dataclasses.replace(rt.source, prompt=module_text, preamble="")
     return check_compat(probe, "", sandbox, timeout_s).passed
+
+
+# ---- problems checked by a repository's own tests (``eval mine --source DIR``) -------------------
+#
+# The task's directory is a copy of the repository with the bug in the real file; the agent runs the
+# repository's own tests (the problem's pytest node ids). The verdict copies the repository (bound
+# read-only in the harness's sandbox) into the program's working directory, puts the agent's text in
+# place of the file and runs the same tests there.
+
+_LOCAL_CHECK = """import os, shutil, site, sys
+for _p in {site!r}:
+    site.addsitedir(_p)
+shutil.copytree({repo!r}, "repo", symlinks=True,
+                ignore=shutil.ignore_patterns(".git", ".hg", "__pycache__", "*.pyc", ".tox", ".nox", ".venv"))
+_root = os.path.abspath("repo")
+with open(os.path.join(_root, {module!r}), "w", encoding="utf-8") as _f:
+    _f.write({text!r})
+sys.path[:0] = [os.path.join(_root, _r) for _r in {roots!r}]
+sys.dont_write_bytecode = True
+os.chdir(_root)
+os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+import pytest
+
+
+class _Outcomes:
+    passed = 0
+    failed = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            _Outcomes.failed.append(report.nodeid)
+        elif report.when == "call" and report.passed:
+            _Outcomes.passed += 1
+
+
+_code = pytest.main(["--rootdir", _root, "--confcutdir", _root, *{args!r}, *[_root + "/" + t for t in {tests!r}]],
+                    plugins=[_Outcomes()])
+assert _code == 0 and _Outcomes.passed > 0 and not _Outcomes.failed, "pytest exit %s; failed: %s" % (
+    int(_code), ", ".join(_Outcomes.failed) or "none passed")
+"""
+
+
+def _is_local(task: Task) -> bool:
+    return task.meta.get("checked_by") == "pytest"
+
+
+def _import_roots(task: Task) -> list[str]:
+    root = Path(task.meta["repo"])
+    return [Path(p).relative_to(root).as_posix() if Path(p) != root else "." for p in task.meta.get("sys_path", ())]
+
+
+def _local_probe(task: Task, module: str, text: str) -> Task:
+    """A task whose program runs ``task``'s tests on a copy of its repository with ``text`` as ``module``."""
+    from smallcode.tasks.repo import PYTEST_ARGS
+
+    args = [*PYTEST_ARGS, "--assert=plain", *(a for p in task.meta.get("plugins", ()) for a in ("-p", p))]
+    program = _LOCAL_CHECK.format(site=list(task.meta.get("site_dirs", ())), repo=task.meta["repo"], module=module,
+                                  text=text, roots=_import_roots(task), args=args, tests=list(task.meta["tests"]))
+    return dataclasses.replace(task, prompt=program, preamble="", test="")
+
+
+def _local_command(task: Task) -> str:
+    """The command the agent is told runs the tests: the repository's own, with pytest."""
+    import shlex
+
+    from smallcode.tasks.repo import PYTEST_ARGS
+
+    roots = ":".join(_import_roots(task))
+    ids = " ".join(shlex.quote(t) for t in task.meta["tests"])
+    return f"PYTHONPATH={shlex.quote(roots)} python -B -m pytest {' '.join(PYTEST_ARGS)} {ids}"
+
+
+def _make_local_repair_task(task: Task, suite: str, sandbox: Sandbox, timeout_s: float,
+                            max_tries: int) -> RepairTask | None:
+    from smallcode.tasks.repo import body_span
+
+    repo, file = Path(task.meta["repo"]), Path(task.meta["file"])
+    if any(not Path(p).is_relative_to(repo) for p in task.meta.get("sys_path", ())):
+        return None  # a repository that is itself a package: its copy could not be imported by name
+    span = body_span(file, str(task.meta["qualname"]))
+    if span is None:
+        return None
+    start, end, indent = span
+    lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
+    module = file.relative_to(repo).as_posix()
+
+    def with_body(body: str) -> str:
+        body_lines = [indent + ln if ln.strip() else ln for ln in body.splitlines(keepends=True)]
+        return "".join(lines[:start] + body_lines + lines[end:])
+
+    fixed = with_body(task.reference)
+    base = RepairTask(f"{suite}/{task.task_id}", suite, task, module, fixed, fixed, "", "", repo=str(repo),
+                      command=_local_command(task))
+    if not check_compat(_local_probe(task, module, fixed), "", sandbox, timeout_s).passed:
+        return None  # the repository changed since mining, or its tests cannot run here
+    sites = mutation_sites(task.reference)
+    rng = random.Random(int(hashlib.sha256(task.task_id.encode()).hexdigest()[:8], 16))
+    rng.shuffle(sites)
+    for site in sites[:max_tries]:
+        buggy = with_body(apply_site(task.reference, site))
+        if buggy == fixed:
+            continue
+        v = check_compat(_local_probe(task, module, buggy), "", sandbox, timeout_s)
+        if v.status in ("failed", "error"):
+            return dataclasses.replace(base, buggy=buggy)
+    return None
+
+
+def repair_sandbox(tasks: list[Task], timeout_s: float) -> Sandbox:
+    """The sandbox that checks ``tasks``: it sees the repositories of problems checked by their own
+    tests, and has the room pytest needs, where any is among them."""
+    from smallcode.tasks.repo import sandbox_paths
+
+    paths = sandbox_paths(tasks)
+    if not paths:
+        return Sandbox("auto", Limits(timeout_s=timeout_s))
+    return Sandbox("auto", Limits(timeout_s=timeout_s, memory_mb=2048, open_files=256, file_size_mb=64),
+                   ro_paths=paths)
 
 
 def make_repair_task(task: Task, suite: str, sandbox: Sandbox, timeout_s: float = 5.0,
                      max_tries: int = 12) -> RepairTask | None:
     """The repair task made from ``task``: its first failing mutant (see the module docstring), or None."""
+    if _is_local(task):
+        return _make_local_repair_task(task, suite, sandbox, max(timeout_s, 10.0), max_tries)
     module = _module_name(task)
     sites = mutation_sites(task.reference)
     rng = random.Random(int(hashlib.sha256(task.task_id.encode()).hexdigest()[:8], 16))
@@ -135,7 +274,7 @@ def load_repair_suite(name: str, limit: int | None = None, sandbox: Sandbox | No
         raise ValueError(f"unknown repair suite {name!r}; choose one of {', '.join(REPAIR_SUITES)}")
     tasks = load_tasks([REPAIR_SUITES[name]], repo_file=repo_file)
     own = sandbox is None
-    sb = sandbox or Sandbox("auto", Limits(timeout_s=5.0))
+    sb = sandbox or repair_sandbox(tasks, 5.0)
     out: list[RepairTask] = []
     try:
         for t in tasks:
@@ -194,7 +333,7 @@ def run_repair(tasks: list[RepairTask], model_for: ModelFactory, out_dir: str | 
     done = {r["task_id"] for r in results.rows}
     limits = ShellLimits(timeout_s=cfg.command_timeout_s)
     try:
-        with Sandbox("auto", Limits(timeout_s=10.0)) as sb:
+        with repair_sandbox([t.source for t in tasks], 10.0) as sb:
             for i, rt in enumerate(tasks):
                 if rt.task_id in done:
                     continue
@@ -210,7 +349,7 @@ def run_repair(tasks: list[RepairTask], model_for: ModelFactory, out_dir: str | 
                             if (ws.path / rt.module).is_file() else ""
                     finally:
                         ws.close()
-                resolved = not changed and verdict(rt, text, sb)
+                resolved = not changed and verdict(rt, text, sb, timeout_s=30.0 if rt.repo else 10.0)
                 row = {"task_id": rt.task_id, "suite": rt.suite, "resolved": resolved, **best.to_dict(),
                        "tests_changed": changed}
                 results.append(row)

@@ -47,7 +47,42 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def _bwrap(argv: list[str]) -> list[str]:
+def environment_paths() -> tuple[str, ...]:
+    """Real paths of the running environment's own package directories (a virtual environment's
+    site-packages; nothing when the interpreter runs without one), the read-only binds a sandboxed
+    program needs to import what is installed here, e.g. a repository's test dependencies."""
+    import site
+
+    base = os.path.realpath(sys.base_prefix)
+    found: list[str] = []
+    for d in site.getsitepackages():
+        real = os.path.realpath(d)
+        if os.path.isdir(real) and not (real == base or real.startswith(base + "/")) and real not in found:
+            found.append(real)
+    return tuple(found)
+
+
+def venv_root() -> str | None:
+    """The real path of the virtual environment this interpreter runs in, or None outside one."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    return os.path.realpath(sys.prefix)
+
+
+def _bind(cmd: list[str], binds: list[str], path: str, option: str = "--ro-bind") -> None:
+    """Add a bind of the host ``path`` at the same path; parents (e.g. /root, mode 0700 on the host)
+    are recreated traversable, and nothing else of them is visible."""
+    if option == "--ro-bind" and any(path == b or path.startswith(b + "/") for b in binds):
+        return
+    for p in _ancestors(path):
+        if any(p == b or p.startswith(b + "/") for b in binds):
+            continue
+        cmd += ["--perms", "0755", "--dir", p]
+    cmd += [option, path, path]
+    binds.append(path)
+
+
+def _bwrap(argv: list[str], ro_binds: tuple[str, ...] = (), rw_binds: tuple[str, ...] = ()) -> list[str]:
     cmd = [
         "bwrap",
         "--unshare-net",
@@ -84,23 +119,24 @@ def _bwrap(argv: list[str]) -> list[str]:
             cmd += ["--ro-bind", d, d]
             binds.append(d)
     for extra in (os.path.realpath(sys.base_prefix), os.path.dirname(interpreter())):
-        if any(extra == b or extra.startswith(b + "/") for b in binds):
-            continue
-        # Parents (e.g. /root, mode 0700 on the host) are recreated traversable; nothing else
-        # of them is visible.
-        for p in _ancestors(extra):
-            if any(p == b or p.startswith(b + "/") for b in binds):
-                continue
-            cmd += ["--perms", "0755", "--dir", p]
-        cmd += ["--ro-bind", extra, extra]
-        binds.append(extra)
+        _bind(cmd, binds, extra)
+    # Extra paths a caller asks for (a repository to test, the environment's packages): read-only,
+    # then the writable ones (a copy the program may change), each at its host path.
+    for extra in ro_binds:
+        _bind(cmd, binds, os.path.realpath(extra))
+    for extra in rw_binds:
+        _bind(cmd, binds, os.path.realpath(extra), "--bind")
     return cmd + argv
 
 
-def wrap(isolation: Isolation, argv: list[str]) -> list[str]:
-    """The command line that runs ``argv`` inside ``isolation`` (a concrete layer, not ``auto``)."""
+def wrap(isolation: Isolation, argv: list[str], ro_binds: tuple[str, ...] = (),
+         rw_binds: tuple[str, ...] = ()) -> list[str]:
+    """The command line that runs ``argv`` inside ``isolation`` (a concrete layer, not ``auto``).
+
+    ``ro_binds`` / ``rw_binds``: host paths made visible (read-only / writable) at the same path under
+    ``bwrap``; the other layers see the host filesystem anyway (with ordinary permissions)."""
     if isolation == "bwrap":
-        return _bwrap(argv)
+        return _bwrap(argv, ro_binds, rw_binds)
     if isolation == "unshare":
         return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
     if isolation == "rlimits":
@@ -167,16 +203,21 @@ def shell_argv(
     mounted writable at :data:`SHELL_WORKDIR` and the working directory there.
 
     Everything :func:`wrap` gives a bwrap program holds (no network, new PID namespace, read-only
-    system directories and interpreter, a capped private ``/tmp``); ``workdir`` is the only host
+    system directories and interpreter, a capped private ``/tmp``; the virtual environment smallcode
+    runs in, if any, read-only and first on ``PATH``); ``workdir`` is the only host
     directory that can be written. Limits are set with ``prlimit`` on the shell (inherited by what it
     starts). As root, the shell runs as ``uid`` (required then) with no capabilities, so the process
     limit counts only this sandbox's processes and nothing may change ownership or permissions
     outside ``workdir``; ``workdir`` must be owned by ``uid``. Wall time is the caller's to enforce
     (kill the process group: ``--die-with-parent`` and the PID namespace take everything with it).
     """
-    # The interpreter's directory first on PATH: `python` inside is the one running smallcode.
+    # The interpreter's directory first on PATH: `python` inside is the one running smallcode. In a
+    # virtual environment, its bin directory before that (bound read-only), so that `python -m pytest`
+    # finds what is installed here, as the repository's own tests need.
     interp_dir = os.path.dirname(interpreter())
-    env = ["--setenv", "PATH", f"{interp_dir}:/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", SANDBOX_WORKDIR,
+    venv = venv_root()
+    path = f"{venv}/bin:{interp_dir}" if venv else interp_dir
+    env = ["--setenv", "PATH", f"{path}:/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", SANDBOX_WORKDIR,
            "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]
     limits = ["prlimit", f"--as={memory_mb << 20}", f"--nproc={processes}", f"--fsize={file_size_mb << 20}",
               f"--nofile={open_files}", f"--cpu={cpu_s}", "--core=0", "--"]
@@ -188,7 +229,7 @@ def shell_argv(
                 "--bounding-set=-all", "--"]
     # /tmp is bwrap's size-capped tmpfs; opened to the unprivileged uid like a host's /tmp.
     options = ["--bind", workdir, SHELL_WORKDIR, "--chdir", SHELL_WORKDIR, "--chmod", "1777", SANDBOX_WORKDIR, *env]
-    return _bwrap([*options, *drop, *limits, "/bin/bash", "-c", command])
+    return _bwrap([*options, *drop, *limits, "/bin/bash", "-c", command], ro_binds=(venv,) if venv else ())
 
 
 _uid_lock = threading.Lock()

@@ -11,6 +11,12 @@ docstring (methods dedented, after a comment naming the class), ``reference`` th
   ``inputs`` (strict, functions only) are the examples that are a bare call with literal arguments.
 * **unit-test problems**: the preamble imports the real module and takes its globals; ``test`` runs
   up to three of the named unit tests with the real module's function replaced by the candidate.
+* **repository-test problems** (:func:`pytest_candidate`): the same, for a local repository whose
+  own pytest suite checks the function: the preamble puts the repository's import roots and the
+  environment's packages on ``sys.path`` (the sandbox binds both read-only: ``meta["sandbox_paths"]``),
+  ``test`` swaps the candidate into every module of the package holding the original and runs up to
+  three pytest node ids with ``pytest.main``. A function without a docstring qualifies when its name
+  is descriptive (:func:`descriptive_name`); its prompt is the signature alone.
 
 Where the module is importable, the check also replaces the real module's function, so a completion
 that merely calls the original recurses instead of passing.
@@ -34,6 +40,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import re
 import sys
 import sysconfig
 import tokenize
@@ -69,6 +76,14 @@ class Candidate:
     """Unit tests (dotted ids) that check it; empty for doctest problems."""
     source_file: str = ""
     line: int = 0
+    pytest_root: str = ""
+    """For problems checked by a repository's own pytest suite: the repository (``tests`` are node ids)."""
+    sys_path: tuple[str, ...] = ()
+    """Directories the check puts on ``sys.path`` (the repository's import roots)."""
+    site_dirs: tuple[str, ...] = ()
+    """Package directories of the environment the check imports pytest and dependencies from."""
+    plugins: tuple[str, ...] = ()
+    """Entry-point pytest plugins the check loads (no others are: loading them all costs time)."""
 
 
 # ---- building candidates from one module ----------------------------------------------------------
@@ -201,15 +216,35 @@ def _targets(tree: ast.Module) -> list[tuple[ast.FunctionDef, ast.ClassDef | Non
     return targets
 
 
-def _split(lines: list[str], module: str, fn: ast.FunctionDef, cls: ast.ClassDef | None) -> tuple[str, str, int] | None:
-    """(prompt, reference body, first line) of a function with a docstring and a body after it."""
+_DESCRIPTIVE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+|[a-z][a-z0-9]*([A-Z][a-z0-9]+)+")
+
+
+def descriptive_name(name: str) -> bool:
+    """Whether a function's name says what it does well enough to stand for a docstring: two words or
+    more (``parse_header``, ``toDict``), leading underscores aside."""
+    return _DESCRIPTIVE.fullmatch(name.lstrip("_")) is not None
+
+
+def _split(lines: list[str], module: str, fn: ast.FunctionDef, cls: ast.ClassDef | None,
+           undocumented: bool = False) -> tuple[str, str, int] | None:
+    """(prompt, reference body, first line) of a function with a docstring and a body after it; with
+    ``undocumented``, also of one without a docstring whose name is descriptive (the prompt is then
+    the signature alone)."""
     doc_node = _doc_node(fn)
-    if doc_node is None or len(fn.body) < 2 or fn.body[1].lineno <= doc_node.end_lineno:
-        return None
     start = fn.decorator_list[0].lineno if fn.decorator_list else fn.lineno
+    if doc_node is None:
+        # The body must start on a line of its own, after the signature.
+        if not (undocumented and descriptive_name(fn.name) and fn.body and fn.body[0].lineno > fn.lineno):
+            return None
+        first = fn.body[0]
+        head_end = (first.decorator_list[0].lineno if getattr(first, "decorator_list", None) else first.lineno) - 1
+    elif len(fn.body) < 2 or fn.body[1].lineno <= doc_node.end_lineno:
+        return None
+    else:
+        head_end = doc_node.end_lineno
     indent = " " * fn.col_offset
-    head = _dedent(lines[start - 1 : doc_node.end_lineno], indent)
-    body = _dedent(lines[doc_node.end_lineno : fn.end_lineno], indent)
+    head = _dedent(lines[start - 1 : head_end], indent)
+    body = _dedent(lines[head_end : fn.end_lineno], indent)
     if head is None or body is None or not "".join(body).strip():
         return None
     kind = f"method of class {cls.name} (self is a {cls.name})" if cls else "function"
@@ -329,6 +364,59 @@ def test_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...
     return None
 
 
+_PYTEST_PREAMBLE = """import site as _site
+import sys as _sys
+for _p in {site!r}:
+    _site.addsitedir(_p)
+_sys.path[:0] = {roots!r}
+_sys.dont_write_bytecode = True
+import {module} as _module_under_test
+globals().update(
+    {{k: v for k, v in vars(_module_under_test).items() if not (k[:2] == "__" == k[-2:]) and k != {skip!r}}}
+)
+del _module_under_test, _site, _sys, _p
+"""
+
+
+def pytest_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...], root: str,
+                     sys_path: tuple[str, ...], site_dirs: tuple[str, ...],
+                     plugins: tuple[str, ...] = ()) -> Candidate | None:
+    """A candidate checked by the pytest node ids ``tests`` of the repository at ``root`` (see
+    :mod:`smallcode.eval.mining.repo_pytest`), importing ``module`` from ``sys_path``; a function
+    with a docstring, or without one when its name is descriptive. None when unusable."""
+    parsed = _parse(path)
+    if parsed is None:
+        return None
+    text, tree = parsed
+    for fn, cls in _targets(tree):
+        qual = fn.name if cls is None else f"{cls.name}.{fn.name}"
+        if qual != qualname:
+            continue
+        split = _split(text.splitlines(keepends=True), module, fn, cls, undocumented=True)
+        if split is None:
+            return None
+        prompt, reference, _ = split
+        return Candidate(
+            module=module,
+            qualname=qual,
+            entry_point=fn.name,
+            cls=cls.name if cls else "",
+            prompt=prompt,
+            reference=reference,
+            preamble=_PYTEST_PREAMBLE.format(site=list(site_dirs), roots=list(sys_path), module=module,
+                                             skip="" if cls else fn.name),
+            docs=[],
+            tests=tuple(tests),
+            source_file=str(path),
+            line=fn.lineno,
+            pytest_root=root,
+            sys_path=tuple(sys_path),
+            site_dirs=tuple(site_dirs),
+            plugins=tuple(plugins),
+        )
+    return None
+
+
 # ---- from candidate to task -------------------------------------------------------------------------
 
 _CHECK = """
@@ -372,10 +460,70 @@ def check(candidate):
 """
 
 
+# pytest in the same process, after the patch: test modules import the patched module. The repository
+# may be read-only: nothing is cached or compiled there, and its own addopts are dropped (they often
+# name plugins that are not installed).
+PYTEST_ARGS: tuple[str, ...] = ("-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning")
+"""What pytest is told on every run, traced or checked."""
+_CHECK_PYTEST = """
+
+def check(candidate):
+    import os as _os
+    import pytest as _pytest
+{patch}    class _Outcomes:
+        passed = 0
+        failed = []
+
+        def pytest_runtest_logreport(self, report):
+            if report.failed:
+                _Outcomes.failed.append(report.nodeid)
+            elif report.when == "call" and report.passed:
+                _Outcomes.passed += 1
+
+    _os.chdir({root!r})
+    _os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    _code = _pytest.main(
+        ["--rootdir", {root!r}, "--confcutdir", {root!r}, *{args!r}, *[{root!r} + "/" + t for t in {tests!r}]],
+        plugins=[_Outcomes()],
+    )
+    assert _code == 0 and _Outcomes.passed > 0 and not _Outcomes.failed, "pytest exit %s; failed: %s" % (
+        int(_code), ", ".join(_Outcomes.failed) or "none passed")
+"""
+
+
+# A repository's package often re-exports its functions (``from .more import *`` in ``__init__``) and
+# its tests call them through the package: every module of the package that holds the original
+# function under any name gets the candidate in its place.
+_PATCH_PACKAGE = """    import sys as _sys
+    _real = _sys.modules.get({module!r})
+    _owner = getattr(_real, {cls!r}, None) if {cls!r} else _real
+    _original = getattr(_owner, {name!r}, None)
+    if _owner is not None and _original is not None:
+        setattr(_owner, {name!r}, candidate)
+        if not {cls!r}:
+            _top = {module!r}.split(".")[0]
+            for _name, _mod in list(_sys.modules.items()):
+                if _mod is not None and (_name == _top or _name.startswith(_top + ".")):
+                    for _k, _v in list(vars(_mod).items()):
+                        if _v is _original:
+                            setattr(_mod, _k, candidate)
+"""
+
+
 def _test_code(c: Candidate) -> str:
-    patch = _PATCH_REAL.format(module=c.module, cls=c.cls, name=c.entry_point)
+    if c.pytest_root:
+        patch = _PATCH_PACKAGE.format(module=c.module, cls=c.cls, name=c.entry_point)
+    else:
+        patch = _PATCH_REAL.format(module=c.module, cls=c.cls, name=c.entry_point)
     if c.cls:
         patch += f"    setattr({c.cls}, {c.entry_point!r}, candidate)\n"
+    if c.pytest_root:
+        # No assertion rewriting in checks: the verdict needs no messages, and rewriting recompiles every
+        # plugin module on each run (nothing may be cached), which costs seconds per check.
+        # Installed plugins are not loaded (each costs import time on every check) but those the
+        # tests were seen to use (their fixtures) or the repository's configuration names.
+        args = [*PYTEST_ARGS, "--assert=plain", *(a for p in c.plugins for a in ("-p", p))]
+        return _CHECK_PYTEST.format(patch=patch, root=c.pytest_root, args=args, tests=list(c.tests))
     if c.tests:
         return _CHECK_TESTS.format(patch=patch, tests=list(c.tests))
     return _CHECK.format(patch=patch, docs=c.docs, qual=c.qualname)
@@ -395,9 +543,12 @@ def to_task(c: Candidate, with_inputs: bool) -> Task:
             "module": c.module,
             "qualname": c.qualname,
             "line": c.line,
-            "checked_by": "unittest" if c.tests else "doctest",
+            "checked_by": "pytest" if c.pytest_root else "unittest" if c.tests else "doctest",
             "tests": list(c.tests),
             "n_docstrings": len(c.docs),
+            **({"repo": c.pytest_root, "file": c.source_file, "sys_path": list(c.sys_path),
+                "site_dirs": list(c.site_dirs), "plugins": list(c.plugins),
+                "sandbox_paths": [c.pytest_root, *c.site_dirs]} if c.pytest_root else {}),
         },
     )
 
@@ -419,6 +570,36 @@ def task_sha256(task: Task) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def body_span(path: Path, qualname: str) -> tuple[int, int, str] | None:
+    """(first line index, end line index, indent) of the body of ``qualname`` in the file ``path``
+    (0-based, end exclusive, the lines the problem's reference was cut from), or None when absent."""
+    parsed = _parse(Path(path))
+    if parsed is None:
+        return None
+    text, tree = parsed
+    lines = text.splitlines(keepends=True)
+    for fn, cls in _targets(tree):
+        if (fn.name if cls is None else f"{cls.name}.{fn.name}") != qualname:
+            continue
+        split = _split(lines, "", fn, cls, undocumented=True)
+        if split is None:
+            return None
+        body_lines = split[1].count("\n") + (0 if split[1].endswith("\n") else 1)
+        return fn.end_lineno - body_lines, fn.end_lineno, " " * fn.col_offset
+    return None
+
+
+def sandbox_paths(tasks: list[Task]) -> tuple[str, ...]:
+    """The host directories the checks of ``tasks`` must see read-only in the sandbox (a repository
+    and the environment's packages, for problems checked by a repository's own tests)."""
+    out: list[str] = []
+    for t in tasks:
+        for p in t.meta.get("sandbox_paths", ()):
+            if p not in out:
+                out.append(p)
+    return tuple(out)
 
 
 def wrong_bodies(task: Task) -> list[str]:
@@ -488,5 +669,5 @@ def load_pinned_stdlib(progress: bool = False, manifest: RepoManifest | None = N
     return [built[tid] for tid in order]
 
 
-__all__ = ["SUITE", "Candidate", "load_pinned_stdlib", "module_candidates", "task_sha256", "test_candidate", "to_task",
-           "wrong_bodies"]
+__all__ = ["SUITE", "Candidate", "body_span", "descriptive_name", "load_pinned_stdlib", "module_candidates",
+           "pytest_candidate", "sandbox_paths", "task_sha256", "test_candidate", "to_task", "wrong_bodies"]

@@ -7,8 +7,11 @@ module name, or ``"stdlib"`` for the standard library of the running interpreter
 
 * **doctest problems** (any source): functions that some doctest of the same module calls (a function
   by name, a method as ``.name(...)``); strict inputs kept only when the outputs are plain data.
-* **unit-test problems** (standard library only): functions without such a doctest that CPython's
+* **unit-test problems** (standard library): functions without such a doctest that CPython's
   own tests exercise (found by tracing, see :mod:`repo_tests`).
+* **repository-test problems** (a directory with tests): functions that the repository's own
+  pytest/unittest suite exercises, found by running it once in the sandbox with call tracing
+  (:mod:`repo_pytest`); checked by those tests. Tried before a function's doctests.
 
 A task is kept only if, run through the harness's own sandbox and checker, the original body passes
 (twice, to drop flaky ones) and the trivially wrong bodies ``pass`` and ``return None`` fail; the
@@ -16,8 +19,8 @@ same rule decides whether strict inputs are kept. Mined files are written and re
 (:func:`load_mined`); :func:`write_manifest` pins mined tasks as the ``repo`` suite, which
 :func:`smallcode.tasks.repo.load_pinned_stdlib` rebuilds.
 
-Not done: unit-test problems for non-stdlib sources (their checks would import the real package,
-which the sandbox cannot see); relative imports in a doctest-mined module (such modules fail their
+Not done: unit-test problems for an importable package given by name (a directory is needed, whose
+tests are run); relative imports in a doctest-mined module (such modules fail their
 check and are dropped); async functions; decorated methods. Stdlib problems cannot stop a model that
 has memorised the standard library; they measure completion in a real code base, not novelty.
 """
@@ -94,8 +97,9 @@ class _Checker:
     Falls back to a plain subprocess (compat only, no strict inputs) where the sandbox is unavailable.
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, ro_paths: tuple[str, ...] = ()) -> None:
         self.timeout_s = timeout_s
+        self.ro_paths = ro_paths
         self.local = threading.local()
         self.sandboxes: list[Any] = []
         self.lock = threading.Lock()
@@ -111,7 +115,11 @@ class _Checker:
     def _sandbox(self) -> Any:
         sb = getattr(self.local, "sb", None)
         if sb is None:
-            sb = self.sandbox_mod.Sandbox(limits=self.sandbox_mod.Limits(timeout_s=self.timeout_s))
+            limits = self.sandbox_mod.Limits(timeout_s=self.timeout_s)
+            if self.ro_paths:  # a repository's own tests: pytest needs more than a small function
+                limits = self.sandbox_mod.Limits(timeout_s=self.timeout_s, memory_mb=2048, open_files=256,
+                                                 file_size_mb=64)
+            sb = self.sandbox_mod.Sandbox(limits=limits, ro_paths=self.ro_paths)
             self.local.sb = sb
             with self.lock:
                 self.sandboxes.append(sb)
@@ -215,6 +223,55 @@ def mine_candidates(
     return label, found
 
 
+def local_test_candidates(
+    root: Path, have: list[Candidate], run_timeout_s: float = 600.0, test_timeout_s: float = 10.0,
+    progress: bool = True,
+) -> tuple[list[Candidate], Any]:
+    """(candidates, :class:`~smallcode.eval.mining.repo_pytest.TraceReport`): run the repository's
+    own test suite once in the sandbox and make a candidate of every function it exercises that
+    ``have`` (the doctest candidates) does not already hold."""
+    from smallcode.eval.mining import repo_pytest
+
+    repo = repo_pytest.discover(root)
+    report = repo_pytest.trace_repository(repo, timeout_s=run_timeout_s, test_timeout_s=test_timeout_s,
+                                          progress=progress)
+    taken = {(os.path.realpath(c.source_file), c.qualname) for c in have}
+    found = [c for c in repo_pytest.pytest_candidates(repo, report)
+             if (os.path.realpath(c.source_file), c.qualname) not in taken]
+    return found, report
+
+
+def _has_tests(root: Path) -> bool:
+    from smallcode.corpus import python_files
+    from smallcode.eval.mining.repo_pytest import is_test_file
+
+    return any(is_test_file(p.relative_to(root).as_posix()) and p.name != "conftest.py"
+               for p in python_files(root, (".py",)))
+
+
+def _verify_all(checker: _Checker, candidates: list[Candidate], limit: int | None, workers: int | None,
+                progress: bool, desc: str) -> list[Task]:
+    """The tasks of ``candidates`` that pass verification (at most ``limit``), checked in parallel."""
+    from tqdm import tqdm
+
+    if not candidates:
+        return []
+    # Checked in the order of their id's hash, so that with a limit the first `limit` that pass are
+    # a spread over modules and the same on every machine, and checking can stop early.
+    candidates = sorted(candidates,
+                        key=lambda c: hashlib.sha256(f"{SUITE}/{c.module}/{c.qualname}".encode()).hexdigest())
+    kept: list[Task] = []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for task in tqdm(pool.map(lambda c: _verify(checker, c), candidates), total=len(candidates), desc=desc,
+                         unit="fn", disable=not progress):
+            if task is not None:
+                kept.append(task)
+                if limit is not None and len(kept) >= limit:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+    return kept
+
+
 def mine_repo(
     source: str | Path,
     out: Path,
@@ -223,6 +280,9 @@ def mine_repo(
     timeout_s: float = 10.0,
     progress: bool = True,
     test_modules: tuple[str, ...] | None = None,
+    run_tests: bool = True,
+    run_timeout_s: float = 600.0,
+    test_timeout_s: float = 10.0,
 ) -> Path:
     """Mine function-completion problems from ``source`` into the JSONL file ``out``; returns ``out``.
 
@@ -230,44 +290,50 @@ def mine_repo(
     at most this many (chosen by :func:`select_stable`). Each kept problem passed the harness's own
     check with its original body and failed with ``pass`` and ``return None`` bodies. ``test_modules``:
     unit-test modules (dotted names) whose tests may check functions that no doctest calls (default: a
-    curated list for ``"stdlib"``; other sources are doctest-only). The file starts
-    with a header line (source, Python version, counts) and is written atomically.
+    curated list for ``"stdlib"``). For a directory with tests (``run_tests``), its own pytest/unittest
+    suite is run once in the sandbox (at most ``run_timeout_s``, each test ``test_timeout_s``) and the
+    functions its quick passing tests exercise become problems too (:mod:`repo_pytest`); what went wrong
+    there, file by file, is in the header's ``tests``. The file starts with a header line (source,
+    Python version, counts) and is written atomically.
     """
-    from tqdm import tqdm
 
     label, candidates = mine_candidates(source, test_modules, progress=progress)
-    # Checked in the order of their id's hash, so that with a limit the first `limit` that pass are
-    # a spread over modules and the same on every machine, and checking can stop early.
-    candidates.sort(key=lambda c: hashlib.sha256(f"{SUITE}/{c.module}/{c.qualname}".encode()).hexdigest())
-    checker = _Checker(timeout_s)
-    kept: list[Task] = []
+    trace = None
+    local: list[Candidate] = []
+    root = Path(source)
+    if run_tests and str(source) != "stdlib" and root.is_dir() and _has_tests(root.resolve()):
+        local, trace = local_test_candidates(root.resolve(), [], run_timeout_s, test_timeout_s, progress)
+    ro: list[str] = []
+    for c in local:
+        ro += [p for p in (c.pytest_root, *c.site_dirs) if p not in ro]
+    checker = _Checker(timeout_s, tuple(ro))
     try:
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for task in tqdm(
-                pool.map(lambda c: _verify(checker, c), candidates),
-                total=len(candidates),
-                desc=f"mining {label}",
-                unit="fn",
-                disable=not progress,
-            ):
-                if task is not None:
-                    kept.append(task)
-                    if limit is not None and len(kept) >= limit:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        break
+        # A function the repository's own tests check is tried with them first; its doctest (if any)
+        # is tried only when that fails, so each function gives at most one problem.
+        kept = _verify_all(checker, local, limit, workers, progress, f"mining {label} (its tests)")
+        by_tests = {(os.path.realpath(str(t.meta["file"])), t.meta["qualname"]) for t in kept}
+        rest = [c for c in candidates if (os.path.realpath(c.source_file), c.qualname) not in by_tests]
+        if limit is None or len(kept) < limit:
+            kept += _verify_all(checker, rest, None if limit is None else limit - len(kept), workers, progress,
+                                f"mining {label}")
     finally:
         checker.close()
+    n_candidates = len({(os.path.realpath(c.source_file), c.qualname) for c in [*local, *candidates]})
     chosen = select_stable(kept, limit)
     header = {
         "format": FORMAT_VERSION,
         "suite": SUITE,
         "source": label,
         "python": ".".join(map(str, sys.version_info[:3])),
-        "candidates": len(candidates),
+        "candidates": n_candidates,
         "verified": len(kept),
         "tasks": len(chosen),
         "strict": sum(1 for t in chosen if t.inputs),
+        "by_check": {k: sum(1 for t in chosen if t.meta.get("checked_by") == k)
+                     for k in sorted({str(t.meta.get("checked_by")) for t in chosen})},
     }
+    if trace is not None:
+        header["tests"] = trace.summary()
     _write_jsonl_atomic(Path(out), [{"header": header}, *(_task_record(t) for t in chosen)])
     return Path(out)
 

@@ -111,12 +111,19 @@ class Sandbox:
 
     ``uid_base``: under root, children run as ``uid_base + k`` (a uid nobody else uses, so the
     process limit counts only this sandbox's processes). Use as a context manager or call
-    :meth:`close`.
+    :meth:`close`. ``ro_paths`` / ``rw_paths``: host directories programs may read / also write, at
+    their host paths (under bwrap nothing else of the host is visible; the other layers see the host
+    anyway). As root, a writable one must be writable by :attr:`child_uid`.
     """
 
-    def __init__(self, isolation: Isolation = "auto", limits: Limits | None = None, uid_base: int = 61000) -> None:
+    ro_paths: tuple[str, ...] = ()
+    rw_paths: tuple[str, ...] = ()
+
+    def __init__(self, isolation: Isolation = "auto", limits: Limits | None = None, uid_base: int = 61000,
+                 ro_paths: tuple[str, ...] = (), rw_paths: tuple[str, ...] = ()) -> None:
         self.isolation = resolve_isolation(isolation)
         self.limits = limits or Limits()
+        self.ro_paths, self.rw_paths = tuple(ro_paths), tuple(rw_paths)
         self.root = os.geteuid() == 0
         self.child_uid = allocate_uid(uid_base) if self.root else None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -140,7 +147,7 @@ class Sandbox:
             os.chmod(self._hostdir, 0o711)
             cfg["workdir"] = self._hostdir
         argv = [interpreter(), "-I", "-S", "-B", "-c", _BOOTSTRAP, json.dumps(cfg), *map(_source, _SHIPPED)]
-        return wrap(self.isolation, argv)
+        return wrap(self.isolation, argv, self.ro_paths, self.rw_paths)
 
     def _start(self) -> None:
         self._proc = subprocess.Popen(
