@@ -15,11 +15,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from test_sandbox_helpers import require_bwrap  # tests/eval, put on the path by conftest
 
 from smallcode.eval.check import check_compat
 from smallcode.eval.mining.repo import load_mined, mine_repo
 from smallcode.eval.mining.repo_pytest import discover, trace_repository
-from smallcode.eval.sandbox import Limits, Sandbox, available
+from smallcode.eval.sandbox import Limits, Sandbox, checking_limits
 from smallcode.tasks.repo import descriptive_name, sandbox_paths
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minipkg"
@@ -88,8 +89,7 @@ def test_bad_test_files_are_reported_per_file_and_do_not_stop_the_run(mined: Pat
 def test_the_check_fails_a_wrong_body_and_passes_the_original(mined: Path) -> None:
     tasks = load_mined(mined)
     by_name = {t.entry_point: t for t in tasks}
-    with Sandbox("auto", Limits(timeout_s=20.0, memory_mb=2048, open_files=256),
-                 ro_paths=sandbox_paths(tasks)) as sb:
+    with Sandbox("auto", checking_limits(20.0, sandbox_paths(tasks)), ro_paths=sandbox_paths(tasks)) as sb:
         clamp = by_name["clamp"]
         assert check_compat(clamp, clamp.reference, sb, 20.0).passed
         # Right for two of the three parametrized cases: the third (50 -> 10) catches it.
@@ -100,6 +100,17 @@ def test_the_check_fails_a_wrong_body_and_passes_the_original(mined: Path) -> No
         assert not check_compat(clamp, cheat, sb, 20.0).passed
         peek = by_name["peek"]
         assert check_compat(peek, "    return self.items[0]\n", sb, 20.0).status == "failed"
+
+
+def test_eval_run_checks_them_with_the_repository_bound_in(mined: Path, tmp_path: Path) -> None:
+    from smallcode.eval.runner import RunConfig, evaluate
+
+    tasks = [t for t in load_mined(mined) if t.entry_point in ("clamp", "slugify")]
+    right = {t.task_id: [t.reference] for t in tasks}
+    cfg = RunConfig(suites=["repo"], mode="compat", timeout_s=20.0, security_scan=False)
+    assert evaluate(tasks, right, cfg, tmp_path / "right", progress=False)["suites"]["repo"]["pass@1"] == 1.0
+    wrong = {t.task_id: [t.reference.split("\n")[0].split("return")[0] + "return None\n"] for t in tasks}
+    assert evaluate(tasks, wrong, cfg, tmp_path / "wrong", progress=False)["suites"]["repo"]["pass@1"] == 0.0
 
 
 def test_a_run_past_its_whole_limit_keeps_what_it_recorded() -> None:
@@ -127,8 +138,8 @@ def test_the_repair_suite_built_from_it_runs_with_the_oracle_at_100(mined: Path,
     assert s["exit_reasons"] == {"tests_passed": 2}  # the agent's own run of the repository's tests passed
 
 
-@pytest.mark.skipif(not available("bwrap"), reason="binds are bubblewrap's; the other layers see the host")
 def test_sandbox_binds_a_path_read_only_and_a_copy_writable() -> None:
+    require_bwrap()  # binds are bubblewrap's; the other layers see the host
     rw = tempfile.mkdtemp(prefix="smallcode-test-rw-")
     try:
         with Sandbox("bwrap", Limits(timeout_s=10.0), ro_paths=(str(FIXTURE),), rw_paths=(rw,)) as sb:

@@ -41,7 +41,7 @@ from typing import Any
 
 from smallcode.eval.check import check_compat
 from smallcode.eval.mutation import apply_site, mutation_sites
-from smallcode.eval.sandbox import Limits, Sandbox
+from smallcode.eval.sandbox import Limits, Sandbox, checking_limits
 from smallcode.fileio import atomic_write_text
 from smallcode.tasks.base import Task
 
@@ -236,10 +236,7 @@ def repair_sandbox(tasks: list[Task], timeout_s: float) -> Sandbox:
     from smallcode.tasks.repo import sandbox_paths
 
     paths = sandbox_paths(tasks)
-    if not paths:
-        return Sandbox("auto", Limits(timeout_s=timeout_s))
-    return Sandbox("auto", Limits(timeout_s=timeout_s, memory_mb=2048, open_files=256, file_size_mb=64),
-                   ro_paths=paths)
+    return Sandbox("auto", checking_limits(timeout_s, paths), ro_paths=paths)
 
 
 def make_repair_task(task: Task, suite: str, sandbox: Sandbox, timeout_s: float = 5.0,

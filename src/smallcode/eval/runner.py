@@ -43,9 +43,10 @@ from smallcode.client import ClientError
 from smallcode.config import Config, ConfigError
 from smallcode.eval.check import CheckMode, Verdict, check
 from smallcode.eval.expected import ExpectedCache, ReferenceFailure
-from smallcode.eval.sandbox import Isolation, Limits, Sandbox, resolve_isolation
+from smallcode.eval.sandbox import Isolation, Sandbox, checking_limits, resolve_isolation
 from smallcode.fileio import JsonlLog, atomic_write_text, read_jsonl
 from smallcode.tasks.base import DEFAULT_STOP, Task
+from smallcode.tasks.repo import sandbox_paths
 
 
 @dataclass
@@ -210,7 +211,9 @@ def evaluate(
     done = {(r["task_id"], r["sample"]) for r in results.rows}
     pending = [r for r in rows if (r["task_id"], r["sample"]) not in done]
     mode: CheckMode = cfg.mode  # type: ignore[assignment]
-    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb)
+    # problems checked by a repository's own tests need it (and the environment's packages) bound in
+    repositories = sandbox_paths([by_id[r["task_id"]] for r in rows])
+    limits = checking_limits(cfg.timeout_s, repositories, cfg.memory_mb)
     expected = ExpectedCache(out / "expected.json")
     local = threading.local()
     sandboxes: list[Sandbox] = []
@@ -224,7 +227,7 @@ def evaluate(
 
     def sandbox() -> Sandbox:
         if getattr(local, "sb", None) is None:
-            local.sb = Sandbox(cfg.isolation, limits)  # type: ignore[arg-type]
+            local.sb = Sandbox(cfg.isolation, limits, ro_paths=repositories)  # type: ignore[arg-type]
             with sb_lock:
                 sandboxes.append(local.sb)
         return local.sb

@@ -115,10 +115,7 @@ class _Checker:
     def _sandbox(self) -> Any:
         sb = getattr(self.local, "sb", None)
         if sb is None:
-            limits = self.sandbox_mod.Limits(timeout_s=self.timeout_s)
-            if self.ro_paths:  # a repository's own tests: pytest needs more than a small function
-                limits = self.sandbox_mod.Limits(timeout_s=self.timeout_s, memory_mb=2048, open_files=256,
-                                                 file_size_mb=64)
+            limits = self.sandbox_mod.checking_limits(self.timeout_s, self.ro_paths)
             sb = self.sandbox_mod.Sandbox(limits=limits, ro_paths=self.ro_paths)
             self.local.sb = sb
             with self.lock:

@@ -5,7 +5,15 @@
 ``payload``: the zygote itself, the program that runs inside.
 """
 
-from smallcode.eval.sandbox.harness import Limits, RunMode, RunResult, Sandbox, Status, run_python
+from smallcode.eval.sandbox.harness import (
+    Limits,
+    RunMode,
+    RunResult,
+    Sandbox,
+    Status,
+    checking_limits,
+    run_python,
+)
 from smallcode.sandbox.isolation import Isolation, available, resolve_isolation
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "Sandbox",
     "Status",
     "available",
+    "checking_limits",
     "resolve_isolation",
     "run_python",
 ]

@@ -84,6 +84,14 @@ class Limits:
     """How much of the child's stdout+stderr comes back."""
 
 
+def checking_limits(timeout_s: float, repositories: tuple[str, ...] = (), memory_mb: int = 1024) -> Limits:
+    """The limits a problem's check runs under: a small function's by default; where the check runs a
+    repository's own tests (``repositories`` bound in), the room pytest needs to start and collect."""
+    if not repositories:
+        return Limits(timeout_s=timeout_s, memory_mb=memory_mb)
+    return Limits(timeout_s=timeout_s, memory_mb=max(memory_mb, 2048), open_files=256, file_size_mb=64)
+
+
 @dataclass
 class RunResult:
     """What a program did, in the sandbox or through :func:`run_python`."""
