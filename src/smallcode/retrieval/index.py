@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 CHUNK_LINES = 12
 """Lines per lexical-search chunk."""
 CHUNK_STEP = 6
@@ -265,8 +267,10 @@ def _lexical_definitions(text: str, path: str, lines: list[str]) -> list[Definit
 def lexical_imports(text: str) -> list[Import]:
     """The imports of ``text`` read line by line (text cut at a cursor seldom parses)."""
     out: list[Import] = []
+    line, at = 0, 0
     for m in IMPORT_LINE.finditer(text):
-        line = text.count("\n", 0, m.start())
+        line += text.count("\n", at, m.start())
+        at = m.start()
         if m.group(3) is not None:
             for part in m.group(3).split(","):
                 bits = part.split()
@@ -326,7 +330,15 @@ class RepoIndex:
         self._postings: dict[str, dict[int, int]] = defaultdict(dict)
         self._chunks: dict[int, tuple[str, int, int, int]] = {}
         """chunk id -> (path, start, end, length in terms)."""
-        self._next_chunk = 0
+        self._free: list[int] = []
+        """Chunk ids given back by removed files, used again first (the score arrays stay as small as
+        the most chunks ever held at once)."""
+        self._lengths = np.zeros(1024)
+        """Terms per chunk id (0 for an id not in use)."""
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """A term's posting as (chunk ids, term frequencies) arrays, made when a query first needs it."""
+        self._norm: np.ndarray | None = None
+        """BM25's length normalisation per chunk id, ``K1 * (1 - B + B * length / average)``."""
         self._total_len = 0
         self._bytes = 0
         self._lock = threading.RLock()
@@ -381,13 +393,17 @@ class RepoIndex:
                 return False
             stored = _Stored(data.lines, data.size, data.definitions, data.imports)
             for start, end, tf in data.chunks:
-                cid = self._next_chunk
-                self._next_chunk += 1
+                cid = self._free.pop() if self._free else len(self._chunks)
+                if cid >= len(self._lengths):
+                    self._lengths = np.concatenate([self._lengths, np.zeros(len(self._lengths))])
                 length = sum(tf.values())
                 self._chunks[cid] = (data.path, start, end, length)
+                self._lengths[cid] = length
                 self._total_len += length
                 for term, n in tf.items():
                     self._postings[term][cid] = n
+                    self._arrays.pop(term, None)
+                self._norm = None
                 stored.chunk_ids.append(cid)
             for d in data.definitions:
                 self._defs[d.name].append(d)
@@ -412,7 +428,11 @@ class RepoIndex:
         for cid in stored.chunk_ids:
             _, start, end, length = self._chunks.pop(cid)
             self._total_len -= length
+            self._lengths[cid] = 0
+            self._free.append(cid)
+            self._norm = None
             for term in bm25_terms("".join(stored.lines[start:end])):
+                self._arrays.pop(term, None)
                 posting = self._postings.get(term)
                 if posting is not None:
                     posting.pop(cid, None)
@@ -443,30 +463,38 @@ class RepoIndex:
         return math.log(1 + (n_chunks - having + 0.5) / (having + 0.5))
 
     def search(self, query: str, k: int = 10, exclude: Iterable[str] = ()) -> list[Hit]:
-        """The ``k`` chunks that score best against ``query`` under BM25 (ties: path, line), none
-        from the paths in ``exclude``, none scoring 0."""
+        """The ``k`` chunks that score best against ``query`` under BM25 (ties: path, line; chunks tied
+        with the ``k``-th are kept too), none from the paths in ``exclude``, none scoring 0."""
         terms = set(bm25_terms(query))
-        skip = set(exclude)
         with self._lock:
             if not self._chunks or not terms:
                 return []
-            avg = self._total_len / len(self._chunks)
-            scores: dict[int, float] = defaultdict(float)
+            if self._norm is None:
+                avg = self._total_len / len(self._chunks)
+                self._norm = K1 * (1 - B + B * self._lengths / avg)
+            norm = self._norm
+            scores = np.zeros(len(norm))
             for term in terms:
                 posting = self._postings.get(term)
                 if not posting:
                     continue
-                idf = self.idf(term)
-                for cid, tf in posting.items():
-                    length = self._chunks[cid][3]
-                    scores[cid] += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / avg))
-            found = []
-            for cid, s in scores.items():
-                path, start, end, _ = self._chunks[cid]
-                if path not in skip:
-                    found.append(Hit(path, start, end, s))
-        found.sort(key=lambda h: (-h.score, h.path, h.start))
-        return found[:k]
+                arrays = self._arrays.get(term)
+                if arrays is None:
+                    arrays = self._arrays[term] = (np.fromiter(posting.keys(), np.int64, len(posting)),
+                                                   np.fromiter(posting.values(), np.float64, len(posting)))
+                ids, tf = arrays
+                scores[ids] += self.idf(term) * tf * (K1 + 1) / (tf + norm[ids])
+            for path in exclude:
+                stored = self._files.get(path)
+                if stored is not None and stored.chunk_ids:
+                    scores[stored.chunk_ids] = 0.0
+            found = np.flatnonzero(scores > 0)
+            if len(found) > k:
+                kth = np.partition(scores[found], len(found) - k)[len(found) - k]
+                found = found[scores[found] >= kth]
+            hits = [Hit(*self._chunks[int(c)][:3], float(scores[c])) for c in found]
+        hits.sort(key=lambda h: (-h.score, h.path, h.start))
+        return hits[:k]
 
     def _resolve(self, name: str, imported: dict[str, Import], path: str) -> list[Definition]:
         """The definitions ``name`` means in the file ``path`` (see the module docstring)."""
