@@ -115,8 +115,8 @@ def main() -> None:
     parser.add_argument("--split", default="report", choices=["report", "tune", "all"])
     parser.add_argument("--out", type=Path, default=None, help="Run directories of the quality part.")
     args = parser.parse_args()
-    record: dict[str, Any] = {"benchmark": "repo_context",
-                              "cost": [cost(name, args.cursors) for name in args.latency_repo or ["stdlib:email", "rich"]]}
+    repos = args.latency_repo or ["stdlib:email", "rich"]
+    record: dict[str, Any] = {"benchmark": "repo_context", "cost": [cost(name, args.cursors) for name in repos]}
     for c in record["cost"]:
         print(f"cost: {c}", file=sys.stderr)
     if args.model is not None:
