@@ -18,7 +18,13 @@ Two parts, one JSON line on stdout:
 
 Timings are wall-clock on whatever machine runs it; on a shared CPU they are upper bounds.
 
-Last figures: see docs/editors.md ("Repository context").
+Last figures (2 CPU cores shared with other jobs, load average 4-6; OMP_NUM_THREADS=1; the model
+runs/nano/finetune/final, 200 cursors of the reporting half): stdlib email (10,144 lines) built in
+0.34 s, retrieval p50/p95 0.66/4.9 ms; rich (38,515 lines) 0.98 s, 0.52/4.7 ms. Exact match 1.0% in
+all three modes; chars saved per 100: 2.60 in-file, 2.49 cross-file, 2.49 retrieval (retrieval
+0.95/1.6 ms of a request's 459/610 ms). docs/editors.md ("Repository context") and
+docs/evaluation.md ("Line completion") discuss them. Run it with OMP_NUM_THREADS=1: with torch's
+threads on busy cores the requests take seconds.
 """
 
 from __future__ import annotations

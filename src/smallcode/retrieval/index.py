@@ -306,7 +306,7 @@ def prepare_file(path: str, text: str) -> PreparedFile:
     error = None
     try:
         tree = ast.parse(text)
-    except (SyntaxError, ValueError) as e:
+    except (SyntaxError, ValueError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
         where = f" line {e.lineno}" if isinstance(e, SyntaxError) and e.lineno else ""
         error = f"does not parse ({type(e).__name__}{where}: {getattr(e, 'msg', None) or e}); indexed lexically"
         definitions, imports = _lexical_definitions(text, path, lines), lexical_imports(text)
