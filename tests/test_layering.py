@@ -31,11 +31,11 @@ ROOT = "(root)"  # the package's own __init__: __version__ and nothing else, imp
 # tokenizer, data and sandbox above them (a checkpoint carries its tokenizer, data tokenizes and
 # decontaminates against the benchmarks); export (the one place that knows Hugging Face's and ONNX's
 # names) on model and tokenizer; runtime on model, tokenizer and export (it loads what export writes,
-# and Hugging Face directories); client above runtime, backends above client; serve on runtime; lsp
-# and agent on client, runtime and sandbox; eval on backends, client, runtime, tasks and sandbox, and
-# on agent and lsp, which it benchmarks (line completion asks the model as the language server
-# does); train on data, model, tasks and export (a Hugging Face teacher), never eval or runtime;
-# pipeline, demo and cli on top.
+# and Hugging Face directories); client above runtime, backends above client; serve on runtime;
+# retrieval (the repository index) on the leaves alone; lsp and agent on client, runtime, sandbox and
+# retrieval; eval on backends, client, runtime, tasks and sandbox, and on agent and lsp, which it
+# benchmarks (line completion asks the model as the language server does); train on data, model,
+# tasks and export (a Hugging Face teacher), never eval or runtime; pipeline, demo and cli on top.
 LAYERS: dict[str, set[str]] = {
     ROOT: set(),
     "errors": set(),
@@ -53,8 +53,9 @@ LAYERS: dict[str, set[str]] = {
     "backends": {"client", "export"},
     "train": {"data", "model", "tasks", "export"},
     "serve": {"runtime"},
-    "lsp": {"client", "runtime", "sandbox"},
-    "agent": {"client", "runtime", "sandbox"},
+    "retrieval": {"fileio"},
+    "lsp": {"client", "runtime", "sandbox", "retrieval"},
+    "agent": {"client", "runtime", "sandbox", "retrieval"},
     "eval": {"backends", "client", "runtime", "tasks", "sandbox", "agent", "lsp"},
     "pipeline": {"train", "eval", "export", "serve", "lsp", "agent", "data"},
     "demo": {"train", "eval", "export", "serve", "lsp", "agent", "data"},

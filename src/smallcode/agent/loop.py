@@ -30,6 +30,7 @@ from smallcode.agent.workspace import DEFAULT_PROTECT, ShellLimits, Workspace, W
 from smallcode.client import ClientError
 from smallcode.config import Config, ConfigError
 from smallcode.fileio import JsonlLog, read_jsonl
+from smallcode.retrieval import RepoIndex, bm25_terms
 
 ExitReason = Literal["tests_passed", "submitted", "max_steps", "max_tokens", "max_seconds", "model_error",
                      "stopped"]
@@ -132,6 +133,26 @@ class _Run:
         verdict = "PASSED" if r.ok else f"FAILED ({r.describe()})"
         return f"tests {verdict}\n{r.output}"
 
+    def ranked_search(self, query: str, k: int = 5) -> str:
+        """What a search that matched nothing answers: the lines, holding one of its words, of the
+        ``k`` passages of the copy's Python files most like them (BM25, ``smallcode.retrieval``)."""
+        index = RepoIndex()
+        for rel in self.ws.files():
+            if rel.endswith(".py"):
+                try:
+                    index.update(rel, self.ws.read_text(rel))
+                except WorkspaceError:
+                    continue
+        words = set(bm25_terms(query))
+        hits: list[str] = []
+        for hit in index.search(query, k=k):
+            lines = self.ws.read_text(hit.path).splitlines()
+            hits += [f"{hit.path}:{i + 1}: {lines[i]}" for i in range(hit.start, min(hit.end, len(lines)))
+                     if words & set(bm25_terms(lines[i])) and f"{hit.path}:{i + 1}: {lines[i]}" not in hits]
+        if not hits:
+            return "no matches"
+        return "no matches; the lines of the passages most like its words:\n" + "\n".join(hits[:50])
+
     def act(self, action: Action) -> str:
         ws = self.ws
         if action.kind == "read":
@@ -154,7 +175,7 @@ class _Run:
                 hits += [f"{rel}:{i}: {ln}" for i, ln in enumerate(text.splitlines(), 1) if pattern.search(ln)]
                 if len(hits) > 200:
                     break
-            return "\n".join(hits[:200]) or "no matches"
+            return "\n".join(hits[:200]) or self.ranked_search(action.arg.splitlines()[0])
         if action.kind == "edit":
             edit = parse_edit(action.arg)
             path = ws.resolve(edit.path, write=True)

@@ -124,6 +124,9 @@ def settings_of_run(cfg: RunConfig, out: Path, ctx: click.Context) -> RunConfig:
               help="Only these held-out packages of the split (import names; repeat). Default: all of them.")
 @click.option("--cross-file/--in-file", default=False, show_default=True,
               help="Give other files of the same package as context files, as the LSP gives open documents.")
+@click.option("--repo/--no-repo", "repo", default=False, show_default=True,
+              help="Retrieve context from an index of the task's package (its own file left out), as the LSP "
+                   "does from the workspace; with --cross-file, both (the LSP's setting).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most tokens per completion (the LSP's limit while typing).")
 @click.option("--stop-loops/--no-stop-loops", default=True, show_default=True,
@@ -131,9 +134,12 @@ def settings_of_run(cfg: RunConfig, out: Path, ctx: click.Context) -> RunConfig:
                    "models only; a smallcode server's /infill always stops loops).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 def lines(model: Path | None, endpoint: str | None, api_key: str | None, split: str, n: int, seed: int,
-          packages: tuple[str, ...], cross_file: bool, max_tokens: int, stop_loops: bool, out: Path) -> None:
+          packages: tuple[str, ...], cross_file: bool, repo: bool, max_tokens: int, stop_loops: bool,
+          out: Path) -> None:
     """Next-line completion on held-out Python through the language server's path: exact match, edit
-    similarity, characters saved, latency. An existing --out with the same settings is resumed."""
+    similarity, characters saved, latency. Context: the file alone (default), --cross-file (other files as
+    open documents), --repo (retrieval from the package's index) or both. An existing --out with the same
+    settings is resumed."""
     from smallcode.eval.lines import LinesSettings, held_out_tasks, run_lines
     from smallcode.lsp.models import EndpointModel, LocalModel
 
@@ -142,7 +148,7 @@ def lines(model: Path | None, endpoint: str | None, api_key: str | None, split: 
     if not stop_loops and endpoint is not None:
         raise click.UsageError("--no-stop-loops applies to --model only (an endpoint decides for itself)")
     settings = LinesSettings(split=split, n=n, seed=seed, packages=sorted(set(packages)), cross_file=cross_file,
-                             max_tokens=max_tokens, stop_loops=stop_loops)
+                             repo=repo, max_tokens=max_tokens, stop_loops=stop_loops)
     tasks, fingerprint, files = held_out_tasks(settings)
 
     def open_model() -> Any:

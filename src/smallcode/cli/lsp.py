@@ -2,7 +2,8 @@
 
 Give the model once: ``--model DIR`` (a smallcode checkpoint or its ONNX export, run in this process)
 or ``--endpoint URL`` (``smallcode serve`` or any server with ``/infill`` or ``/v1/completions``).
-stdout carries the protocol; logs go to stderr.
+stdout carries the protocol; logs go to stderr. The workspace the editor opens is indexed for
+repository context (``smallcode.retrieval``) unless ``--no-repo-context`` is given.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ from smallcode.cli.generate import speculate_options
               help="Most tokens of a completion triggered while typing.")
 @click.option("--feedback-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The feedback log (default: lsp-feedback.jsonl in the user's data directory).")
+@click.option("--repo-context/--no-repo-context", default=True, show_default=True,
+              help="Index the workspace's Python files and add the definitions and passages a completion "
+                   "needs to its prompt (local only; initializationOptions repoContext does the same).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]), help="Logging on stderr.")
 @speculate_options
 def lsp(model_dir: Path | None, endpoint: str | None, api_key: str | None, device: str, max_tokens: int,
-        auto_max_tokens: int, feedback_log: Path | None, log_level: str, speculate: Any) -> None:
+        auto_max_tokens: int, feedback_log: Path | None, repo_context: bool, log_level: str,
+        speculate: Any) -> None:
     """Run the language server on stdin/stdout (--model DIR or --endpoint URL)."""
     if (model_dir is None) == (endpoint is None):
         raise click.UsageError("give the model once: --model DIR or --endpoint URL")
@@ -52,4 +57,4 @@ def lsp(model_dir: Path | None, endpoint: str | None, api_key: str | None, devic
         assert model_dir is not None
         model = LocalModel(model_dir, device=device, speculate=speculate)
     create_server(model, Settings(max_tokens=max_tokens, auto_max_tokens=auto_max_tokens,
-                                         feedback_log=feedback_log)).start_io()
+                                  feedback_log=feedback_log, repo_context=repo_context)).start_io()

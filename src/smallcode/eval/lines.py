@@ -25,6 +25,16 @@ it) and asks the model, through the language server's own path, for the rest of 
   (keywords and names under three characters left out); the best scores win, ties by name, the best
   one last (nearest the cursor's file). Each file's window is centred on its line holding the most
   of those identifiers (the LSP centres on a document's last edit).
+* **Repository retrieval** (``repo``): an index (``smallcode.retrieval.RepoIndex``) of every Python
+  file of the task's package, the task's own file taken out for the task (so that nothing after the
+  cursor is seen, not even through the BM25 statistics), asked as the language server asks its
+  workspace index: definitions of the names used near the cursor and similar chunks, within the
+  extra files' budget (half of it when ``cross_file`` gives open files too). Retrieval is the
+  server's work, so it is inside the timed request; its own time is ``retrieval_ms``.
+
+The context mode (``context_mode``) is one of "in-file" (a: no other file), "cross-file" (b: other
+files as open documents, ``cross_file``), "retrieval" (c, ``repo``) or "cross-file + retrieval" (both,
+the language server's own setting).
 
 Metrics, per task and summed (``score``), each on the completion's first line and the target, both
 with trailing whitespace stripped:
@@ -67,9 +77,10 @@ from tqdm import tqdm
 from smallcode.client import ClientError
 from smallcode.errors import UserError
 from smallcode.fileio import JsonlLog, atomic_write_text, read_jsonl
-from smallcode.lsp.context import Budget, OtherFile, build_context
+from smallcode.lsp.context import Budget, OtherFile, build_context, retrieval_budget
 from smallcode.lsp.models import CompletionModel, FimRequest
 from smallcode.lsp.postprocess import multiline, shape
+from smallcode.retrieval import RepoIndex
 
 AUTO_MAX_TOKENS = 16
 """The language server's limit for a completion triggered while typing (``lsp.server.Settings``)."""
@@ -222,10 +233,24 @@ class PackageFiles:
     files: Sequence[tuple[str, str]]
     idents: list[set[str]] = field(init=False)
     line_idents: list[list[set[str]]] = field(init=False)
+    _index: RepoIndex | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.line_idents = [[_identifiers(line) for line in text.split("\n")] for _, text in self.files]
         self.idents = [set().union(*lines) if lines else set() for lines in self.line_idents]
+
+    def repo_index(self) -> RepoIndex:
+        """The package's index for repository retrieval (built on first use, then kept)."""
+        if self._index is None:
+            index = RepoIndex()
+            for name, text in self.files:
+                index.update(name, text)
+            self._index = index
+        return self._index
+
+    def text(self, name: str) -> str | None:
+        """The text of the package's file ``name`` (None for a file it does not hold)."""
+        return next((text for n, text in self.files if n == name), None)
 
     def related(self, task: LineTask, k: int) -> list[OtherFile]:
         """Up to ``k`` files other than the task's own, as ``OtherFile`` s for ``build_context``: the
@@ -254,6 +279,9 @@ class LinesSettings:
     packages: list[str] = field(default_factory=list)
     """The packages drawn from ([] = every package of the split)."""
     cross_file: bool = False
+    """Other files of the package as open documents (context mode b)."""
+    repo: bool = False
+    """Context retrieved from an index of the package (context mode c)."""
     max_tokens: int = AUTO_MAX_TOKENS
     stop_loops: bool = True
     """End a completion that repeats itself (the language server's default; an endpoint's ``/infill``
@@ -261,6 +289,13 @@ class LinesSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def context_mode(settings: LinesSettings | dict[str, Any]) -> str:
+    """The context a run gives: "in-file", "cross-file", "retrieval" or "cross-file + retrieval"."""
+    s = settings.to_dict() if isinstance(settings, LinesSettings) else settings
+    modes = [name for key, name in (("cross_file", "cross-file"), ("repo", "retrieval")) if s.get(key)]
+    return " + ".join(modes) or "in-file"
 
 
 def _settings_file(out: Path) -> Path:
@@ -279,7 +314,8 @@ def check_run_dir(out: Path, settings: LinesSettings) -> None:
     if not isinstance(old, dict):
         raise LinesError(f"{path}: not a line-completion run's config.json; use another --out")
     new = settings.to_dict()
-    changed = [k for k in new if old.get(k) != new[k]]
+    defaults = LinesSettings().to_dict()  # a setting added since the run began had its default then
+    changed = [k for k in new if old.get(k, defaults[k]) != new[k]]
     results = out / RESULTS
     if changed and results.is_file() and read_jsonl(results):
         raise LinesError(f"{out}: its tasks were done with other settings ({', '.join(changed)}: "
@@ -293,19 +329,34 @@ async def complete_line(model: CompletionModel, task: LineTask, settings: LinesS
     budget = budget or Budget()
     # Which files are "open" is the editor's state, not the server's work: chosen before the clock starts.
     others = package.related(task, budget.extra_files) if package is not None and settings.cross_file else []
-    started = time.perf_counter()
-    ctx = build_context(task.prefix + task.suffix, len(task.prefix), path=task.file, language_id="python",
-                        others=others, budget=budget)
-    request = FimRequest(ctx.prefix, ctx.suffix, ctx.extra, settings.max_tokens, temperature=0.0, seed=0,
-                         stop=[] if multiline(ctx) else ["\n"], stop_loops=settings.stop_loops)
-    raw = await model.complete(request, lambda text: shape(text, ctx, final=False).done)
-    shown = shape(raw, ctx).text
-    latency_ms = (time.perf_counter() - started) * 1000
+    index = package.repo_index() if package is not None and settings.repo else None
+    own = package.text(task.file) if index is not None and package is not None else None
+    if index is not None:
+        index.remove(task.file)  # the task's file, with the line to write, is never seen (restored below)
+    try:
+        started = time.perf_counter()
+        retrieved = index.context(task.prefix, task.file, retrieval_budget(budget, len(others))) \
+            if index is not None else []
+        retrieval_ms = (time.perf_counter() - started) * 1000
+        ctx = build_context(task.prefix + task.suffix, len(task.prefix), path=task.file, language_id="python",
+                            others=others, budget=budget, retrieved=retrieved)
+        request = FimRequest(ctx.prefix, ctx.suffix, ctx.extra, settings.max_tokens, temperature=0.0, seed=0,
+                             stop=[] if multiline(ctx) else ["\n"], stop_loops=settings.stop_loops)
+        raw = await model.complete(request, lambda text: shape(text, ctx, final=False).done)
+        shown = shape(raw, ctx).text
+        latency_ms = (time.perf_counter() - started) * 1000
+    finally:  # after the clock: putting the file back is the editor's saving it, not the request's work
+        if index is not None and own is not None:
+            index.update(task.file, own)
     saved = chars_saved(shown, task.target)
-    return {"task_id": task.task_id, "file": task.file, "kind": task.kind, "target": task.target,
-            "completion": shown, "raw": raw, "extra": [p for p, _ in ctx.extra],
-            "exact": exact_match(shown, task.target), "edit_sim": round(edit_similarity(shown, task.target), 6),
-            "saved": saved.chars, "accepts": saved.accepts, "latency_ms": round(latency_ms, 3)}
+    row = {"task_id": task.task_id, "file": task.file, "kind": task.kind, "target": task.target,
+           "completion": shown, "raw": raw, "extra": [p for p, _ in ctx.extra],
+           "exact": exact_match(shown, task.target), "edit_sim": round(edit_similarity(shown, task.target), 6),
+           "saved": saved.chars, "accepts": saved.accepts, "latency_ms": round(latency_ms, 3)}
+    if index is not None:
+        row["retrieved"] = [p for p, _ in retrieved]
+        row["retrieval_ms"] = round(retrieval_ms, 3)
+    return row
 
 
 def fit_budget(budget: Budget, max_context: int | None, max_tokens: int) -> Budget:
@@ -392,13 +443,17 @@ def score(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     saved = sum(r["saved"] for r in rows)
     keys = sum(r["saved"] - r["accepts"] for r in rows)
     latency = [float(r["latency_ms"]) for r in rows]
+    retrieval = [float(r["retrieval_ms"]) for r in rows if "retrieval_ms" in r]
+    extra = {"retrieval_p50_ms": round(percentile(retrieval, 50), 3),
+             "retrieval_p95_ms": round(percentile(retrieval, 95), 3)} if retrieval else {}
     return {"tasks": len(rows), "exact_match": round(sum(bool(r["exact"]) for r in rows) / len(rows), 6),
             "edit_similarity": round(sum(r["edit_sim"] for r in rows) / len(rows), 6),
             "chars_saved_per_100": round(100 * saved / max(1, typed), 4),
             "keys_saved_per_100": round(100 * keys / max(1, typed), 4),
             "shown": round(sum(bool(r["completion"]) for r in rows) / len(rows), 6),
             "target_chars": typed, "chars_saved": saved,
-            "latency_p50_ms": round(percentile(latency, 50), 3), "latency_p95_ms": round(percentile(latency, 95), 3)}
+            "latency_p50_ms": round(percentile(latency, 50), 3), "latency_p95_ms": round(percentile(latency, 95), 3),
+            **extra}
 
 
 def summarise_lines(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -415,7 +470,7 @@ def lines_markdown(summary: dict[str, Any]) -> str:
     lines = ["# Line completion report", "",
              f"Model: `{summary['backend']}`  ",
              f"Held-out split: **{s['split']}** ({', '.join(summary['packages'])}); "
-             f"{'cross-file' if s['cross_file'] else 'in-file'}; {summary['all']['tasks']} cursors "
+             f"context: {summary['context']}; {summary['all']['tasks']} cursors "
              f"(n = {s['n']}, seed {s['seed']}); max tokens {s['max_tokens']}; stop loops "
              f"{s['stop_loops']}  ",
              f"Held-out set: {summary['held_out'] or 'n/a'}", "",
@@ -430,6 +485,9 @@ def lines_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m['tasks']} | {100 * m['exact_match']:.1f}% | {m['edit_similarity']:.3f} | "
                      f"{m['chars_saved_per_100']:.1f} | {m['keys_saved_per_100']:.1f} | {100 * m['shown']:.0f}% | "
                      f"{m['latency_p50_ms']:.0f} ms | {m['latency_p95_ms']:.0f} ms |")
+    if "retrieval_p50_ms" in summary["all"]:
+        lines += ["", f"Retrieval (inside the latency above): p50 {summary['all']['retrieval_p50_ms']:.2f} ms, "
+                      f"p95 {summary['all']['retrieval_p95_ms']:.2f} ms."]
     lines += ["", "Exact match and edit similarity compare the shaped completion's first line with the rest of "
               "the line; characters saved count what accepting it whole (when exact) or word by word (while "
               "the words agree) spares the typist, per 100 characters of target; keys saved take off one "
@@ -450,7 +508,8 @@ def report_lines(out: str | Path, task_ids: set[str] | None = None) -> dict[str,
 
     packages = settings.get("packages") or list(split_packages(settings["split"]))
     summary = {"settings": settings, "backend": meta.get("backend", ""), "held_out": meta.get("held_out", ""),
-               "split": settings["split"], "packages": packages, **summarise_lines(rows)}
+               "split": settings["split"], "context": context_mode(settings), "packages": packages,
+               **summarise_lines(rows)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "report.md", lines_markdown(summary))
     return summary
@@ -458,8 +517,8 @@ def report_lines(out: str | Path, task_ids: set[str] | None = None) -> dict[str,
 
 # ---------------------------------------------------------------------------------- the command
 def held_out_tasks(settings: LinesSettings) -> tuple[list[LineTask], str, dict[str, PackageFiles]]:
-    """The tasks ``settings`` ask for, the held-out set's fingerprint, and (cross-file) each package's
-    files: every Python file of the installed package, not only the sampled ones."""
+    """The tasks ``settings`` ask for, the held-out set's fingerprint, and (open files, retrieval) each
+    package's files: every Python file of the installed package, not only the sampled ones."""
     from smallcode.eval.heldout import held_out_set, split_packages
 
     in_split = split_packages(settings.split)
@@ -471,7 +530,7 @@ def held_out_tasks(settings: LinesSettings) -> tuple[list[LineTask], str, dict[s
     held = held_out_set(chosen, split=settings.split)
     tasks = draw_cursors(list(zip(held.names, held.texts, strict=True)), settings.n, settings.seed)
     packages: dict[str, PackageFiles] = {}
-    if settings.cross_file:
+    if settings.cross_file or settings.repo:
         for pkg in sorted({t.package for t in tasks}):
             whole = held_out_set([pkg], bytes_per_package=None)
             packages[pkg] = PackageFiles(list(zip(whole.names, whole.texts, strict=True)))

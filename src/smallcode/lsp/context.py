@@ -11,8 +11,11 @@
 * the **suffix**: the rest of the cursor's line and whole lines after it, within a smaller budget
   (the budget is prefix-biased: what was written before the cursor says more about what comes next);
 * the **extra files**: ``(path, text)`` pairs for the server's file-separator layout (``input_extra``
-  of ``/infill``, ``PromptFormat.fim``'s ``extra``), one window of lines per other document, around
-  where it was last edited, the most recently edited document last (nearest the cursor's file).
+  of ``/infill``, ``PromptFormat.fim``'s ``extra``): first what was retrieved from the repository
+  (``retrieved``, from ``smallcode.retrieval``: definitions of the names used near the cursor and
+  similar chunks, sized by ``retrieval_budget``), then one window of lines per other open document,
+  around where it was last edited, the most recently edited document last (nearest the cursor's
+  file). Retrieved text counts against ``extra_tokens``; the open documents share what it leaves.
 
 Budgets are in tokens, turned into characters with ``chars_per_token``: counting tokens line by line
 with the tokenizer would cost more than the model's prompt-cache hit on every keystroke, and an
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from smallcode.retrieval import RetrievalBudget
 from smallcode.tokenizer.code_tokenizer import plain_file_block
 
 LINE_STEP = 32
@@ -101,9 +105,18 @@ def _lines_forward(lines: list[str], start: int, limit: int) -> int:
     return end
 
 
+def retrieval_budget(budget: Budget, open_files: int) -> RetrievalBudget:
+    """What repository retrieval may add to a prompt of ``budget``: all of the extra files' share when no
+    other document is open, half of it when ``open_files`` documents share it."""
+    chars = budget.chars(budget.extra_tokens)
+    return RetrievalBudget(chars=chars // 2 if open_files else chars, files=budget.extra_files)
+
+
 def build_context(text: str, offset: int, *, path: str, language_id: str = "",
-                  others: Sequence[OtherFile] = (), budget: Budget | None = None) -> FimContext:
-    """The FIM pieces for a cursor at character ``offset`` of ``text`` (see the module docstring)."""
+                  others: Sequence[OtherFile] = (), budget: Budget | None = None,
+                  retrieved: Sequence[tuple[str, str]] = ()) -> FimContext:
+    """The FIM pieces for a cursor at character ``offset`` of ``text`` (see the module docstring);
+    ``retrieved``: ``(path, text)`` context files from the repository, laid out before ``others``."""
     budget = budget or Budget()
     if not 0 <= offset <= len(text):
         raise ValueError(f"offset {offset} is outside the document (0..{len(text)})")
@@ -125,15 +138,16 @@ def build_context(text: str, offset: int, *, path: str, language_id: str = "",
     room = budget.chars(budget.suffix_tokens) - len(line_suffix)
     suffix = line_suffix + "".join(after[:_lines_forward(after, 0, max(0, room))])
 
-    extra = _extra_files(others, budget)
+    room = budget.chars(budget.extra_tokens) - sum(len(t) for _, t in retrieved)
+    extra = [(p, t) for p, t in retrieved if t] + _extra_files(others, budget, max(0, room))
     return FimContext(prefix, suffix, extra, line_prefix, line_suffix, after_text)
 
 
-def _extra_files(others: Sequence[OtherFile], budget: Budget) -> list[tuple[str, str]]:
+def _extra_files(others: Sequence[OtherFile], budget: Budget, room: int) -> list[tuple[str, str]]:
     chosen = sorted(others, key=lambda o: o.edited_at)[-budget.extra_files:] if budget.extra_files else []
     if not chosen:
         return []
-    each = budget.chars(budget.extra_tokens) // len(chosen)
+    each = room // len(chosen)
     out = []
     for other in chosen:
         lines = other.text.splitlines(keepends=True)

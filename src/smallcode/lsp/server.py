@@ -12,8 +12,9 @@ Features:
   decode step in process; by closing the HTTP stream for an endpoint). ``$/cancelRequest`` does the
   same and answers RequestCancelled.
 * The prompt: ``lsp.context`` (prefix-biased window, other open documents as extra files, the file's
-  path and language); the answer: ``lsp.postprocess`` (one line inside a line, a block at the end of
-  one, no copy of the suffix), streamed and stopped as soon as the shape is decided.
+  path and language, and what ``smallcode.retrieval`` finds in the workspace); the answer:
+  ``lsp.postprocess`` (one line inside a line, a block at the end of one, no copy of the suffix),
+  streamed and stopped as soon as the shape is decided.
 * Feedback: ``smallcode/feedback`` notifications (``{"id", "event": "shown" | "accepted" |
   "dismissed", "chars"?}``) and the ``smallcode.accepted`` command that inline items carry are
   appended to the local log (``lsp.feedback``), as is a ``served`` event per answer.
@@ -27,8 +28,20 @@ a message that is not JSON gets a JSON-RPC parse error (id null) and a ``window/
 The server keeps serving after each. Each error answer is one warning line on stderr, no traceback
 (``_AnswersAreNotBugs``): only a bug in the server logs one.
 
+* Repository context: when the client names a workspace (``workspaceFolders``, else ``rootUri`` or
+  ``rootPath``), its Python files are indexed in a thread of their own, started once ``initialized``
+  comes (initialize is never kept waiting; until the index is built, completions go without it).
+  For a Python document, the definitions of the names used near the cursor and the chunks most like
+  the text before it come first among the extra files (``RepoIndex.context``, half of the extra
+  budget when other documents are open). The editor's text of open documents replaces the disk's:
+  a document edited since it was indexed is indexed again on ``didSave``, or when a completion is
+  asked in another document (its own file is never retrieved from, so typing costs no re-indexing);
+  ``didClose`` goes back to the disk's version; ``workspace/didChangeWatchedFiles`` is followed.
+  ``smallcode/stats`` reports the index (``repo_index``). Off with ``smallcode lsp --no-repo-context``
+  or ``"repoContext": false``.
+
 Settings come from ``initializationOptions`` (all optional): ``maxTokens``, ``automaticMaxTokens``, ``debounceMinMs``,
-``debounceMaxMs``, ``prefixTokens``, ``suffixTokens``, ``extraTokens``, ``maxLines``.
+``debounceMaxMs``, ``prefixTokens``, ``suffixTokens``, ``extraTokens``, ``maxLines``, ``repoContext``.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -50,10 +64,11 @@ from pygls.lsp.server import LanguageServer
 
 from smallcode.client import ClientBusy, ClientError
 from smallcode.lsp import feedback
-from smallcode.lsp.context import Budget, OtherFile, build_context
+from smallcode.lsp.context import Budget, OtherFile, build_context, retrieval_budget
 from smallcode.lsp.debounce import Debounce
 from smallcode.lsp.models import CompletionModel, FimRequest
 from smallcode.lsp.postprocess import MAX_LINES, multiline, shape, word_start
+from smallcode.retrieval import IndexLimits, RepoIndex, index_directory
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +101,9 @@ class Settings:
     debounce_max_s: float = 0.25
     feedback_log: Path | None = None
     """Where feedback events go (None: the user's data directory)."""
+    repo_context: bool = True
+    """Index the workspace's Python files and add what they hold to completions."""
+    index_limits: IndexLimits = IndexLimits()
 
 
 @dataclass
@@ -164,6 +182,16 @@ class SmallcodeServer(LanguageServer):
         self.docs: dict[str, _DocState] = {}
         self.served: OrderedDict[str, _Served] = OrderedDict()
         self._shown_errors: dict[str, float] = {}
+        self.roots: list[Path] = []
+        """The workspace folders the client named."""
+        self.index: RepoIndex | None = None
+        """The workspace's index, once built (None before, or when repository context is off)."""
+        self.index_state = "off"
+        """"off", "building", "ready" or "failed"."""
+        self.index_seconds: float | None = None
+        self._dirty: set[str] = set()
+        """Documents whose editor text the index does not hold yet."""
+        self._index_stop = threading.Event()
 
     # ------------------------------------------------------------------ errors and feedback
     def report_server_error(self, error: Exception, source: Any) -> None:
@@ -217,6 +245,100 @@ class SmallcodeServer(LanguageServer):
                                        f"line ({width} characters)")
         return doc.offset_at_position(position)
 
+    # ------------------------------------------------------------------ repository context
+    def index_key(self, uri: str) -> str | None:
+        """The index's name for a document (its display path), or None for one that is not Python."""
+        path = _display_path(uri, self.workspace.root_path)
+        return path if path.endswith(".py") else None
+
+    def start_index(self) -> None:
+        """Index the workspace in a thread of its own (see the module docstring)."""
+        if not self.settings.repo_context or not self.roots or self.index_state != "off":
+            return
+        self.index_state = "building"
+        loop = asyncio.get_running_loop()
+        root = self.workspace.root_path
+
+        def key(file: Path) -> str:
+            return _relative(str(file), root)
+
+        def build() -> None:
+            started = time.monotonic()
+            try:
+                index = RepoIndex(self.settings.index_limits)
+                for folder in self.roots:
+                    index_directory(folder, index, key=key, stop=self._index_stop)
+            except Exception as e:  # noqa: BLE001 - completions go on without the index
+                log.warning("the workspace could not be indexed: %s", e)
+                loop.call_soon_threadsafe(setattr, self, "index_state", "failed")
+                return
+            seconds = time.monotonic() - started
+            log.info("indexed %d Python files (%d chunks) in %.2f s; %d do not parse, %d skipped",
+                     index.files, index.chunks, seconds, len(index.errors), len(index.skipped))
+            loop.call_soon_threadsafe(self._index_built, index, seconds)
+
+        threading.Thread(target=build, name="smallcode-lsp-index", daemon=True).start()
+
+    def _index_built(self, index: RepoIndex, seconds: float) -> None:
+        if self._index_stop.is_set():
+            return
+        self.index, self.index_state, self.index_seconds = index, "ready", seconds
+        # What the editor holds is newer than what the walk read from disk.
+        self._dirty.update(self.workspace.text_documents)
+
+    def mark_dirty(self, uri: str) -> None:
+        """Note that the editor's text of ``uri`` changed (indexed when it next matters)."""
+        if self.index is not None:
+            self._dirty.add(unquote(uri))
+
+    def stop_index(self) -> None:
+        """End an index build under way (shutdown); the index is not published."""
+        self._index_stop.set()
+
+    def refresh(self, uri: str) -> None:
+        """Index the editor's text of the open document ``uri``."""
+        self._dirty.discard(uri)
+        doc = self.workspace.text_documents.get(uri)
+        key = self.index_key(uri)
+        if self.index is not None and doc is not None and key is not None:
+            self.index.update(key, doc.source)
+
+    def reread(self, uri: str) -> None:
+        """Index the disk's version of ``uri`` (a closed document, a watched change), or forget it when
+        it is gone or outside the workspace."""
+        self._dirty.discard(uri)
+        key = self.index_key(uri)
+        if self.index is None or key is None:
+            return
+        path = Path(unquote(urlparse(uri).path))
+        inside = any(path.is_relative_to(root) for root in self.roots)
+        try:
+            if inside and path.is_file() and path.stat().st_size <= self.index.limits.max_file_bytes:
+                self.index.update(key, path.read_text(encoding="utf-8", errors="replace"))
+                return
+        except OSError:
+            pass
+        self.index.remove(key)
+
+    def retrieve(self, uri: str, source: str, offset: int, open_files: int) -> list[tuple[str, str]]:
+        """Context files from the workspace index for a cursor at ``offset`` of ``uri`` ([] without one)."""
+        key = self.index_key(uri)
+        if self.index is None or key is None:
+            return []
+        doc_key = unquote(uri)
+        for other in list(self._dirty):
+            if other != doc_key:
+                self.refresh(other)
+        return self.index.context(source[:offset], key, retrieval_budget(self.settings.budget, open_files))
+
+    def index_stats(self) -> dict[str, Any]:
+        index = self.index
+        out: dict[str, Any] = {"state": self.index_state}
+        if index is not None:
+            out.update(files=index.files, chunks=index.chunks, bytes=index.bytes, errors=len(index.errors),
+                       skipped=len(index.skipped), seconds=round(self.index_seconds or 0.0, 3))
+        return out
+
     def others(self, uri: str) -> list[OtherFile]:
         out = []
         for other_uri, doc in self.workspace.text_documents.items():
@@ -260,9 +382,11 @@ class SmallcodeServer(LanguageServer):
             debounce.superseded()
             return None
         # The document as it is now: an edit since the request came would have superseded it.
+        others = self.others(uri)
         ctx = build_context(doc.source, offset, path=_display_path(uri, self.workspace.root_path),
-                            language_id=st.language_id or doc.language_id or "", others=self.others(uri),
-                            budget=self.settings.budget)
+                            language_id=st.language_id or doc.language_id or "", others=others,
+                            budget=self.settings.budget,
+                            retrieved=self.retrieve(uri, doc.source, offset, len(others)))
         start = word_start(ctx.line_prefix)
         typed = ctx.line_prefix[start:]
         start_col = position.character - doc.position_codec.client_num_units(typed)
@@ -358,9 +482,28 @@ def _display_path(uri: str, root: str | None) -> str:
     """The path a prompt names: relative to the workspace root when inside it."""
     parsed = urlparse(uri)
     path = unquote(parsed.path) if parsed.scheme in ("file", "") else uri
+    return _relative(path, root)
+
+
+def _relative(path: str, root: str | None) -> str:
     if root and path.startswith(root.rstrip("/") + "/"):
         return path[len(root.rstrip("/")) + 1:]
     return path
+
+
+def _roots(params: types.InitializeParams) -> list[Path]:
+    """The workspace folders of ``initialize``: ``workspaceFolders``, else ``rootUri``, else ``rootPath``."""
+    uris = [f.uri for f in params.workspace_folders or []] or ([params.root_uri] if params.root_uri else [])
+    paths = [Path(unquote(urlparse(u).path)) for u in uris if urlparse(u).scheme in ("file", "")]
+    if not paths and params.root_path:
+        paths = [Path(params.root_path)]
+    return [p for p in paths if p.is_dir()]
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"repoContext must be true or false, got {value!r}")
+    return value
 
 
 def _accept_command(completion_id: str, text: str) -> types.Command:
@@ -390,17 +533,24 @@ def create_server(model: CompletionModel, settings: Settings | None = None) -> S
                 debounce_max_s=float(options.get("debounceMaxMs", s.debounce_max_s * 1000)) / 1000,
                 budget=replace(b, prefix_tokens=int(options.get("prefixTokens", b.prefix_tokens)),
                                suffix_tokens=int(options.get("suffixTokens", b.suffix_tokens)),
-                               extra_tokens=int(options.get("extraTokens", b.extra_tokens))))
+                               extra_tokens=int(options.get("extraTokens", b.extra_tokens))),
+                repo_context=_flag(options.get("repoContext", s.repo_context)))
         except (TypeError, ValueError) as e:
             raise JsonRpcInvalidParams(f"initializationOptions: {e}") from e
         if min(ls.settings.max_tokens, ls.settings.auto_max_tokens, ls.settings.max_lines) < 1:
             raise JsonRpcInvalidParams("initializationOptions: maxTokens, automaticMaxTokens and maxLines must be >= 1")
         ls.settings.debounce_max_s = max(ls.settings.debounce_max_s, ls.settings.debounce_min_s)
+        ls.roots = _roots(params)
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: SmallcodeServer, params: types.InitializedParams) -> None:
+        ls.start_index()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: SmallcodeServer, params: types.DidOpenTextDocumentParams) -> None:
         st = ls.state(params.text_document.uri)
         st.language_id, st.edited_at = params.text_document.language_id, time.monotonic()
+        ls.mark_dirty(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: SmallcodeServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -415,11 +565,26 @@ def create_server(model: CompletionModel, settings: Settings | None = None) -> S
         last = params.content_changes[-1] if params.content_changes else None
         if isinstance(last, types.TextDocumentContentChangePartial):
             st.edited_line = last.range.start.line
+        ls.mark_dirty(uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: SmallcodeServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.refresh(unquote(params.text_document.uri))
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched(ls: SmallcodeServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for change in params.changes:
+            uri = unquote(change.uri)
+            if uri in ls.workspace.text_documents:  # open: the editor's text wins
+                ls.mark_dirty(uri)
+            else:
+                ls.reread(uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: SmallcodeServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.supersede(params.text_document.uri)
         ls.docs.pop(params.text_document.uri, None)
+        ls.reread(unquote(params.text_document.uri))
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: SmallcodeServer, params: types.InlineCompletionParams
@@ -465,10 +630,11 @@ def create_server(model: CompletionModel, settings: Settings | None = None) -> S
         return {"requests": c.requests, "waiting": c.waiting, "model_calls": ls.model.calls,
                 "superseded_before_model": c.superseded_before_model,
                 "cancelled_before_model": c.cancelled_before_model, "stopped_in_model": c.stopped_in_model,
-                "answered": c.answered, "errors": c.errors, "busy": c.busy}
+                "answered": c.answered, "errors": c.errors, "busy": c.busy, "repo_index": ls.index_stats()}
 
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: SmallcodeServer, params: Any) -> None:
+        ls.stop_index()
         for uri in list(ls.docs):
             ls.supersede(uri)
         await ls.model.close()
