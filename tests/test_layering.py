@@ -32,7 +32,7 @@ ROOT = "(root)"  # the package's own __init__: __version__ and nothing else, imp
 # decontaminates against the benchmarks); export (the one place that knows Hugging Face's and ONNX's
 # names) on model and tokenizer; runtime on model, tokenizer and export (it loads what export writes,
 # and Hugging Face directories); client above runtime, backends above client; serve on runtime;
-# retrieval (the repository index) on the leaves alone; lsp and agent on client, runtime, sandbox and
+# retrieval (the repository index) on corpus (its walker); lsp and agent on client, runtime, sandbox and
 # retrieval; eval on backends, client, runtime, tasks and sandbox, and on agent and lsp, which it
 # benchmarks (line completion asks the model as the language server does); train on data, model,
 # tasks and export (a Hugging Face teacher), never eval or runtime; pipeline, demo and cli on top.
@@ -53,7 +53,7 @@ LAYERS: dict[str, set[str]] = {
     "backends": {"client", "export"},
     "train": {"data", "model", "tasks", "export"},
     "serve": {"runtime"},
-    "retrieval": {"fileio"},
+    "retrieval": {"corpus"},
     "lsp": {"client", "runtime", "sandbox", "retrieval"},
     "agent": {"client", "runtime", "sandbox", "retrieval"},
     "eval": {"backends", "client", "runtime", "tasks", "sandbox", "agent", "lsp"},

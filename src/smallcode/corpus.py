@@ -29,6 +29,7 @@ import sysconfig
 from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
+from threading import Event
 
 from smallcode.errors import UserError
 from smallcode.fileio import JsonlError, numbered_jsonl
@@ -92,21 +93,35 @@ def default_corpus() -> list[Path]:
 
 
 def python_files(
-    root: Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, skip_dir: Callable[[str], bool] | None = None
+    root: Path, extensions: Sequence[str] = DEFAULT_EXTENSIONS, skip_dir: Callable[[str], bool] | None = None,
+    *, skip: Callable[[Path], bool] | None = None, limit: int | None = None, stop: Event | None = None,
 ) -> list[Path]:
     """THE walker: every file under ``root`` with one of ``extensions``, in sorted path order.
 
     Never enters ``SKIP_DIRS``, a hidden directory, a symlinked one, or one whose name ``skip_dir``
-    refuses. The embedded corpus, the ``repo`` suite's miner (:func:`stdlib_modules`) and the demo all
-    walk with it, so what the suite is mined from and what training holds out name the same files.
+    refuses; never takes a symlinked file. ``skip`` refuses a file or directory by its whole path (a
+    repository index's ``.gitignore`` rules); the walk ends once ``limit`` files are found or ``stop``
+    is set (a workspace opened at a home directory, a server shutting down). The embedded corpus, the
+    ``repo`` suite's miner (:func:`stdlib_modules`), the held-out set, the demo and the repository
+    index all walk with it, so what the suite is mined from and what training holds out name the same
+    files.
     """
     found: list[Path] = []
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and not p.is_symlink():
-            if p.name not in SKIP_DIRS and not p.name.startswith(".") and not (skip_dir and skip_dir(p.name)):
-                found += python_files(p, extensions, skip_dir)
-        elif p.is_file() and p.suffix in extensions:
-            found.append(p)
+
+    def walk(here: Path) -> None:
+        for p in sorted(here.iterdir()):
+            if (limit is not None and len(found) >= limit) or (stop is not None and stop.is_set()):
+                return
+            if p.is_symlink():
+                continue
+            if p.is_dir():
+                if p.name not in SKIP_DIRS and not p.name.startswith(".") and not (skip_dir and skip_dir(p.name)) \
+                        and not (skip and skip(p)):
+                    walk(p)
+            elif p.is_file() and p.suffix in extensions and not (skip and skip(p)):
+                found.append(p)
+
+    walk(root)
     return found
 
 

@@ -35,7 +35,6 @@ import builtins
 import fnmatch
 import keyword
 import math
-import os
 import re
 import threading
 from collections import defaultdict
@@ -44,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from smallcode.corpus import python_files as walk_files
 
 CHUNK_LINES = 12
 """Lines per lexical-search chunk."""
@@ -616,30 +617,21 @@ def _ignored(rel: str, name: str, patterns: Sequence[str], is_dir: bool) -> bool
 
 
 def python_files(root: Path, *, limit: int | None = None, stop: threading.Event | None = None) -> list[Path]:
-    """The Python files under ``root`` worth indexing, sorted: no version control, virtual environment,
-    build output or cache directory, nothing the root's ``.gitignore`` names (its simple patterns; a
-    ``!`` exception is not honoured), no symbolic link followed. The walk ends once ``limit`` files
-    are found (a workspace opened at a home directory) or ``stop`` is set."""
+    """The Python files under ``root`` worth indexing (``smallcode.corpus.python_files``' walk), sorted:
+    no version control, virtual environment, build output or cache directory, nothing the root's
+    ``.gitignore`` names (its simple patterns; a ``!`` exception is not honoured), no symbolic link
+    followed. The walk ends once ``limit`` files are found (a workspace opened at a home directory)
+    or ``stop`` is set."""
     patterns = _gitignore(root)
-    out: list[Path] = []
-    for here, dirs, files in os.walk(root):
-        if (limit is not None and len(out) >= limit) or (stop is not None and stop.is_set()):
-            break
-        base = Path(here)
-        rel_dir = base.relative_to(root).as_posix()
-        keep = []
-        for d in sorted(dirs):
-            rel = d if rel_dir == "." else f"{rel_dir}/{d}"
-            if d in SKIP_DIRS or d.startswith(".") or d.endswith(".egg-info") or (base / d / "pyvenv.cfg").exists() \
-                    or (base / d).is_symlink() or _ignored(rel, d, patterns, True):
-                continue
-            keep.append(d)
-        dirs[:] = keep
-        for f in sorted(files):
-            rel = f if rel_dir == "." else f"{rel_dir}/{f}"
-            if f.endswith(".py") and not (base / f).is_symlink() and not _ignored(rel, f, patterns, False):
-                out.append(base / f)
-    return sorted(out)
+
+    def skip(path: Path) -> bool:
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir():
+            return (path.name in SKIP_DIRS or path.name.endswith(".egg-info") or (path / "pyvenv.cfg").exists()
+                    or _ignored(rel, path.name, patterns, True))
+        return _ignored(rel, path.name, patterns, False)
+
+    return sorted(walk_files(root, (".py",), skip=skip, limit=limit, stop=stop))
 
 
 def index_directory(root: str | Path, index: RepoIndex | None = None, *, key: Callable[[Path], str] | None = None,
