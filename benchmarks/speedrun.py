@@ -54,7 +54,7 @@ from smallcode.train.recipe import RecipeConfig, final_expert_load, stage_config
 from smallcode.train.trainer import Trainer, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING_STEPS_EXCLUDED = {"tokenizer", "shards", "held-out", "samples", "eval"}
+TRAINING_STEPS_EXCLUDED = {"tokenizer", "shards", "held-out", "lines", "samples", "eval"}
 
 
 def peak_flops(seconds: float = 2.0, n: int = 1024) -> float:
