@@ -45,6 +45,7 @@ import sys
 import sysconfig
 import tokenize
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,8 +334,11 @@ del _module_under_test
 """
 
 
-def test_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...]) -> Candidate | None:
-    """A candidate checked by the named unit tests (see :mod:`repo_tests`); None when unusable."""
+def _function_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...],
+                        preamble: Callable[[str], str], undocumented: bool = False, **extra: Any) -> Candidate | None:
+    """The candidate for function ``qualname`` of ``path`` checked by ``tests``; ``preamble(skip)`` is
+    its program's start, ``skip`` the name left out of the module's globals (none for a method). None
+    when the file or function is unusable."""
     parsed = _parse(path)
     if parsed is None:
         return None
@@ -343,25 +347,21 @@ def test_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...
         qual = fn.name if cls is None else f"{cls.name}.{fn.name}"
         if qual != qualname:
             continue
-        split = _split(text.splitlines(keepends=True), module, fn, cls)
+        split = _split(text.splitlines(keepends=True), module, fn, cls, undocumented=undocumented)
         if split is None:
             return None
         prompt, reference, _ = split
-        return Candidate(
-            module=module,
-            qualname=qual,
-            entry_point=fn.name,
-            cls=cls.name if cls else "",
-            prompt=prompt,
-            reference=reference,
-            # The real module's globals (same classes and helpers as the original), minus the function.
-            preamble=_IMPORT_PREAMBLE.format(module=module, skip="" if cls else fn.name),
-            docs=[],
-            tests=tuple(tests),
-            source_file=str(path),
-            line=fn.lineno,
-        )
+        return Candidate(module=module, qualname=qual, entry_point=fn.name, cls=cls.name if cls else "",
+                         prompt=prompt, reference=reference, preamble=preamble("" if cls else fn.name),
+                         docs=[], tests=tuple(tests), source_file=str(path), line=fn.lineno, **extra)
     return None
+
+
+def test_candidate(module: str, path: Path, qualname: str, tests: tuple[str, ...]) -> Candidate | None:
+    """A candidate checked by the named unit tests (see :mod:`repo_tests`); None when unusable."""
+    # The real module's globals (same classes and helpers as the original), minus the function.
+    return _function_candidate(module, path, qualname, tests,
+                               lambda skip: _IMPORT_PREAMBLE.format(module=module, skip=skip))
 
 
 _PYTEST_PREAMBLE = """import site as _site
@@ -384,37 +384,11 @@ def pytest_candidate(module: str, path: Path, qualname: str, tests: tuple[str, .
     """A candidate checked by the pytest node ids ``tests`` of the repository at ``root`` (see
     :mod:`smallcode.eval.mining.repo_pytest`), importing ``module`` from ``sys_path``; a function
     with a docstring, or without one when its name is descriptive. None when unusable."""
-    parsed = _parse(path)
-    if parsed is None:
-        return None
-    text, tree = parsed
-    for fn, cls in _targets(tree):
-        qual = fn.name if cls is None else f"{cls.name}.{fn.name}"
-        if qual != qualname:
-            continue
-        split = _split(text.splitlines(keepends=True), module, fn, cls, undocumented=True)
-        if split is None:
-            return None
-        prompt, reference, _ = split
-        return Candidate(
-            module=module,
-            qualname=qual,
-            entry_point=fn.name,
-            cls=cls.name if cls else "",
-            prompt=prompt,
-            reference=reference,
-            preamble=_PYTEST_PREAMBLE.format(site=list(site_dirs), roots=list(sys_path), module=module,
-                                             skip="" if cls else fn.name),
-            docs=[],
-            tests=tuple(tests),
-            source_file=str(path),
-            line=fn.lineno,
-            pytest_root=root,
-            sys_path=tuple(sys_path),
-            site_dirs=tuple(site_dirs),
-            plugins=tuple(plugins),
-        )
-    return None
+    def preamble(skip: str) -> str:
+        return _PYTEST_PREAMBLE.format(site=list(site_dirs), roots=list(sys_path), module=module, skip=skip)
+
+    return _function_candidate(module, path, qualname, tests, preamble, undocumented=True, pytest_root=root,
+                               sys_path=tuple(sys_path), site_dirs=tuple(site_dirs), plugins=tuple(plugins))
 
 
 # ---- from candidate to task -------------------------------------------------------------------------
