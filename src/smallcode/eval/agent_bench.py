@@ -141,27 +141,7 @@ with open(os.path.join(_root, {module!r}), "w", encoding="utf-8") as _f:
     _f.write({text!r})
 sys.path[:0] = [os.path.join(_root, _r) for _r in {roots!r}]
 sys.dont_write_bytecode = True
-os.chdir(_root)
-os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-import pytest
-
-
-class _Outcomes:
-    passed = 0
-    failed = []
-
-    def pytest_runtest_logreport(self, report):
-        if report.failed:
-            _Outcomes.failed.append(report.nodeid)
-        elif report.when == "call" and report.passed:
-            _Outcomes.passed += 1
-
-
-_code = pytest.main(["--rootdir", _root, "--confcutdir", _root, *{args!r}, *[_root + "/" + t for t in {tests!r}]],
-                    plugins=[_Outcomes()])
-assert _code == 0 and _Outcomes.passed > 0 and not _Outcomes.failed, "pytest exit %s; failed: %s" % (
-    int(_code), ", ".join(_Outcomes.failed) or "none passed")
-"""
+{run}"""
 
 
 def _is_local(task: Task) -> bool:
@@ -175,11 +155,11 @@ def _import_roots(task: Task) -> list[str]:
 
 def _local_probe(task: Task, module: str, text: str) -> Task:
     """A task whose program runs ``task``'s tests on a copy of its repository with ``text`` as ``module``."""
-    from smallcode.tasks.repo import PYTEST_ARGS
+    from smallcode.tasks.repo import PYTEST_RUN, check_pytest_args
 
-    args = [*PYTEST_ARGS, "--assert=plain", *(a for p in task.meta.get("plugins", ()) for a in ("-p", p))]
+    run = PYTEST_RUN.format(args=check_pytest_args(task.meta.get("plugins", ())), tests=list(task.meta["tests"]))
     program = _LOCAL_CHECK.format(site=list(task.meta.get("site_dirs", ())), repo=task.meta["repo"], module=module,
-                                  text=text, roots=_import_roots(task), args=args, tests=list(task.meta["tests"]))
+                                  text=text, roots=_import_roots(task), run=run)
     return dataclasses.replace(task, prompt=program, preamble="", test="")
 
 

@@ -43,9 +43,10 @@ import json
 import re
 import sys
 import sysconfig
+import textwrap
 import tokenize
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,30 +440,37 @@ def check(candidate):
 # name plugins that are not installed).
 PYTEST_ARGS: tuple[str, ...] = ("-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "ignore::DeprecationWarning")
 """What pytest is told on every run, traced or checked."""
+PYTEST_RUN = """import os as _os
+import pytest as _pytest
+
+
+class _Outcomes:
+    passed = 0
+    failed = []
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            _Outcomes.failed.append(report.nodeid)
+        elif report.when == "call" and report.passed:
+            _Outcomes.passed += 1
+
+
+_os.chdir(_root)
+_os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+_code = _pytest.main(["--rootdir", _root, "--confcutdir", _root, *{args!r}, *[_root + "/" + t for t in {tests!r}]],
+                     plugins=[_Outcomes()])
+assert _code == 0 and _Outcomes.passed > 0 and not _Outcomes.failed, "pytest exit %s; failed: %s" % (
+    int(_code), ", ".join(_Outcomes.failed) or "none passed")
+"""
+"""The end of every program that runs a repository's own tests (``_root``: where it stands, the working
+directory they run in): the node ids ``tests`` pass, at least one of them, and none fails. A problem's
+check runs it inside ``check``; a repair task's verdict at the top level."""
+
 _CHECK_PYTEST = """
 
 def check(candidate):
-    import os as _os
-    import pytest as _pytest
-{patch}    class _Outcomes:
-        passed = 0
-        failed = []
-
-        def pytest_runtest_logreport(self, report):
-            if report.failed:
-                _Outcomes.failed.append(report.nodeid)
-            elif report.when == "call" and report.passed:
-                _Outcomes.passed += 1
-
-    _os.chdir({root!r})
-    _os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    _code = _pytest.main(
-        ["--rootdir", {root!r}, "--confcutdir", {root!r}, *{args!r}, *[{root!r} + "/" + t for t in {tests!r}]],
-        plugins=[_Outcomes()],
-    )
-    assert _code == 0 and _Outcomes.passed > 0 and not _Outcomes.failed, "pytest exit %s; failed: %s" % (
-        int(_code), ", ".join(_Outcomes.failed) or "none passed")
-"""
+    _root = {root!r}
+{patch}{run}"""
 
 
 # A repository's package often re-exports its functions (``from .more import *`` in ``__init__``) and
@@ -484,6 +492,15 @@ _PATCH_PACKAGE = """    import sys as _sys
 """
 
 
+def check_pytest_args(plugins: Sequence[str]) -> list[str]:
+    """pytest's arguments in a program that checks with a repository's own tests (a problem's check, a
+    repair verdict). No assertion rewriting: the verdict needs no messages, and rewriting recompiles
+    every plugin module on each run (nothing may be cached), which costs seconds per check. Installed
+    plugins are not loaded (each costs import time on every check) but ``plugins``, those the tests
+    were seen to use (their fixtures) or the repository's configuration names."""
+    return [*PYTEST_ARGS, "--assert=plain", *(a for p in plugins for a in ("-p", p))]
+
+
 def _test_code(c: Candidate) -> str:
     if c.pytest_root:
         patch = _PATCH_PACKAGE.format(module=c.module, cls=c.cls, name=c.entry_point)
@@ -492,12 +509,8 @@ def _test_code(c: Candidate) -> str:
     if c.cls:
         patch += f"    setattr({c.cls}, {c.entry_point!r}, candidate)\n"
     if c.pytest_root:
-        # No assertion rewriting in checks: the verdict needs no messages, and rewriting recompiles every
-        # plugin module on each run (nothing may be cached), which costs seconds per check.
-        # Installed plugins are not loaded (each costs import time on every check) but those the
-        # tests were seen to use (their fixtures) or the repository's configuration names.
-        args = [*PYTEST_ARGS, "--assert=plain", *(a for p in c.plugins for a in ("-p", p))]
-        return _CHECK_PYTEST.format(patch=patch, root=c.pytest_root, args=args, tests=list(c.tests))
+        run = textwrap.indent(PYTEST_RUN.format(args=check_pytest_args(c.plugins), tests=list(c.tests)), "    ")
+        return _CHECK_PYTEST.format(patch=patch, root=c.pytest_root, run=run)
     if c.tests:
         return _CHECK_TESTS.format(patch=patch, tests=list(c.tests))
     return _CHECK.format(patch=patch, docs=c.docs, qual=c.qualname)
